@@ -1,0 +1,299 @@
+"""Find a dataset's images, labels, splits and patient groups.
+
+Layouts: `DIR/<class>/*`, `DIR/{train,val,test}/<class>/*`, or a CSV manifest with columns
+`path,label[,split][,group]`. A validation split cut from train keeps each group (patient)
+on one side; it is stored next to the caches and reused by every later command.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import write_text_atomic
+from .errors import FeatxError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+# Kermany et al. names: person123_bacteria_456.jpeg -> person123, IM-0115-0001.jpeg -> IM-0115,
+# NORMAL2-IM-0381-0001.jpeg -> NORMAL2-IM-0381. Other names are each their own group.
+DEFAULT_GROUP_PATTERN = r"^(person\d+)_|^((?:NORMAL\d*-)?IM-\d+)-\d+"
+
+
+@dataclass
+class Dataset:
+    """Every image of a dataset with its label, split and group; paths relative to `root`."""
+
+    root: Path
+    key: str  # names the dataset's folder in the cache
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray  # index into classes
+    splits: list[str]
+    groups: list[str]
+    group_pattern: str = DEFAULT_GROUP_PATTERN
+    split_note: str = ""
+    ignored: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def absolute(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} for the splits that exist."""
+        table: dict[str, dict[str, int]] = {}
+        for split, label in zip(self.splits, self.labels):
+            row = table.setdefault(split, {c: 0 for c in self.classes})
+            row[self.classes[label]] += 1
+        return {s: table[s] for s in SPLITS if s in table}
+
+
+def load_dataset(
+    source,
+    *,
+    val_fraction: float | None = None,
+    group_pattern: str | None = None,
+    seed: int = 0,
+    cache_dir=None,
+) -> Dataset:
+    """Read a folder or CSV manifest; cut (or reuse) a group-aware validation split if asked."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise FeatxError(f"data not found: {source}")
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise FeatxError(f"--data must be a folder or a .csv manifest, not {source.name}")
+        ds = _from_manifest(source.resolve())
+    else:
+        ds = _from_folders(source.resolve())
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    stored = _read_split(cache_dir, ds)
+    pattern = group_pattern or (stored or {}).get("group_pattern") or DEFAULT_GROUP_PATTERN
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise FeatxError(f"--group-pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    ds.group_pattern = pattern
+    ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
+    _check_classes(ds)
+    if "val" in ds.splits:
+        if val_fraction is not None:
+            raise FeatxError(f"{source} already has a validation split; drop --val-fraction")
+    elif stored is not None:
+        _reuse_split(ds, stored, val_fraction, seed, group_pattern, split_file(cache_dir, ds))
+    elif val_fraction is not None:
+        _cut_split(ds, val_fraction, seed, split_file(cache_dir, ds))
+    return ds
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("FEATX_CACHE_DIR", "cache"))
+
+
+def group_of(relpath: str, regex: re.Pattern) -> str:
+    """The patient (group) an image belongs to: the regex's first non-empty group, else the file itself."""
+    name = Path(relpath).name
+    match = regex.search(name)
+    if match:
+        found = next((g for g in match.groups() if g), None) if match.groups() else match.group(0)
+        if found:
+            return found
+    return relpath
+
+
+def _dataset_key(root: Path) -> str:
+    return f"{root.stem}-{hashlib.sha1(str(root).encode()).hexdigest()[:6]}"
+
+
+def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
+    """Image files under `folder`, sorted, relative to root; symlinked folders are not followed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(rel)
+            else:
+                ignored.append(rel)
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _from_folders(root: Path) -> Dataset:
+    subdirs = _subfolders(root)
+    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
+    if split_dirs and "train" not in split_dirs and "test" not in split_dirs and len(split_dirs) == len(subdirs):
+        raise FeatxError(f"{root} has a {', '.join(split_dirs)} folder but no train folder")
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [d.name for d in subdirs if d.name.lower() not in SPLIT_ALIASES]
+        raise FeatxError(
+            f"{root} mixes split folders ({', '.join(d.name for d in split_dirs.values())}) "
+            f"with other folders ({', '.join(others[:3])}); use DIR/<class>/* or DIR/{{train,val,test}}/<class>/*"
+        )
+    layout = split_dirs or {"train": root}
+    classes_by_split = {}
+    for split, folder in layout.items():
+        names = [d.name for d in _subfolders(folder)]
+        if not names:
+            raise FeatxError(
+                f"no class folders in {folder}: expected {folder}/<class>/<image files>, e.g. NORMAL/ and PNEUMONIA/"
+            )
+        classes_by_split[split] = names
+    all_classes = sorted({c for names in classes_by_split.values() for c in names})
+    for split, names in classes_by_split.items():
+        missing = [c for c in all_classes if c not in names]
+        if missing and split != "test":
+            raise FeatxError(
+                f"class folders differ across splits: {layout[split].name}/ lacks {', '.join(missing)} "
+                f"(classes: {', '.join(all_classes)})"
+            )
+    paths, labels, splits, ignored = [], [], [], []
+    for split in SPLITS:
+        if split not in layout:
+            continue
+        for class_name in classes_by_split[split]:
+            found = _list_images(layout[split] / class_name, root, ignored)
+            if not found:
+                raise FeatxError(f"class folder {(layout[split] / class_name)} has no images ({_extensions_hint()})")
+            paths += found
+            labels += [all_classes.index(class_name)] * len(found)
+            splits += [split] * len(found)
+    return Dataset(root, _dataset_key(root), all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
+                   [""] * len(paths), ignored=ignored)
+
+
+def _from_manifest(csv_path: Path) -> Dataset:
+    root = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "path" not in columns or "label" not in columns:
+            raise FeatxError(f"{csv_path.name}: a manifest needs a header with 'path' and 'label' (optional: split, group)")
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise FeatxError(f"{csv_path.name} lists no images")
+    paths, label_names, splits, groups, missing = [], [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        path = Path(row["path"])
+        full = path if path.is_absolute() else root / path
+        if not full.is_file():
+            missing.append(row["path"])
+            continue
+        split = SPLIT_ALIASES.get(row.get("split", "").lower() or "train")
+        if split is None:
+            raise FeatxError(f"{csv_path.name} line {line}: split '{row['split']}' is not one of train, val, test")
+        if not row["label"]:
+            raise FeatxError(f"{csv_path.name} line {line}: empty label")
+        paths.append(os.path.relpath(full.resolve(), root).replace(os.sep, "/") if not path.is_absolute() else str(full))
+        label_names.append(row["label"])
+        splits.append(split)
+        groups.append(row.get("group", ""))
+    if missing:
+        raise FeatxError(f"{csv_path.name}: {len(missing)} listed files do not exist (first: {missing[0]})")
+    classes = sorted(set(label_names))
+    labels = np.asarray([classes.index(n) for n in label_names], dtype=np.int64)
+    return Dataset(root, _dataset_key(csv_path), classes, paths, labels, splits, groups)
+
+
+def _check_classes(ds: Dataset) -> None:
+    if not ds.paths:
+        raise FeatxError(f"no images in {ds.root} ({_extensions_hint()})")
+    for split in ("train", "val"):
+        present = {ds.classes[l] for l, s in zip(ds.labels, ds.splits) if s == split}
+        if present and len(present) < len(ds.classes):
+            absent = [c for c in ds.classes if c not in present]
+            raise FeatxError(f"split {split} has no images of class {', '.join(absent)}")
+
+
+def _extensions_hint() -> str:
+    return "looked for " + ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + " in any case"
+
+
+# --- the stored validation split -------------------------------------------------------------
+
+def split_file(cache_dir: Path, ds: Dataset) -> Path:
+    return Path(cache_dir) / ds.key / "split.json"
+
+
+def _read_split(cache_dir: Path, ds: Dataset) -> dict | None:
+    path = split_file(cache_dir, ds)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FeatxError(f"cannot read the stored split {path}: {exc}; delete it to cut a new one") from None
+
+
+def _reuse_split(ds: Dataset, stored: dict, val_fraction, seed, group_pattern, path: Path) -> None:
+    """Every later command sees the same validation split, whatever it is asked."""
+    asked = {"val_fraction": val_fraction, "seed": seed if val_fraction is not None else None,
+             "group_pattern": group_pattern}
+    differs = [k for k, v in asked.items() if v is not None and v != stored[k]]
+    if differs:
+        raise FeatxError(
+            f"this dataset's validation split ({path}) was cut with "
+            + ", ".join(f"{k.replace('_', '-')} {stored[k]!r}" for k in differs)
+            + "; pass the same values, or delete that file to cut a new split"
+        )
+    _assign(ds, set(stored["val_groups"]), set(stored["train_groups"]), stored["val_fraction"], stored["seed"])
+    ds.split_note = f"validation split reused from {path}"
+
+
+def _cut_split(ds: Dataset, fraction: float, seed: int, path: Path) -> None:
+    if not 0 < fraction < 1:
+        raise FeatxError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    train_groups = {g for g, s in zip(ds.groups, ds.splits) if s == "train"}
+    val_groups = _cut_groups(ds, fraction, seed)
+    _assign(ds, val_groups, train_groups - val_groups, fraction, seed)
+    record = {"val_fraction": fraction, "seed": seed, "group_pattern": ds.group_pattern, "data": str(ds.root),
+              "val_groups": sorted(val_groups), "train_groups": sorted(train_groups - val_groups)}
+    write_text_atomic(path, json.dumps(record, indent=1))
+    ds.split_note = f"validation split cut by group and stored in {path}"
+
+
+def _cut_groups(ds: Dataset, fraction: float, seed: int) -> set[str]:
+    """Stratified and group-aware: scikit-learn's StratifiedGroupKFold, one fold kept as validation."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    train = [i for i, s in enumerate(ds.splits) if s == "train"]
+    groups = [ds.groups[i] for i in train]
+    n_splits = max(2, round(1 / fraction))
+    if len(set(groups)) < n_splits:
+        raise FeatxError(
+            f"cannot cut a {fraction:.0%} validation split by group: train has only {len(set(groups))} groups"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    _, val_idx = next(folds.split(np.zeros(len(train)), ds.labels[train], groups))
+    return {groups[i] for i in val_idx}
+
+
+def _assign(ds: Dataset, val_groups: set[str], train_groups: set[str], fraction: float, seed: int) -> None:
+    """Known groups keep their side; a group first seen after the cut goes by a seeded hash of its name."""
+    for i, (split, group) in enumerate(zip(ds.splits, ds.groups)):
+        if split != "train":
+            continue
+        if group in val_groups:
+            ds.splits[i] = "val"
+        elif group not in train_groups:
+            digest = hashlib.sha1(f"{seed}:{group}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 < fraction:
+                ds.splits[i] = "val"

@@ -1,0 +1,305 @@
+"""Run a frozen backbone over every image of a dataset into its feature cache, resumably."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .backbones import Backbone, create_backbone
+from .data import SPLITS, Dataset, default_cache_dir, load_dataset
+from .errors import FeatxError
+from .imaging import DECODE_POLICY, EvalTransform, ImageError, Normalize, load_image
+from .lock import exclusive_lock
+from .store import FORMAT_VERSION, FeatureStore, RowTable, StoreWriter, create_store
+
+DTYPES = ("float32", "float16")
+TTA_MODES = ("none", "hflip")
+
+
+def extract(
+    data,
+    backbone: str = "xception",
+    *,
+    weights: str = "imagenet",
+    cache_dir=None,
+    output=None,
+    batch_size: int = 32,
+    device: str = "auto",
+    workers: int | None = None,
+    dtype: str = "float32",
+    layer: str | None = None,
+    tta: str = "none",
+    val_fraction: float | None = None,
+    group_pattern: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log=None,
+) -> FeatureStore:
+    """Extract pooled features of `backbone` for every image of `data` and return the cache.
+
+    Only rows not yet done are computed: new files, files whose bytes changed, and the rest
+    of an interrupted run. Unreadable images are skipped, recorded in the cache and reported.
+    """
+    log = log or _stderr
+    if dtype not in DTYPES:
+        raise FeatxError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if tta not in TTA_MODES:
+        raise FeatxError(f"--tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
+    if batch_size < 1:
+        raise FeatxError(f"--batch-size must be at least 1, got {batch_size}")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
+    torch_device = resolve_device(device)
+    bb = create_backbone(backbone, weights, layer=layer)
+    precision = _precision(torch_device)
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "data_root": str(ds.root),
+        **bb.identity(),
+        "precision": precision,
+        "tta": tta,
+        "dtype": dtype,
+        "decode": DECODE_POLICY,
+    }
+    config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(output) if output else cache_dir / ds.key / f"{_file_safe(bb.spec.name)}-{config_hash}.h5"
+    config = {**identity, "config_hash": config_hash, "weights_source": bb.weights_source,
+              "device": str(torch_device), "group_pattern": ds.group_pattern, **_versions()}
+
+    with exclusive_lock(path):
+        store = _prepare_store(path, ds, bb, identity, config, dtype, log)
+        todo, batches = _schedule(path, batch_size)
+        if len(todo) == 0:
+            log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
+            return store
+        n_workers = default_workers(torch_device) if workers is None else workers
+        log(f"extracting {len(todo)} of {store.n_rows} images with {bb.spec.name} ({bb.weights_source}) "
+            f"on {torch_device}, batch {batch_size}, {n_workers} workers -> {path}")
+        started = time.perf_counter()
+        done_now, skipped_now = _run(path, ds, bb, store.row_table(), batches, set(todo.tolist()), torch_device,
+                                     precision, tta, dtype, n_workers, progress)
+        seconds = time.perf_counter() - started
+    log(f"extracted {done_now} images in {seconds:.1f} s ({done_now / max(seconds, 1e-9):.1f} images/s)")
+    if skipped_now:
+        log(f"skipped {len(skipped_now)} unreadable images (recorded in the cache's 'skipped'):")
+        for rel, reason in skipped_now[:10]:
+            log(f"  {rel}: {reason}")
+        if len(skipped_now) > 10:
+            log(f"  ... and {len(skipped_now) - 10} more: FeatureStore({str(path)!r}).skipped()")
+    return FeatureStore(path)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise FeatxError(f"--device must be auto, cpu, cuda or mps, not {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FeatxError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise FeatxError("--device mps asked for, but this PyTorch build has no MPS")
+    return torch.device(device)
+
+
+def default_workers(device: torch.device) -> int:
+    """Decoding processes: on a CPU they compete with the model for cores, so keep them few."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cpu":
+        return 1 if cores >= 2 else 0
+    return min(8, max(1, cores - 1))
+
+
+def _precision(device: torch.device) -> str:
+    """AMP on CUDA (bf16 where supported); fp32 elsewhere. Part of the cache identity."""
+    if device.type == "cuda":
+        return "amp-bf16" if torch.cuda.is_bf16_supported() else "amp-fp16"
+    return "fp32"
+
+
+def _versions() -> dict:
+    import timm
+
+    from . import __version__
+
+    return {"featx_version": __version__, "torch_version": torch.__version__, "timm_version": timm.__version__}
+
+
+def _file_safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def _stderr(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+# --- planning: which rows exist, which are done ----------------------------------------------
+
+def _prepare_store(path: Path, ds: Dataset, bb: Backbone, identity: dict, config: dict, dtype: str, log) -> FeatureStore:
+    """Open the store if it matches the dataset; otherwise build it, keeping every reusable row."""
+    old = FeatureStore(path) if path.exists() else None
+    if old is not None:
+        old.check_identity(identity)
+        if old.classes != ds.classes:
+            raise FeatxError(f"{path} has classes {old.classes}, the data has {ds.classes}; "
+                             "use another cache file or delete this one")
+    held = old.row_table() if old is not None else None
+    rows = _row_table(ds, held)
+    if held is not None:
+        same_files = held.path == rows.path and held.sha1 == rows.sha1 and held.group == rows.group
+        if same_files and np.array_equal(held.label, rows.label):
+            if not np.array_equal(held.split, rows.split):
+                with StoreWriter(path) as writer:
+                    writer.set_split(rows.split)
+            return old
+        log(f"{path}: the data changed; rebuilding the cache and keeping the rows of unchanged files")
+    return create_store(path, config, ds.classes, rows, bb.num_features, dtype, carry_over=old)
+
+
+def _row_table(ds: Dataset, held: RowTable | None) -> RowTable:
+    """Stat every file; hash the bytes only of files that are new or whose size or mtime changed."""
+    known = {}
+    if held is not None:
+        known = {p: (s, m, h) for p, s, m, h in zip(held.path, held.size, held.mtime_ns, held.sha1)}
+    n = len(ds)
+    size, mtime = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    sha1 = [""] * n
+    to_hash = []
+    for i, rel in enumerate(ds.paths):
+        try:
+            st = os.stat(ds.absolute(rel))
+        except OSError:
+            continue  # gone since listing: the row will be skipped with the reason when read
+        size[i], mtime[i] = st.st_size, st.st_mtime_ns
+        prev = known.get(rel)
+        if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns and prev[2]:
+            sha1[i] = prev[2]
+        else:
+            to_hash.append(i)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL; helps on network disks
+        for i, digest in zip(to_hash, pool.map(lambda i: _sha1_file(ds.absolute(ds.paths[i])), to_hash)):
+            sha1[i] = digest
+    return RowTable(path=list(ds.paths), label=ds.labels.astype(np.int16),
+                    split=np.array([SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),
+                    sha1=sha1, size=size, mtime_ns=mtime)
+
+
+def _sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _schedule(path: Path, batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Rows to compute, grouped in fixed blocks of `batch_size` consecutive rows.
+
+    A block with any pending row is recomputed whole (less its skipped rows), so a resumed run
+    feeds the model exactly the batches an uninterrupted run would have: identical features.
+    """
+    done, skipped = FeatureStore(path).row_status()
+    pending = ~done & ~skipped
+    batches = []
+    for start in range(0, len(done), batch_size):
+        block = slice(start, start + batch_size)
+        if pending[block].any():
+            batches.append([start + i for i in np.flatnonzero(~skipped[block])])
+    return np.flatnonzero(pending), batches
+
+
+# --- the extraction loop ---------------------------------------------------------------------
+
+class _ImageRows(torch.utils.data.Dataset):
+    """Row index -> (row, uint8 image or None, sha1 of the bytes read, reason if unreadable)."""
+
+    def __init__(self, root: Path, paths: list[str], transform: EvalTransform):
+        self.root, self.paths, self.transform = root, paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, row: int):
+        path = self.root / self.paths[row]
+        try:
+            raw = path.read_bytes()
+        except IsADirectoryError:
+            return row, None, "", "is a folder, not an image"
+        except OSError as exc:
+            return row, None, "", f"cannot read file: {exc.strerror or exc}"
+        sha1 = hashlib.sha1(raw).hexdigest()
+        if not raw:
+            return row, None, sha1, "empty file (0 bytes)"
+        try:
+            return row, self.transform(load_image(io.BytesIO(raw))), sha1, None
+        except ImageError as exc:
+            return row, None, sha1, str(exc)
+
+
+def _collate(items):
+    rows = [r for r, img, _, _ in items if img is not None]
+    images = torch.stack([img for _, img, _, _ in items if img is not None]) if rows else None
+    problems = [(r, reason) for r, img, _, reason in items if img is None]
+    changed = [(r, sha1) for r, _, sha1, _ in items]
+    return rows, images, problems, changed
+
+
+def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress):
+    model = bb.model.to(device)
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    normalize = Normalize(bb.data_config).to(device)
+    loader = torch.utils.data.DataLoader(
+        _ImageRows(ds.root, rows.path, EvalTransform(bb.data_config)),
+        batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "amp-bf16" else torch.float16)
+                if precision.startswith("amp") else contextlib.nullcontext())
+    done_now, skipped_now = 0, []
+    bar = tqdm(total=len(pending), unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    try:
+        with StoreWriter(path) as writer, torch.inference_mode(), autocast:
+            for batch_rows, images, problems, read_sha1 in loader:
+                changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
+                problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
+                bad = {r for r, _ in problems}
+                problems = sorted((r, why) for r, why in problems if r in pending)
+                if problems:
+                    writer.skip(np.array([r for r, _ in problems]), [why for _, why in problems])
+                    skipped_now += [(rows.path[r], why) for r, why in problems]
+                if images is not None:
+                    x = normalize(images.to(device, non_blocking=True))
+                    if device.type != "mps":
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    feats = model(x)
+                    if tta == "hflip":
+                        feats = (feats + model(torch.flip(x, dims=[3]))) / 2
+                    feats = feats.float().cpu().numpy().astype(dtype)
+                    keep = [i for i, r in enumerate(batch_rows) if r in pending and r not in bad]
+                    writer.write(np.array([batch_rows[i] for i in keep]), feats[keep])
+                    done_now += len(keep)
+                bar.update(sum(1 for r, _ in read_sha1 if r in pending))
+    finally:
+        bar.close()
+    return done_now, skipped_now
+

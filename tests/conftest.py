@@ -1,0 +1,90 @@
+"""Small generated image sets and a tiny random-init backbone: no network, no ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# A tiny timm model (about 0.1 M parameters, 160 px input): fast enough for every test.
+TINY = "timm:test_efficientnet"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Each test gets its own cache folder and no weights folder or hub access from the environment."""
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEATX_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def xray_like(seed: int, size=(64, 48), bright: bool = False) -> np.ndarray:
+    """A grayscale picture with some structure; `bright` shifts it so two classes differ."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[1], 0:size[0]]
+    base = 96 + 60 * np.sin(x / (5 + seed % 7)) * np.cos(y / 9) + rng.normal(0, 12, (size[1], size[0]))
+    return np.clip(base + (50 if bright else 0), 0, 255).astype(np.uint8)
+
+
+def save(path: Path, array: np.ndarray, mode: str | None = None, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path, **kwargs)
+    return path
+
+
+def make_folder(root: Path, per_class: int = 6, classes=("NORMAL", "PNEUMONIA"), split: str | None = None,
+                start: int = 0) -> Path:
+    """root[/split]/<class>/*.jpeg with Kermany-style names (two images per patient)."""
+    base = root / split if split else root
+    for c, name in enumerate(classes):
+        for i in range(start, start + per_class):
+            patient = f"person{100 * c + i // 2}_bacteria_{i}" if c else f"IM-{1000 + i // 2:04d}-{i % 2 + 1:04d}"
+            save(base / name / f"{patient}.jpeg", xray_like(i + 50 * c, bright=bool(c)), quality=90)
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def split_folder(tmp_path) -> Path:
+    root = tmp_path / "splits"
+    make_folder(root, 6, split="train")
+    make_folder(root, 2, split="val", start=20)
+    make_folder(root, 2, split="test", start=40)
+    return root
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """Every mode featx must read, plus unreadable files that must be skipped and reported."""
+    root = make_folder(tmp_path / "mixed", 4)
+    normal = root / "NORMAL"
+    save(normal / "gray.png", xray_like(1))
+    sixteen = (xray_like(2).astype(np.uint16) * 16)  # 12-bit data in a 16-bit file
+    Image.fromarray(sixteen).save(normal / "sixteen.png")
+    rgba = np.dstack([np.stack([xray_like(3)] * 3, -1), np.full((48, 64), 200, np.uint8)])
+    save(normal / "rgba.png", rgba, mode="RGBA")
+    Image.fromarray(xray_like(4)).convert("RGB").convert("P").save(normal / "palette.bmp")
+    Image.fromarray(np.stack([xray_like(5)] * 3, -1)).convert("CMYK").save(normal / "cmyk.JPG")
+    save(normal / "tiff16.tif", sixteen)
+    good = (normal / "IM-1000-0001.jpeg").read_bytes()
+    (normal / "truncated.jpeg").write_bytes(good[: len(good) // 2])
+    (normal / "empty.jpg").write_bytes(b"")
+    (normal / "notes.jpg").write_text("this is a text file, not an image\n")
+    return root
+
+
+def one_line_error(result) -> str:
+    """The CLI's contract for bad input: non-zero exit, one line, no traceback."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    lines = [l for l in result.output.splitlines() if l.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("Error: "), result.output
+    return lines[0]
