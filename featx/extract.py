@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from .backbones import Backbone, create_backbone
 from .data import SPLITS, Dataset, default_cache_dir, load_dataset
 from .errors import FeatxError
-from .imaging import DECODE_POLICY, EvalTransform, ImageError, Normalize, load_image
+from .imaging import DECODE_POLICY, JPEG_DRAFT_POLICY, EvalTransform, ImageError, Normalize, load_image
+from .inference import fold_batchnorm
 from .lock import exclusive_lock
 from .store import FORMAT_VERSION, FeatureStore, RowTable, StoreWriter, create_store
 
@@ -34,12 +35,13 @@ def extract(
     weights: str = "imagenet",
     cache_dir=None,
     output=None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     dtype: str = "float32",
     layer: str | None = None,
     tta: str = "none",
+    jpeg_draft: bool = False,
     val_fraction: float | None = None,
     group_pattern: str | None = None,
     seed: int = 0,
@@ -50,17 +52,19 @@ def extract(
 
     Only rows not yet done are computed: new files, files whose bytes changed, and the rest
     of an interrupted run. Unreadable images are skipped, recorded in the cache and reported.
+    `batch_size` defaults to 16 on a CPU (smaller batches run faster there) and 64 on a GPU.
     """
     log = log or _stderr
     if dtype not in DTYPES:
         raise FeatxError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if tta not in TTA_MODES:
         raise FeatxError(f"--tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise FeatxError(f"--batch-size must be at least 1, got {batch_size}")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
     torch_device = resolve_device(device)
+    batch_size = batch_size or default_batch_size(torch_device)
     bb = create_backbone(backbone, weights, layer=layer)
     precision = _precision(torch_device)
     identity = {
@@ -70,7 +74,7 @@ def extract(
         "precision": precision,
         "tta": tta,
         "dtype": dtype,
-        "decode": DECODE_POLICY,
+        "decode": JPEG_DRAFT_POLICY if jpeg_draft else DECODE_POLICY,
     }
     config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(output) if output else cache_dir / ds.key / f"{_file_safe(bb.spec.name)}-{config_hash}.h5"
@@ -88,7 +92,7 @@ def extract(
             f"on {torch_device}, batch {batch_size}, {n_workers} workers -> {path}")
         started = time.perf_counter()
         done_now, skipped_now = _run(path, ds, bb, store.row_table(), batches, set(todo.tolist()), torch_device,
-                                     precision, tta, dtype, n_workers, progress)
+                                     precision, tta, dtype, n_workers, progress, jpeg_draft)
         seconds = time.perf_counter() - started
     log(f"extracted {done_now} images in {seconds:.1f} s ({done_now / max(seconds, 1e-9):.1f} images/s)")
     if skipped_now:
@@ -115,6 +119,11 @@ def resolve_device(device: str) -> torch.device:
     if device == "mps" and not torch.backends.mps.is_available():
         raise FeatxError("--device mps asked for, but this PyTorch build has no MPS")
     return torch.device(device)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """On CPUs small batches are faster (activations stay in cache): lite0 41 img/s at 16, 33 at 32."""
+    return 64 if device.type == "cuda" else 16
 
 
 def default_workers(device: torch.device) -> int:
@@ -231,8 +240,9 @@ def _schedule(path: Path, batch_size: int) -> tuple[np.ndarray, list[list[int]]]
 class _ImageRows(torch.utils.data.Dataset):
     """Row index -> (row, uint8 image or None, sha1 of the bytes read, reason if unreadable)."""
 
-    def __init__(self, root: Path, paths: list[str], transform: EvalTransform):
+    def __init__(self, root: Path, paths: list[str], transform: EvalTransform, jpeg_draft: bool = False):
         self.root, self.paths, self.transform = root, paths, transform
+        self.draft_side = transform.resize_side if jpeg_draft else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -249,7 +259,7 @@ class _ImageRows(torch.utils.data.Dataset):
         if not raw:
             return row, None, sha1, "empty file (0 bytes)"
         try:
-            return row, self.transform(load_image(io.BytesIO(raw))), sha1, None
+            return row, self.transform(load_image(io.BytesIO(raw), self.draft_side)), sha1, None
         except ImageError as exc:
             return row, None, sha1, str(exc)
 
@@ -262,13 +272,15 @@ def _collate(items):
     return rows, images, problems, changed
 
 
-def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress):
-    model = bb.model.to(device)
+def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress,
+         jpeg_draft):
+    model, _ = fold_batchnorm(bb.model, bb.data_config["input_size"])
+    model = model.to(device)
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(bb.data_config).to(device)
     loader = torch.utils.data.DataLoader(
-        _ImageRows(ds.root, rows.path, EvalTransform(bb.data_config)),
+        _ImageRows(ds.root, rows.path, EvalTransform(bb.data_config), jpeg_draft),
         batch_sampler=batches, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,

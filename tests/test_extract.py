@@ -138,3 +138,20 @@ def test_workers_give_the_same_features(tmp_path, folder):
     a = featx.extract(folder, batch_size=4, cache_dir=tmp_path / "a", **FAST)
     b = featx.extract(folder, batch_size=4, cache_dir=tmp_path / "b", **{**FAST, "workers": 2})
     assert np.array_equal(a.arrays()[0], b.arrays()[0])
+
+
+def test_jpeg_draft_is_recorded_and_close_to_full_decoding(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "big"
+    for c, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for i in range(3):  # full-size X-rays: big enough for 1/4-scale decoding
+            array = np.kron(xray_like(i + 10 * c, size=(150, 120), bright=bool(c)), np.ones((8, 8), np.uint8))
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / name / f"IM-{i:04d}-0001.jpeg", quality=92)
+    exact = featx.extract(root, **FAST)
+    draft = featx.extract(root, jpeg_draft=True, **FAST)
+    assert draft.path != exact.path and draft.config["decode"].endswith("+jpeg-draft")
+    X, Y = exact.arrays()[0], draft.arrays()[0]
+    cosine = (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
+    assert not np.array_equal(X, Y) and cosine.min() > 0.95
