@@ -159,6 +159,14 @@ def _from_folders(root: Path) -> Dataset:
             )
         classes_by_split[split] = names
     all_classes = sorted({c for names in classes_by_split.values() for c in names})
+    if len(all_classes) == 1:
+        only = next(iter(layout.values())) / all_classes[0]
+        nested = [d.name for d in _subfolders(only)]
+        if nested and not any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in only.iterdir()):
+            raise FeatxError(
+                f"{root} holds one class folder, {all_classes[0]}/, whose images are in subfolders "
+                f"({', '.join(nested[:3])}); if those are the classes, use --data {only}"
+            )
     for split, names in classes_by_split.items():
         missing = [c for c in all_classes if c not in names]
         if missing and split != "test":

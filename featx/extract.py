@@ -288,7 +288,7 @@ def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, preci
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "amp-bf16" else torch.float16)
                 if precision.startswith("amp") else contextlib.nullcontext())
     done_now, skipped_now = 0, []
-    bar = tqdm(total=len(pending), unit="img", disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=len(pending), unit="img", disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
     try:
         with StoreWriter(path) as writer, torch.inference_mode(), autocast:
             for batch_rows, images, problems, read_sha1 in loader:

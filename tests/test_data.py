@@ -110,3 +110,10 @@ def test_class_folders_must_agree_across_splits(tmp_path):
     make_folder(root, 2, classes=("NORMAL",), split="val")
     with pytest.raises(FeatxError, match="class folders differ across splits: val/ lacks PNEUMONIA"):
         load_dataset(root)
+
+
+def test_data_one_level_too_high_is_refused_with_a_hint(tmp_path):
+    make_folder(tmp_path / "examples" / "chest_xray", 2)
+    (tmp_path / "examples" / "chest_xray" / "CITATION.md").write_text("not an image")
+    with pytest.raises(FeatxError, match=r"one class folder, chest_xray/.*use --data .*examples/chest_xray"):
+        load_dataset(tmp_path / "examples")
