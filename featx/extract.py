@@ -268,8 +268,8 @@ def _collate(items):
     rows = [r for r, img, _, _ in items if img is not None]
     images = torch.stack([img for _, img, _, _ in items if img is not None]) if rows else None
     problems = [(r, reason) for r, img, _, reason in items if img is None]
-    changed = [(r, sha1) for r, _, sha1, _ in items]
-    return rows, images, problems, changed
+    read_sha1 = [(r, sha1) for r, _, sha1, _ in items]
+    return rows, images, problems, read_sha1
 
 
 def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress,
