@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+from sklearn import metrics as M
+
+from featx import FeatxError
+from featx.evaluate import choose_threshold, evaluate
+
+
+def test_binary_metrics_match_a_hand_count():
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
+    m = evaluate(y, np.c_[1 - p1, p1], ["NORMAL", "PNEUMONIA"])
+    # at 0.5: TP=3 (0.8, 0.9, 0.7), FN=1 (0.4), FP=1 (0.6), TN=2
+    assert m["confusion_matrix"] == [[2, 1], [1, 3]]
+    assert m["sensitivity"] == pytest.approx(3 / 4) and m["specificity"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(3 / 4) and m["f1"] == pytest.approx(3 / 4)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+    assert m["roc_auc"] == pytest.approx(M.roc_auc_score(y, p1))
+    assert m["brier"] == pytest.approx(np.mean((p1 - y) ** 2))
+
+
+def test_threshold_changes_the_decision():
+    y = np.array([0, 0, 1, 1])
+    p1 = np.array([0.2, 0.4, 0.45, 0.9])
+    assert evaluate(y, np.c_[1 - p1, p1], ["a", "b"], threshold=0.42)["accuracy"] == 1.0
+    assert evaluate(y, np.c_[1 - p1, p1], ["a", "b"])["accuracy"] == 0.75
+
+
+def test_one_class_split_gives_no_auc_instead_of_crashing():
+    m = evaluate(np.array([1, 1]), np.array([[0.2, 0.8], [0.6, 0.4]]), ["a", "b"])
+    assert m["roc_auc"] is None and m["pr_auc"] is None and m["accuracy"] == 0.5
+
+
+def test_multiclass_macro_and_per_class():
+    y = np.array([0, 1, 2, 2])
+    proba = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]])
+    m = evaluate(y, proba, ["NORMAL", "BACTERIA", "VIRUS"])
+    assert m["accuracy"] == 0.75 and set(m["per_class"]) == {"NORMAL", "BACTERIA", "VIRUS"}
+    assert m["per_class"]["VIRUS"]["recall"] == 0.5
+    assert m["recall"] == pytest.approx((1 + 1 + 0.5) / 3)
+
+
+@pytest.mark.parametrize("rule", ["youden", "f1", "sensitivity=0.95"])
+def test_threshold_rules(rule):
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200, int), np.ones(200, int)]
+    score = np.r_[rng.normal(0.3, 0.15, 200), rng.normal(0.7, 0.15, 200)].clip(0, 1)
+    t = choose_threshold(y, score, rule)
+    assert 0 < t < 1
+    if rule.startswith("sensitivity"):
+        assert (score[y == 1] >= t).mean() >= 0.95
+        assert (score[y == 1] >= t + 1e-3).mean() < 0.96  # and not needlessly low
+
+
+def test_bad_threshold_rule():
+    with pytest.raises(FeatxError, match="--threshold must be"):
+        choose_threshold([0, 1], [0.1, 0.9], "median")
