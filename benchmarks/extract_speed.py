@@ -29,7 +29,7 @@ import numpy as np
 import torchvision
 
 import featx
-from featx.extract import default_batch_size
+from featx.extraction import default_batch_size
 from featx.inference import fold_batchnorm
 from featx.data import IMAGE_EXTENSIONS
 

@@ -68,7 +68,7 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
     Re-runs reuse the cache: only new or changed images, and the rest of an interrupted
     run, are computed. Unreadable images are skipped and reported.
     """
-    from .extract import extract
+    from .extraction import extract
 
     store = extract(data, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                     device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, jpeg_draft=jpeg_draft,
@@ -76,6 +76,79 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
                     group_pattern=group_pattern, seed=seed, progress=progress)
     _print_counts(store)
     click.echo(str(store.path))
+
+
+@main.command("fit")
+@click.option("--head", default="logreg", help="logreg, linsvm, knn, rf, lightgbm, mlp, or all.")
+@click.option("--features", type=click.Path(dir_okay=False), default=None, help="Feature cache (.h5) to train on.")
+@click.option("--backbone", default=None, help="Or: the backbone whose cached features of --data to use (extracted first if missing).")
+@click.option("--data", default=None, type=click.Path(), help="The dataset, with --backbone.")
+@click.option("--weights", default="imagenet", help="Weights of the backbone, with --backbone (as for extract).")
+@click.option("--pca", default=None, type=int, help="Reduce features to N principal components first.")
+@click.option("--threshold", default="0.5", help="Decision threshold on the positive (second) class: a number, or "
+              "chosen on validation: youden, f1, sensitivity=0.95.")
+@click.option("--seed", default=0, type=int, help="Seed of the heads and of cross-validation folds.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None, help="Where artifacts go [default: <cache>/models].")
+def fit_command(head, features, backbone, data, weights, pca, threshold, seed, cache_dir, models_dir):
+    """Train classical heads on cached features; choose hyperparameters on validation, never on test.
+
+    Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
+    Each head is saved as a joblib artifact with a JSON sidecar holding its metrics.
+    """
+    from .fitting import fit
+
+    results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
+                  cache_dir=cache_dir, models_dir=models_dir, weights=weights)
+    click.echo(_results_table(results))
+    for r in results:
+        click.echo(str(r.artifact))
+
+
+def _results_table(results) -> str:
+    columns = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
+    short = ("acc", "bal_acc", "sens", "spec", "f1", "roc_auc", "pr_auc")
+    lines = [f"{'head':<9}{'split':<6}{'n':>6}" + "".join(f"{c:>9}" for c in short) + "  chosen"]
+    for r in results:
+        chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
+        if r.threshold is not None:
+            chosen += f"; threshold {r.threshold:.3f}"
+        chosen += f" ({r.selection}, {r.train_seconds:.1f} s)"
+        for i, (split, m) in enumerate(r.metrics.items()):
+            cells = "".join("        -" if m.get(c) is None else f"{m[c]:9.3f}" for c in columns)
+            lines.append(f"{r.head if i == 0 else '':<9}{split:<6}{m['n']:>6}{cells}" + (f"  {chosen}" if i == 0 else ""))
+    return "\n".join(lines)
+
+
+@main.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A .joblib artifact from featx fit.")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the predictions as CSV.")
+@click.option("--weights", default="auto", help="Backbone weights: auto (as recorded in the model), imagenet, or a PATH.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the backbone runs.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per forward pass.")
+def predict_command(images, model_path, output, weights, device, batch_size):
+    """Class probabilities of each image (or every image under a folder), with the model's own backbone.
+
+    The artifact's sha256 is checked before it is unpickled: load only models from sources you trust.
+    """
+    from .prediction import predict
+
+    rows = predict(model_path, images, weights=weights, device=device, batch_size=batch_size, output=output)
+    classes = [k.removeprefix("p_") for k in rows[0] if k.startswith("p_")]
+    for row in rows:
+        if row["error"]:
+            click.echo(f"{row['path']}  unreadable: {row['error']}")
+        else:
+            probs = "  ".join(f"{c}={row['p_' + c]:.4f}" for c in classes)
+            click.echo(f"{row['path']}  {probs}  -> {row['predicted']}")
+    bad = sum(1 for r in rows if r["error"])
+    if bad:
+        click.echo(f"{bad} of {len(rows)} images could not be read and were skipped", err=True)
+    if output:
+        click.echo(f"wrote {output}", err=True)
+    if bad == len(rows):
+        raise click.ClickException("no image could be read")
 
 
 @main.command("info")

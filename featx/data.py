@@ -134,6 +134,21 @@ def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
     return found
 
 
+def image_files(targets) -> list[Path]:
+    """Image files named directly or found under folders, for prediction (no class folders needed)."""
+    found = []
+    for target in map(Path, targets):
+        if target.is_dir():
+            found += [target / rel for rel in _list_images(target, target, [])]
+        elif target.exists() or target.is_symlink():
+            found.append(target)  # named explicitly: read it, and report it if it is not an image
+        else:
+            raise FeatxError(f"image or folder not found: {target}")
+    if not found:
+        raise FeatxError(f"no images in {', '.join(map(str, targets))} ({_extensions_hint()})")
+    return found
+
+
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 

@@ -142,6 +142,22 @@ class FeatureStore:
             shown = "; ".join(f"{k}: cache has {_short(self.config.get(k))}, asked {_short(identity[k])}" for k in differs[:3])
             raise FeatxError(f"{self.path} was made differently ({shown}); use another cache file or delete this one")
 
+    def features_by_sha1(self, wanted: dict[str, list[int]], skip=()) -> dict[int, np.ndarray]:
+        """Finished rows whose file bytes have a wanted sha1: {caller's index: features}."""
+        with self._open() as f:
+            done = f["done"][:].astype(bool)
+            hits = {}
+            for row, digest in enumerate(f["sha1"][:]):
+                targets = wanted.get(digest.decode()) if done[row] else None
+                for i in targets or ():
+                    if i not in skip and i not in hits:
+                        hits[i] = row
+            if not hits:
+                return {}
+            rows = sorted(set(hits.values()))
+            feats = dict(zip(rows, f["features"][rows].astype(np.float32)))
+        return {i: feats[row] for i, row in hits.items()}
+
     def row_table(self) -> RowTable:
         with self._open() as f:
             return RowTable(

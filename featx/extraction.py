@@ -201,14 +201,14 @@ def _row_table(ds: Dataset, held: RowTable | None) -> RowTable:
         else:
             to_hash.append(i)
     with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL; helps on network disks
-        for i, digest in zip(to_hash, pool.map(lambda i: _sha1_file(ds.absolute(ds.paths[i])), to_hash)):
+        for i, digest in zip(to_hash, pool.map(lambda i: sha1_file(ds.absolute(ds.paths[i])), to_hash)):
             sha1[i] = digest
     return RowTable(path=list(ds.paths), label=ds.labels.astype(np.int16),
                     split=np.array([SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),
                     sha1=sha1, size=size, mtime_ns=mtime)
 
 
-def _sha1_file(path: Path) -> str:
+def sha1_file(path: Path) -> str:
     digest = hashlib.sha1()
     try:
         with open(path, "rb") as handle:
@@ -272,26 +272,43 @@ def _collate(items):
     return rows, images, problems, read_sha1
 
 
-def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress,
-         jpeg_draft):
+def _batches(bb: Backbone, root: Path, paths: list[str], batches, device, precision, tta, workers, jpeg_draft):
+    """Yield (rows, features or None, unreadable (row, reason) pairs, (row, sha1 of bytes read) pairs)."""
     model, _ = fold_batchnorm(bb.model, bb.data_config["input_size"])
     model = model.to(device)
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     normalize = Normalize(bb.data_config).to(device)
     loader = torch.utils.data.DataLoader(
-        _ImageRows(ds.root, rows.path, EvalTransform(bb.data_config), jpeg_draft),
+        _ImageRows(root, paths, EvalTransform(bb.data_config), jpeg_draft),
         batch_sampler=batches, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
     )
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "amp-bf16" else torch.float16)
                 if precision.startswith("amp") else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
+        for batch_rows, images, problems, read_sha1 in loader:
+            feats = None
+            if images is not None:
+                x = normalize(images.to(device, non_blocking=True))
+                if device.type != "mps":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                feats = model(x)
+                if tta == "hflip":
+                    feats = (feats + model(torch.flip(x, dims=[3]))) / 2
+                feats = feats.float().cpu().numpy()
+            yield batch_rows, feats, problems, read_sha1
+
+
+def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress,
+         jpeg_draft):
     done_now, skipped_now = 0, []
     bar = tqdm(total=len(pending), unit="img", disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
     try:
-        with StoreWriter(path) as writer, torch.inference_mode(), autocast:
-            for batch_rows, images, problems, read_sha1 in loader:
+        with StoreWriter(path) as writer:
+            for batch_rows, feats, problems, read_sha1 in _batches(bb, ds.root, rows.path, batches, device, precision,
+                                                                   tta, workers, jpeg_draft):
                 changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
                 problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
                 bad = {r for r, _ in problems}
@@ -299,19 +316,41 @@ def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, preci
                 if problems:
                     writer.skip(np.array([r for r, _ in problems]), [why for _, why in problems])
                     skipped_now += [(rows.path[r], why) for r, why in problems]
-                if images is not None:
-                    x = normalize(images.to(device, non_blocking=True))
-                    if device.type != "mps":
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    feats = model(x)
-                    if tta == "hflip":
-                        feats = (feats + model(torch.flip(x, dims=[3]))) / 2
-                    feats = feats.float().cpu().numpy().astype(dtype)
+                if feats is not None:
                     keep = [i for i, r in enumerate(batch_rows) if r in pending and r not in bad]
-                    writer.write(np.array([batch_rows[i] for i in keep]), feats[keep])
+                    writer.write(np.array([batch_rows[i] for i in keep]), feats[keep].astype(dtype))
                     done_now += len(keep)
                 bar.update(sum(1 for r, _ in read_sha1 if r in pending))
     finally:
         bar.close()
     return done_now, skipped_now
 
+
+def compute_features(bb: Backbone, paths, *, device: str = "auto", batch_size: int | None = None,
+                     workers: int | None = None, tta: str = "none", jpeg_draft: bool = False,
+                     progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
+    """Features of arbitrary image files, in memory, exactly as `extract` would compute them.
+
+    Returns (features with a NaN row per unreadable image, the reason or None per image,
+    the sha1 of each file's bytes).
+    """
+    torch_device = resolve_device(device)
+    batch_size = batch_size or default_batch_size(torch_device)
+    workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
+    paths = [str(Path(p).expanduser().absolute()) for p in paths]
+    out = np.full((len(paths), bb.num_features), np.nan, np.float32)
+    reasons: list[str | None] = [None] * len(paths)
+    sha1 = [""] * len(paths)
+    batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
+    bar = tqdm(total=len(paths), unit="img", disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
+    with bar:
+        for batch_rows, feats, problems, read_sha1 in _batches(bb, Path("/"), paths, batches, torch_device,
+                                                               _precision(torch_device), tta, workers, jpeg_draft):
+            for r, why in problems:
+                reasons[r] = why
+            for r, h in read_sha1:
+                sha1[r] = h
+            if feats is not None:
+                out[batch_rows] = feats
+            bar.update(len(read_sha1))
+    return out, reasons, sha1

@@ -3,7 +3,7 @@ import pytest
 from sklearn import metrics as M
 
 from featx import FeatxError
-from featx.evaluate import choose_threshold, evaluate
+from featx.metrics import choose_threshold, evaluate
 
 
 def test_binary_metrics_match_a_hand_count():

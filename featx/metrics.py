@@ -19,6 +19,7 @@ def evaluate(y_true, proba, classes: list[str], threshold: float = 0.5) -> dict:
     """Every metric of one split: `proba` has one column per class, in the order of `classes`."""
     y_true = np.asarray(y_true)
     proba = np.asarray(proba, dtype=np.float64)
+    proba = proba / proba.sum(1, keepdims=True)  # float32 rows drift from 1 by more than sklearn accepts
     k = len(classes)
     labels = np.arange(k)
     pred = (proba[:, 1] >= threshold).astype(int) if k == 2 else proba.argmax(1)
@@ -59,8 +60,24 @@ def evaluate(y_true, proba, classes: list[str], threshold: float = 0.5) -> dict:
     return {key: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for key, v in out.items()}
 
 
+def threshold_rule(rule: str) -> float | None:
+    """Check a threshold rule; returns the target of `sensitivity=<v>`, None for youden and f1."""
+    if rule in ("youden", "f1"):
+        return None
+    if rule.startswith("sensitivity="):
+        try:
+            target = float(rule.split("=", 1)[1])
+        except ValueError:
+            target = -1
+        if not 0 < target <= 1:
+            raise FeatxError(f"--threshold {rule}: the sensitivity must be a number in (0, 1]")
+        return target
+    raise FeatxError(f"--threshold must be a number or one of {', '.join(THRESHOLD_RULES)}, not {rule!r}")
+
+
 def choose_threshold(y_true, positive_proba, rule: str) -> float:
     """A decision threshold picked on validation data: Youden's J, best F1, or a target sensitivity."""
+    target = threshold_rule(rule)
     y_true = np.asarray(y_true)
     if len(np.unique(y_true)) < 2:
         raise FeatxError("cannot choose a threshold: the validation split has only one class")
@@ -71,18 +88,10 @@ def choose_threshold(y_true, positive_proba, rule: str) -> float:
         precision, recall, thresholds = M.precision_recall_curve(y_true, positive_proba)
         f1 = 2 * precision[:-1] * recall[:-1] / np.clip(precision[:-1] + recall[:-1], 1e-12, None)
         return float(thresholds[np.argmax(f1)])
-    if rule.startswith("sensitivity="):
-        try:
-            target = float(rule.split("=", 1)[1])
-        except ValueError:
-            target = -1
-        if not 0 < target <= 1:
-            raise FeatxError(f"--threshold {rule}: the sensitivity must be a number in (0, 1]")
-        positives = np.sort(np.asarray(positive_proba)[y_true == 1])
-        # the highest threshold that still flags at least `target` of the positives
-        index = int(np.floor((1 - target) * len(positives) + 1e-9))
-        return float(positives[min(index, len(positives) - 1)])
-    raise FeatxError(f"--threshold must be a number or one of {', '.join(THRESHOLD_RULES)}, not {rule!r}")
+    positives = np.sort(np.asarray(positive_proba)[y_true == 1])
+    # the highest threshold that still flags at least `target` of the positives
+    index = int(np.floor((1 - target) * len(positives) + 1e-9))
+    return float(positives[min(index, len(positives) - 1)])
 
 
 def format_table(results: dict[str, dict]) -> str:

@@ -1,0 +1,192 @@
+"""Trained models on disk: a joblib file plus a JSON sidecar that says how to trust and use it.
+
+The sidecar holds the sha256 of the joblib file, checked before anything is unpickled
+(unpickling runs code: load only artifacts from sources you trust), the exact backbone and
+preprocessing of the features the head was trained on, the classes and decision threshold,
+and the metrics. An `ImageClassifier` predicts from features or straight from image files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, write_text_atomic
+from .errors import FeatxError
+
+ARTIFACT_FORMAT = 1
+# The parts of a feature cache's config that must match for features to be interchangeable.
+FEATURE_IDENTITY = ("backbone", "timm_model", "numerics", "weights_sha256", "data_config", "layer", "tta", "decode")
+
+
+def sidecar_path(artifact) -> Path:
+    return Path(artifact).with_suffix(".json")
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_artifact(path, estimator, info: dict) -> Path:
+    """Write the joblib file, then its sidecar, each atomically.
+
+    A kill between the two leaves a joblib file whose sidecar is missing or names another hash,
+    which `load` refuses: no half-written artifact is ever loadable.
+    """
+    import joblib
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        joblib.dump(estimator, tmp)
+    info = {**info, "format": ARTIFACT_FORMAT, "joblib": path.name, "joblib_sha256": file_sha256(path)}
+    write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def read_sidecar(path) -> dict:
+    path = Path(path)
+    side = sidecar_path(path)
+    if not path.is_file():
+        raise FeatxError(f"model artifact not found: {path}")
+    if not side.is_file():
+        raise FeatxError(f"{path} has no sidecar {side.name}: it was not written completely by featx; refusing to load it")
+    try:
+        return json.loads(side.read_text())
+    except (OSError, ValueError) as exc:
+        raise FeatxError(f"cannot read {side}: {exc}") from None
+
+
+def load(path) -> "ImageClassifier":
+    """Load an artifact after checking its sha256 against the sidecar (pickles run code when loaded)."""
+    import joblib
+
+    path = Path(path)
+    info = read_sidecar(path)
+    if info.get("format") != ARTIFACT_FORMAT:
+        raise FeatxError(f"{path} has artifact format {info.get('format')}, this featx reads {ARTIFACT_FORMAT}")
+    actual = file_sha256(path)
+    if actual != info.get("joblib_sha256"):
+        raise FeatxError(f"{path} does not match the sha256 in {sidecar_path(path).name} (tampered, replaced or "
+                         f"half-written); refusing to unpickle it")
+    try:
+        estimator = joblib.load(path)
+    except Exception as exc:  # a file with the right hash that still fails is a version problem
+        raise FeatxError(f"cannot unpickle {path}: {type(exc).__name__}: {exc} "
+                         f"(made with scikit-learn {info.get('versions', {}).get('sklearn')})") from None
+    return ImageClassifier(estimator, info, path)
+
+
+class ImageClassifier:
+    """A head and the recipe of its features: `predict_proba` takes feature rows or image paths.
+
+    Paths go through the same backbone, weights and preprocessing the head was trained on;
+    feature rows or a FeatureStore are checked to come from that recipe.
+    """
+
+    def __init__(self, head, info: dict, path=None):
+        self.head = head
+        self.info = info
+        self.path = Path(path) if path else None
+        self.classes_ = np.array(info["classes"])
+        self.threshold = info.get("threshold")
+        self.feature_config: dict = info["features"]["config"]
+        self._backbone = None
+
+    def __repr__(self) -> str:
+        return (f"ImageClassifier({self.info['head']} on {self.feature_config['backbone']}, "
+                f"classes={self.info['classes']}, threshold={self.threshold})")
+
+    def check_features(self, config: dict, source: str = "these features") -> None:
+        """Refuse features made by another backbone, weights or preprocessing."""
+        differs = [k for k in FEATURE_IDENTITY if config.get(k) != self.feature_config.get(k)]
+        if differs:
+            raise FeatxError(
+                f"{source} were made differently from the features this model was trained on "
+                f"({', '.join(differs)}: model {self.feature_config['backbone']}, "
+                f"features {config.get('backbone')}); use features of the same backbone and preprocessing")
+
+    def predict_proba(self, X, **kwargs) -> np.ndarray:
+        """Class probabilities (columns follow `classes_`) for feature rows, a FeatureStore, or image paths."""
+        return self.head.predict_proba(self._features(X, **kwargs))
+
+    def predict(self, X, **kwargs) -> np.ndarray:
+        """Class names, using the stored threshold on the second class for two-class models."""
+        return self.decide(self.predict_proba(X, **kwargs))
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        if len(self.classes_) == 2 and self.threshold is not None:
+            return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
+        return self.classes_[proba.argmax(1)]
+
+    def _features(self, X, **kwargs) -> np.ndarray:
+        from .store import FeatureStore
+
+        if isinstance(X, FeatureStore):
+            self.check_features(X.config, str(X.path))
+            return X.arrays(kwargs.get("split"))[0]
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+            width = self.info["features"]["num_features"]
+            if X.shape[1] != width:
+                raise FeatxError(f"features have {X.shape[1]} columns; this model expects {width} "
+                                 f"({self.feature_config['backbone']})")
+            return X
+        feats, reasons, _ = self.image_features(X, **kwargs)
+        bad = [f"{p}: {r}" for p, r in zip(X, reasons) if r]
+        if bad:
+            raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        return feats
+
+    def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
+                       workers=None, progress: bool = False):
+        """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
+        from .extraction import compute_features
+        from .imaging import JPEG_DRAFT_POLICY
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        bb = self.backbone(weights)
+        jpeg_draft = self.feature_config.get("decode") == JPEG_DRAFT_POLICY
+        return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
+                                tta=self.feature_config.get("tta", "none"), jpeg_draft=jpeg_draft,
+                                progress=progress)
+
+    def backbone(self, weights: str = "auto"):
+        """Build the backbone the head was trained on, and check its weights are the same ones."""
+        from .backbones import create_backbone
+
+        if self._backbone is not None:
+            return self._backbone
+        c = self.feature_config
+        if weights == "auto":
+            recorded = Path(c.get("weights_source", ""))
+            if c.get("weights_source", "").startswith("random"):
+                weights = "random"
+            elif recorded.is_absolute() and recorded.is_file():
+                weights = str(recorded)
+            else:
+                weights = "imagenet"
+        layer = None if c.get("layer") in (None, "pooled") else c["layer"]
+        bb = create_backbone(c["backbone"], weights, layer=layer)
+        if bb.weights_sha256 != c["weights_sha256"]:
+            raise FeatxError(f"the {c['backbone']} weights found ({bb.weights_source}) differ from those this model "
+                             f"was trained with ({c.get('weights_source')}); pass those with --weights PATH")
+        self.check_features({**c, **bb.identity()}, f"features of {bb.weights_source}")
+        self._backbone = bb
+        return bb
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,228 @@
+"""`featx fit`: train heads on a feature cache, pick a threshold, evaluate every split, save artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import FEATURE_IDENTITY, save_artifact
+from .data import SPLITS, default_cache_dir
+from .errors import FeatxError
+from .heads import HEADS, head_names, select_head
+from .metrics import choose_threshold, evaluate, threshold_rule
+from .store import FeatureStore
+
+
+@dataclass
+class FitResult:
+    """One trained head: where it was saved, what was chosen, and how it scored on each split."""
+
+    head: str
+    artifact: Path
+    params: dict
+    selection: str
+    threshold: float | None
+    metrics: dict          # split -> metrics (featx.evaluate)
+    train_seconds: float
+    scores: list = field(default_factory=list)
+
+
+def fit(features=None, *, data=None, backbone: str | None = None, head: str = "logreg", pca: int | None = None,
+        threshold: str | float = 0.5, seed: int = 0, cache_dir=None, models_dir=None, weights: str = "imagenet",
+        log=None) -> list[FitResult]:
+    """Train `head` ("all" for every head) on cached features and save one artifact per head.
+
+    The features are a cache file (`features`), or the cache of `backbone` on `data`, which
+    is extracted first if there is none. Hyperparameters are chosen on the validation split,
+    else by stratified group k-fold on train. `threshold` is a number or a rule chosen on the
+    same held-out predictions: "youden", "f1" or "sensitivity=0.95". Test is only evaluated.
+    """
+    log = log or _stderr
+    names = head_names(head)
+    if pca is not None and pca < 1:
+        raise FeatxError(f"--pca must be a positive number of components, not {pca}")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    store = _resolve_store(features, data, backbone, weights, cache_dir, log)
+    splits = _load_splits(store, log)
+    X, y, groups = splits["train"]
+    if pca is not None and pca > min(X.shape):
+        raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
+    X_val, y_val, _ = splits.get("val", (None, None, None))
+    threshold_rule = _check_threshold(threshold, len(store.classes))
+    models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+
+    results = []
+    for name in names:
+        log(f"fitting {name} on {store.config['backbone']} features ({len(y)} train images)")
+        sel = select_head(name, X, y, groups, X_val, y_val, pca=pca, seed=seed)
+        cut = _threshold(threshold_rule, sel, len(store.classes))
+        started = time.perf_counter()
+        metrics = {split: evaluate(yy, sel.estimator.predict_proba(XX), store.classes, cut if cut is not None else 0.5)
+                   for split, (XX, yy, _) in splits.items()}
+        predict_seconds = (time.perf_counter() - started) / sum(len(v[1]) for v in splits.values())
+        info = _sidecar(name, store, sel, threshold_rule, cut, metrics, pca, seed, predict_seconds, splits)
+        path = models_dir / f"{_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, pca, seed, threshold_rule)}.joblib"
+        save_artifact(path, sel.estimator, info)
+        log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
+        results.append(FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores))
+    return results
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> FeatureStore:
+    """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing)."""
+    if features is not None:
+        if data is not None or backbone is not None:
+            raise FeatxError("give either --features CACHE.h5 or --backbone with --data, not both")
+        return features if isinstance(features, FeatureStore) else FeatureStore(features)
+    if data is None or backbone is None:
+        raise FeatxError("say which features to fit on: --features CACHE.h5, or --backbone NAME --data DIR")
+    from .data import load_dataset
+
+    ds = load_dataset(data, cache_dir=cache_dir)
+    found = []
+    for path in sorted((cache_dir / ds.key).glob("*.h5")):
+        try:
+            store = FeatureStore(path)
+        except FeatxError:
+            continue
+        if store.config.get("backbone") == backbone and store.config.get("data_root") == str(ds.root):
+            found.append(store)
+    if weights != "imagenet":
+        found = []  # other weights: let extract find or build the cache that matches them exactly
+    if len(found) > 1:
+        listing = ", ".join(str(s.path) for s in found)
+        raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
+    if found:
+        store = found[0]
+        if sorted(store.row_table().path) != sorted(ds.paths):
+            raise FeatxError(f"the images in {ds.root} changed since {store.path} was made; "
+                             f"run `featx extract --backbone {backbone} --data {data}` first")
+        return store
+    log(f"no {backbone} features cached for {ds.root} yet: extracting them first")
+    from .extraction import extract
+
+    return extract(data, backbone, weights=weights, cache_dir=cache_dir)
+
+
+def _load_splits(store: FeatureStore, log) -> dict:
+    """(X, y, groups) per split present; refuse what no head can learn from."""
+    counts = store.counts()
+    pending = sum(c["pending"] for c in counts.values())
+    if pending:
+        log(f"warning: {store.path} is still being extracted ({pending} images pending); fitting on the finished rows")
+    out = {}
+    for split in SPLITS:
+        if split not in counts:
+            continue
+        X, y = store.arrays(split)
+        if len(y) == 0:
+            continue
+        bad = ~np.isfinite(X)
+        if bad.any():
+            rows = int(bad.any(1).sum())
+            raise FeatxError(f"{store.path}: {rows} {split} feature rows contain NaN or inf ({int(bad.sum())} values); "
+                             "re-extract them (delete the cache file) before fitting")
+        out[split] = (X.astype(np.float32, copy=False), y, np.asarray(store.groups(split)))
+    if "train" not in out:
+        raise FeatxError(f"{store.path} has no train images; heads need a train split")
+    present = np.unique(out["train"][1])
+    if len(present) < 2:
+        raise FeatxError(f"the train split has only one class ({store.classes[present[0]]}); a head needs at least two")
+    missing = [c for i, c in enumerate(store.classes) if i not in present]
+    if missing:
+        raise FeatxError(f"the train split has no images of class {', '.join(missing)}")
+    return out
+
+
+def _check_threshold(threshold, n_classes: int):
+    """A float, or a rule name checked now rather than after minutes of fitting."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        rule = str(threshold)
+        if n_classes != 2:
+            raise FeatxError(f"--threshold {rule} applies to two classes; with {n_classes} classes featx predicts "
+                             "the most probable one") from None
+        threshold_rule(rule)
+        return rule
+    if not 0 < value < 1:
+        raise FeatxError(f"--threshold must lie between 0 and 1, got {value}")
+    return value
+
+
+def _threshold(rule, sel, n_classes: int):
+    if n_classes != 2:
+        return None
+    if isinstance(rule, float):
+        return rule
+    return choose_threshold(sel.selection_y, sel.selection_proba[:, 1], rule)
+
+
+def _artifact_hash(store: FeatureStore, head: str, pca, seed: int, rule) -> str:
+    key = json.dumps({"features": store.config.get("config_hash"), "file": str(store.path.resolve()), "head": head,
+                      "grid": HEADS[head].grid, "pca": pca, "seed": seed, "threshold": rule}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def _split_fingerprint(store: FeatureStore, split: str) -> str:
+    """Names the exact images of a split (paths and bytes), so results on other images are never mixed."""
+    rows = store.row_table()
+    done, _ = store.row_status()
+    code = SPLITS.index(split)
+    items = sorted(f"{p}\t{h}" for p, h, s, d in zip(rows.path, rows.sha1, rows.split, done) if s == code and d)
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+
+
+def _sidecar(name, store, sel, rule, cut, metrics, pca, seed, predict_seconds, splits) -> dict:
+    import joblib
+    import sklearn
+
+    versions = {"python": platform.python_version(), "sklearn": sklearn.__version__, "joblib": joblib.__version__,
+                "numpy": np.__version__}
+    if name == "lightgbm":
+        import lightgbm
+
+        versions["lightgbm"] = lightgbm.__version__
+    from . import __version__
+
+    versions["featx"] = __version__
+    return {
+        "kind": "head",
+        "head": name,
+        "params": sel.params,
+        "pca": pca,
+        "seed": seed,
+        "selection": {"method": sel.method, "metric": "roc_auc",
+                      "candidates": [{"params": p, "roc_auc": v} for p, v in sel.scores]},
+        "classes": store.classes,
+        "threshold": cut,
+        "threshold_rule": rule if isinstance(rule, str) else "fixed",
+        "features": {
+            "file": str(store.path.resolve()),
+            "config_hash": store.config.get("config_hash"),
+            "num_features": store.num_features,
+            "config": {k: store.config.get(k) for k in (*FEATURE_IDENTITY, "weights_source", "precision", "dtype",
+                                                         "data_root")},
+        },
+        "splits": {s: {"n": int(len(v[1])), "images_sha256": _split_fingerprint(store, s)} for s, v in splits.items()},
+        "metrics": metrics,
+        "train_seconds": sel.train_seconds,
+        "predict_seconds_per_image": predict_seconds,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": versions,
+    }
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
