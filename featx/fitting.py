@@ -96,10 +96,9 @@ def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> F
             store = FeatureStore(path)
         except FeatxError:
             continue
-        if store.config.get("backbone") == backbone and store.config.get("data_root") == str(ds.root):
+        c = store.config
+        if c.get("backbone") == backbone and c.get("data_root") == str(ds.root) and _same_weights(c, weights):
             found.append(store)
-    if weights != "imagenet":
-        found = []  # other weights: let extract find or build the cache that matches them exactly
     if len(found) > 1:
         listing = ", ".join(str(s.path) for s in found)
         raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
@@ -113,6 +112,16 @@ def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> F
     from .extraction import extract
 
     return extract(data, backbone, weights=weights, cache_dir=cache_dir)
+
+
+def _same_weights(config: dict, weights: str) -> bool:
+    """Whether a cache was made with the weights asked for, judged from its record (no model built)."""
+    source = config.get("weights_source", "")
+    if weights == "random":
+        return source.startswith("random")
+    if weights == "imagenet":
+        return not source.startswith("random")
+    return source == str(Path(weights).expanduser().resolve())
 
 
 def _load_splits(store: FeatureStore, log) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -112,7 +112,6 @@ class Selection:
     selection_proba: np.ndarray       # the chosen head's held-out probabilities, for picking a threshold
     selection_y: np.ndarray           # their labels
     train_seconds: float = 0.0
-    notes: list = field(default_factory=list)
 
 
 def select_head(name: str, X, y, groups=None, X_val=None, y_val=None, *, pca=None, seed: int = 0,

@@ -211,7 +211,8 @@ def test_fit_from_backbone_and_data_then_predict_images(tmp_path):
     extract = run("extract", "--data", data, "--backbone", TINY, "--weights", "random", "--workers", "0",
                   "--no-progress", "--val-fraction", "0.25")
     assert extract.exit_code == 0, extract.output
-    fitted = run("fit", "--backbone", TINY, "--data", data, "--head", "logreg", "--threshold", "youden")
+    fitted = run("fit", "--backbone", TINY, "--data", data, "--weights", "random", "--head", "logreg",
+                 "--threshold", "youden")
     assert fitted.exit_code == 0, fitted.output
     artifact = fitted.stdout.strip().splitlines()[-1]
     assert "logreg" in fitted.stdout and "val" in fitted.stdout and artifact.endswith(".joblib")
