@@ -254,3 +254,12 @@ def test_predict_refuses_weights_that_differ(tmp_path):
 def test_predict_missing_image_is_one_line(store, tmp_path):
     [result] = featx.fit(store.path, head="logreg", models_dir=tmp_path)
     assert "not found" in one_line_error(run("predict", "--model", result.artifact, tmp_path / "nope.png"))
+
+
+@pytest.mark.parametrize("head", ["rf", "lightgbm", "mlp"])
+def test_same_seed_same_model(store, tmp_path, head):
+    a = featx.fit(store, head=head, seed=5, models_dir=tmp_path / "a")[0]
+    b = featx.fit(store, head=head, seed=5, models_dir=tmp_path / "b")[0]
+    X, _ = store.arrays("test")
+    assert a.params == b.params
+    assert np.array_equal(featx.load(a.artifact).predict_proba(X), featx.load(b.artifact).predict_proba(X))
