@@ -24,7 +24,8 @@ _API = {
     "extract": "extraction",
     "evaluate": "metrics", "choose_threshold": "metrics",
     "fit": "fitting", "FitResult": "fitting",
-    "ImageClassifier": "artifacts", "load": "artifacts",
+    "ImageClassifier": "artifacts", "FineTunedClassifier": "artifacts", "load": "artifacts",
+    "finetune": "finetuning", "FinetuneResult": "finetuning",
     "predict": "prediction",
     "FeatureExtractor": "transformer",
 }

@@ -34,6 +34,11 @@ def file_sha256(path) -> str:
     return digest.hexdigest()
 
 
+def images_fingerprint(items) -> str:
+    """Names an exact set of images, (relative path, sha1 of bytes) pairs, whatever their order."""
+    return hashlib.sha256("\n".join(sorted(f"{p}\t{h}" for p, h in items)).encode()).hexdigest()
+
+
 def save_artifact(path, estimator, info: dict) -> Path:
     """Write the joblib file, then its sidecar, each atomically.
 
@@ -45,7 +50,19 @@ def save_artifact(path, estimator, info: dict) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
         joblib.dump(estimator, tmp)
-    info = {**info, "format": ARTIFACT_FORMAT, "joblib": path.name, "joblib_sha256": file_sha256(path)}
+    info = {**info, "format": ARTIFACT_FORMAT, "joblib": path.name, "sha256": file_sha256(path)}
+    write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def save_checkpoint_artifact(path, state_dict: dict, info: dict) -> Path:
+    """A fine-tuned model: a torch state_dict (loadable with weights_only=True) and the same sidecar."""
+    import torch
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state_dict, tmp)
+    info = {**info, "format": ARTIFACT_FORMAT, "checkpoint": path.name, "sha256": file_sha256(path)}
     write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, default=_json_default) + "\n")
     return path
 
@@ -63,18 +80,22 @@ def read_sidecar(path) -> dict:
         raise FeatxError(f"cannot read {side}: {exc}") from None
 
 
-def load(path) -> "ImageClassifier":
-    """Load an artifact after checking its sha256 against the sidecar (pickles run code when loaded)."""
-    import joblib
+def load(path):
+    """Load an artifact after checking its sha256 against the sidecar (pickles run code when loaded).
 
+    Returns an `ImageClassifier` (a head from `featx fit`) or a `FineTunedClassifier`.
+    """
     path = Path(path)
     info = read_sidecar(path)
     if info.get("format") != ARTIFACT_FORMAT:
         raise FeatxError(f"{path} has artifact format {info.get('format')}, this featx reads {ARTIFACT_FORMAT}")
-    actual = file_sha256(path)
-    if actual != info.get("joblib_sha256"):
+    if file_sha256(path) != info.get("sha256"):
         raise FeatxError(f"{path} does not match the sha256 in {sidecar_path(path).name} (tampered, replaced or "
-                         f"half-written); refusing to unpickle it")
+                         f"half-written); refusing to load it")
+    if info.get("kind") == "finetune":
+        return FineTunedClassifier(info, path)
+    import joblib
+
     try:
         estimator = joblib.load(path)
     except Exception as exc:  # a file with the right hash that still fails is a version problem
@@ -83,7 +104,27 @@ def load(path) -> "ImageClassifier":
     return ImageClassifier(estimator, info, path)
 
 
-class ImageClassifier:
+class _SavedModel:
+    """What every loaded artifact knows: its sidecar, classes, threshold and how its inputs were made."""
+
+    def __init__(self, info: dict, path=None):
+        self.info = info
+        self.path = Path(path) if path else None
+        self.classes_ = np.array(info["classes"])
+        self.threshold = info.get("threshold")
+        self.feature_config: dict = info["features"]["config"]
+
+    def predict(self, X, **kwargs) -> np.ndarray:
+        """Class names, using the stored threshold on the second class for two-class models."""
+        return self.decide(self.predict_proba(X, **kwargs))
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        if len(self.classes_) == 2 and self.threshold is not None:
+            return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
+        return self.classes_[proba.argmax(1)]
+
+
+class ImageClassifier(_SavedModel):
     """A head and the recipe of its features: `predict_proba` takes feature rows or image paths.
 
     Paths go through the same backbone, weights and preprocessing the head was trained on;
@@ -91,12 +132,8 @@ class ImageClassifier:
     """
 
     def __init__(self, head, info: dict, path=None):
+        super().__init__(info, path)
         self.head = head
-        self.info = info
-        self.path = Path(path) if path else None
-        self.classes_ = np.array(info["classes"])
-        self.threshold = info.get("threshold")
-        self.feature_config: dict = info["features"]["config"]
         self._backbone = None
 
     def __repr__(self) -> str:
@@ -115,15 +152,6 @@ class ImageClassifier:
     def predict_proba(self, X, **kwargs) -> np.ndarray:
         """Class probabilities (columns follow `classes_`) for feature rows, a FeatureStore, or image paths."""
         return self.head.predict_proba(self._features(X, **kwargs))
-
-    def predict(self, X, **kwargs) -> np.ndarray:
-        """Class names, using the stored threshold on the second class for two-class models."""
-        return self.decide(self.predict_proba(X, **kwargs))
-
-    def decide(self, proba: np.ndarray) -> np.ndarray:
-        if len(self.classes_) == 2 and self.threshold is not None:
-            return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
-        return self.classes_[proba.argmax(1)]
 
     def _features(self, X, **kwargs) -> np.ndarray:
         from .store import FeatureStore
@@ -157,6 +185,15 @@ class ImageClassifier:
                                 tta=self.feature_config.get("tta", "none"), jpeg_draft=jpeg_draft,
                                 progress=progress)
 
+    def image_proba(self, paths, **kwargs) -> tuple[np.ndarray, list]:
+        """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""
+        feats, reasons, _ = self.image_features(paths, **kwargs)
+        proba = np.full((len(reasons), len(self.classes_)), np.nan)
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        if ok:
+            proba[ok] = self.head.predict_proba(feats[ok])
+        return proba, reasons
+
     def backbone(self, weights: str = "auto"):
         """Build the backbone the head was trained on, and check its weights are the same ones."""
         from .backbones import create_backbone
@@ -180,6 +217,68 @@ class ImageClassifier:
         self.check_features({**c, **bb.identity()}, f"features of {bb.weights_source}")
         self._backbone = bb
         return bb
+
+
+class FineTunedClassifier(_SavedModel):
+    """A model from `featx finetune`: the registry's backbone plus its trained dropout+linear head.
+
+    Built with the backbone's own code, its weights loaded from the checkpoint with
+    weights_only=True, and fed with the preprocessing it was trained with.
+    """
+
+    def __init__(self, info: dict, path):
+        super().__init__(info, path)
+        self._net = None
+
+    def __repr__(self) -> str:
+        return (f"FineTunedClassifier({self.feature_config['backbone']}, classes={self.info['classes']}, "
+                f"threshold={self.threshold})")
+
+    def network(self):
+        """The trained torch module (backbone -> dropout -> linear), in eval mode."""
+        import torch
+
+        from .backbones import Backbone, create_backbone
+        from .finetuning import ImageClassifierNet
+
+        if self._net is None:
+            c = self.feature_config
+            bb = create_backbone(c["backbone"], "random")
+            net = ImageClassifierNet(bb.model, bb.num_features, len(self.classes_),
+                                     self.info["params"].get("dropout", 0.0))
+            try:
+                net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
+            except (RuntimeError, ValueError) as exc:
+                raise FeatxError(f"{self.path} does not fit the {c['backbone']} backbone: {first_line(exc)}") from None
+            net.eval().requires_grad_(False)
+            self._net = Backbone(bb.spec, net, len(self.classes_), c["data_config"], str(self.path),
+                                 self.info["sha256"])
+        return self._net
+
+    def image_proba(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None, workers=None,
+                    progress: bool = False) -> tuple[np.ndarray, list]:
+        """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""
+        from .extraction import compute_features
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        logits, reasons, _ = compute_features(self.network(), list(paths), device=device, batch_size=batch_size,
+                                              workers=workers, progress=progress)
+        shifted = np.exp(logits - np.nanmax(logits, axis=1, keepdims=True))
+        return shifted / shifted.sum(1, keepdims=True), reasons
+
+    def predict_proba(self, paths, **kwargs) -> np.ndarray:
+        proba, reasons = self.image_proba(paths, **kwargs)
+        bad = [f"{p}: {r}" for p, r in zip(paths, reasons) if r]
+        if bad:
+            raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        return proba
+
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
 
 
 def _json_default(value):

@@ -100,23 +100,28 @@ def fit_command(head, features, backbone, data, weights, pca, threshold, seed, c
 
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights)
-    click.echo(_results_table(results))
+    click.echo(_results_table([(r.head, r.metrics, _chosen(r.params, r.threshold, r.selection, r.train_seconds))
+                               for r in results]))
     for r in results:
         click.echo(str(r.artifact))
 
 
-def _results_table(results) -> str:
+def _chosen(params: dict, threshold, how: str, seconds: float) -> str:
+    text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    if threshold is not None:
+        text += f"; threshold {threshold:.3f}"
+    return text + f" ({how}, {seconds:.1f} s)"
+
+
+def _results_table(rows) -> str:
+    """(method, metrics per split, what was chosen) rows as one table of the main metrics."""
     columns = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
     short = ("acc", "bal_acc", "sens", "spec", "f1", "roc_auc", "pr_auc")
-    lines = [f"{'head':<9}{'split':<6}{'n':>6}" + "".join(f"{c:>9}" for c in short) + "  chosen"]
-    for r in results:
-        chosen = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.params.items())
-        if r.threshold is not None:
-            chosen += f"; threshold {r.threshold:.3f}"
-        chosen += f" ({r.selection}, {r.train_seconds:.1f} s)"
-        for i, (split, m) in enumerate(r.metrics.items()):
+    lines = [f"{'method':<9}{'split':<6}{'n':>6}" + "".join(f"{c:>9}" for c in short) + "  chosen"]
+    for method, metrics, chosen in rows:
+        for i, (split, m) in enumerate(metrics.items()):
             cells = "".join("        -" if m.get(c) is None else f"{m[c]:9.3f}" for c in columns)
-            lines.append(f"{r.head if i == 0 else '':<9}{split:<6}{m['n']:>6}{cells}" + (f"  {chosen}" if i == 0 else ""))
+            lines.append(f"{method if i == 0 else '':<9}{split:<6}{m['n']:>6}{cells}" + (f"  {chosen}" if i == 0 else ""))
     return "\n".join(lines)
 
 
@@ -149,6 +154,52 @@ def predict_command(images, model_path, output, weights, device, batch_size):
         click.echo(f"wrote {output}", err=True)
     if bad == len(rows):
         raise click.ClickException("no image could be read")
+
+
+@main.command("finetune")
+@click.option("--data", "data", required=True, type=click.Path(), help="Image folder or CSV manifest, as for extract.")
+@click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")
+@click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, or a state_dict PATH.")
+@click.option("--epochs", default=10, type=click.IntRange(min=1), help="Most epochs to train.")
+@click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks/stages).")
+@click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
+@click.option("--init-head-from", default=None, type=click.Path(dir_okay=False), help="Start the head from a featx fit logreg artifact of this backbone.")
+@click.option("--lr", default=1e-4, type=float, help="Peak learning rate of the backbone.")
+@click.option("--head-lr", default=1e-3, type=float, help="Peak learning rate of the head.")
+@click.option("--weight-decay", default=0.05, type=float, help="AdamW weight decay.")
+@click.option("--schedule", default="cosine", type=click.Choice(["cosine", "onecycle"]), help="Learning-rate schedule, per step.")
+@click.option("--clip-grad", default=1.0, type=float, help="Clip the gradient norm to this (0: off).")
+@click.option("--label-smoothing", default=0.0, type=float, help="Label smoothing of the cross-entropy.")
+@click.option("--class-weight", default="balanced", type=click.Choice(["balanced", "none"]), help="Weight the loss by inverse class frequency.")
+@click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
+@click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation loss.")
+@click.option("--augment", default="xray", type=click.Choice(["xray", "natural", "none"]), help="Train-time augmentation: xray has no flips; natural adds them.")
+@click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the checkpoint's (quick CPU runs).")
+@click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
+@click.option("--threshold", default="0.5", help="Decision threshold: a number, or youden, f1, sensitivity=0.95 (chosen on validation).")
+@click.option("--seed", default=0, type=int, help="Seed of the head, shuffling, augmentation and dropout.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where to train.")
+@click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes.")
+@click.option("--val-fraction", default=None, type=float, help="Cut a validation split from train, by patient.")
+@click.option("--group-pattern", default=None, help="Regex whose first group names an image's patient.")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Run folder [default: <cache>/models/<backbone>-finetune-<hash>].")
+@click.option("--resume", is_flag=True, help="Continue the run of these options from its last checkpoint.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
+def finetune_command(data, backbone, **options):
+    """Train the backbone end to end with a dropout+linear head; select the epoch on validation loss.
+
+    Same backbone code, preprocessing, splits, metrics and artifact format as featx fit, so the
+    two are comparable. Writes model.pt (+ model.json), last.pt, history.csv, curves.png and
+    metrics.json; --resume continues an interrupted run.
+    """
+    from .finetuning import finetune
+
+    result = finetune(data, backbone, **options)
+    chosen = _chosen({"best_epoch": result.best_epoch}, result.threshold, result.stopped, result.train_seconds)
+    click.echo(_results_table([("finetune", result.metrics, chosen)]))
+    click.echo(str(result.artifact))
 
 
 @main.command("info")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import FEATURE_IDENTITY, save_artifact
+from .artifacts import FEATURE_IDENTITY, images_fingerprint, save_artifact
 from .data import SPLITS, default_cache_dir
 from .errors import FeatxError
 from .heads import HEADS, head_names, select_head
@@ -189,8 +189,7 @@ def _split_fingerprint(store: FeatureStore, split: str) -> str:
     rows = store.row_table()
     done, _ = store.row_status()
     code = SPLITS.index(split)
-    items = sorted(f"{p}\t{h}" for p, h, s, d in zip(rows.path, rows.sha1, rows.split, done) if s == code and d)
-    return hashlib.sha256("\n".join(items).encode()).hexdigest()
+    return images_fingerprint((p, h) for p, h, s, d in zip(rows.path, rows.sha1, rows.split, done) if s == code and d)
 
 
 def _sidecar(name, store, sel, rule, cut, metrics, pca, seed, predict_seconds, splits) -> dict:

@@ -117,6 +117,43 @@ class EvalTransform:
         return tensor
 
 
+AUGMENTATIONS = ("xray", "natural", "none")
+
+
+class TrainTransform:
+    """Training-time augmentation, ending in the same uint8 3xHxW tensor as EvalTransform.
+
+    xray: small rotations (+-10 deg) and shifts (5%), random resized crop (scale 0.8-1),
+    brightness and contrast jitter (20%), and no horizontal flip (anatomy is not mirror
+    symmetric). natural adds the flip. none is the eval transform. Images are first resized to
+    the eval resize side, so rotating a 3k-pixel X-ray costs no more than a small one.
+    """
+
+    def __init__(self, data_config: dict, augment: str = "xray"):
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import v2 as T
+
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}")
+        self.eval = EvalTransform(data_config)
+        self.augment = augment
+        size = tuple(data_config["input_size"][1:])
+        mode = InterpolationMode(data_config.get("interpolation", "bilinear").replace("random", "bilinear"))
+        ops = [T.Resize(self.eval.resize_side, interpolation=mode, antialias=True),
+               T.RandomAffine(degrees=10, translate=(0.05, 0.05), interpolation=InterpolationMode.BILINEAR),
+               T.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), interpolation=mode, antialias=True),
+               T.ColorJitter(brightness=0.2, contrast=0.2)]
+        if augment == "natural":
+            ops.append(T.RandomHorizontalFlip())
+        self.ops = T.Compose([*ops, T.PILToTensor()])
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if self.augment == "none":
+            return self.eval(img)
+        tensor = self.ops(img)
+        return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
+
+
 class Normalize(torch.nn.Module):
     """uint8 batch on the device -> float batch normalised with the checkpoint's mean and std."""
 

@@ -67,7 +67,7 @@ def test_logreg_fits_saves_and_reports_every_split(store, tmp_path):
     assert result.params["C"] in [float(c) for c in np.logspace(-4, 2, 7)]
     side = json.loads(result.artifact.with_suffix(".json").read_text())
     assert side["metrics"]["test"]["n"] == 50 and side["threshold"] == 0.5
-    assert side["features"]["config_hash"] == "toy0000000" and len(side["joblib_sha256"]) == 64
+    assert side["features"]["config_hash"] == "toy0000000" and len(side["sha256"]) == 64
     assert len(side["selection"]["candidates"]) == 7
 
 

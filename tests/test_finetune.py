@@ -1,0 +1,138 @@
+"""featx finetune on generated images with a tiny random-init backbone."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import featx
+from featx.cli import main
+
+from conftest import TINY, make_folder, one_line_error
+
+QUICK = dict(weights="random", batch_size=4, workers=0, progress=False, image_size=64)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_folder(tmp_path / "data", per_class=8)
+
+
+def tune(data, **kw):
+    return featx.finetune(data, TINY, **{**QUICK, "val_fraction": 0.25, **kw})
+
+
+def test_loss_decreases_and_outputs_are_written(data):
+    result = tune(data, epochs=5, lr=1e-2, head_lr=1e-2, augment="none", dropout=0.0, patience=5)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    out = result.artifact.parent
+    history = list(csv.DictReader(open(out / "history.csv")))
+    assert len(history) == 5 and {"train_loss", "val_loss", "val_accuracy", "val_roc_auc", "lr_backbone",
+                                  "seconds", "images_per_second"} <= set(history[0])
+    assert (out / "curves.png").stat().st_size > 10_000 and (out / "metrics.json").exists()
+    assert set(result.metrics) == {"train", "val"} and result.metrics["val"]["n"] == 4
+    # Checkpoints hold tensors and plain data only.
+    assert "head.weight" in torch.load(result.artifact, weights_only=True)
+    assert torch.load(out / "last.pt", weights_only=True)["state"]["epoch"] == 5
+
+
+def _backbone_state(state):
+    return {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+
+
+def test_frozen_parameters_and_batchnorm_statistics_stay_unchanged(data):
+    initial = featx.create_backbone(TINY, "random").model.state_dict()
+    frozen = torch.load(tune(data, epochs=2, unfreeze="none").artifact, weights_only=True)
+    assert all(torch.equal(v, initial[k]) for k, v in _backbone_state(frozen).items())  # running stats too
+
+    top = torch.load(tune(data, epochs=1, unfreeze="last:1").artifact, weights_only=True)
+    changed = {k for k, v in _backbone_state(top).items() if not torch.equal(v, initial[k])}
+    assert changed and all(not k.startswith(("conv_stem", "bn1", "blocks.0")) for k in changed), changed
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(data, tmp_path):
+    whole = tune(data, epochs=3, out_dir=tmp_path / "whole")
+
+    def interrupt_after_epoch_2(message):
+        if message.startswith("epoch 2/3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(data, epochs=3, out_dir=tmp_path / "cut", log=interrupt_after_epoch_2)
+    with pytest.raises(featx.FeatxError, match="--resume"):
+        tune(data, epochs=3, out_dir=tmp_path / "cut")
+    resumed = tune(data, epochs=3, out_dir=tmp_path / "cut", resume=True)
+    a = torch.load(whole.artifact, weights_only=True)
+    b = torch.load(resumed.artifact, weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics == whole.metrics and len(resumed.history) == 3
+
+
+def test_artifact_predicts_through_featx_predict(data, tmp_path):
+    result = tune(data, epochs=1, threshold="youden")
+    out = tmp_path / "preds.csv"
+    predicted = run("predict", "--model", result.artifact, "--output", out, data)
+    assert predicted.exit_code == 0, predicted.output
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 16 and all(r["predicted"] in ("NORMAL", "PNEUMONIA") for r in rows)
+    model = featx.load(result.artifact)
+    assert type(model).__name__ == "FineTunedClassifier" and model.threshold == result.threshold
+    proba = model.predict_proba([r["path"] for r in rows])
+    assert abs(proba[0, 1] - float(rows[0]["p_PNEUMONIA"])) < 1e-6
+
+
+def test_linear_probe_head_initialises_the_fine_tuned_head(data):
+    """--init-head-from: with nothing trained (lr 0, frozen backbone) it predicts like the logreg head."""
+    featx.extract(data, TINY, weights="random", val_fraction=0.25, workers=0, progress=False)
+    [probe] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg")
+    result = featx.finetune(data, TINY, weights="random", batch_size=4, workers=0, progress=False, epochs=1,
+                            init_head_from=probe.artifact, unfreeze="none", lr=0.0, head_lr=0.0)
+    paths = [str(p) for p in sorted(data.rglob("*.jpeg"))]
+    expected = featx.load(probe.artifact).predict_proba(paths)
+    assert torch.allclose(torch.tensor(featx.load(result.artifact).predict_proba(paths)), torch.tensor(expected),
+                          atol=1e-4)
+
+
+# --- refusals ----------------------------------------------------------------------------------------
+
+ARGS = ["--backbone", TINY, "--weights", "random", "--workers", "0", "--no-progress", "--image-size", "64",
+        "--batch-size", "4"]
+
+
+def test_unfreeze_beyond_the_blocks_is_one_line(data):
+    line = one_line_error(run("finetune", "--data", data, *ARGS, "--val-fraction", "0.25", "--unfreeze", "last:99"))
+    assert "last:99" in line and "blocks" in line
+
+
+def test_no_validation_split_is_one_line(data):
+    assert "--val-fraction" in one_line_error(run("finetune", "--data", data, *ARGS))
+
+
+def test_resume_from_another_configuration_is_refused(data, tmp_path):
+    tune(data, epochs=1, out_dir=tmp_path / "run")
+    line = one_line_error(run("finetune", "--data", data, *ARGS, "--epochs", "1", "--out", tmp_path / "run",
+                              "--lr", "0.5", "--resume"))
+    assert "another configuration" in line
+
+
+def test_a_nan_loss_stops_with_a_clear_message(data):
+    result = run("finetune", "--data", data, *ARGS, "--val-fraction", "0.25", "--epochs", "3",
+                 "--lr", "1e30", "--head-lr", "1e30", "--clip-grad", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]  # after the run's own progress lines
+    assert last.startswith("Error: the training loss became") and "Lower --lr" in last
+
+
+def test_init_head_from_another_backbone_is_refused(data, tmp_path):
+    featx.extract(data, "timm:test_convnext", weights="random", val_fraction=0.25, workers=0, progress=False)
+    [probe] = featx.fit(data=data, backbone="timm:test_convnext", weights="random", head="logreg")
+    line = one_line_error(run("finetune", "--data", data, *ARGS, "--init-head-from", probe.artifact))
+    assert "other features" in line
