@@ -39,32 +39,74 @@ def images_fingerprint(items) -> str:
     return hashlib.sha256("\n".join(sorted(f"{p}\t{h}" for p, h in items)).encode()).hexdigest()
 
 
-def save_artifact(path, estimator, info: dict) -> Path:
-    """Write the joblib file, then its sidecar, each atomically.
+def predictions_path(artifact) -> Path:
+    return Path(artifact).with_suffix(".predictions.npz")
 
-    A kill between the two leaves a joblib file whose sidecar is missing or names another hash,
-    which `load` refuses: no half-written artifact is ever loadable.
+
+def save_artifact(path, estimator, info: dict, predictions: dict | None = None) -> Path:
+    """A head from `featx fit`: its joblib file, its predictions, then its sidecar, each atomic.
+
+    A kill before the sidecar leaves a joblib file whose sidecar is missing or names another
+    hash, which `load` refuses: no half-written artifact is ever loadable.
     """
     import joblib
 
     path = Path(path)
     with atomic_path(path) as tmp:
         joblib.dump(estimator, tmp)
-    info = {**info, "format": ARTIFACT_FORMAT, "joblib": path.name, "sha256": file_sha256(path)}
-    write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, default=_json_default) + "\n")
-    return path
+    return _finish(path, info, predictions)
 
 
-def save_checkpoint_artifact(path, state_dict: dict, info: dict) -> Path:
+def save_checkpoint_artifact(path, state_dict: dict, info: dict, predictions: dict | None = None) -> Path:
     """A fine-tuned model: a torch state_dict (loadable with weights_only=True) and the same sidecar."""
     import torch
 
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(state_dict, tmp)
-    info = {**info, "format": ARTIFACT_FORMAT, "checkpoint": path.name, "sha256": file_sha256(path)}
+    return _finish(path, info, predictions)
+
+
+def _finish(path: Path, info: dict, predictions: dict | None) -> Path:
+    info = {**info, "format": ARTIFACT_FORMAT, "file": path.name, "sha256": file_sha256(path)}
+    if predictions:
+        info["predictions"] = {"file": predictions_path(path).name,
+                               "sha256": _save_predictions(predictions_path(path), predictions)}
+        info["splits"] = {s: {"n": len(p["y"]), "images_sha256": images_fingerprint(zip(p["path"], p["sha1"]))}
+                          for s, p in predictions.items()}
     write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, default=_json_default) + "\n")
     return path
+
+
+def _save_predictions(path: Path, predictions: dict) -> str:
+    """Per split: each image's path (relative to the data root), sha1, label and class probabilities."""
+    arrays = {}
+    for split, p in predictions.items():
+        arrays[f"{split}__path"] = np.array(p["path"], dtype=str)
+        arrays[f"{split}__sha1"] = np.array(p["sha1"], dtype=str)
+        arrays[f"{split}__y"] = np.asarray(p["y"], dtype=np.int64)
+        arrays[f"{split}__proba"] = np.asarray(p["proba"], dtype=np.float64)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, **arrays)
+    return file_sha256(path)
+
+
+def load_predictions(artifact, info: dict | None = None) -> dict:
+    """{split: {"path", "sha1", "y", "proba"}} as saved with an artifact (checked against its sidecar)."""
+    info = info or read_sidecar(artifact)
+    entry = info.get("predictions")
+    if not entry:
+        raise FeatxError(f"{artifact} has no saved predictions (made by an older featx); fit it again")
+    path = Path(artifact).with_name(entry["file"])
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
+        raise FeatxError(f"{path} is missing or does not match its sidecar; fit or fine-tune the model again")
+    out = {}
+    with np.load(path, allow_pickle=False) as data:
+        for key in data.files:
+            split, name = key.split("__")
+            out.setdefault(split, {})[name] = data[key]
+    return out
 
 
 def read_sidecar(path) -> dict:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .artifacts import images_fingerprint, save_checkpoint_artifact
+from .artifacts import save_checkpoint_artifact
 from .atomic import atomic_path, write_text_atomic
 from .backbones import Backbone, create_backbone
 from .data import SPLITS, default_cache_dir, load_dataset
@@ -189,7 +189,7 @@ def finetune(
                 "no checkpoint was kept"
             raise FeatxError(f"the training loss became {train_loss} in epoch {epoch + 1}; stopped. Lower --lr or "
                              f"--head-lr; {best}")
-        val_proba, val_y = _predict(net, _Images(ds, rows["val"], eval_tf), normalize, torch_device, precision,
+        val_proba, val_y, _ = _predict(net, _Images(ds, rows["val"], eval_tf), normalize, torch_device, precision,
                                     batch_size * 2, workers, skipped)
         val = evaluate(val_y, val_proba, ds.classes)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val["log_loss"],
@@ -219,11 +219,13 @@ def finetune(
 
     # Evaluate the best weights on every split, choose the threshold on validation, save the artifact.
     net.load_state_dict(torch.load(out / "best_weights.pt", map_location=torch_device, weights_only=True))
-    probas = {}
+    probas, predictions = {}, {}
     for split in rows:
-        proba, y = _predict(net, _Images(ds, rows[split], eval_tf), normalize, torch_device, precision,
-                            batch_size * 2, workers, skipped)
+        proba, y, done = _predict(net, _Images(ds, rows[split], eval_tf), normalize, torch_device, precision,
+                                  batch_size * 2, workers, skipped)
         probas[split] = (proba, y)
+        predictions[split] = {"path": [ds.paths[r] for r in done], "y": y, "proba": proba,
+                              "sha1": [sha1_file(ds.absolute(ds.paths[r])) for r in done]}
     cut = _threshold(threshold, probas["val"], k)
     metrics = {s: evaluate(y, p, ds.classes, cut if cut is not None else 0.5) for s, (p, y) in probas.items()}
     _plot_curves(out, state["history"], log)
@@ -238,9 +240,6 @@ def finetune(
                                 "decode": train_set.decode_policy, "weights_source": bb.weights_source,
                                 "data_root": str(ds.root)},
                      "num_features": bb.num_features},
-        "splits": {s: {"n": int(len(probas[s][1])),
-                       "images_sha256": images_fingerprint((ds.paths[i], sha1_file(ds.absolute(ds.paths[i])))
-                                                           for i in rows[s])} for s in rows},
         "metrics": metrics,
         "best_epoch": state["best_epoch"],
         "stopped": stopped,
@@ -249,7 +248,7 @@ def finetune(
         "config_hash": config_hash,
         "skipped": skipped,
     }
-    artifact = save_checkpoint_artifact(out / "model.pt", _cpu_state(net), info)
+    artifact = save_checkpoint_artifact(out / "model.pt", _cpu_state(net), info, predictions)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if skipped:
         log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in list(skipped.items())[:5]))
@@ -485,9 +484,9 @@ def _train_epoch(net, dataset, criterion, optimizer, scheduler, scaler, normaliz
 
 
 def _predict(net, dataset, normalize, device, precision, batch_size, workers, skipped):
-    """Softmax probabilities and labels of the readable images of `dataset`."""
+    """Softmax probabilities, labels and dataset rows of the readable images of `dataset`."""
     net.eval()
-    probas, labels = [], []
+    probas, labels, done = [], [], []
     with torch.inference_mode(), _autocast(device, precision):
         for images, y, rows, problems in _loader(dataset, batch_size, workers, False):
             for row, reason in problems:
@@ -495,9 +494,10 @@ def _predict(net, dataset, normalize, device, precision, batch_size, workers, sk
             if images is not None:
                 probas.append(torch.softmax(net(_prepare(images, normalize, device)).float(), 1).cpu().numpy())
                 labels.append(y.numpy())
+                done += rows
     if not probas:
         raise FeatxError("no readable images in a split being evaluated")
-    return np.concatenate(probas), np.concatenate(labels)
+    return np.concatenate(probas), np.concatenate(labels), done
 
 
 def _threshold(threshold, val, k: int):

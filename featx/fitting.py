@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import FEATURE_IDENTITY, images_fingerprint, save_artifact
+from .artifacts import FEATURE_IDENTITY, save_artifact
 from .data import SPLITS, default_cache_dir
 from .errors import FeatxError
 from .heads import HEADS, head_names, select_head
@@ -64,12 +64,15 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
         sel = select_head(name, X, y, groups, X_val, y_val, pca=pca, seed=seed)
         cut = _threshold(threshold_rule, sel, len(store.classes))
         started = time.perf_counter()
-        metrics = {split: evaluate(yy, sel.estimator.predict_proba(XX), store.classes, cut if cut is not None else 0.5)
-                   for split, (XX, yy, _) in splits.items()}
+        probas = {split: sel.estimator.predict_proba(XX) for split, (XX, _, _) in splits.items()}
         predict_seconds = (time.perf_counter() - started) / sum(len(v[1]) for v in splits.values())
-        info = _sidecar(name, store, sel, threshold_rule, cut, metrics, pca, seed, predict_seconds, splits)
+        metrics = {split: evaluate(splits[split][1], p, store.classes, cut if cut is not None else 0.5)
+                   for split, p in probas.items()}
+        predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": splits[split][1],
+                               "proba": p} for split, p in probas.items()}
+        info = _sidecar(name, store, sel, threshold_rule, cut, metrics, pca, seed, predict_seconds)
         path = models_dir / f"{_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, pca, seed, threshold_rule)}.joblib"
-        save_artifact(path, sel.estimator, info)
+        save_artifact(path, sel.estimator, info, predictions)
         log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
         results.append(FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores))
     return results
@@ -184,15 +187,7 @@ def _artifact_hash(store: FeatureStore, head: str, pca, seed: int, rule) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-def _split_fingerprint(store: FeatureStore, split: str) -> str:
-    """Names the exact images of a split (paths and bytes), so results on other images are never mixed."""
-    rows = store.row_table()
-    done, _ = store.row_status()
-    code = SPLITS.index(split)
-    return images_fingerprint((p, h) for p, h, s, d in zip(rows.path, rows.sha1, rows.split, done) if s == code and d)
-
-
-def _sidecar(name, store, sel, rule, cut, metrics, pca, seed, predict_seconds, splits) -> dict:
+def _sidecar(name, store, sel, rule, cut, metrics, pca, seed, predict_seconds) -> dict:
     import joblib
     import sklearn
 
@@ -223,7 +218,6 @@ def _sidecar(name, store, sel, rule, cut, metrics, pca, seed, predict_seconds, s
             "config": {k: store.config.get(k) for k in (*FEATURE_IDENTITY, "weights_source", "precision", "dtype",
                                                          "data_root")},
         },
-        "splits": {s: {"n": int(len(v[1])), "images_sha256": _split_fingerprint(store, s)} for s, v in splits.items()},
         "metrics": metrics,
         "train_seconds": sel.train_seconds,
         "predict_seconds_per_image": predict_seconds,

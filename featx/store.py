@@ -102,6 +102,10 @@ class FeatureStore:
     def groups(self, split: str | None = None) -> list[str]:
         return self._column("group", split)
 
+    def sha1s(self, split: str | None = None) -> list[str]:
+        """sha1 of each finished row's file bytes, in the order of `arrays`."""
+        return self._column("sha1", split)
+
     def skipped(self) -> list[tuple[str, str]]:
         """(path, reason) of every image that could not be read."""
         with self._open() as f:

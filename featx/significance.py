@@ -1,0 +1,138 @@
+"""Uncertainty of a metric and paired tests between two methods on the same images.
+
+- Stratified bootstrap: each class is resampled with replacement on its own, so every resample
+  has the class balance of the data and ROC-AUC stays defined.
+- DeLong's test for two correlated ROC-AUCs, in the fast form of Sun & Xu (2014).
+- McNemar's test for two classifiers' accuracy: exact binomial below 25 discordant pairs,
+  otherwise chi-squared with continuity correction.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn import metrics as M
+
+BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
+
+
+def bootstrap_ci(y, proba, threshold: float | None = 0.5, *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, tuple[float, float] | None]:
+    """Percentile confidence intervals of BOOTSTRAP_METRICS from stratified resamples."""
+    y = np.asarray(y)
+    proba = np.asarray(proba, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    by_class = [np.flatnonzero(y == c) for c in np.unique(y)]
+    samples = {m: [] for m in BOOTSTRAP_METRICS}
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(rows, size=len(rows), replace=True) for rows in by_class])
+        for name, value in point_metrics(y[idx], proba[idx], threshold).items():
+            samples[name].append(value)
+    alpha = (1 - level) / 2
+    out = {}
+    for name, values in samples.items():
+        values = np.array([v for v in values if v is not None], dtype=float)
+        out[name] = (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))) if len(values) else None
+    return out
+
+
+def point_metrics(y, proba, threshold: float | None = 0.5) -> dict[str, float | None]:
+    """The bootstrapped metrics, computed fast: binary at `threshold`, else argmax and macro averages."""
+    k = proba.shape[1]
+    pred = (proba[:, 1] >= threshold).astype(int) if k == 2 and threshold is not None else proba.argmax(1)
+    cm = np.zeros((k, k), np.int64)
+    np.add.at(cm, (y, pred), 1)
+    tp = np.diag(cm).astype(float)
+    support, predicted = cm.sum(1), cm.sum(0)
+    recall = np.divide(tp, support, out=np.full(k, np.nan), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.full(k, np.nan), where=predicted > 0)
+    tn = cm.sum() - support - predicted + tp
+    specificity = np.divide(tn, cm.sum() - support, out=np.full(k, np.nan), where=(cm.sum() - support) > 0)
+    f1 = np.divide(2 * tp, support + predicted, out=np.full(k, np.nan), where=(support + predicted) > 0)
+    present = np.unique(y)
+    out = {"accuracy": float(tp.sum() / len(y)), "balanced_accuracy": float(np.nanmean(recall[present]))}
+    if k == 2:
+        out.update(sensitivity=_num(recall[1]), specificity=_num(specificity[1]), f1=_num(f1[1]))
+        both = len(present) == 2
+        out["roc_auc"] = float(M.roc_auc_score(y, proba[:, 1])) if both else None
+        out["pr_auc"] = float(M.average_precision_score(y, proba[:, 1])) if both else None
+    else:
+        out.update(sensitivity=_num(np.nanmean(recall)), specificity=_num(np.nanmean(specificity)),
+                   f1=_num(np.nanmean(f1)))
+        full = len(present) == k
+        out["roc_auc"] = float(M.roc_auc_score(y, proba, multi_class="ovr", labels=np.arange(k))) if full else None
+        out["pr_auc"] = float(M.average_precision_score(np.eye(k)[y], proba, average="macro")) if full else None
+    return out
+
+
+def _num(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    """Ranks starting at 1, ties sharing the mean of their ranks."""
+    order = np.argsort(x, kind="mergesort")
+    sorted_x = x[order]
+    n = len(x)
+    ranks = np.zeros(n)
+    i = 0
+    while i < n:
+        j = i
+        while j < n and sorted_x[j] == sorted_x[i]:
+            j += 1
+        ranks[i:j] = 0.5 * (i + j - 1) + 1
+        i = j
+    out = np.empty(n)
+    out[order] = ranks
+    return out
+
+
+def delong_auc_variance(y, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs of each row of `scores` (methods x images) and their DeLong covariance matrix."""
+    y = np.asarray(y).astype(bool)
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    pos, neg = scores[:, y], scores[:, ~y]
+    m, n = pos.shape[1], neg.shape[1]
+    if m == 0 or n == 0:
+        raise ValueError("DeLong's test needs both classes")
+    aucs, v10, v01 = [], [], []
+    for p, q in zip(pos, neg):
+        tx, ty, tz = _midrank(p), _midrank(q), _midrank(np.concatenate([p, q]))
+        aucs.append((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+        v10.append((tz[:m] - tx) / n)        # per positive: share of negatives scored below it
+        v01.append(1 - (tz[m:] - ty) / m)    # per negative: share of positives scored above it
+    v10, v01 = np.array(v10), np.array(v01)
+    cov = (np.atleast_2d(np.cov(v10)) / m if m > 1 else 0) + (np.atleast_2d(np.cov(v01)) / n if n > 1 else 0)
+    return np.array(aucs), np.atleast_2d(cov)
+
+
+def delong_test(y, scores_a, scores_b) -> dict:
+    """Two-sided DeLong test that two methods scored on the same images have equal ROC-AUC."""
+    aucs, cov = delong_auc_variance(y, np.vstack([scores_a, scores_b]))
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    diff = aucs[0] - aucs[1]
+    if var <= 0:
+        return {"auc_a": aucs[0], "auc_b": aucs[1], "z": 0.0 if diff == 0 else math.inf,
+                "p_value": 1.0 if diff == 0 else 0.0}
+    z = diff / math.sqrt(var)
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "z": float(z), "p_value": _two_sided_normal(z)}
+
+
+def mcnemar_test(correct_a, correct_b) -> dict:
+    """McNemar's test on paired correctness: b = only A right, c = only B right."""
+    a, b_ = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    n = b + c
+    if n == 0:
+        return {"b": b, "c": c, "statistic": 0.0, "p_value": 1.0, "method": "no discordant pairs"}
+    if n < 25:
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+        return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": min(1.0, 2 * tail), "method": "exact"}
+    stat = (abs(b - c) - 1) ** 2 / n
+    return {"b": b, "c": c, "statistic": stat, "p_value": math.erfc(math.sqrt(stat / 2)),
+            "method": "chi-squared, continuity-corrected"}
+
+
+def _two_sided_normal(z: float) -> float:
+    return math.erfc(abs(z) / math.sqrt(2))
