@@ -28,6 +28,7 @@ _API = {
     "finetune": "finetuning", "FinetuneResult": "finetuning",
     "predict": "prediction",
     "FeatureExtractor": "transformer",
+    "compare": "comparison", "report": "reporting", "explain": "heatmaps",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

@@ -97,7 +97,7 @@ def load_predictions(artifact, info: dict | None = None) -> dict:
     info = info or read_sidecar(artifact)
     entry = info.get("predictions")
     if not entry:
-        raise FeatxError(f"{artifact} has no saved predictions (made by an older featx); fit it again")
+        raise FeatxError(f"{artifact} has no saved predictions (made by an older featx); run featx fit or featx finetune again")
     path = Path(artifact).with_name(entry["file"])
     if not path.is_file() or file_sha256(path) != entry["sha256"]:
         raise FeatxError(f"{path} is missing or does not match its sidecar; fit or fine-tune the model again")

@@ -202,6 +202,59 @@ def finetune_command(data, backbone, **options):
     click.echo(str(result.artifact))
 
 
+@main.command("compare")
+@click.option("--data", default=None, type=click.Path(), help="The dataset whose models to compare [default: the only one in the models folder].")
+@click.option("--split", default="test", type=click.Choice(["train", "val", "test"]), help="Split to compare on.")
+@click.option("--out", default="featx-report", type=click.Path(file_okay=False), help="Folder for report.html, report.md and the plots.")
+@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None, help="Where artifacts are [default: <cache>/models].")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+@click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
+@click.option("--seed", default=0, type=int, help="Seed of the bootstrap.")
+@click.option("--heatmaps", default=4, type=click.IntRange(min=0), help="Heatmaps of the best explainable method in the report (0: none).")
+@click.option("--no-report", is_flag=True, help="Print the table only.")
+def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report):
+    """Every head and fine-tune of a dataset side by side on one split, with 95% CIs and paired tests.
+
+    Only models evaluated on exactly the same images (paths and bytes) are ranked together;
+    the others are listed apart. Writes a self-contained HTML report and a Markdown version.
+    """
+    from .comparison import compare, format_table
+
+    if no_report:
+        records = compare(data, split=split, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot, seed=seed)
+    else:
+        from .reporting import report
+
+        result = report(data, split=split, out=out, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot,
+                        seed=seed, heatmaps=heatmaps, log=lambda m: click.echo(m, err=True))
+        records = result["records"]
+    click.echo(format_table(records))
+    if not no_report:
+        click.echo(f"report: {result['html']} and {result['markdown']}")
+
+
+@main.command("explain")
+@click.argument("image", type=click.Path())
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A head (logreg, linsvm) or fine-tune artifact.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="PNG to write [default: <image name>.heatmap.png here].")
+@click.option("--target", default=None, help="Class whose evidence to show [default: the predicted one].")
+@click.option("--layer", default=None, help="Fine-tuned models: module for Grad-CAM [default: the last feature map].")
+def explain_command(image, model_path, out, target, layer):
+    """A heatmap of where the model's evidence lies in IMAGE.
+
+    Linear heads get the exact class activation map; fine-tuned models get Grad-CAM.
+    """
+    from pathlib import Path
+
+    from .heatmaps import explain, overlay
+
+    result = explain(model_path, image, target=target, layer=layer)
+    out = out or f"{Path(image).stem}.heatmap.png"
+    overlay(image, result, out)
+    probs = ", ".join(f"{c}={p:.4f}" for c, p in zip(result["classes"], result["proba"]))
+    click.echo(f"{image}: {probs}; {result['method']} for {result['target']} -> {out}")
+
+
 @main.command("info")
 @click.argument("cache_file", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the full config as JSON.")

@@ -163,16 +163,15 @@ def finetune(
 
     state = {"epoch": 0, "history": [], "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0}
     last = out / "last.pt"
-    if resume:
-        state = _resume(last, config_hash, net, optimizer, scheduler, scaler, log)
-    elif last.exists():
+    if not resume and last.exists():
         raise FeatxError(f"{out} already holds a run of this configuration; add --resume to continue it, "
                          "or delete the folder to start over")
-    write_text_atomic(out / "config.json", json.dumps({**config, "config_hash": config_hash}, indent=2) + "\n")
-
+    if resume:
+        state = _resume(last, config_hash, net, optimizer, scheduler, scaler)
     log(f"fine-tuning {bb.spec.name} ({bb.weights_source}) on {torch_device}: {len(rows['train'])} train / "
         f"{len(rows['val'])} val images, {bb.data_config['input_size'][1]} px, batch {batch_size}, "
-        f"unfreeze {unfreeze}, {epochs} epochs -> {out}")
+        f"unfreeze {unfreeze}, {epochs} epochs -> {out}" + (f"; resuming after epoch {state['epoch']}" if resume else ""))
+    write_text_atomic(out / "config.json", json.dumps({**config, "config_hash": config_hash}, indent=2) + "\n")
     skipped: dict[str, str] = {}
     stopped = f"ran all {epochs} epochs"
     for epoch in range(state["epoch"], epochs):
@@ -220,12 +219,15 @@ def finetune(
     # Evaluate the best weights on every split, choose the threshold on validation, save the artifact.
     net.load_state_dict(torch.load(out / "best_weights.pt", map_location=torch_device, weights_only=True))
     probas, predictions = {}, {}
+    predict_started = time.perf_counter()
     for split in rows:
         proba, y, done = _predict(net, _Images(ds, rows[split], eval_tf), normalize, torch_device, precision,
                                   batch_size * 2, workers, skipped)
         probas[split] = (proba, y)
-        predictions[split] = {"path": [ds.paths[r] for r in done], "y": y, "proba": proba,
-                              "sha1": [sha1_file(ds.absolute(ds.paths[r])) for r in done]}
+        predictions[split] = {"path": [ds.paths[r] for r in done], "y": y, "proba": proba}
+    predict_seconds = (time.perf_counter() - predict_started) / max(1, sum(len(p[1]) for p in probas.values()))
+    for p in predictions.values():
+        p["sha1"] = [sha1_file(ds.absolute(rel)) for rel in p["path"]]
     cut = _threshold(threshold, probas["val"], k)
     metrics = {s: evaluate(y, p, ds.classes, cut if cut is not None else 0.5) for s, (p, y) in probas.items()}
     _plot_curves(out, state["history"], log)
@@ -245,6 +247,7 @@ def finetune(
         "stopped": stopped,
         "history": state["history"],
         "train_seconds": train_seconds,
+        "predict_seconds_per_image": predict_seconds,  # decoding included
         "config_hash": config_hash,
         "skipped": skipped,
     }
@@ -519,7 +522,7 @@ def _save_last(path: Path, config_hash, net, optimizer, scheduler, scaler, state
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": state}, tmp)
 
 
-def _resume(path: Path, config_hash, net, optimizer, scheduler, scaler, log) -> dict:
+def _resume(path: Path, config_hash, net, optimizer, scheduler, scaler) -> dict:
     if not path.exists():
         raise FeatxError(f"--resume: no checkpoint to resume at {path}; run without --resume to start")
     try:
@@ -533,7 +536,6 @@ def _resume(path: Path, config_hash, net, optimizer, scheduler, scaler, log) -> 
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     scaler.load_state_dict(saved["scaler"])
-    log(f"resuming after epoch {saved['state']['epoch']} from {path}")
     return saved["state"]
 
 
@@ -548,29 +550,16 @@ def _write_history(out: Path, history: list[dict]) -> None:
 
 
 def _plot_curves(out: Path, history: list[dict], log) -> None:
-    """Loss and accuracy per epoch, train and validation (needs matplotlib: pip install featx[report])."""
-    try:
-        import matplotlib
+    """Loss and accuracy per epoch (needs matplotlib: pip install featx[report])."""
+    from .heatmaps import pyplot
+    from .reporting import plot_history
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        plt = pyplot()
+    except FeatxError:
         log("matplotlib is not installed: no curves.png (pip install 'featx[report]')")
         return
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train (augmented, class-weighted)")
-    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax1.set(title="Loss (cross-entropy)", xlabel="epoch", ylabel="loss")
-    ax2.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train")
-    ax2.plot(epochs, [h["val_accuracy"] for h in history], "o-", label="validation")
-    ax2.set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
-    best = min(history, key=lambda h: h["val_loss"])["epoch"]
-    for ax in (ax1, ax2):
-        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch ({best})")
-        ax.set_xticks(epochs)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    fig = plot_history(plt, history)
     with atomic_path(out / "curves.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -129,6 +129,7 @@ def select_head(name: str, X, y, groups=None, X_val=None, y_val=None, *, pca=Non
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # selection scores the result either way
         if X_val is not None and len(X_val):
+            candidates = _feasible(candidates, len(y))
             fitted = [_fit(clone(base).set_params(**p), spec, X, y, X_val, y_val) for p in candidates]
             scores = [_auc(y_val, _scores(m, X_val)) for m in fitted]
             best = _argmax(scores)
@@ -138,6 +139,7 @@ def select_head(name: str, X, y, groups=None, X_val=None, y_val=None, *, pca=Non
             held_proba, held_y = estimator.predict_proba(X_val), np.asarray(y_val)
         else:
             splits = _group_folds(y, groups, folds, seed)
+            candidates = _feasible(candidates, min(len(tr) for tr, _ in splits))
             scores, oofs, trees = [], [], []
             for params in candidates:
                 oof, fold_trees = _cross_fit(clone(base).set_params(**params), spec, X, y, splits, finish=False)
@@ -158,6 +160,12 @@ def select_head(name: str, X, y, groups=None, X_val=None, y_val=None, *, pca=Non
             method = f"{len(splits)}-fold stratified group CV on train"
     return Selection(estimator, _plain(candidates[best]), [(_plain(p), s) for p, s in zip(candidates, scores)],
                      method, held_proba, held_y, time.perf_counter() - started)
+
+
+def _feasible(candidates: list[dict], n_fit: int) -> list[dict]:
+    """Drop settings a small training set cannot support (kNN's k above the images it has)."""
+    kept = [p for p in candidates if p.get("clf__n_neighbors", 0) <= n_fit]
+    return kept or [{**candidates[0], "clf__n_neighbors": n_fit}]
 
 
 def _group_folds(y, groups, folds: int, seed: int) -> list:

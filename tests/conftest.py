@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import featx
+from featx.data import SPLITS
+from featx.store import RowTable, StoreWriter, create_store
+
 # A tiny timm model (about 0.1 M parameters, 160 px input): fast enough for every test.
 TINY = "timm:test_efficientnet"
 
@@ -88,3 +92,39 @@ def one_line_error(result) -> str:
     assert len(lines) == 1, result.output
     assert lines[0].startswith("Error: "), result.output
     return lines[0]
+
+
+# --- feature caches from given arrays, for heads and comparisons ------------------------------
+
+CONFIG = {"backbone": "toy", "timm_model": "toy", "numerics": "timm", "weights_sha256": "0" * 64,
+          "data_config": {"input_size": [3, 32, 32]}, "layer": "pooled", "tta": "none", "decode": "featx-decode-1",
+          "data_root": "/nowhere", "config_hash": "toy0000000"}
+
+
+def toy_features(n=120, d=8, classes=2, seed=0, signal=1.5):
+    """Gaussian blobs: class c is shifted by `signal` along feature c."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    X[np.arange(n), y] += signal
+    return X, y
+
+
+def write_store(path, X, y, split, classes=("NORMAL", "PNEUMONIA"), config=None, salt: int = 0):
+    """A feature cache as extract would leave it, from given arrays (split: names per row).
+
+    `salt` changes the recorded file bytes (sha1), as if the images were different files."""
+    n = len(y)
+    rows = RowTable(path=[f"{classes[c]}/img{i}.png" for i, c in enumerate(y)], label=np.asarray(y, np.int16),
+                    split=np.array([SPLITS.index(s) for s in split], np.int8),
+                    group=[f"patient{i // 2}" for i in range(n)], sha1=[f"{i + salt * 10**6:040x}" for i in range(n)],
+                    size=np.ones(n, np.int64), mtime_ns=np.ones(n, np.int64))
+    create_store(path, {**CONFIG, **(config or {})}, list(classes), rows, X.shape[1])
+    with StoreWriter(path) as writer:
+        writer.write(np.arange(n), X)
+    return featx.FeatureStore(path)
+
+
+def three_way(n=150):
+    """Each row's split, a third each, not aligned with the classes."""
+    return np.random.default_rng(7).permutation(np.array(["train", "val", "test"] * (n // 3)))
