@@ -20,7 +20,8 @@ import numpy as np
 from .atomic import write_text_atomic
 from .errors import FeatxError
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+BAD_NAME = "file name is not valid UTF-8; rename the file to extract it"
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
@@ -43,6 +44,7 @@ class Dataset:
     group_pattern: str = DEFAULT_GROUP_PATTERN
     split_note: str = ""
     ignored: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # path -> why it cannot be read, known at listing
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -130,8 +132,17 @@ def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
             if name.startswith("."):
                 continue
             rel = f"{rel_dir}/{name}" if rel_dir else name
-            (found if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else ignored).append(rel)
+            (found if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else ignored).append(_printable(rel))
     return found
+
+
+def _printable(rel: str) -> str:
+    """Names the filesystem gave as undecodable bytes get a visible escape (e.g. caf\\xe9.png)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def image_files(targets) -> list[Path]:
@@ -200,8 +211,9 @@ def _from_folders(root: Path) -> Dataset:
             paths += found
             labels += [all_classes.index(class_name)] * len(found)
             splits += [split] * len(found)
+    problems = {p: BAD_NAME for p in paths if "\\x" in p and not (root / p).exists()}
     return Dataset(root, _dataset_key(root), all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
-                   [""] * len(paths), ignored=ignored)
+                   [""] * len(paths), ignored=ignored, problems=problems)
 
 
 def _from_manifest(csv_path: Path) -> Dataset:

@@ -81,8 +81,12 @@ def extract(
     config = {**identity, "config_hash": config_hash, "weights_source": bb.weights_source,
               "device": str(torch_device), "group_pattern": ds.group_pattern, **_versions()}
 
+    if ds.ignored:
+        log(f"ignored {len(ds.ignored)} files that are not images by their extension ({_extensions()}), "
+            f"e.g. {', '.join(ds.ignored[:3])}")
     with exclusive_lock(path):
         store = _prepare_store(path, ds, bb, identity, config, dtype, log)
+        _skip_known_problems(path, store, ds)
         todo, batches = _schedule(path, batch_size)
         if len(todo) == 0:
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
@@ -91,10 +95,15 @@ def extract(
         log(f"extracting {len(todo)} of {store.n_rows} images with {bb.spec.name} ({bb.weights_source}) "
             f"on {torch_device}, batch {batch_size}, {n_workers} workers -> {path}")
         started = time.perf_counter()
-        done_now, skipped_now = _run(path, ds, bb, store.row_table(), batches, set(todo.tolist()), torch_device,
-                                     precision, tta, dtype, n_workers, progress, jpeg_draft)
+        try:
+            done_now, skipped_now = _run(path, ds, bb, store.row_table(), batches, set(todo.tolist()), torch_device,
+                                         precision, tta, dtype, n_workers, progress, jpeg_draft)
+        except OSError as exc:  # e.g. the disk filled up: rows already flagged done are intact
+            raise FeatxError(f"cannot write to {path}: {exc.strerror or exc}; everything finished so far is kept, "
+                             "free space (or fix the disk) and re-run the same command to resume") from None
         seconds = time.perf_counter() - started
     log(f"extracted {done_now} images in {seconds:.1f} s ({done_now / max(seconds, 1e-9):.1f} images/s)")
+    skipped_now = [(p, why) for p, why in ds.problems.items()] + skipped_now
     if skipped_now:
         log(f"skipped {len(skipped_now)} unreadable images (recorded in the cache's 'skipped'):")
         for rel, reason in skipped_now[:10]:
@@ -102,6 +111,25 @@ def extract(
         if len(skipped_now) > 10:
             log(f"  ... and {len(skipped_now) - 10} more: FeatureStore({str(path)!r}).skipped()")
     return FeatureStore(path)
+
+
+def _extensions() -> str:
+    from .data import IMAGE_EXTENSIONS
+
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def _skip_known_problems(path: Path, store: FeatureStore, ds: Dataset) -> None:
+    """Record rows that cannot be read whatever happens (e.g. undecodable names) as skipped."""
+    if not ds.problems:
+        return
+    done, skipped = store.row_status()
+    index = {p: i for i, p in enumerate(store.row_table().path)}
+    rows = sorted(index[p] for p in ds.problems if p in index and not done[index[p]] and not skipped[index[p]])
+    if rows:
+        table = store.row_table()
+        with StoreWriter(path) as writer:
+            writer.skip(np.array(rows), [ds.problems[table.path[r]] for r in rows])
 
 
 def resolve_device(device: str) -> torch.device:

@@ -13,6 +13,7 @@ Conversion rules (recorded in every cache as DECODE_POLICY):
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -37,6 +38,7 @@ def load_image(path, draft_side: int | None = None) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": the pixels still decode
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if draft_side and img.format == "JPEG":
@@ -92,6 +94,7 @@ def _rescale_to_l(array: np.ndarray) -> Image.Image:
 
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
+    text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "(corrupt, or not an image)", text)
     return text[:200] if text else type(exc).__name__
 
 

@@ -128,3 +128,12 @@ def write_store(path, X, y, split, classes=("NORMAL", "PNEUMONIA"), config=None,
 def three_way(n=150):
     """Each row's split, a third each, not aligned with the classes."""
     return np.random.default_rng(7).permutation(np.array(["train", "val", "test"] * (n // 3)))
+
+
+def final_error(result) -> str:
+    """For failures after a run has started (and logged progress): the last line is the one error."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: "), result.output
+    return last
