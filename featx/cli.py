@@ -74,8 +74,11 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
                     device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, jpeg_draft=jpeg_draft,
                     val_fraction=val_fraction,
                     group_pattern=group_pattern, seed=seed, progress=progress)
-    _print_counts(store)
-    click.echo(str(store.path))
+    from .sharding import world
+
+    if world()[0] == 0:  # under torchrun, rank 0 speaks for all
+        _print_counts(store)
+        click.echo(str(store.path))
 
 
 @main.command("fit")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import sharding
 from .backbones import Backbone, create_backbone
 from .data import SPLITS, Dataset, default_cache_dir, load_dataset
 from .errors import FeatxError
@@ -63,6 +64,13 @@ def extract(
         raise FeatxError(f"--batch-size must be at least 1, got {batch_size}")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
+    rank, n_ranks, local_rank = sharding.world()
+    if n_ranks > 1:  # under torchrun: one GPU per rank, logs and progress from rank 0 only
+        sharding.init()
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+        if rank:
+            log, progress = (lambda message: None), False
     torch_device = resolve_device(device)
     batch_size = batch_size or default_batch_size(torch_device)
     bb = create_backbone(backbone, weights, layer=layer)
@@ -84,23 +92,50 @@ def extract(
     if ds.ignored:
         log(f"ignored {len(ds.ignored)} files that are not images by their extension ({_extensions()}), "
             f"e.g. {', '.join(ds.ignored[:3])}")
-    with exclusive_lock(path):
-        store = _prepare_store(path, ds, bb, identity, config, dtype, log)
-        _skip_known_problems(path, store, ds)
+    with exclusive_lock(path) if rank == 0 else contextlib.nullcontext():
+        if rank == 0:
+            store = _prepare_store(path, ds, bb, identity, config, dtype, log)
+            if sharding.merge_shards(path):
+                log(f"{path}: merged the finished rows of an interrupted sharded run")
+            _skip_known_problems(path, store, ds)
+        sharding.barrier()  # every rank plans from the same prepared cache
+        store = FeatureStore(path)
         todo, batches = _schedule(path, batch_size)
         if len(todo) == 0:
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
         n_workers = default_workers(torch_device) if workers is None else workers
         log(f"extracting {len(todo)} of {store.n_rows} images with {bb.spec.name} ({bb.weights_source}) "
-            f"on {torch_device}, batch {batch_size}, {n_workers} workers -> {path}")
+            f"on {torch_device}, batch {batch_size}, {n_workers} workers"
+            + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {path}")
         started = time.perf_counter()
+        done_before = int(store.row_status()[0].sum())
+        rows, target, pending = store.row_table(), path, set(todo.tolist())
+        if n_ranks > 1:  # this rank's blocks, into its own shard file
+            batches = sharding.my_batches(batches, rank, n_ranks)
+            mine = [r for batch in batches for r in batch]
+            local = {r: i for i, r in enumerate(mine)}
+            target = sharding.create_shard(sharding.shard_path(path, rank), mine, bb.num_features, dtype,
+                                           sharding.rows_digest(rows))
+            batches = [[local[r] for r in batch] for batch in batches]
+            pending = {local[r] for r in mine if r in pending}
+            rows = sharding.sub_table(rows, mine)
         try:
-            done_now, skipped_now = _run(path, ds, bb, store.row_table(), batches, set(todo.tolist()), torch_device,
+            done_now, skipped_now = _run(target, ds, bb, rows, batches, pending, torch_device,
                                          precision, tta, dtype, n_workers, progress, jpeg_draft)
         except OSError as exc:  # e.g. the disk filled up: rows already flagged done are intact
-            raise FeatxError(f"cannot write to {path}: {exc.strerror or exc}; everything finished so far is kept, "
+            raise FeatxError(f"cannot write to {target}: {exc.strerror or exc}; everything finished so far is kept, "
                              "free space (or fix the disk) and re-run the same command to resume") from None
+        if n_ranks > 1:
+            sharding.barrier()
+            if rank == 0:
+                sharding.merge_shards(path)
+            sharding.barrier()
+            merged = FeatureStore(path)
+            done_now = int(merged.row_status()[0].sum()) - done_before
+            all_paths = merged.row_table().path
+            todo_paths = {all_paths[i] for i in todo}
+            skipped_now = [(p, why) for p, why in merged.skipped() if p in todo_paths and p not in ds.problems]
         seconds = time.perf_counter() - started
     log(f"extracted {done_now} images in {seconds:.1f} s ({done_now / max(seconds, 1e-9):.1f} images/s)")
     skipped_now = [(p, why) for p, why in ds.problems.items()] + skipped_now
