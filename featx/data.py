@@ -99,6 +99,11 @@ def load_dataset(
     return ds
 
 
+def file_safe(name: str) -> str:
+    """A backbone name usable in a file name (timm:x -> timm_x)."""
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("FEATX_CACHE_DIR", "cache"))
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import sharding
 from .backbones import Backbone, create_backbone
-from .data import SPLITS, Dataset, default_cache_dir, load_dataset
+from .data import SPLITS, Dataset, default_cache_dir, file_safe, load_dataset
 from .errors import FeatxError
 from .imaging import DECODE_POLICY, JPEG_DRAFT_POLICY, EvalTransform, ImageError, Normalize, load_image
 from .inference import fold_batchnorm
@@ -85,7 +85,7 @@ def extract(
         "decode": JPEG_DRAFT_POLICY if jpeg_draft else DECODE_POLICY,
     }
     config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    path = Path(output) if output else cache_dir / ds.key / f"{_file_safe(bb.spec.name)}-{config_hash}.h5"
+    path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config_hash}.h5"
     config = {**identity, "config_hash": config_hash, "weights_source": bb.weights_source,
               "device": str(torch_device), "group_pattern": ds.group_pattern, **_versions()}
 
@@ -210,10 +210,6 @@ def _versions() -> dict:
     from . import __version__
 
     return {"featx_version": __version__, "torch_version": torch.__version__, "timm_version": timm.__version__}
-
-
-def _file_safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def _stderr(message: str) -> None:

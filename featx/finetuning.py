@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .artifacts import save_checkpoint_artifact
 from .atomic import atomic_path, write_text_atomic
 from .backbones import Backbone, create_backbone
-from .data import SPLITS, default_cache_dir, load_dataset
+from .data import SPLITS, default_cache_dir, file_safe, load_dataset
 from .errors import FeatxError
 from .extraction import default_batch_size, default_workers, resolve_device, sha1_file
 from .imaging import AUGMENTATIONS, DECODE_POLICY, EvalTransform, ImageError, Normalize, TrainTransform, load_image
@@ -139,7 +139,7 @@ def finetune(
     config = {**args, "identity": {**bb.identity(), "data_config": bb.data_config}, "classes": ds.classes,
               "data_root": str(ds.root), "train_rows": _digest(rows["train"]), "val_rows": _digest(rows["val"])}
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-    out = Path(out_dir) if out_dir else cache_dir / "models" / f"{_safe(bb.spec.name)}-finetune-{config_hash}"
+    out = Path(out_dir) if out_dir else cache_dir / "models" / f"{file_safe(bb.spec.name)}-finetune-{config_hash}"
     out.mkdir(parents=True, exist_ok=True)
 
     net = net.to(torch_device)
@@ -264,9 +264,6 @@ def finetune(
 def _stderr(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
 
 
 def _digest(values) -> str:

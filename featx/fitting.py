@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import FEATURE_IDENTITY, save_artifact
+from .data import file_safe
 from .data import SPLITS, default_cache_dir
 from .errors import FeatxError
 from .heads import HEADS, head_names, select_head
@@ -71,7 +72,7 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
         predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": splits[split][1],
                                "proba": p} for split, p in probas.items()}
         info = _sidecar(name, store, sel, threshold_rule, cut, metrics, pca, seed, predict_seconds)
-        path = models_dir / f"{_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, pca, seed, threshold_rule)}.joblib"
+        path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, pca, seed, threshold_rule)}.joblib"
         save_artifact(path, sel.estimator, info, predictions)
         log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
         results.append(FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores))
@@ -225,6 +226,3 @@ def _sidecar(name, store, sel, rule, cut, metrics, pca, seed, predict_seconds) -
         "versions": versions,
     }
 
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
