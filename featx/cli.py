@@ -74,7 +74,7 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
                     device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, jpeg_draft=jpeg_draft,
                     val_fraction=val_fraction,
                     group_pattern=group_pattern, seed=seed, progress=progress)
-    from .sharding import world
+    from .distributed import world
 
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
         _print_counts(store)
@@ -93,7 +93,10 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @click.option("--seed", default=0, type=int, help="Seed of the heads and of cross-validation folds.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
 @click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None, help="Where artifacts go [default: <cache>/models].")
-def fit_command(head, features, backbone, data, weights, pca, threshold, seed, cache_dir, models_dir):
+@click.option("--out-of-core", is_flag=True, help="Read the features block by block instead of loading them (logreg, lightgbm).")
+@click.option("--solver", default="lbfgs", type=click.Choice(["lbfgs", "sgd"]), help="Out-of-core logreg: lbfgs (the in-memory model, a pass per iteration) or sgd (fewer passes, near the optimum).")
+def fit_command(head, features, backbone, data, weights, pca, threshold, seed, cache_dir, models_dir, out_of_core,
+                solver):
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
 
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
@@ -102,7 +105,8 @@ def fit_command(head, features, backbone, data, weights, pca, threshold, seed, c
     from .fitting import fit
 
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
-                  cache_dir=cache_dir, models_dir=models_dir, weights=weights)
+                  cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
+                  solver=solver)
     click.echo(_results_table([(r.head, r.metrics, _chosen(r.params, r.threshold, r.selection, r.train_seconds))
                                for r in results]))
     for r in results:
@@ -197,12 +201,14 @@ def finetune_command(data, backbone, **options):
     two are comparable. Writes model.pt (+ model.json), last.pt, history.csv, curves.png and
     metrics.json; --resume continues an interrupted run.
     """
+    from .distributed import world
     from .finetuning import finetune
 
     result = finetune(data, backbone, **options)
-    chosen = _chosen({"best_epoch": result.best_epoch}, result.threshold, result.stopped, result.train_seconds)
-    click.echo(_results_table([("finetune", result.metrics, chosen)]))
-    click.echo(str(result.artifact))
+    if world()[0] == 0:  # under torchrun, rank 0 speaks for all
+        chosen = _chosen({"best_epoch": result.best_epoch}, result.threshold, result.stopped, result.train_seconds)
+        click.echo(_results_table([("finetune", result.metrics, chosen)]))
+        click.echo(str(result.artifact))
 
 
 @main.command("compare")

@@ -100,7 +100,9 @@ def _of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> l
 
 def method_name(info: dict) -> str:
     backbone = info["features"]["config"]["backbone"]
-    return f"{backbone} fine-tune" if info.get("kind") == "finetune" else f"{backbone} + {info['head']}"
+    if info.get("kind") == "finetune":
+        return f"{backbone} fine-tune"
+    return f"{backbone} + {info['head']}" + (" (out of core)" if info.get("out_of_core") else "")
 
 
 def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", n_boot: int = 1000,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import sharding
+from . import distributed, sharding
 from .backbones import Backbone, create_backbone
 from .data import SPLITS, Dataset, default_cache_dir, file_safe, load_dataset
 from .errors import FeatxError
@@ -64,9 +64,9 @@ def extract(
         raise FeatxError(f"--batch-size must be at least 1, got {batch_size}")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
-    rank, n_ranks, local_rank = sharding.world()
+    rank, n_ranks, local_rank = distributed.world()
     if n_ranks > 1:  # under torchrun: one GPU per rank, logs and progress from rank 0 only
-        sharding.init()
+        distributed.init()
         if device in ("auto", "cuda") and torch.cuda.is_available():
             device = f"cuda:{local_rank}"
         if rank:
@@ -98,7 +98,7 @@ def extract(
             if sharding.merge_shards(path):
                 log(f"{path}: merged the finished rows of an interrupted sharded run")
             _skip_known_problems(path, store, ds)
-        sharding.barrier()  # every rank plans from the same prepared cache
+        distributed.barrier()  # every rank plans from the same prepared cache
         store = FeatureStore(path)
         todo, batches = _schedule(path, batch_size)
         if len(todo) == 0:
@@ -127,10 +127,10 @@ def extract(
             raise FeatxError(f"cannot write to {target}: {exc.strerror or exc}; everything finished so far is kept, "
                              "free space (or fix the disk) and re-run the same command to resume") from None
         if n_ranks > 1:
-            sharding.barrier()
+            distributed.barrier()
             if rank == 0:
                 sharding.merge_shards(path)
-            sharding.barrier()
+            distributed.barrier()
             merged = FeatureStore(path)
             done_now = int(merged.row_status()[0].sum()) - done_before
             all_paths = merged.row_table().path

@@ -4,7 +4,16 @@ The model is `create_backbone(...)` (the very code extract uses) plus dropout an
 layer. Same preprocessing, same stored splits, same metrics, threshold rules and artifact
 format as `featx fit`. Every epoch ends with two atomic checkpoints: `last.pt` (everything
 needed to resume) and, when validation loss improved, `model.pt` (the best weights). An epoch
-is seeded by (seed, epoch), so a resumed CPU run equals an uninterrupted one.
+is seeded by (seed, epoch) and each image's augmentation by (seed, epoch, image), so a resumed
+CPU run equals an uninterrupted one, whatever the number of loader workers.
+
+Under `torchrun --nproc_per_node N -m featx finetune ...` the model is wrapped in
+DistributedDataParallel (gloo on CPU, nccl on GPUs, one GPU per process). `--batch-size` stays
+the global batch: every process takes its share of each batch of the single-process schedule
+and the loss is normalised by the whole batch's class weights, so the gradient step is the
+single-process one. Differences left: float summation order, dropout masks, and BatchNorm
+batch statistics on CPU (on GPUs BatchNorm is synchronised; SyncBatchNorm has no CPU kernel).
+Validation and test are split between processes and gathered; only rank 0 logs and writes.
 """
 
 from __future__ import annotations
@@ -22,9 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .artifacts import save_checkpoint_artifact
 from .atomic import atomic_path, write_text_atomic
 from .backbones import Backbone, create_backbone
@@ -114,8 +125,19 @@ def finetune(
     if "val" not in ds.splits:
         raise FeatxError(f"{ds.root} has no validation split: fine-tuning selects its epoch on one; "
                          "add --val-fraction 0.2 (cut by patient) or a val/ folder")
+    rank, n_ranks, local_rank = distributed.world()
+    if n_ranks > 1:  # under torchrun: one GPU per process; rank 0 logs and writes
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(local_rank)
+        distributed.init("nccl" if device.startswith("cuda") else "gloo")
+        if rank:
+            log, progress = (lambda message: None), False
     torch_device = resolve_device(device)
     batch_size = batch_size or default_batch_size(torch_device)
+    if batch_size < n_ranks:
+        raise FeatxError(f"--batch-size is the global batch and must be at least the {n_ranks} processes, "
+                         f"got {batch_size}")
     if workers is None:  # on a CPU a decode process competes with training for cores: 0.79x vs 1.02x of bare
         workers = 0 if torch_device.type == "cpu" else default_workers(torch_device)
 
@@ -142,19 +164,20 @@ def finetune(
     out = Path(out_dir) if out_dir else cache_dir / "models" / f"{file_safe(bb.spec.name)}-finetune-{config_hash}"
     out.mkdir(parents=True, exist_ok=True)
 
+    if n_ranks > 1 and torch_device.type == "cuda":  # batch statistics over the global batch, as in one process
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(torch_device)
     if torch_device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     normalize = Normalize(bb.data_config).to(torch_device)
-    train_set = _Images(ds, rows["train"], TrainTransform(bb.data_config, augment))
+    train_set = _Images(ds, rows["train"], TrainTransform(bb.data_config, augment), seed=seed)
     eval_tf = EvalTransform(bb.data_config)
-    weight = _class_weights(labels[rows["train"]], k) if class_weight == "balanced" else None
-    criterion = nn.CrossEntropyLoss(weight=weight.to(torch_device) if weight is not None else None,
-                                    label_smoothing=label_smoothing)
+    weight = _class_weights(labels[rows["train"]], k) if class_weight == "balanced" else torch.ones(k)
+    loss_fn = _Loss(weight.to(torch_device), label_smoothing)
     head_params = list(net.head.parameters())
     optimizer = torch.optim.AdamW([{"params": list(net.backbone.parameters()), "lr": lr, "name": "backbone"},
                                    {"params": head_params, "lr": head_lr, "name": "head"}], weight_decay=weight_decay)
-    steps_per_epoch = max(1, math.ceil(len(rows["train"]) / batch_size))
+    steps_per_epoch = len(_epoch_batches(len(rows["train"]), batch_size, seed, 0))
     scheduler = _scheduler(optimizer, schedule, epochs * steps_per_epoch, [lr, head_lr])
     precision = "fp32"
     if torch_device.type == "cuda":
@@ -168,28 +191,34 @@ def finetune(
                          "or delete the folder to start over")
     if resume:
         state = _resume(last, config_hash, net, optimizer, scheduler, scaler)
-    log(f"fine-tuning {bb.spec.name} ({bb.weights_source}) on {torch_device}: {len(rows['train'])} train / "
+    log(f"fine-tuning {bb.spec.name} ({bb.weights_source}) on {torch_device}"
+        + (f" x {n_ranks} processes" if n_ranks > 1 else "") + f": {len(rows['train'])} train / "
         f"{len(rows['val'])} val images, {bb.data_config['input_size'][1]} px, batch {batch_size}, "
         f"unfreeze {unfreeze}, {epochs} epochs -> {out}" + (f"; resuming after epoch {state['epoch']}" if resume else ""))
-    write_text_atomic(out / "config.json", json.dumps({**config, "config_hash": config_hash}, indent=2) + "\n")
+    if rank == 0:
+        write_text_atomic(out / "config.json", json.dumps({**config, "config_hash": config_hash}, indent=2) + "\n")
     skipped: dict[str, str] = {}
     stopped = f"ran all {epochs} epochs"
+    trainer, trains = net, None
     for epoch in range(state["epoch"], epochs):
         head_only = epoch < warmup_epochs
         _freeze(net, groups, "none" if head_only else unfreeze, n_top)
+        if n_ranks > 1 and trains != (now := [p.requires_grad for p in net.parameters()]):
+            trainer, trains = _ddp(net, torch_device), now  # DDP syncs the parameters that train when wrapped
         t0 = time.perf_counter()
-        train_loss, train_acc, seen = _train_epoch(net, train_set, criterion, optimizer, scheduler, scaler, normalize,
-                                                   torch_device, precision, batch_size, workers, seed, epoch,
-                                                   clip_grad, progress, f"epoch {epoch + 1}/{epochs}", skipped)
+        train_loss, train_acc, seen = _train_epoch(trainer, net, train_set, loss_fn, optimizer, scheduler, scaler,
+                                                   normalize, torch_device, precision, batch_size, workers, seed,
+                                                   epoch, clip_grad, progress, f"epoch {epoch + 1}/{epochs}", skipped)
         seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
-            _write_history(out, state["history"])
+            if rank == 0:
+                _write_history(out, state["history"])
             best = f"the best checkpoint (epoch {state['best_epoch']}) is kept in {out}" if state["best_epoch"] else \
                 "no checkpoint was kept"
             raise FeatxError(f"the training loss became {train_loss} in epoch {epoch + 1}; stopped. Lower --lr or "
                              f"--head-lr; {best}")
         val_proba, val_y, _ = _predict(net, _Images(ds, rows["val"], eval_tf), normalize, torch_device, precision,
-                                    batch_size * 2, workers, skipped)
+                                       batch_size * 2, workers, skipped)
         val = evaluate(val_y, val_proba, ds.classes)
         row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val["log_loss"],
                "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
@@ -200,13 +229,15 @@ def finetune(
         improved = val["log_loss"] < state["best_val_loss"]
         if improved:
             state.update(best_val_loss=val["log_loss"], best_epoch=epoch + 1, bad_epochs=0)
-            with atomic_path(out / "best_weights.pt") as tmp:
-                torch.save(_cpu_state(net), tmp)
+            if rank == 0:
+                with atomic_path(out / "best_weights.pt") as tmp:
+                    torch.save(_cpu_state(net), tmp)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch + 1
-        _save_last(last, config_hash, net, optimizer, scheduler, scaler, state)
-        _write_history(out, state["history"])
+        if rank == 0:
+            _save_last(last, config_hash, net, optimizer, scheduler, scaler, state)
+            _write_history(out, state["history"])
         auc = "-" if val["roc_auc"] is None else f"{val['roc_auc']:.3f}"
         log(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, val loss {val['log_loss']:.4f}, "
             f"val acc {val['accuracy']:.3f}, val AUC {auc}, {row['images_per_second']:.1f} img/s"
@@ -217,6 +248,7 @@ def finetune(
     train_seconds = sum(h["seconds"] for h in state["history"])  # resumed epochs included
 
     # Evaluate the best weights on every split, choose the threshold on validation, save the artifact.
+    distributed.barrier()  # rank 0 has written best_weights.pt
     net.load_state_dict(torch.load(out / "best_weights.pt", map_location=torch_device, weights_only=True))
     probas, predictions = {}, {}
     predict_started = time.perf_counter()
@@ -226,10 +258,15 @@ def finetune(
         probas[split] = (proba, y)
         predictions[split] = {"path": [ds.paths[r] for r in done], "y": y, "proba": proba}
     predict_seconds = (time.perf_counter() - predict_started) / max(1, sum(len(p[1]) for p in probas.values()))
-    for p in predictions.values():
-        p["sha1"] = [sha1_file(ds.absolute(rel)) for rel in p["path"]]
+    skipped = {path: reason for part in distributed.gather(skipped) for path, reason in part.items()}
     cut = _threshold(threshold, probas["val"], k)
     metrics = {s: evaluate(y, p, ds.classes, cut if cut is not None else 0.5) for s, (p, y) in probas.items()}
+    result = FinetuneResult(out / "model.pt", metrics, state["history"], state["best_epoch"], cut, train_seconds,
+                            stopped)
+    if rank:
+        return result
+    for p in predictions.values():
+        p["sha1"] = [sha1_file(ds.absolute(rel)) for rel in p["path"]]
     _plot_curves(out, state["history"], log)
     info = {
         "kind": "finetune",
@@ -256,7 +293,7 @@ def finetune(
     if skipped:
         log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in list(skipped.items())[:5]))
     log(f"best epoch {state['best_epoch']} ({stopped}); model -> {artifact}")
-    return FinetuneResult(artifact, metrics, state["history"], state["best_epoch"], cut, train_seconds, stopped)
+    return result
 
 
 # --- pieces ---------------------------------------------------------------------------------------
@@ -394,12 +431,19 @@ def _init_head(net: ImageClassifierNet, bb: Backbone, artifact, classes: list[st
 
 
 class _Images(torch.utils.data.Dataset):
-    """Row -> (uint8 image or None, label, row, reason if unreadable)."""
+    """Row -> (uint8 image or None, label, row, reason if unreadable).
+
+    With a seed, each image's random augmentation is seeded by (seed, epoch, row): the same in
+    any loader worker and any process, so the number of either does not change the result.
+    """
 
     decode_policy = DECODE_POLICY
 
-    def __init__(self, ds, rows: list[int], transform):
-        self.ds, self.rows, self.transform = ds, rows, transform
+    def __init__(self, ds, rows: list[int], transform, seed: int | None = None):
+        self.ds, self.rows, self.transform, self.seed, self.epoch = ds, rows, transform, seed, 0
+
+    def part(self, rank: int, size: int) -> "_Images":
+        return _Images(self.ds, self.rows[rank::size], self.transform, self.seed)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -411,7 +455,12 @@ class _Images(torch.utils.data.Dataset):
             raw = path.read_bytes()
             if not raw:
                 raise ImageError("empty file (0 bytes)")
-            return self.transform(load_image(io.BytesIO(raw))), int(self.ds.labels[row]), row, None
+            image = load_image(io.BytesIO(raw))
+            if self.seed is None:
+                return self.transform(image), int(self.ds.labels[row]), row, None
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + row) % 2**63)
+                return self.transform(image), int(self.ds.labels[row]), row, None
         except ImageError as exc:
             return None, int(self.ds.labels[row]), row, str(exc)
         except OSError as exc:
@@ -425,11 +474,30 @@ def _collate(items):
     return images, labels, [it[2] for it in good], [(it[2], it[3]) for it in items if it[0] is None]
 
 
-def _loader(dataset, batch_size, workers, shuffle: bool, generator=None):
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                                       num_workers=workers, collate_fn=_collate, drop_last=False,
+def _loader(dataset, batches: list[list[int]], workers):
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                                        pin_memory=torch.cuda.is_available(),
                                        prefetch_factor=4 if workers > 0 else None)
+
+
+class _Loss:
+    """Class-weighted cross-entropy summed over this process's images and divided by the weight of
+    the whole (global) batch: the single-process mean, split into parts that add up across ranks."""
+
+    def __init__(self, weight: torch.Tensor, label_smoothing: float):
+        self.weight, self.label_smoothing = weight, label_smoothing
+
+    def parts(self, logits, y):
+        """(summed weighted loss, summed weight) of these images."""
+        losses = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=self.label_smoothing,
+                                 reduction="none")
+        return losses.sum(), self.weight[y].sum()
+
+
+def _ddp(net: nn.Module, device: torch.device) -> nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _autocast(device, precision):
@@ -443,11 +511,28 @@ def _prepare(images, normalize, device):
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
 
 
-def _train_epoch(net, dataset, criterion, optimizer, scheduler, scaler, normalize, device, precision, batch_size,
-                 workers, seed, epoch, clip_grad, progress, desc, skipped):
-    """One epoch; its shuffling, augmentation and dropout depend only on (seed, epoch)."""
-    torch.manual_seed(seed * 100_003 + epoch)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's shuffled batches. A last batch under half a batch joins the one before: one
+    image alone would make a full-size AdamW step, and no process of a torchrun is left empty."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < batch_size / 2:
+        batches[-2] += batches.pop()
+    return batches
+
+
+def _train_epoch(trainer, net, dataset, loss_fn, optimizer, scheduler, scaler, normalize, device, precision,
+                 batch_size, workers, seed, epoch, clip_grad, progress, desc, skipped):
+    """One epoch; its batches, augmentation and dropout depend only on (seed, epoch).
+
+    `trainer` is `net`, or `net` in DistributedDataParallel. Each process takes its share of
+    every batch; one all-reduce per step gives the global batch's weight (the loss divisor),
+    and steps where a process has no readable image are skipped by all, so none waits forever.
+    """
+    rank, size, _ = distributed.world()
+    torch.manual_seed(seed * 100_003 + epoch + 7919 * rank)  # dropout: its own stream per process
+    batches = [batch[rank::size] for batch in _epoch_batches(len(dataset), batch_size, seed, epoch)]
+    dataset.epoch = epoch
     _train_mode(net)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     total_loss, correct, seen = 0.0, 0, 0
@@ -455,49 +540,67 @@ def _train_epoch(net, dataset, criterion, optimizer, scheduler, scaler, normaliz
                file=sys.stderr, leave=False)
     started = time.perf_counter()
     with bar:
-        for images, labels, rows, problems in _loader(dataset, batch_size, workers, True, generator):
+        for images, labels, rows, problems in _loader(dataset, batches, workers):
             for row, reason in problems:
                 skipped[dataset.ds.paths[row]] = reason
             if images is None:
+                empty, loss_sum, weight_sum, hits = 1.0, torch.zeros((), device=device), 0.0, 0
+            else:
+                x, y = _prepare(images, normalize, device), labels.to(device)
+                with _autocast(device, precision):
+                    logits = trainer(x)
+                loss_sum, weight_sum = loss_fn.parts(logits, y)
+                empty, hits = 0.0, int((logits.argmax(1) == y).sum())
+            g_empty, g_loss, g_weight, g_n, g_hits, g_problems = distributed.all_sum(
+                [empty, float(loss_sum.detach()), float(weight_sum), 0 if images is None else len(images), hits,
+                 len(problems)], device)
+            bar.update(int(g_n + g_problems))
+            optimizer.zero_grad(set_to_none=True)
+            if g_empty:  # some process has nothing to learn from: every process skips the step
                 scheduler.step()
                 continue
-            x, y = _prepare(images, normalize, device), labels.to(device)
-            with _autocast(device, precision):
-                logits = net(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                return float(loss.item()), 0.0, seen
-            scaler.scale(loss).backward()
+            if not math.isfinite(g_loss):
+                return g_loss, 0.0, seen
+            scaler.scale(loss_sum / g_weight * size).backward()  # DDP averages over processes
             if clip_grad:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total_loss += float(loss.item()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.update(len(y) + len(problems))
+            total_loss += g_loss / g_weight * g_n
+            correct += int(g_hits)
+            seen += int(g_n)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - started):.1f}")
     return total_loss / max(seen, 1), correct / max(seen, 1), seen
 
 
 def _predict(net, dataset, normalize, device, precision, batch_size, workers, skipped):
-    """Softmax probabilities, labels and dataset rows of the readable images of `dataset`."""
+    """Softmax probabilities, labels and dataset rows of the readable images of `dataset`.
+
+    Under torchrun each process predicts its share and every process gets the whole, in order.
+    """
+    rank, size, _ = distributed.world()
+    part = dataset.part(rank, size)
     net.eval()
     probas, labels, done = [], [], []
+    batches = [list(range(i, min(i + batch_size, len(part)))) for i in range(0, len(part), batch_size)]
     with torch.inference_mode(), _autocast(device, precision):
-        for images, y, rows, problems in _loader(dataset, batch_size, workers, False):
+        for images, y, rows, problems in _loader(part, batches, workers):
             for row, reason in problems:
                 skipped[dataset.ds.paths[row]] = reason
             if images is not None:
                 probas.append(torch.softmax(net(_prepare(images, normalize, device)).float(), 1).cpu().numpy())
                 labels.append(y.numpy())
                 done += rows
+    pieces = distributed.gather((probas, labels, done))
+    probas = [p for piece in pieces for p in piece[0]]
     if not probas:
         raise FeatxError("no readable images in a split being evaluated")
-    return np.concatenate(probas), np.concatenate(labels), done
+    labels, done = [y for piece in pieces for y in piece[1]], [r for piece in pieces for r in piece[2]]
+    position = {row: i for i, row in enumerate(dataset.rows)}
+    order = np.argsort([position[row] for row in done], kind="stable")
+    return np.concatenate(probas)[order], np.concatenate(labels)[order], [done[i] for i in order]
 
 
 def _threshold(threshold, val, k: int):

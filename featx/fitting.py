@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -37,6 +38,7 @@ class FitResult:
 
 def fit(features=None, *, data=None, backbone: str | None = None, head: str = "logreg", pca: int | None = None,
         threshold: str | float = 0.5, seed: int = 0, cache_dir=None, models_dir=None, weights: str = "imagenet",
+        out_of_core: bool = False, solver: str = "lbfgs", block_rows: int | None = None,
         log=None) -> list[FitResult]:
     """Train `head` ("all" for every head) on cached features and save one artifact per head.
 
@@ -44,35 +46,79 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     is extracted first if there is none. Hyperparameters are chosen on the validation split,
     else by stratified group k-fold on train. `threshold` is a number or a rule chosen on the
     same held-out predictions: "youden", "f1" or "sensitivity=0.95". Test is only evaluated.
+
+    out_of_core reads the features block by block (`block_rows` rows at a time) instead of
+    loading them (featx.streaming): logreg by streamed L-BFGS (`solver="lbfgs"`, the in-memory
+    model) or SGD (`solver="sgd"`, fewer passes), lightgbm through lightgbm.Sequence.
     """
     log = log or _stderr
     names = head_names(head)
+    if out_of_core and head == "all":
+        from .streaming import STREAM_HEADS
+
+        names = list(STREAM_HEADS)
     if pca is not None and pca < 1:
         raise FeatxError(f"--pca must be a positive number of components, not {pca}")
+    if out_of_core:
+        from .streaming import STREAM_HEADS
+
+        if pca is not None:
+            raise FeatxError("--pca needs the features in memory; leave it out with --out-of-core")
+        unsupported = [n for n in names if n not in STREAM_HEADS]
+        if unsupported:
+            verb = "needs" if len(unsupported) == 1 else "need"
+            raise FeatxError(f"--out-of-core trains {' and '.join(STREAM_HEADS)} only; {', '.join(unsupported)} "
+                             f"{verb} the features in memory")
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     store = _resolve_store(features, data, backbone, weights, cache_dir, log)
-    splits = _load_splits(store, log)
-    X, y, groups = splits["train"]
-    if pca is not None and pca > min(X.shape):
-        raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
-    X_val, y_val, _ = splits.get("val", (None, None, None))
     threshold_rule = _check_threshold(threshold, len(store.classes))
+    if solver != "lbfgs" and not out_of_core:
+        raise FeatxError("--solver applies to --out-of-core logreg; in memory, logreg uses scikit-learn's lbfgs")
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+    if out_of_core:
+        from .streaming import BLOCK_ROWS, CachedSplits, select_head as select_streamed
+
+        cached = CachedSplits(store, block_rows or BLOCK_ROWS)
+        _check_train(store, {s: cached.y[s] for s in cached.rows}, log)
+        cached.check_finite()
+        labels = cached.y
+
+        def select(name):
+            return select_streamed(name, cached, seed=seed, solver=solver)
+
+        def predict_proba(estimator, split):
+            return cached.predict_proba(estimator, split)
+    else:
+        _check_fits_in_memory(store)
+        splits = _load_splits(store, log)
+        X, y, groups = splits["train"]
+        if pca is not None and pca > min(X.shape):
+            raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
+        X_val, y_val, _ = splits.get("val", (None, None, None))
+        labels = {split: v[1] for split, v in splits.items()}
+
+        def select(name):
+            return select_head(name, X, y, groups, X_val, y_val, pca=pca, seed=seed)
+
+        def predict_proba(estimator, split):
+            return estimator.predict_proba(splits[split][0])
 
     results = []
     for name in names:
-        log(f"fitting {name} on {store.config['backbone']} features ({len(y)} train images)")
-        sel = select_head(name, X, y, groups, X_val, y_val, pca=pca, seed=seed)
+        log(f"fitting {name} on {store.config['backbone']} features ({len(labels['train'])} train images"
+            + (", out of core" if out_of_core else "") + ")")
+        sel = select(name)
         cut = _threshold(threshold_rule, sel, len(store.classes))
         started = time.perf_counter()
-        probas = {split: sel.estimator.predict_proba(XX) for split, (XX, _, _) in splits.items()}
-        predict_seconds = (time.perf_counter() - started) / sum(len(v[1]) for v in splits.values())
-        metrics = {split: evaluate(splits[split][1], p, store.classes, cut if cut is not None else 0.5)
+        probas = {split: predict_proba(sel.estimator, split) for split in labels}
+        predict_seconds = (time.perf_counter() - started) / sum(len(v) for v in labels.values())
+        metrics = {split: evaluate(labels[split], p, store.classes, cut if cut is not None else 0.5)
                    for split, p in probas.items()}
-        predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": splits[split][1],
+        predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": labels[split],
                                "proba": p} for split, p in probas.items()}
         info = _sidecar(name, store, sel, threshold_rule, cut, metrics, pca, seed, predict_seconds)
-        path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, pca, seed, threshold_rule)}.joblib"
+        info["out_of_core"] = out_of_core
+        path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, pca, seed, threshold_rule, out_of_core and solver)}.joblib"
         save_artifact(path, sel.estimator, info, predictions)
         log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
         results.append(FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores))
@@ -131,9 +177,6 @@ def _same_weights(config: dict, weights: str) -> bool:
 def _load_splits(store: FeatureStore, log) -> dict:
     """(X, y, groups) per split present; refuse what no head can learn from."""
     counts = store.counts()
-    pending = sum(c["pending"] for c in counts.values())
-    if pending:
-        log(f"warning: {store.path} is still being extracted ({pending} images pending); fitting on the finished rows")
     out = {}
     for split in SPLITS:
         if split not in counts:
@@ -147,15 +190,36 @@ def _load_splits(store: FeatureStore, log) -> dict:
             raise FeatxError(f"{store.path}: {rows} {split} feature rows contain NaN or inf ({int(bad.sum())} values); "
                              "re-extract them (delete the cache file) before fitting")
         out[split] = (X.astype(np.float32, copy=False), y, np.asarray(store.groups(split)))
-    if "train" not in out:
+    _check_train(store, {split: v[1] for split, v in out.items()}, log)
+    return out
+
+
+def _check_train(store: FeatureStore, labels: dict, log) -> None:
+    """Refuse a train split no head can learn from; warn about a cache still being written."""
+    pending = sum(c["pending"] for c in store.counts().values())
+    if pending and log is not None:
+        log(f"warning: {store.path} is still being extracted ({pending} images pending); fitting on the finished rows")
+    if "train" not in labels:
         raise FeatxError(f"{store.path} has no train images; heads need a train split")
-    present = np.unique(out["train"][1])
+    present = np.unique(labels["train"])
     if len(present) < 2:
         raise FeatxError(f"the train split has only one class ({store.classes[present[0]]}); a head needs at least two")
     missing = [c for i, c in enumerate(store.classes) if i not in present]
     if missing:
         raise FeatxError(f"the train split has no images of class {', '.join(missing)}")
-    return out
+
+
+def _check_fits_in_memory(store: FeatureStore) -> None:
+    """Say so before loading features that would not fit, rather than being killed by the OS."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    needed = store.n_rows * store.num_features * 4 * 2  # float32, and a scaled copy inside the head
+    if needed > 0.8 * available:
+        raise FeatxError(f"{store.path}: {store.n_rows} x {store.num_features} features need about "
+                         f"{needed / 2**30:.1f} GiB in memory, and {available / 2**30:.1f} GiB is free; "
+                         "add --out-of-core (logreg, lightgbm) to read them block by block")
 
 
 def _check_threshold(threshold, n_classes: int):
@@ -182,9 +246,10 @@ def _threshold(rule, sel, n_classes: int):
     return choose_threshold(sel.selection_y, sel.selection_proba[:, 1], rule)
 
 
-def _artifact_hash(store: FeatureStore, head: str, pca, seed: int, rule) -> str:
-    key = json.dumps({"features": store.config.get("config_hash"), "file": str(store.path.resolve()), "head": head,
-                      "grid": HEADS[head].grid, "pca": pca, "seed": seed, "threshold": rule}, sort_keys=True)
+def _artifact_hash(store: FeatureStore, head: str, pca, seed: int, rule, out_of_core) -> str:
+    key = {"features": store.config.get("config_hash"), "file": str(store.path.resolve()), "head": head,
+           "grid": HEADS[head].grid, "pca": pca, "seed": seed, "threshold": rule}
+    key = json.dumps({**key, "out_of_core": out_of_core} if out_of_core else key, sort_keys=True)  # old names stay
     return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 

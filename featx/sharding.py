@@ -12,7 +12,6 @@ world size, so finished rows are never recomputed.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import h5py
@@ -20,29 +19,6 @@ import numpy as np
 
 from .atomic import atomic_path
 from .store import REASON_BYTES, FeatureStore, RowTable, StoreWriter, rows_per_chunk
-
-
-def world() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return 0, 1, 0
-    return int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def init() -> None:
-    """A gloo process group for barriers (works beside CUDA too: ranks exchange no tensors)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def shard_path(path: Path, rank: int) -> Path:

@@ -83,6 +83,27 @@ class FeatureStore:
             raise FeatxError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
         return np.flatnonzero(done & (f["split"][:] == SPLITS.index(split)))
 
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Indices of the finished rows of `split`, ascending: the order of `arrays` and `paths`."""
+        with self._open() as f:
+            return self._rows(f, split)
+
+    def labels(self, split: str | None = None) -> np.ndarray:
+        """Integer labels of the finished rows of `split`, without reading any features."""
+        with self._open() as f:
+            return f["label"][self._rows(f, split)].astype(np.int64)
+
+    def iter_features(self, rows: np.ndarray, block_rows: int = 4096, rng: np.random.Generator | None = None):
+        """(positions in `rows`, float32 features) block by block, for ascending row indices `rows`:
+        a cache of any size is read with bounded memory. With `rng`, blocks come in random order."""
+        starts = list(range(0, len(rows), block_rows))
+        if rng is not None:
+            starts = [starts[i] for i in rng.permutation(len(starts))]
+        with self._open() as f:
+            for start in starts:
+                part = rows[start:start + block_rows]
+                yield np.arange(start, start + len(part)), read_rows(f["features"], part)
+
     def arrays(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Features and integer labels of the finished rows of `split` (all splits when None)."""
         with self._open() as f:
@@ -173,6 +194,17 @@ class FeatureStore:
     def __repr__(self) -> str:
         c = self.config
         return f"FeatureStore({str(self.path)!r}, backbone={c.get('backbone')!r}, rows={self.n_rows}, dim={self.num_features})"
+
+
+def read_rows(features: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """float32 features of ascending `rows`: one contiguous read when they are dense, else just them."""
+    if len(rows) == 0:
+        return np.empty((0, features.shape[1]), np.float32)
+    if rows[-1] - rows[0] < 4 * len(rows):
+        block = features[rows[0]:rows[-1] + 1][rows - rows[0]]
+    else:
+        block = features[rows]
+    return block.astype(np.float32, copy=False)
 
 
 def _short(value) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +139,21 @@ def final_error(result) -> str:
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: "), result.output
     return last
+
+
+def _one_thread_env():
+    return {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread everywhere: the same kernels, the same bits
+
+
+def torchrun(nproc: int, *args, script: str | None = None):
+    """`torchrun --standalone --nproc_per_node N -m featx ARGS` (or a wrapper SCRIPT), one thread a process."""
+    entry = ["-m", "featx"] if script is None else [script]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           *entry, *map(str, args)]
+    return subprocess.run(cmd, env=_one_thread_env(), capture_output=True, text=True, timeout=300)
+
+
+def single(*args):
+    """`python -m featx ARGS` in a fresh process with one thread, to compare with `torchrun`."""
+    return subprocess.run([sys.executable, "-m", "featx", *map(str, args)], env=_one_thread_env(),
+                          capture_output=True, text=True, timeout=300)

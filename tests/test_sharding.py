@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import TINY, make_folder
+from conftest import TINY, make_folder, single, torchrun
 
 ARGS = ["--backbone", TINY, "--weights", "random", "--batch-size", "4", "--workers", "0", "--no-progress"]
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread everywhere: the same kernels, the same bits
-
-
-def _torchrun(nproc: int, *args, script: str | None = None):
-    entry = ["-m", "featx"] if script is None else [script]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           *entry, *map(str, args)]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
-
-
-def _single(*args):
-    return subprocess.run([sys.executable, "-m", "featx", *map(str, args)], env=_env(), capture_output=True,
-                          text=True, timeout=300)
 
 
 def _arrays(path):
@@ -45,9 +26,9 @@ def data(tmp_path):
 
 
 def test_two_processes_equal_one(data, tmp_path):
-    one = _single("extract", "--data", data, *ARGS, "--output", tmp_path / "one.h5")
+    one = single("extract", "--data", data, *ARGS, "--output", tmp_path / "one.h5")
     assert one.returncode == 0, one.stderr
-    two = _torchrun(2, "extract", "--data", data, *ARGS, "--output", tmp_path / "two.h5")
+    two = torchrun(2, "extract", "--data", data, *ARGS, "--output", tmp_path / "two.h5")
     assert two.returncode == 0, two.stderr
     a, b = _arrays(tmp_path / "one.h5"), _arrays(tmp_path / "two.h5")
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and list(a[2]) == list(b[2])
@@ -57,7 +38,7 @@ def test_two_processes_equal_one(data, tmp_path):
 
 
 def test_a_killed_rank_resumes_from_its_shard(data, tmp_path):
-    reference = _single("extract", "--data", data, *ARGS, "--output", tmp_path / "ref.h5")
+    reference = single("extract", "--data", data, *ARGS, "--output", tmp_path / "ref.h5")
     assert reference.returncode == 0, reference.stderr
     killer = tmp_path / "kill_rank1.py"
     killer.write_text(textwrap.dedent("""
@@ -75,10 +56,10 @@ def test_a_killed_rank_resumes_from_its_shard(data, tmp_path):
         main()
     """))
     out = tmp_path / "cut.h5"
-    killed = _torchrun(2, "extract", "--data", data, *ARGS, "--output", out, script=str(killer))
+    killed = torchrun(2, "extract", "--data", data, *ARGS, "--output", out, script=str(killer))
     assert killed.returncode != 0
     assert list(tmp_path.glob("cut.h5.shard*"))  # work in flight is kept in shards
-    resumed = _single("extract", "--data", data, *ARGS, "--output", out)  # any world size may resume
+    resumed = single("extract", "--data", data, *ARGS, "--output", out)  # any world size may resume
     assert resumed.returncode == 0, resumed.stderr
     assert "merged the finished rows" in resumed.stderr
     a, b = _arrays(tmp_path / "ref.h5"), _arrays(out)
