@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .artifacts import FEATURE_IDENTITY, save_artifact
-from .data import file_safe
-from .data import SPLITS, default_cache_dir
+from .data import SPLITS, default_cache_dir, file_safe
 from .errors import FeatxError
 from .heads import HEADS, head_names, select_head
 from .metrics import choose_threshold, evaluate, threshold_rule
@@ -53,15 +52,13 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     """
     log = log or _stderr
     names = head_names(head)
-    if out_of_core and head == "all":
-        from .streaming import STREAM_HEADS
-
-        names = list(STREAM_HEADS)
     if pca is not None and pca < 1:
         raise FeatxError(f"--pca must be a positive number of components, not {pca}")
     if out_of_core:
         from .streaming import STREAM_HEADS
 
+        if head == "all":
+            names = list(STREAM_HEADS)
         if pca is not None:
             raise FeatxError("--pca needs the features in memory; leave it out with --out-of-core")
         unsupported = [n for n in names if n not in STREAM_HEADS]
@@ -190,13 +187,13 @@ def _load_splits(store: FeatureStore, log) -> dict:
             raise FeatxError(f"{store.path}: {rows} {split} feature rows contain NaN or inf ({int(bad.sum())} values); "
                              "re-extract them (delete the cache file) before fitting")
         out[split] = (X.astype(np.float32, copy=False), y, np.asarray(store.groups(split)))
-    _check_train(store, {split: v[1] for split, v in out.items()}, log)
+    _check_train(store, {split: v[1] for split, v in out.items()}, log, counts)
     return out
 
 
-def _check_train(store: FeatureStore, labels: dict, log) -> None:
+def _check_train(store: FeatureStore, labels: dict, log, counts: dict | None = None) -> None:
     """Refuse a train split no head can learn from; warn about a cache still being written."""
-    pending = sum(c["pending"] for c in store.counts().values())
+    pending = sum(c["pending"] for c in (counts or store.counts()).values())
     if pending and log is not None:
         log(f"warning: {store.path} is still being extracted ({pending} images pending); fitting on the finished rows")
     if "train" not in labels:

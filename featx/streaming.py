@@ -66,7 +66,11 @@ class CachedSplits:
                                  "(delete the cache file) before fitting")
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
-        return np.concatenate([estimator.predict_proba(X) for _, X in self.blocks(split)])
+        return self.predict_rows(estimator, self.rows[split])
+
+    def predict_rows(self, estimator, rows: np.ndarray) -> np.ndarray:
+        """Probabilities for ascending cache rows, block by block."""
+        return np.concatenate([estimator.predict_proba(X) for _, X in self.store.iter_features(rows, self.block_rows)])
 
 
 def select_head(name: str, data: CachedSplits, *, seed: int = 0, folds: int = 5, solver: str = "lbfgs") -> Selection:
@@ -322,16 +326,12 @@ def _select_lightgbm(data: CachedSplits, seed: int, folds: int) -> Selection:
         def model(params, n_estimators=1000):
             return BoosterClassifier(params["num_leaves"], params["learning_rate"], n_estimators, seed)
 
-        def predict(booster, rows):
-            return np.concatenate([booster.predict_proba(read_rows(features, rows[i:i + data.block_rows]))
-                                   for i in range(0, len(rows), data.block_rows)])
-
         train_rows = data.rows["train"]
         if "val" in data.rows:
             train = dataset(train_rows, y)
             val = dataset(data.rows["val"], data.y["val"], reference=train)
             fitted = [model(p).train(train, k, val) for p in candidates]
-            held = [predict(m, data.rows["val"]) for m in fitted]
+            held = [data.predict_rows(m, data.rows["val"]) for m in fitted]
             scores = [_auc(data.y["val"], h) for h in held]
             best = _argmax(scores)
             final, held_proba, held_y, method = fitted[best], held[best], data.y["val"], "validation split"
@@ -344,7 +344,7 @@ def _select_lightgbm(data: CachedSplits, seed: int, folds: int) -> Selection:
                 val = dataset(train_rows[va], y[va], reference=train)
                 for c, p in enumerate(candidates):
                     m = model(p).train(train, k, val)
-                    oofs[c][va] = predict(m, train_rows[va])
+                    oofs[c][va] = data.predict_rows(m, train_rows[va])
                     trees[c].append(m.best_iteration_)
             scores = [float(np.nanmean([_auc(y[va], oof[va]) for _, va in splits])) for oof in oofs]
             best = _argmax(scores)

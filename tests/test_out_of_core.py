@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -15,12 +17,12 @@ from conftest import one_line_error, three_way, toy_features, write_store
 BLOCK = 16  # rows per read: many blocks even on toy data
 
 
-@pytest.fixture
+@contextlib.contextmanager
 def never_load_whole(monkeypatch):
-    """Out of core must never load a split's features whole."""
-    def refuse(self, split=None):
-        raise AssertionError("FeatureStore.arrays called: the features were loaded whole")
-    monkeypatch.setattr(FeatureStore, "arrays", refuse)
+    """Inside, loading a split's features whole (FeatureStore.arrays) fails the test."""
+    with monkeypatch.context() as m:
+        m.setattr(FeatureStore, "arrays", lambda *a, **k: pytest.fail("features loaded whole"))
+        yield
 
 
 def _fit(store, models, head, **kw):
@@ -40,8 +42,7 @@ def test_streamed_logreg_equals_in_memory_logreg(tmp_path, monkeypatch, layout):
         split = np.where(split == "val", "train", split)
     store = write_store(tmp_path / "toy.h5", X, y, split, classes=classes)
     memory = _fit(store, tmp_path / "models", "logreg", threshold=0.5)
-    with monkeypatch.context() as m:
-        m.setattr(FeatureStore, "arrays", lambda *a, **k: pytest.fail("features loaded whole"))
+    with never_load_whole(monkeypatch):
         streamed = _fit(store, tmp_path / "models", "logreg", threshold=0.5, out_of_core=True, block_rows=BLOCK)
     assert streamed.artifact != memory.artifact
     assert streamed.params == {**memory.params, "solver": "lbfgs"}
@@ -54,11 +55,11 @@ def test_streamed_logreg_equals_in_memory_logreg(tmp_path, monkeypatch, layout):
     assert np.allclose(model.predict_proba(X[:5]), featx.load(memory.artifact).predict_proba(X[:5]), atol=1e-3)
 
 
-def test_sgd_logreg_is_near_the_in_memory_logreg(tmp_path, never_load_whole):
+def test_sgd_logreg_is_near_the_in_memory_logreg(tmp_path, monkeypatch):
     X, y = toy_features(300, d=12, signal=1.0)
     store = write_store(tmp_path / "toy.h5", X, y, three_way(300))
-    streamed = featx.fit(store, head="logreg", out_of_core=True, solver="sgd", block_rows=BLOCK,
-                         models_dir=tmp_path / "m", log=lambda m: None)[0]
+    with never_load_whole(monkeypatch):
+        streamed = _fit(store, tmp_path / "m", "logreg", out_of_core=True, solver="sgd", block_rows=BLOCK)
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
@@ -66,7 +67,7 @@ def test_sgd_logreg_is_near_the_in_memory_logreg(tmp_path, never_load_whole):
 
     split = three_way(300)
     train, test = split == "train", split == "test"
-    exact = make_pipeline  # the in-memory head with the chosen C, fitted here from the arrays
+    # The in-memory head with the chosen C, fitted here from the arrays.
     exact = make_pipeline(StandardScaler(), LogisticRegression(C=streamed.params["C"], class_weight="balanced"))
     p_exact = exact.fit(X[train], y[train]).predict_proba(X[test])[:, 1]
     p_sgd = _held_out(streamed, "test")[:, 1]
@@ -81,8 +82,7 @@ def test_lightgbm_through_a_sequence_equals_in_memory_lightgbm(tmp_path, monkeyp
     split = three_way(240) if with_val else np.where(three_way(240) == "val", "train", three_way(240))
     store = write_store(tmp_path / "toy.h5", X, y, split)
     memory = _fit(store, tmp_path / "models", "lightgbm")
-    with monkeypatch.context() as m:
-        m.setattr(FeatureStore, "arrays", lambda *a, **k: pytest.fail("features loaded whole"))
+    with never_load_whole(monkeypatch):
         streamed = _fit(store, tmp_path / "models", "lightgbm", out_of_core=True, block_rows=BLOCK)
     assert {k: v for k, v in streamed.params.items() if k != "n_estimators"} == memory.params
     assert streamed.metrics["test"]["roc_auc"] == pytest.approx(memory.metrics["test"]["roc_auc"], abs=0.02)
