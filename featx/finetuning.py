@@ -40,10 +40,11 @@ from .artifacts import save_checkpoint_artifact
 from .atomic import atomic_path, write_text_atomic
 from .backbones import Backbone, create_backbone
 from .data import SPLITS, default_cache_dir, file_safe, load_dataset
+from .console import log_line
 from .errors import FeatxError
 from .extraction import default_batch_size, default_workers, resolve_device, sha1_file
 from .imaging import AUGMENTATIONS, DECODE_POLICY, EvalTransform, ImageError, Normalize, TrainTransform, load_image
-from .metrics import choose_threshold, evaluate
+from .metrics import choose_threshold, evaluate, parse_threshold
 
 SCHEDULES = ("cosine", "onecycle")
 
@@ -113,7 +114,7 @@ def finetune(
     init_head_from: a featx logreg artifact on this backbone's features (linear probe, then
     fine-tune; Kumar et al. 2022). limit_train and image_size make quick CPU runs possible.
     """
-    log = log or _stderr
+    log = log or log_line
     args = dict(backbone=backbone, weights=weights, epochs=epochs, unfreeze=unfreeze, warmup_epochs=warmup_epochs,
                 init_head_from=str(init_head_from) if init_head_from else None, lr=lr, head_lr=head_lr,
                 weight_decay=weight_decay, schedule=schedule, clip_grad=clip_grad, label_smoothing=label_smoothing,
@@ -274,7 +275,7 @@ def finetune(
         "params": {k_: v for k_, v in args.items() if k_ not in ("backbone", "weights")},
         "classes": ds.classes,
         "threshold": cut,
-        "threshold_rule": threshold if isinstance(threshold, str) and not _is_number(threshold) else "fixed",
+        "threshold_rule": threshold if isinstance(parse_threshold(threshold), str) else "fixed",
         "features": {"config": {**bb.identity(), "data_config": bb.data_config, "tta": "none",
                                 "decode": train_set.decode_policy, "weights_source": bb.weights_source,
                                 "data_root": str(ds.root)},
@@ -298,26 +299,12 @@ def finetune(
 
 # --- pieces ---------------------------------------------------------------------------------------
 
-def _stderr(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
-
-
 
 def _digest(values) -> str:
     return hashlib.sha256(json.dumps(list(map(int, values))).encode()).hexdigest()[:16]
 
 
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 def _check_args(a: dict) -> None:
-    from .metrics import threshold_rule
-
     if a["epochs"] < 1:
         raise FeatxError(f"--epochs must be at least 1, got {a['epochs']}")
     if a["schedule"] not in SCHEDULES:
@@ -335,11 +322,7 @@ def _check_args(a: dict) -> None:
         raise FeatxError(f"--image-size must be at least 32, got {a['image_size']}")
     if a["limit_train"] is not None and a["limit_train"] < 2:
         raise FeatxError(f"--limit-train must be at least 2, got {a['limit_train']}")
-    if _is_number(a["threshold"]):
-        if not 0 < float(a["threshold"]) < 1:
-            raise FeatxError(f"--threshold must lie between 0 and 1, got {a['threshold']}")
-    else:
-        threshold_rule(str(a["threshold"]))
+    parse_threshold(a["threshold"])
 
 
 def _parameter_groups(model: nn.Module) -> list[list[str]]:
@@ -606,10 +589,11 @@ def _predict(net, dataset, normalize, device, precision, batch_size, workers, sk
 def _threshold(threshold, val, k: int):
     if k != 2:
         return None
-    if _is_number(threshold):
-        return float(threshold)
+    value = parse_threshold(threshold)
+    if not isinstance(value, str):
+        return value
     proba, y = val
-    return choose_threshold(y, proba[:, 1], str(threshold))
+    return choose_threshold(y, proba[:, 1], value)
 
 
 def _cpu_state(net: nn.Module) -> dict:

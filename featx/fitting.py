@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +14,10 @@ import numpy as np
 
 from .artifacts import FEATURE_IDENTITY, save_artifact
 from .data import SPLITS, default_cache_dir, file_safe
+from .console import log_line
 from .errors import FeatxError
 from .heads import HEADS, head_names, select_head
-from .metrics import choose_threshold, evaluate, threshold_rule
+from .metrics import choose_threshold, evaluate, parse_threshold
 from .store import FeatureStore
 
 
@@ -50,7 +50,7 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     loading them (featx.streaming): logreg by streamed L-BFGS (`solver="lbfgs"`, the in-memory
     model) or SGD (`solver="sgd"`, fewer passes), lightgbm through lightgbm.Sequence.
     """
-    log = log or _stderr
+    log = log or log_line
     names = head_names(head)
     if pca is not None and pca < 1:
         raise FeatxError(f"--pca must be a positive number of components, not {pca}")
@@ -120,10 +120,6 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
         log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
         results.append(FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores))
     return results
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
 
 
 def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> FeatureStore:
@@ -220,18 +216,11 @@ def _check_fits_in_memory(store: FeatureStore) -> None:
 
 
 def _check_threshold(threshold, n_classes: int):
-    """A float, or a rule name checked now rather than after minutes of fitting."""
-    try:
-        value = float(threshold)
-    except (TypeError, ValueError):
-        rule = str(threshold)
-        if n_classes != 2:
-            raise FeatxError(f"--threshold {rule} applies to two classes; with {n_classes} classes featx predicts "
-                             "the most probable one") from None
-        threshold_rule(rule)
-        return rule
-    if not 0 < value < 1:
-        raise FeatxError(f"--threshold must lie between 0 and 1, got {value}")
+    """A float, or a rule name, which needs two classes."""
+    value = parse_threshold(threshold)
+    if isinstance(value, str) and n_classes != 2:
+        raise FeatxError(f"--threshold {value} applies to two classes; with {n_classes} classes featx predicts "
+                         "the most probable one")
     return value
 
 

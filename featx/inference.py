@@ -9,6 +9,7 @@ Only for frozen extraction: fine-tuning needs the BatchNorm layers.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -80,3 +81,96 @@ def _same_outputs(a: nn.Module, b: nn.Module, input_size) -> bool:
     with torch.inference_mode():
         ya, yb = a(x), b(x)
     return bool((ya - yb).abs().max() <= FOLD_TOLERANCE * ya.abs().max().clamp_min(1e-12))
+
+
+class FrozenForward:
+    """uint8 N×3×H×W batch on the device -> float32 pooled features (numpy), as fast as the device allows.
+
+    BatchNorm folded, channels-last (not on MPS), autocast per `precision` ("amp-bf16",
+    "amp-fp16" or "fp32"), optional hflip TTA (mean of both views). After `compile(batch_size)`,
+    torch.compile runs the model and every batch is padded to that size, so it compiles once.
+    """
+
+    def __init__(self, bb, device: torch.device, precision: str = "fp32", tta: str = "none"):
+        from .imaging import Normalize
+
+        model, _ = fold_batchnorm(bb.model, bb.data_config["input_size"])
+        self.model = model.to(device)
+        self.channels_last = device.type != "mps"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.normalize = Normalize(bb.data_config).to(device)
+        self.input_size = tuple(bb.data_config["input_size"])
+        self.device, self.precision, self.tta = device, precision, tta
+        self.pad_to = None
+
+    def compile(self, batch_size: int) -> None:
+        self.model = torch.compile(self.model, dynamic=False)
+        self.pad_to = batch_size
+
+    def __call__(self, images: torch.Tensor):
+        n = len(images)
+        if self.pad_to and n < self.pad_to:  # padding rows do not touch the real rows: BatchNorm is folded
+            images = torch.cat([images, images.new_zeros((self.pad_to - n, *images.shape[1:]))])
+        with torch.inference_mode(), self._autocast():
+            x = self.normalize(images)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            try:
+                feats = self.model(x)
+                if self.tta == "hflip":
+                    feats = (feats + self.model(torch.flip(x, dims=[3]))) / 2
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                if self.pad_to is None:
+                    raise
+                from .errors import FeatxError
+
+                message = " ".join(str(exc).split())[:300]
+                raise FeatxError(f"torch.compile failed ({type(exc).__name__}: {message}); "
+                                 "run again without --compile") from None
+        return feats[:n].float().cpu().numpy()
+
+    def _autocast(self):
+        if self.precision.startswith("amp"):
+            dtype = torch.bfloat16 if self.precision == "amp-bf16" else torch.float16
+            return torch.autocast(self.device.type, dtype=dtype)
+        return contextlib.nullcontext()
+
+    def fill_batch_size(self, fraction: float = 0.8, limit: int = 1024) -> int:
+        """On CUDA, the largest power-of-two batch whose forward fits in `fraction` of free memory.
+
+        Measures the peak memory of a batch of 16, extrapolates, then halves until a forward at
+        that size actually runs.
+        """
+        if self.device.type != "cuda":
+            raise ValueError("batch sizes that fill memory are measured on CUDA only")
+        probe = 16
+        torch.cuda.empty_cache()
+        self(self._zeros(probe))  # warm-up: cuDNN picks its algorithms and workspaces
+        free, _ = torch.cuda.mem_get_info(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self(self._zeros(probe))
+        per_image = max(1, (torch.cuda.max_memory_allocated(self.device) - base) / probe)
+        guess = max(1, min(limit, int(free * fraction / per_image)))
+        return largest_fitting(lambda n: self(self._zeros(n)), 1 << (guess.bit_length() - 1))
+
+    def _zeros(self, n: int) -> torch.Tensor:
+        return torch.zeros((n, *self.input_size), dtype=torch.uint8, device=self.device)
+
+
+def largest_fitting(run, start: int) -> int:
+    """The first of start, start/2, ..., 1 for which `run(n)` does not run out of device memory."""
+    n = start
+    while True:
+        try:
+            run(n)
+            return n
+        except torch.OutOfMemoryError:
+            if n == 1:
+                raise
+            n //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()

@@ -60,6 +60,19 @@ def evaluate(y_true, proba, classes: list[str], threshold: float = 0.5) -> dict:
     return {key: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for key, v in out.items()}
 
 
+def parse_threshold(threshold) -> float | str:
+    """--threshold as given: a fixed probability in (0, 1), or a rule name, checked now rather than
+    after minutes of training."""
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        threshold_rule(str(threshold))
+        return str(threshold)
+    if not 0 < value < 1:
+        raise FeatxError(f"--threshold must lie between 0 and 1, got {value}")
+    return value
+
+
 def threshold_rule(rule: str) -> float | None:
     """Check a threshold rule; returns the target of `sensitivity=<v>`, None for youden and f1."""
     if rule in ("youden", "f1"):

@@ -46,7 +46,6 @@ def point_metrics(y, proba, threshold: float | None = 0.5) -> dict[str, float | 
     tp = np.diag(cm).astype(float)
     support, predicted = cm.sum(1), cm.sum(0)
     recall = np.divide(tp, support, out=np.full(k, np.nan), where=support > 0)
-    precision = np.divide(tp, predicted, out=np.full(k, np.nan), where=predicted > 0)
     tn = cm.sum() - support - predicted + tp
     specificity = np.divide(tn, cm.sum() - support, out=np.full(k, np.nan), where=(cm.sum() - support) > 0)
     f1 = np.divide(2 * tp, support + predicted, out=np.full(k, np.nan), where=(support + predicted) > 0)

@@ -25,13 +25,13 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str = "xception", *, weights: str = "imagenet", layer: str | None = None,
-                 tta: str = "none", jpeg_draft: bool = False, cache="auto", device: str = "auto",
+                 tta: str = "none", decode: str = "pil", cache="auto", device: str = "auto",
                  batch_size: int | None = None):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
         self.tta = tta
-        self.jpeg_draft = jpeg_draft
+        self.decode = decode
         self.cache = cache
         self.device = device
         self.batch_size = batch_size
@@ -46,7 +46,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return tags
 
     def transform(self, X) -> np.ndarray:
-        from .extraction import compute_features, default_batch_size, resolve_device
+        from .extraction import compute_features
 
         paths = [str(Path(p).expanduser().absolute()) for p in _as_paths(X)]
         bb = self._built()
@@ -56,10 +56,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         for i, row in cached.items():
             out[i] = row
         if todo:
-            device = resolve_device(self.device)
             feats, reasons, _ = compute_features(bb, [paths[i] for i in todo], device=self.device,
-                                                 batch_size=self.batch_size or default_batch_size(device),
-                                                 tta=self.tta, jpeg_draft=self.jpeg_draft)
+                                                 batch_size=self.batch_size,
+                                                 tta=self.tta, decode=self.decode)
             bad = [f"{paths[i]}: {r}" for i, r in zip(todo, reasons) if r]
             if bad:
                 raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
@@ -82,9 +81,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return self._backbone
 
     def _identity(self, bb) -> dict:
-        from .imaging import DECODE_POLICY, JPEG_DRAFT_POLICY
+        from .decoding import decode_policy
+        from .extraction import resolve_device
 
-        return {**bb.identity(), "tta": self.tta, "decode": JPEG_DRAFT_POLICY if self.jpeg_draft else DECODE_POLICY}
+        return {**bb.identity(), "tta": self.tta, "decode": decode_policy(self.decode, resolve_device(self.device))}
 
     def _from_cache(self, paths: list[str], bb) -> dict[int, np.ndarray]:
         """Row index -> cached features, for files whose bytes a matching cache already holds."""

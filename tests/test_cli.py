@@ -34,6 +34,7 @@ def test_extract_then_info(folder, tmp_path):
     assert path.endswith(".h5") and os.path.exists(path)
     info = run("info", path)
     assert info.exit_code == 0 and "160x160 bicubic" in info.output and "train" in info.output
+    assert "made      on cpu, fp32, decode featx-decode-1, tta none" in info.output
 
 
 def test_backbones_lists_sizes_and_offline_weights():

@@ -140,7 +140,7 @@ def test_workers_give_the_same_features(tmp_path, folder):
     assert np.array_equal(a.arrays()[0], b.arrays()[0])
 
 
-def test_jpeg_draft_is_recorded_and_close_to_full_decoding(tmp_path):
+def test_pil_draft_decode_is_recorded_and_close_to_full_decoding(tmp_path):
     from PIL import Image
 
     root = tmp_path / "big"
@@ -150,7 +150,7 @@ def test_jpeg_draft_is_recorded_and_close_to_full_decoding(tmp_path):
             (root / name).mkdir(parents=True, exist_ok=True)
             Image.fromarray(array).save(root / name / f"IM-{i:04d}-0001.jpeg", quality=92)
     exact = featx.extract(root, **FAST)
-    draft = featx.extract(root, jpeg_draft=True, **FAST)
+    draft = featx.extract(root, decode="pil-draft", **FAST)
     assert draft.path != exact.path and draft.config["decode"].endswith("+jpeg-draft")
     X, Y = exact.arrays()[0], draft.arrays()[0]
     cosine = (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
