@@ -2,8 +2,10 @@
 
 The model is `create_backbone(...)` (the very code extract uses) plus dropout and a linear
 layer. Same preprocessing, same stored splits, same metrics, threshold rules and artifact
-format as `featx fit`. Every epoch ends with two atomic checkpoints: `last.pt` (everything
-needed to resume) and, when validation loss improved, `model.pt` (the best weights). An epoch
+format as `featx fit`. Every epoch ends with atomic checkpoints: `last.pt` (everything needed
+to resume) and, when validation loss improved, `best_weights.pt`. At the end the best weights
+become the artifact `model.pt`, and `best_weights.pt` is removed (a resumed run that improves on
+nothing more starts from `model.pt`). An epoch
 is seeded by (seed, epoch) and each image's augmentation by (seed, epoch, image), so a resumed
 CPU run equals an uninterrupted one, whatever the number of loader workers.
 
@@ -250,7 +252,10 @@ def finetune(
 
     # Evaluate the best weights on every split, choose the threshold on validation, save the artifact.
     distributed.barrier()  # rank 0 has written best_weights.pt
-    net.load_state_dict(torch.load(out / "best_weights.pt", map_location=torch_device, weights_only=True))
+    best = out / "best_weights.pt"
+    if not best.exists():  # a finished run resumed: its best weights are already the artifact
+        best = out / "model.pt"
+    net.load_state_dict(torch.load(best, map_location=torch_device, weights_only=True))
     probas, predictions = {}, {}
     predict_started = time.perf_counter()
     for split in rows:
@@ -290,6 +295,7 @@ def finetune(
         "skipped": skipped,
     }
     artifact = save_checkpoint_artifact(out / "model.pt", _cpu_state(net), info, predictions)
+    (out / "best_weights.pt").unlink(missing_ok=True)  # model.pt now holds the same weights
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if skipped:
         log(f"skipped {len(skipped)} unreadable images: " + "; ".join(f"{p}: {r}" for p, r in list(skipped.items())[:5]))

@@ -74,6 +74,11 @@ def test_resume_after_an_interruption_equals_an_uninterrupted_run(data, tmp_path
     b = torch.load(resumed.artifact, weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.metrics == whole.metrics and len(resumed.history) == 3
+    # The best weights live on in model.pt only; resuming the finished run gives it back unchanged.
+    assert not (tmp_path / "cut" / "best_weights.pt").exists()
+    again = tune(data, epochs=3, out_dir=tmp_path / "cut", resume=True)
+    c = torch.load(again.artifact, weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a) and again.metrics == whole.metrics
 
 
 def test_artifact_predicts_through_featx_predict(data, tmp_path):
