@@ -156,45 +156,52 @@ def _correct(y, proba, threshold) -> np.ndarray:
     return proba.argmax(1) == y
 
 
+SHOWN = (("accuracy", "Accuracy"), ("balanced_accuracy", "Bal. acc."), ("sensitivity", "Sensitivity"),
+         ("specificity", "Specificity"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"))
+HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong", "p McNemar", "Train s", "Predict ms/img",
+          "Size MB"]
+
+
+def table_rows(records: list[dict], ranked: bool) -> list[list[str]]:
+    """The cells of the compare table (as HEADER), for the ranked methods or those evaluated apart."""
+    return [[r["method"], str(r["n"]), *[_cell(r, m) for m, _ in SHOWN], _p(r["p_delong"], r.get("best")),
+             _p(r["p_mcnemar"], r.get("best")), *_cost(r)] for r in records if r["ranked"] == ranked]
+
+
 def format_table(records: list[dict]) -> str:
     """The compare table as text: ranked methods, then those evaluated on other images."""
-    shown = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
-    short = ("accuracy", "bal. acc.", "sensitivity", "specificity", "F1", "ROC-AUC", "PR-AUC")
-    width = max([len(r["method"]) for r in records] + [6])
-    head = f"{'method':<{width}}  {'n':>5}  " + "  ".join(f"{s:<21}" for s in short)
-    head += f"  {'p DeLong':>9}  {'p McNemar':>9}  {'train s':>8}  {'ms/img':>7}  {'size MB':>8}"
-    lines = [head]
-    for group in (True, False):
-        rows = [r for r in records if r["ranked"] == group]
-        if not rows:
-            continue
-        if not group:
+    groups = [(ranked, table_rows(records, ranked)) for ranked in (True, False)]
+    cells = [HEADER] + [row for _, rows in groups for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    lines = [line(HEADER).rstrip()]
+    notes = {r["method"]: r["note"] for r in records}
+    for ranked, rows in groups:
+        if rows and not ranked:
             lines.append("evaluated apart (not comparable with the ranking above):")
-        for r in rows:
-            cells = "  ".join(_with_ci(r.get(m), r.get(f"{m}_ci")) for m in shown)
-            best = "best" if r.get("best") else ""
-            lines.append(f"{r['method']:<{width}}  {r['n']:>5}  {cells}  {_p(r['p_delong'], best):>9}  "
-                         f"{_p(r['p_mcnemar'], best):>9}  {_f(r['train_seconds'], 1):>8}  "
-                         f"{_f(r['predict_seconds_per_image'] and r['predict_seconds_per_image'] * 1000, 2):>7}  "
-                         f"{r['size_bytes'] / 1e6:>8.2f}")
-            if r["note"]:
-                lines.append(f"  note: {r['note']}")
+        for row in rows:
+            lines.append(line(row))
+            if notes[row[0]]:
+                lines.append(f"  note: {notes[row[0]]}")
     return "\n".join(lines)
 
 
-def _with_ci(value, ci) -> str:
+def _cell(r, metric) -> str:
+    value, ci = r.get(metric), r.get(f"{metric}_ci")
     if value is None:
-        return f"{'-':<21}"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}{'':<15}"
+        return "–"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
 
-def _p(value, best: str) -> str:
-    if best:
-        return best
+def _p(value, is_best) -> str:
+    if is_best:
+        return "best"
     if value is None:
-        return "-"
+        return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
-def _f(value, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _cost(r) -> list[str]:
+    per_image = r["predict_seconds_per_image"]
+    return ["–" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
+            "–" if per_image is None else f"{per_image * 1000:.3f}", f"{r['size_bytes'] / 1e6:.2f}"]

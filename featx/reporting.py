@@ -16,12 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path, write_text_atomic
-from .comparison import compare, format_table
+from .comparison import HEADER, compare, format_table, table_rows
 from .heatmaps import pyplot
-
-SHOWN = (("accuracy", "Accuracy"), ("balanced_accuracy", "Bal. acc."), ("sensitivity", "Sensitivity"),
-         ("specificity", "Specificity"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"))
-
 
 def report(data=None, *, split: str = "test", out="featx-report", models_dir=None, cache_dir=None,
            n_boot: int = 1000, seed: int = 0, heatmaps: int = 4, log=None) -> dict:
@@ -265,36 +261,6 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def _cell(r, metric) -> str:
-    value, ci = r.get(metric), r.get(f"{metric}_ci")
-    if value is None:
-        return "–"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
-
-
-def _p(value, is_best) -> str:
-    if is_best:
-        return "best"
-    if value is None:
-        return "–"
-    return "<0.001" if value < 0.001 else f"{value:.3f}"
-
-
-def _cost(r) -> list[str]:
-    per_image = r["predict_seconds_per_image"]
-    return ["–" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
-            "–" if per_image is None else f"{per_image * 1000:.3f}", f"{r['size_bytes'] / 1e6:.2f}"]
-
-
-HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong", "p McNemar", "Train s", "Predict ms/img",
-          "Size MB"]
-
-
-def _rows(records, ranked: bool) -> list[list[str]]:
-    return [[r["method"], str(r["n"]), *[_cell(r, m) for m, _ in SHOWN], _p(r["p_delong"], r.get("best")),
-             _p(r["p_mcnemar"], r.get("best")), *_cost(r)] for r in records if r["ranked"] == ranked]
-
-
 FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstrap 95% intervals. p-values compare "
             "each method with the best (highest ROC-AUC) on the same images: DeLong's test for ROC-AUC, McNemar's "
             "test for accuracy. Train seconds: selection and training only (feature extraction, shared by all heads "
@@ -304,7 +270,7 @@ FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstra
 
 def _markdown(title: str, records, figures) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(row) + " |" for row in _rows(records, True)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(records, True)]
     lines += ["", FOOTNOTE, ""]
     apart = [r for r in records if not r["ranked"]]
     if apart:
@@ -331,14 +297,14 @@ def _html(title: str, records, figures) -> str:
         body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in rows)
         return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
-    parts = [f"<h1>{esc(title)}</h1>", table(_rows(records, True)), f"<p class='note'>{esc(FOOTNOTE)}</p>"]
+    parts = [f"<h1>{esc(title)}</h1>", table(table_rows(records, True)), f"<p class='note'>{esc(FOOTNOTE)}</p>"]
     notes = [r for r in records if r["ranked"] and r["note"]]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{esc(r['method'])}: {esc(r['note'])}</li>" for r in notes) + "</ul>")
     apart = [r for r in records if not r["ranked"]]
     if apart:
         parts.append("<h2>Evaluated apart (not comparable with the ranking)</h2>")
-        parts.append(table(_rows(records, False)))
+        parts.append(table(table_rows(records, False)))
         parts.append("<ul>" + "".join(f"<li>{esc(r['method'])}: {esc(r['note'])}</li>" for r in apart) + "</ul>")
     for caption, png in figures.values():
         data = base64.b64encode(png).decode()
