@@ -7,9 +7,10 @@
 - device: workers only read bytes. JPEGs are decoded in batches by torchvision on the
   extraction device (nvJPEG on CUDA, libjpeg-turbo on the CPU) and resized there by the same
   transform ops applied to tensors, so a fast GPU is not held back by CPU decoding. A file that
-  is not a plain 8-bit gray or RGB JPEG, or lacks its end marker (truncated), or that the device
-  decoder rejects, goes through Pillow instead, so odd and corrupt files are handled and reported
-  exactly as in pil mode.
+  is not a plain 8-bit gray or RGB JPEG, carries an EXIF rotation (torchvision's CUDA decoder
+  ignores `apply_exif_orientation`), lacks its end marker (truncated), or that the device decoder
+  rejects, goes through Pillow instead, so such files are handled and reported exactly as in pil
+  mode, on every device.
 
 Each mode gives slightly different pixels, so the mode (for device, with the device type) is
 part of every cache's identity (imaging.DECODE_POLICY plus a suffix).
@@ -70,16 +71,17 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def _plain_jpeg(raw: bytes) -> bool:
-    """From the header only: an 8-bit gray or RGB JPEG of sane size that ends with its EOI marker."""
+    """From the header only: an upright 8-bit gray or RGB JPEG of sane size that ends with its EOI marker."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(raw)) as img:
                 fmt, mode, (w, h) = img.format, img.mode, img.size
+                upright = fmt == "JPEG" and img.getexif().get(0x0112, 1) == 1  # EXIF orientation
     except Exception:  # Pillow's full decode will give the reason
         return False
     limit = Image.MAX_IMAGE_PIXELS
-    return (fmt == "JPEG" and mode in ("L", "RGB") and (limit is None or w * h <= limit)
+    return (upright and mode in ("L", "RGB") and (limit is None or w * h <= limit)
             and raw.rstrip(b"\0")[-2:] == b"\xff\xd9")
 
 
@@ -135,7 +137,7 @@ class DeviceDecoder:
 
 
 def _decode_jpeg(data, device: torch.device):
-    """torchvision's decode_jpeg (nvJPEG on CUDA; one batched call for a list).
+    """torchvision's decode_jpeg (nvJPEG on CUDA; one batched call for a list), of upright JPEGs only.
 
     torchvision 0.29 deprecates its image decoders in favour of TorchCodec's; featx pins
     torchvision, so the warning is silenced here and the move is left for when it is removed.
@@ -144,4 +146,4 @@ def _decode_jpeg(data, device: torch.device):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, device=device, apply_exif_orientation=True)
+        return decode_jpeg(data, device=device)

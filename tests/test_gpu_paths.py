@@ -53,6 +53,22 @@ def test_device_decode_matches_pil_on_every_image_mode_and_skips_the_same_files(
     assert turn_differs > 10 * modes_differ  # measured: 45×
 
 
+def test_only_plain_upright_jpegs_are_left_to_the_device_decoder(mixed_folder):
+    """torchvision's CUDA decoder ignores EXIF orientation and CMYK needs Pillow: those go through Pillow."""
+    from featx.decoding import read_for_device
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(xray_like(7)).save(mixed_folder / "rotated.jpeg", exif=exif)
+    Image.fromarray(xray_like(7)).save(mixed_folder / "upright.jpeg", exif=Image.Exif())
+    as_bytes = {name: read_for_device((mixed_folder / name).read_bytes()).dim() == 1
+                for name in ("upright.jpeg", "rotated.jpeg", "NORMAL/cmyk.JPG", "NORMAL/gray.png",
+                             "NORMAL/IM-1000-0001.jpeg")}
+    assert as_bytes == {"upright.jpeg": True, "rotated.jpeg": False, "NORMAL/cmyk.JPG": False,
+                        "NORMAL/gray.png": False, "NORMAL/IM-1000-0001.jpeg": True}
+    assert read_for_device((mixed_folder / "rotated.jpeg").read_bytes()).shape == (1, 64, 48)  # turned upright
+
+
 def _done_paths(store):
     done = store.row_status()[0]
     return [p for p, d in zip(store.row_table().path, done) if d]
