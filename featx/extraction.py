@@ -120,7 +120,7 @@ def extract(
             f"on {torch_device}, batch {batch_size}, {n_workers} workers, decode {decode}"
             + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {path}")
         started = time.perf_counter()
-        done_before = int(store.row_status()[0].sum())
+        done_before = int(done.sum())
         rows, target, pending = store.row_table(), path, set(todo.tolist())
         if n_ranks > 1:  # this rank's blocks, into its own shard file
             batches = sharding.my_batches(batches, rank, n_ranks)

@@ -110,7 +110,7 @@ class FrozenForward:
 
     def __call__(self, images: torch.Tensor):
         n = len(images)
-        if self.pad_to and n < self.pad_to:  # padding rows do not touch the real rows: BatchNorm is folded
+        if self.pad_to and n < self.pad_to:  # in eval mode a row's features depend on that row alone
             images = torch.cat([images, images.new_zeros((self.pad_to - n, *images.shape[1:]))])
         with torch.inference_mode(), self._autocast():
             x = self.normalize(images)
