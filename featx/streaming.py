@@ -66,11 +66,15 @@ class CachedSplits:
                                  "(delete the cache file) before fitting")
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
-        return self.predict_rows(estimator, self.rows[split])
+        return self.predict_rows([estimator], self.rows[split])[0]
 
-    def predict_rows(self, estimator, rows: np.ndarray) -> np.ndarray:
-        """Probabilities for ascending cache rows, block by block."""
-        return np.concatenate([estimator.predict_proba(X) for _, X in self.store.iter_features(rows, self.block_rows)])
+    def predict_rows(self, estimators: list, rows: np.ndarray) -> list[np.ndarray]:
+        """Each estimator's probabilities for ascending cache rows, from one block-by-block read."""
+        parts = [[] for _ in estimators]
+        for _, X in self.store.iter_features(rows, self.block_rows):
+            for part, estimator in zip(parts, estimators):
+                part.append(estimator.predict_proba(X))
+        return [np.concatenate(part) for part in parts]
 
 
 def select_head(name: str, data: CachedSplits, *, seed: int = 0, folds: int = 5, solver: str = "lbfgs") -> Selection:
@@ -331,7 +335,7 @@ def _select_lightgbm(data: CachedSplits, seed: int, folds: int) -> Selection:
             train = dataset(train_rows, y)
             val = dataset(data.rows["val"], data.y["val"], reference=train)
             fitted = [model(p).train(train, k, val) for p in candidates]
-            held = [data.predict_rows(m, data.rows["val"]) for m in fitted]
+            held = data.predict_rows(fitted, data.rows["val"])
             scores = [_auc(data.y["val"], h) for h in held]
             best = _argmax(scores)
             final, held_proba, held_y, method = fitted[best], held[best], data.y["val"], "validation split"
@@ -342,9 +346,9 @@ def _select_lightgbm(data: CachedSplits, seed: int, folds: int) -> Selection:
             for tr, va in splits:
                 train = dataset(train_rows[tr], y[tr])
                 val = dataset(train_rows[va], y[va], reference=train)
-                for c, p in enumerate(candidates):
-                    m = model(p).train(train, k, val)
-                    oofs[c][va] = data.predict_rows(m, train_rows[va])
+                fold_models = [model(p).train(train, k, val) for p in candidates]
+                for c, (m, proba) in enumerate(zip(fold_models, data.predict_rows(fold_models, train_rows[va]))):
+                    oofs[c][va] = proba
                     trees[c].append(m.best_iteration_)
             scores = [float(np.nanmean([_auc(y[va], oof[va]) for _, va in splits])) for oof in oofs]
             best = _argmax(scores)
