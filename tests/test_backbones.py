@@ -3,8 +3,9 @@ import torch
 from torch import nn
 
 from featx import FeatxError, create_backbone, get_spec
-from featx.backbones import REGISTRY, PooledLayer
-from featx.weights import rename_by_position
+from featx.models.backbones import PooledLayer
+from featx.models.registry import REGISTRY
+from featx.models.weights import rename_by_position
 
 from conftest import TINY
 

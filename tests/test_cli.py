@@ -89,7 +89,7 @@ def test_bad_val_fraction(folder):
 
 
 def test_second_writer_is_refused(folder, tmp_path):
-    from featx.lock import exclusive_lock
+    from featx._core.locks import exclusive_lock
 
     out = tmp_path / "c.h5"
     with exclusive_lock(out):  # as if another featx extract were writing this cache

@@ -12,7 +12,7 @@ from PIL import Image
 
 import featx
 from featx.cli import main
-from featx.significance import bootstrap_ci, delong_auc_variance, delong_test, mcnemar_test, point_metrics
+from featx.evaluation.significance import bootstrap_ci, delong_auc_variance, delong_test, mcnemar_test, point_metrics
 
 from conftest import TINY, make_folder, one_line_error, three_way, toy_features, write_store
 

@@ -4,7 +4,7 @@ from collections import defaultdict
 import pytest
 
 from featx import FeatxError, load_dataset
-from featx.data import DEFAULT_GROUP_PATTERN, group_of
+from featx.data.datasets import DEFAULT_GROUP_PATTERN, group_of
 
 from conftest import make_folder, save, xray_like
 

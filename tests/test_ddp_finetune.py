@@ -20,16 +20,16 @@ ARGS = ["--backbone", "timm:test_efficientnet_gn", "--weights", "random", "--epo
 # Records which ranks write checkpoints and artifacts, then runs the CLI as `-m featx` would.
 RECORDER = """
     import os, sys
-    import featx.finetuning as ft
-    def recording(name):
-        original = getattr(ft, name)
+    import featx.finetuning.checkpoints, featx.finetuning.runner
+    def recording(module, name):
+        original = getattr(module, name)
         def wrapper(*args, **kwargs):
             with open(os.environ["WRITES_LOG"], "a") as f:
                 f.write(f"{os.environ['RANK']} {name}\\n")
             return original(*args, **kwargs)
-        setattr(ft, name, wrapper)
-    recording("_save_last")
-    recording("save_checkpoint_artifact")
+        setattr(module, name, wrapper)
+    recording(featx.finetuning.checkpoints, "save_last")
+    recording(featx.finetuning.runner, "save_checkpoint_artifact")
     from featx.cli import main
     sys.argv = ["featx", *sys.argv[1:]]
     main()
@@ -58,7 +58,7 @@ def test_two_processes_train_like_one(data, tmp_path, monkeypatch):
     assert two.returncode == 0, two.stderr
 
     # Rank 0 alone writes and speaks.
-    assert set(log.read_text().split("\n")[:-1]) == {"0 _save_last", "0 save_checkpoint_artifact"}
+    assert set(log.read_text().split("\n")[:-1]) == {"0 save_last", "0 save_checkpoint_artifact"}
     assert two.stderr.count("epoch 1/2:") == 1 and "x 2 processes" in two.stderr
     assert two.stdout.count("model.pt") == 1
     assert "skipped 1 unreadable images: PNEUMONIA/person999_bacteria_1.jpeg" in two.stderr

@@ -4,7 +4,7 @@ import pytest
 
 import featx
 from featx import FeatureStore, FeatxError
-from featx.store import StoreWriter
+from featx.features.store import StoreWriter
 
 from conftest import TINY, make_folder, save, xray_like
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 import featx
 from featx.cli import main
-from featx.imaging import ImageError, load_image
+from featx.data.images import ImageError, load_image
 
 from conftest import TINY, final_error, make_folder, one_line_error, three_way, toy_features, write_store, xray_like
 
@@ -38,7 +38,7 @@ def run(*args):
 def _killed_at(target: str, name: str, after: int, args: list, *, before: bool = False) -> int:
     """Run `featx ARGS` in a subprocess that SIGKILLs itself inside the `after`-th call of target.name.
 
-    target is a module ("featx.store") or a class in one ("featx.store:StoreWriter").
+    target is a module ("featx.features.store") or a class in one ("featx.features.store:StoreWriter").
     before=False: kill once the call has done its work (e.g. features written, flags not yet);
     before=True: kill as the call starts. Returns the exit code (-9 when the kill happened).
     """
@@ -78,12 +78,12 @@ def test_extract_killed_while_writing_resumes_bit_for_bit(tmp_path):
             "--batch-size", "4", "--no-progress", "--output", out]
     # 1. while the new file is being laid out; 2. after a batch's features, before its done flags;
     # 3. as the third batch starts writing.
-    assert _killed_at("featx.store", "_prealloc", 3, args) == -9
+    assert _killed_at("featx.features.store", "_prealloc", 3, args) == -9
     assert not out.exists()  # the half-made file never took the cache's name
-    assert _killed_at("featx.store:StoreWriter", "_in_order", 3, args) == -9
+    assert _killed_at("featx.features.store:StoreWriter", "_in_order", 3, args) == -9
     with h5py.File(out, "r") as f:
         assert f["done"][:].sum() == 4  # batch 2's features are written, its flags are not: not done
-    assert _killed_at("featx.store:StoreWriter", "write", 3, args, before=True) == -9
+    assert _killed_at("featx.features.store:StoreWriter", "write", 3, args, before=True) == -9
     final = run(*args)
     assert final.exit_code == 0, final.output
     with h5py.File(out, "r") as f, h5py.File(reference.path, "r") as g:
@@ -116,7 +116,7 @@ def test_fit_killed_before_its_sidecar_leaves_nothing_loadable(tmp_path):
     X, y = toy_features(90)
     store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
     args = ["fit", "--features", store.path, "--models", tmp_path / "m"]
-    assert _killed_at("featx.artifacts", "write_text_atomic", 1, args, before=True) == -9
+    assert _killed_at("featx.artifacts.format", "write_text_atomic", 1, args, before=True) == -9
     [orphan] = (tmp_path / "m").glob("*.joblib")
     with pytest.raises(featx.FeatxError, match="no sidecar"):
         featx.load(orphan)
@@ -134,9 +134,9 @@ def test_full_disk_while_extracting_is_one_line_and_resumable(tmp_path, monkeypa
     root = make_folder(tmp_path / "d", 6)
     args = ["extract", "--data", root, "--backbone", TINY, "--weights", "random", "--workers", "0", "--no-progress",
             "--output", tmp_path / "x.h5", "--batch-size", "4"]
-    import featx.store
+    import featx.features.store
 
-    original = featx.store.StoreWriter.write
+    original = featx.features.store.StoreWriter.write
     calls = []
 
     def fills_up(self, rows, features):
@@ -145,20 +145,20 @@ def test_full_disk_while_extracting_is_one_line_and_resumable(tmp_path, monkeypa
             _no_space()
         return original(self, rows, features)
 
-    monkeypatch.setattr(featx.store.StoreWriter, "write", fills_up)
+    monkeypatch.setattr(featx.features.store.StoreWriter, "write", fills_up)
     line = final_error(run(*args))
     assert "No space left on device" in line and "re-run" in line
     with h5py.File(tmp_path / "x.h5", "r") as f:
         assert f["done"][:].sum() == 4  # the first batch is kept
-    monkeypatch.setattr(featx.store.StoreWriter, "write", original)
+    monkeypatch.setattr(featx.features.store.StoreWriter, "write", original)
     assert run(*args).exit_code == 0
 
 
 def test_full_disk_while_creating_a_cache_or_saving_a_model(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "d", 6)
-    import featx.store
+    import featx.features.store
 
-    monkeypatch.setattr(featx.store, "_prealloc", _no_space)
+    monkeypatch.setattr(featx.features.store, "_prealloc", _no_space)
     line = one_line_error(run("extract", "--data", root, "--backbone", TINY, "--weights", "random", "--workers", "0",
                               "--no-progress"))
     assert "no space left" in line.lower()
@@ -218,16 +218,16 @@ def corpus(tmp_path):
 
 
 def test_every_bad_file_is_read_or_skipped_with_its_reason(corpus, tmp_path, monkeypatch):
-    import featx.extraction
+    import featx.features.planning
 
-    original = featx.extraction._row_table
+    original = featx.features.planning.row_table
 
     def then_delete(ds, held):  # a file deleted between listing and reading
         table = original(ds, held)
         (corpus / "PNEUMONIA" / "person100_bacteria_0.jpeg").unlink(missing_ok=True)
         return table
 
-    monkeypatch.setattr(featx.extraction, "_row_table", then_delete)
+    monkeypatch.setattr(featx.features.planning, "row_table", then_delete)
     messages = []
     store = featx.extract(corpus, TINY, **{**QUIET, "log": messages.append})
     skipped = dict(store.skipped())

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import featx
 from featx.cli import main
-from featx.heads import HEAD_NAMES
-from featx.metrics import choose_threshold
+from featx.heads.specs import HEAD_NAMES
+from featx.evaluation.thresholds import choose_threshold
 
 from conftest import TINY, make_folder, one_line_error, three_way, toy_features, write_store
 
@@ -73,7 +73,7 @@ def test_artifact_round_trip_gives_the_same_probabilities(store, tmp_path):
     [result] = featx.fit(store.path, head="knn", seed=3, models_dir=tmp_path)
     model = featx.load(result.artifact)
     X, y = store.arrays("test")
-    from featx.metrics import evaluate
+    from featx.evaluation.metrics import evaluate
 
     assert evaluate(y, model.predict_proba(store, split="test"), store.classes) == result.metrics["test"]
     assert np.allclose(model.predict_proba(X), model.head.predict_proba(X))

@@ -12,7 +12,7 @@ from PIL import Image
 
 import featx
 from featx.cli import main
-from featx.inference import largest_fitting
+from featx.models.frozen import largest_fitting
 
 from conftest import TINY, one_line_error, xray_like
 
@@ -55,7 +55,7 @@ def test_device_decode_matches_pil_on_every_image_mode_and_skips_the_same_files(
 
 def test_only_plain_upright_jpegs_are_left_to_the_device_decoder(mixed_folder):
     """torchvision's CUDA decoder ignores EXIF orientation and CMYK needs Pillow: those go through Pillow."""
-    from featx.decoding import read_for_device
+    from featx.data.device_decoding import read_for_device
 
     exif = Image.Exif()
     exif[0x0112] = 6

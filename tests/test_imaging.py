@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx.imaging import EvalTransform, ImageError, load_image
+from featx.data.images import ImageError, load_image
+from featx.data.transforms import EvalTransform
 
 from conftest import xray_like
 

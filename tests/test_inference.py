@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 import featx
-from featx.inference import fold_batchnorm
+from featx.models.frozen import fold_batchnorm
 
 from conftest import TINY
 

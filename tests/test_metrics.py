@@ -3,7 +3,8 @@ import pytest
 from sklearn import metrics as M
 
 from featx import FeatxError
-from featx.metrics import choose_threshold, evaluate
+from featx.evaluation.metrics import evaluate
+from featx.evaluation.thresholds import choose_threshold
 
 
 def test_binary_metrics_match_a_hand_count():

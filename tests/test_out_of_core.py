@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import featx
 from featx.cli import main
-from featx.store import FeatureStore
+from featx.features.store import FeatureStore
 
 from conftest import one_line_error, three_way, toy_features, write_store
 

@@ -43,7 +43,7 @@ def test_a_killed_rank_resumes_from_its_shard(data, tmp_path):
     killer = tmp_path / "kill_rank1.py"
     killer.write_text(textwrap.dedent("""
         import os, signal, sys
-        import featx.store as store
+        import featx.features.store as store
         original, calls = store.StoreWriter.write, [0]
         def write(self, rows, features):
             original(self, rows, features)

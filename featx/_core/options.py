@@ -1,0 +1,68 @@
+"""Option values, checked once at each public entry point (scikit-learn's `_parameter_constraints` is the model).
+
+The CLI's choices are built from the same vocabularies and fail through the same checks, so a
+bad value gets the same one line from `featx extract --tta hflp` as from `featx.extract(tta="hflp")`
+or `FeatureExtractor(tta="hflp")`. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import FeatxError
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": ("float32", "float16"),
+    "tta": ("none", "hflip"),
+    "decode": ("pil", "pil-draft", "device"),
+    "augment": ("xray", "natural", "none"),
+    "schedule": ("cosine", "onecycle"),
+    "class_weight": ("balanced", "none"),
+    "solver": ("lbfgs", "sgd"),
+    "split": ("train", "val", "test"),
+}
+DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
+_CUDA_INDEX = re.compile(r"cuda:\d+")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_choice(name: str, value):
+    """`value` if it is one of CHOICES[name]; otherwise one line naming the option and its values."""
+    if value not in CHOICES[name]:
+        raise FeatxError(f"{flag(name)} must be one of {', '.join(CHOICES[name])}, not {value!r}")
+    return value
+
+
+def check_device(device) -> str:
+    """The spelling of a device (auto, cpu, cuda, cuda:N, mps); whether it exists is runtime's question."""
+    if not isinstance(device, str) or not (device in DEVICES or _CUDA_INDEX.fullmatch(device)):
+        raise FeatxError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {device!r}")
+    return device
+
+
+def check_batch_size(batch_size, *, auto: bool = True):
+    """None, a positive whole number (digits in a string too: click passes them so), or "auto" where allowed."""
+    if batch_size is None or (auto and batch_size == "auto"):
+        return batch_size
+    try:
+        value = int(batch_size)
+    except (TypeError, ValueError):
+        value = 0
+    if isinstance(batch_size, bool) or value < 1 or str(value) != str(batch_size).strip():
+        allowed = "a whole number of at least 1" + (", or auto" if auto else "")
+        raise FeatxError(f"--batch-size must be {allowed}; got {batch_size!r}")
+    return value
+
+
+def check_options(**values) -> None:
+    """Check each named option by its rule: the CHOICES vocabularies, device, batch_size."""
+    for name, value in values.items():
+        if name == "device":
+            check_device(value)
+        elif name == "batch_size":
+            check_batch_size(value)
+        else:
+            check_choice(name, value)

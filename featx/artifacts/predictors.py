@@ -1,0 +1,202 @@
+"""Loaded artifacts as predictors: a head with the recipe of its features, or a fine-tuned network.
+
+`load` checks an artifact against its sidecar (artifacts.format) and returns an `ImageClassifier`
+(a head from `featx fit`, which predicts from feature rows, a FeatureStore or image files) or a
+`FineTunedClassifier` (a network from `featx finetune`, which predicts from image files). Both
+feed images exactly as they were fed in training: the same backbone, weights and preprocessing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._core.errors import FeatxError, first_line
+from ..features.identity import FEATURE_IDENTITY, differences
+from .format import unpickle_head, verified_sidecar
+
+
+def load(path):
+    """Load an artifact after checking its sha256 against the sidecar (pickles run code when loaded).
+
+    Returns an `ImageClassifier` (a head from `featx fit`) or a `FineTunedClassifier`.
+    """
+    path = Path(path)
+    info = verified_sidecar(path)
+    if info.get("kind") == "finetune":
+        return FineTunedClassifier(info, path)
+    return ImageClassifier(unpickle_head(path, info), info, path)
+
+
+class _SavedModel:
+    """What every loaded artifact knows: its sidecar, classes, threshold and how its inputs were made."""
+
+    def __init__(self, info: dict, path=None):
+        self.info = info
+        self.path = Path(path) if path else None
+        self.classes_ = np.array(info["classes"])
+        self.threshold = info.get("threshold")
+        self.feature_config: dict = info["features"]["config"]
+
+    def predict(self, X, **kwargs) -> np.ndarray:
+        """Class names, using the stored threshold on the second class for two-class models."""
+        return self.decide(self.predict_proba(X, **kwargs))
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        if len(self.classes_) == 2 and self.threshold is not None:
+            return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
+        return self.classes_[proba.argmax(1)]
+
+
+class ImageClassifier(_SavedModel):
+    """A head and the recipe of its features: `predict_proba` takes feature rows or image paths.
+
+    Paths go through the same backbone, weights and preprocessing the head was trained on;
+    feature rows or a FeatureStore are checked to come from that recipe.
+    """
+
+    def __init__(self, head, info: dict, path=None):
+        super().__init__(info, path)
+        self.head = head
+        self._backbone = None
+
+    def __repr__(self) -> str:
+        return (f"ImageClassifier({self.info['head']} on {self.feature_config['backbone']}, "
+                f"classes={self.info['classes']}, threshold={self.threshold})")
+
+    def check_features(self, config: dict, source: str = "these features") -> None:
+        """Refuse features made by another backbone, weights or preprocessing."""
+        differs = differences(config, self.feature_config, FEATURE_IDENTITY)
+        if differs:
+            raise FeatxError(
+                f"{source} were made differently from the features this model was trained on "
+                f"({', '.join(differs)}: model {self.feature_config['backbone']}, "
+                f"features {config.get('backbone')}); use features of the same backbone and preprocessing")
+
+    def predict_proba(self, X, **kwargs) -> np.ndarray:
+        """Class probabilities (columns follow `classes_`) for feature rows, a FeatureStore, or image paths."""
+        return self.head.predict_proba(self._features(X, **kwargs))
+
+    def _features(self, X, **kwargs) -> np.ndarray:
+        from ..features.store import FeatureStore
+
+        if isinstance(X, FeatureStore):
+            self.check_features(X.config, str(X.path))
+            return X.arrays(kwargs.get("split"))[0]
+        if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+            width = self.info["features"]["num_features"]
+            if X.shape[1] != width:
+                raise FeatxError(f"features have {X.shape[1]} columns; this model expects {width} "
+                                 f"({self.feature_config['backbone']})")
+            return X
+        feats, reasons, _ = self.image_features(X, **kwargs)
+        bad = [f"{p}: {r}" for p, r in zip(X, reasons) if r]
+        if bad:
+            raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        return feats
+
+    def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
+                       workers=None, progress: bool = False):
+        """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
+        from ..data.device_decoding import mode_of_policy
+        from ..features.extraction import compute_features
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        bb = self.backbone(weights)
+        return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
+                                tta=self.feature_config.get("tta", "none"),
+                                decode=mode_of_policy(self.feature_config.get("decode")), progress=progress)
+
+    def image_proba(self, paths, **kwargs) -> tuple[np.ndarray, list]:
+        """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""
+        feats, reasons, _ = self.image_features(paths, **kwargs)
+        proba = np.full((len(reasons), len(self.classes_)), np.nan)
+        ok = [i for i, r in enumerate(reasons) if r is None]
+        if ok:
+            proba[ok] = self.head.predict_proba(feats[ok])
+        return proba, reasons
+
+    def backbone(self, weights: str = "auto"):
+        """Build the backbone the head was trained on, and check its weights are the same ones."""
+        from ..models.backbones import create_backbone
+
+        if self._backbone is not None:
+            return self._backbone
+        c = self.feature_config
+        if weights == "auto":
+            recorded = Path(c.get("weights_source", ""))
+            if c.get("weights_source", "").startswith("random"):
+                weights = "random"
+            elif recorded.is_absolute() and recorded.is_file():
+                weights = str(recorded)
+            else:
+                weights = "imagenet"
+        layer = None if c.get("layer") in (None, "pooled") else c["layer"]
+        bb = create_backbone(c["backbone"], weights, layer=layer)
+        if bb.weights_sha256 != c["weights_sha256"]:
+            raise FeatxError(f"the {c['backbone']} weights found ({bb.weights_source}) differ from those this model "
+                             f"was trained with ({c.get('weights_source')}); pass those with --weights PATH")
+        self.check_features({**c, **bb.identity()}, f"features of {bb.weights_source}")
+        self._backbone = bb
+        return bb
+
+
+class FineTunedClassifier(_SavedModel):
+    """A model from `featx finetune`: the registry's backbone plus its trained dropout+linear head.
+
+    Built with the backbone's own code, its weights loaded from the checkpoint with
+    weights_only=True, and fed with the preprocessing it was trained with.
+    """
+
+    def __init__(self, info: dict, path):
+        super().__init__(info, path)
+        self._net = None
+
+    def __repr__(self) -> str:
+        return (f"FineTunedClassifier({self.feature_config['backbone']}, classes={self.info['classes']}, "
+                f"threshold={self.threshold})")
+
+    @property
+    def data_config(self) -> dict:
+        """How images are fed to the network: its size, interpolation, crop, mean and std."""
+        return self.feature_config["data_config"]
+
+    def network(self):
+        """The trained `FinetuneNetwork` (backbone -> dropout -> linear), in eval mode."""
+        import torch
+
+        from ..models.backbones import create_backbone
+        from ..models.network import FinetuneNetwork
+
+        if self._net is None:
+            c = self.feature_config
+            bb = create_backbone(c["backbone"], "random")
+            net = FinetuneNetwork(bb.model, bb.num_features, len(self.classes_), self.info["params"].get("dropout", 0.0))
+            try:
+                net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
+            except (RuntimeError, ValueError) as exc:
+                raise FeatxError(f"{self.path} does not fit the {c['backbone']} backbone: {first_line(exc)}") from None
+            self._net = net.eval().requires_grad_(False)
+        return self._net
+
+    def image_proba(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None, workers=None,
+                    progress: bool = False) -> tuple[np.ndarray, list]:
+        """(probabilities with NaN rows for unreadable images, reason-or-None per image).
+        `weights` is accepted for a head's signature; a fine-tune's weights are its own."""
+        from ..features.extraction import run_on_images
+
+        if isinstance(paths, (str, Path)):
+            paths = [paths]
+        logits, reasons, _ = run_on_images(self.network(), self.data_config, len(self.classes_), list(paths),
+                                           device=device, batch_size=batch_size, workers=workers, progress=progress)
+        shifted = np.exp(logits - np.nanmax(logits, axis=1, keepdims=True))
+        return shifted / shifted.sum(1, keepdims=True), reasons
+
+    def predict_proba(self, paths, **kwargs) -> np.ndarray:
+        proba, reasons = self.image_proba(paths, **kwargs)
+        bad = [f"{p}: {r}" for p, r in zip(paths, reasons) if r]
+        if bad:
+            raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        return proba

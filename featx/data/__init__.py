@@ -1,0 +1,1 @@
+"""Input: datasets and their splits, decoding rules, transforms, and the one image loader."""

@@ -1,0 +1,260 @@
+"""Find a dataset's images, labels, splits and patient groups.
+
+Layouts: `DIR/<class>/*`, `DIR/{train,val,test}/<class>/*`, or a CSV manifest with columns
+`path,label[,split][,group]`. A validation split cut from train keeps each group (patient)
+on one side; it is stored next to the caches and reused by every later command.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._core.errors import FeatxError
+from .._core.options import CHOICES
+from .._core.paths import default_cache_dir
+from .splits import cut_split, read_split, reuse_split, split_file
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+BAD_NAME = "file name is not valid UTF-8; rename the file to extract it"
+SPLITS = CHOICES["split"]
+SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+# Kermany et al. names: person123_bacteria_456.jpeg -> person123, IM-0115-0001.jpeg -> IM-0115,
+# NORMAL2-IM-0381-0001.jpeg -> NORMAL2-IM-0381. Other names are each their own group.
+DEFAULT_GROUP_PATTERN = r"^(person\d+)_|^((?:NORMAL\d*-)?IM-\d+)-\d+"
+
+
+@dataclass
+class Dataset:
+    """Every image of a dataset with its label, split and group; paths relative to `root`."""
+
+    root: Path
+    key: str  # names the dataset's folder in the cache
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray  # index into classes
+    splits: list[str]
+    groups: list[str]
+    group_pattern: str = DEFAULT_GROUP_PATTERN
+    split_note: str = ""
+    ignored: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # path -> why it cannot be read, known at listing
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def absolute(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {class: n}} for the splits that exist."""
+        table: dict[str, dict[str, int]] = {}
+        for split, label in zip(self.splits, self.labels):
+            row = table.setdefault(split, {c: 0 for c in self.classes})
+            row[self.classes[label]] += 1
+        return {s: table[s] for s in SPLITS if s in table}
+
+
+def load_dataset(
+    source,
+    *,
+    val_fraction: float | None = None,
+    group_pattern: str | None = None,
+    seed: int = 0,
+    cache_dir=None,
+) -> Dataset:
+    """Read a folder or CSV manifest; cut (or reuse) a group-aware validation split if asked."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise FeatxError(f"data not found: {source}")
+    if source.is_file():
+        if source.suffix.lower() != ".csv":
+            raise FeatxError(f"--data must be a folder or a .csv manifest, not {source.name}")
+        ds = _from_manifest(source.resolve())
+    else:
+        ds = _from_folders(source.resolve())
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    stored = read_split(cache_dir, ds)
+    pattern = group_pattern or (stored or {}).get("group_pattern") or DEFAULT_GROUP_PATTERN
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise FeatxError(f"--group-pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    ds.group_pattern = pattern
+    ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
+    _check_classes(ds)
+    if "val" in ds.splits:
+        if val_fraction is not None:
+            raise FeatxError(f"{source} already has a validation split; drop --val-fraction")
+    elif stored is not None:
+        reuse_split(ds, stored, val_fraction, seed, group_pattern, split_file(cache_dir, ds))
+    elif val_fraction is not None:
+        cut_split(ds, val_fraction, seed, split_file(cache_dir, ds))
+    return ds
+
+
+def group_of(relpath: str, regex: re.Pattern) -> str:
+    """The patient (group) an image belongs to: the regex's first non-empty group, else the file itself."""
+    name = Path(relpath).name
+    match = regex.search(name)
+    if match:
+        found = next((g for g in match.groups() if g), None) if match.groups() else match.group(0)
+        if found:
+            return found
+    return relpath
+
+
+def _dataset_key(root: Path) -> str:
+    return f"{root.stem}-{hashlib.sha1(str(root).encode()).hexdigest()[:6]}"
+
+
+def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
+    """Image files under `folder`, sorted, relative to root; symlinked folders are not followed.
+
+    Plain strings, not pathlib: listing 100k files stays well under a second.
+    """
+    found = []
+    prefix = len(str(root)) + 1
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = dirpath[prefix:].replace(os.sep, "/")
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            (found if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else ignored).append(_printable(rel))
+    return found
+
+
+def _printable(rel: str) -> str:
+    """Names the filesystem gave as undecodable bytes get a visible escape (e.g. caf\\xe9.png)."""
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def image_files(targets) -> list[Path]:
+    """Image files named directly or found under folders, for prediction (no class folders needed)."""
+    found = []
+    for target in map(Path, targets):
+        if target.is_dir():
+            found += [target / rel for rel in _list_images(target, target, [])]
+        elif target.exists() or target.is_symlink():
+            found.append(target)  # named explicitly: read it, and report it if it is not an image
+        else:
+            raise FeatxError(f"image or folder not found: {target}")
+    if not found:
+        raise FeatxError(f"no images in {', '.join(map(str, targets))} ({_extensions_hint()})")
+    return found
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _from_folders(root: Path) -> Dataset:
+    subdirs = _subfolders(root)
+    split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
+    if split_dirs and "train" not in split_dirs and "test" not in split_dirs and len(split_dirs) == len(subdirs):
+        raise FeatxError(f"{root} has a {', '.join(split_dirs)} folder but no train folder")
+    if split_dirs and len(split_dirs) != len(subdirs):
+        others = [d.name for d in subdirs if d.name.lower() not in SPLIT_ALIASES]
+        raise FeatxError(
+            f"{root} mixes split folders ({', '.join(d.name for d in split_dirs.values())}) "
+            f"with other folders ({', '.join(others[:3])}); use DIR/<class>/* or DIR/{{train,val,test}}/<class>/*"
+        )
+    layout = split_dirs or {"train": root}
+    classes_by_split = {}
+    for split, folder in layout.items():
+        names = [d.name for d in _subfolders(folder)]
+        if not names:
+            raise FeatxError(
+                f"no class folders in {folder}: expected {folder}/<class>/<image files>, e.g. NORMAL/ and PNEUMONIA/"
+            )
+        classes_by_split[split] = names
+    all_classes = sorted({c for names in classes_by_split.values() for c in names})
+    if len(all_classes) == 1:
+        only = next(iter(layout.values())) / all_classes[0]
+        nested = [d.name for d in _subfolders(only)]
+        if nested and not any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in only.iterdir()):
+            raise FeatxError(
+                f"{root} holds one class folder, {all_classes[0]}/, whose images are in subfolders "
+                f"({', '.join(nested[:3])}); if those are the classes, use --data {only}"
+            )
+    for split, names in classes_by_split.items():
+        missing = [c for c in all_classes if c not in names]
+        if missing and split != "test":
+            raise FeatxError(
+                f"class folders differ across splits: {layout[split].name}/ lacks {', '.join(missing)} "
+                f"(classes: {', '.join(all_classes)})"
+            )
+    paths, labels, splits, ignored = [], [], [], []
+    for split in SPLITS:
+        if split not in layout:
+            continue
+        for class_name in classes_by_split[split]:
+            found = _list_images(layout[split] / class_name, root, ignored)
+            if not found:
+                raise FeatxError(f"class folder {(layout[split] / class_name)} has no images ({_extensions_hint()})")
+            paths += found
+            labels += [all_classes.index(class_name)] * len(found)
+            splits += [split] * len(found)
+    problems = {p: BAD_NAME for p in paths if "\\x" in p and not (root / p).exists()}
+    return Dataset(root, _dataset_key(root), all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
+                   [""] * len(paths), ignored=ignored, problems=problems)
+
+
+def _from_manifest(csv_path: Path) -> Dataset:
+    root = csv_path.parent
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "path" not in columns or "label" not in columns:
+            raise FeatxError(f"{csv_path.name}: a manifest needs a header with 'path' and 'label' (optional: split, group)")
+        rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
+    if not rows:
+        raise FeatxError(f"{csv_path.name} lists no images")
+    paths, label_names, splits, groups, missing = [], [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        path = Path(row["path"])
+        full = path if path.is_absolute() else root / path
+        if not full.is_file():
+            missing.append(row["path"])
+            continue
+        split = SPLIT_ALIASES.get(row.get("split", "").lower() or "train")
+        if split is None:
+            raise FeatxError(f"{csv_path.name} line {line}: split '{row['split']}' is not one of train, val, test")
+        if not row["label"]:
+            raise FeatxError(f"{csv_path.name} line {line}: empty label")
+        paths.append(os.path.relpath(full.resolve(), root).replace(os.sep, "/") if not path.is_absolute() else str(full))
+        label_names.append(row["label"])
+        splits.append(split)
+        groups.append(row.get("group", ""))
+    if missing:
+        raise FeatxError(f"{csv_path.name}: {len(missing)} listed files do not exist (first: {missing[0]})")
+    classes = sorted(set(label_names))
+    labels = np.asarray([classes.index(n) for n in label_names], dtype=np.int64)
+    return Dataset(root, _dataset_key(csv_path), classes, paths, labels, splits, groups)
+
+
+def _check_classes(ds: Dataset) -> None:
+    if not ds.paths:
+        raise FeatxError(f"no images in {ds.root} ({_extensions_hint()})")
+    for split in ("train", "val"):
+        present = {ds.classes[l] for l, s in zip(ds.labels, ds.splits) if s == split}
+        if present and len(present) < len(ds.classes):
+            absent = [c for c in ds.classes if c not in present]
+            raise FeatxError(f"split {split} has no images of class {', '.join(absent)}")
+
+
+def _extensions_hint() -> str:
+    return "looked for " + ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + " in any case"

@@ -1,0 +1,1 @@
+"""Measuring: metrics of a split, decision thresholds, intervals and paired tests."""

@@ -1,0 +1,1 @@
+"""Features: the HDF5 cache, its identity, extraction (sharded under torchrun) and FeatureExtractor."""

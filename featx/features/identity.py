@@ -1,0 +1,35 @@
+"""What makes features what they are: the keys a cache records and on which caches and models must agree.
+
+A cache's identity names its file (`<backbone>-<identity_hash>.h5`); two caches, or a cache and a
+model, are interchangeable only when their FEATURE_IDENTITY values are equal.
+"""
+
+from __future__ import annotations
+
+from .._core.hashing import record_hash
+
+FORMAT_VERSION = 1  # of the HDF5 layout (store.py)
+
+# The parts of a cache's config that must match for features to be interchangeable.
+FEATURE_IDENTITY = ("backbone", "timm_model", "numerics", "weights_sha256", "data_config", "layer", "tta", "decode")
+
+
+def feature_identity(backbone_identity: dict, *, tta: str, decode: str) -> dict:
+    """The FEATURE_IDENTITY values: the backbone's (`Backbone.identity()`), TTA and decode policy."""
+    return {**backbone_identity, "tta": tta, "decode": decode}
+
+
+def cache_identity(backbone_identity: dict, *, data_root: str, precision: str, tta: str, dtype: str,
+                   decode: str) -> dict:
+    """Everything that changes a cache's content: the features' identity, the data, precision and dtype."""
+    return {"format_version": FORMAT_VERSION, "data_root": data_root,
+            **feature_identity(backbone_identity, tta=tta, decode=decode), "precision": precision, "dtype": dtype}
+
+
+def identity_hash(identity: dict) -> str:
+    return record_hash(identity, 10)
+
+
+def differences(config: dict, wanted: dict, keys=None) -> list[str]:
+    """The keys (of `keys`, default all of `wanted`) whose values differ between `config` and `wanted`."""
+    return [k for k in (wanted if keys is None else keys) if config.get(k) != wanted.get(k)]

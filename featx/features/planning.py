@@ -1,0 +1,93 @@
+"""Planning an extraction: which rows a cache holds, which files changed, which rows are left to compute."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .._core.errors import FeatxError
+from .._core.hashing import file_sha1
+from ..data.datasets import SPLITS, Dataset
+from .store import FeatureStore, RowTable, StoreWriter, create_store
+
+
+def prepare_store(path: Path, ds: Dataset, identity: dict, config: dict, num_features: int, dtype: str,
+                  log) -> FeatureStore:
+    """Open the store if it matches the dataset; otherwise build it, keeping every reusable row."""
+    old = FeatureStore(path) if path.exists() else None
+    if old is not None:
+        old.check_identity(identity)
+        if old.classes != ds.classes:
+            raise FeatxError(f"{path} has classes {old.classes}, the data has {ds.classes}; "
+                             "use another cache file or delete this one")
+    held = old.row_table() if old is not None else None
+    rows = row_table(ds, held)
+    if held is not None:
+        same_files = held.path == rows.path and held.sha1 == rows.sha1 and held.group == rows.group
+        if same_files and np.array_equal(held.label, rows.label):
+            if not np.array_equal(held.split, rows.split):
+                with StoreWriter(path) as writer:
+                    writer.set_split(rows.split)
+            return old
+        log(f"{path}: the data changed; rebuilding the cache and keeping the rows of unchanged files")
+    return create_store(path, config, ds.classes, rows, num_features, dtype, carry_over=old)
+
+
+def row_table(ds: Dataset, held: RowTable | None) -> RowTable:
+    """Stat every file; hash the bytes only of files that are new or whose size or mtime changed."""
+    known = {}
+    if held is not None:
+        known = {p: (s, m, h) for p, s, m, h in zip(held.path, held.size, held.mtime_ns, held.sha1)}
+    n = len(ds)
+    size, mtime = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
+    sha1 = [""] * n
+    to_hash = []
+    for i, rel in enumerate(ds.paths):
+        try:
+            st = os.stat(ds.absolute(rel))
+        except OSError:
+            continue  # gone since listing: the row will be skipped with the reason when read
+        size[i], mtime[i] = st.st_size, st.st_mtime_ns
+        prev = known.get(rel)
+        if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns and prev[2]:
+            sha1[i] = prev[2]
+        else:
+            to_hash.append(i)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL; helps on network disks
+        for i, digest in zip(to_hash, pool.map(lambda i: file_sha1(ds.absolute(ds.paths[i])), to_hash)):
+            sha1[i] = digest
+    return RowTable(path=list(ds.paths), label=ds.labels.astype(np.int16),
+                    split=np.array([SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),
+                    sha1=sha1, size=size, mtime_ns=mtime)
+
+
+def skip_known_problems(path: Path, store: FeatureStore, ds: Dataset) -> None:
+    """Record rows that cannot be read whatever happens (e.g. undecodable names) as skipped."""
+    if not ds.problems:
+        return
+    done, skipped = store.row_status()
+    table = store.row_table()
+    index = {p: i for i, p in enumerate(table.path)}
+    rows = sorted(index[p] for p in ds.problems if p in index and not done[index[p]] and not skipped[index[p]])
+    if rows:
+        with StoreWriter(path) as writer:
+            writer.skip(np.array(rows), [ds.problems[table.path[r]] for r in rows])
+
+
+def schedule(path: Path, batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Rows to compute, grouped in fixed blocks of `batch_size` consecutive rows.
+
+    A block with any pending row is recomputed whole (less its skipped rows), so a resumed run
+    feeds the model exactly the batches an uninterrupted run would have: identical features.
+    """
+    done, skipped = FeatureStore(path).row_status()
+    pending = ~done & ~skipped
+    batches = []
+    for start in range(0, len(done), batch_size):
+        block = slice(start, start + batch_size)
+        if pending[block].any():
+            batches.append([start + i for i in np.flatnonzero(~skipped[block])])
+    return np.flatnonzero(pending), batches

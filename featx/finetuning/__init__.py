@@ -1,0 +1,1 @@
+"""Fine-tuning: options, freezing, the training loop, checkpoints, curves, and `finetune` itself."""

@@ -1,0 +1,58 @@
+"""A run folder's files, each written atomically: last.pt (to resume), the best weights, history.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._core.atomic import atomic_path, write_text_atomic
+from .._core.errors import FeatxError
+
+
+def cpu_state(net: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def save_weights(path: Path, net: nn.Module) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(cpu_state(net), tmp)
+
+
+def save_last(path: Path, config_hash: str, training, state: dict) -> None:
+    """Everything a resumed run needs: the network, optimizer, scheduler and scaler of `training`, and `state`."""
+    with atomic_path(path) as tmp:
+        torch.save({"config_hash": config_hash, "model": cpu_state(training.net),
+                    "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
+                    "scaler": training.scaler.state_dict(), "state": state}, tmp)
+
+
+def resume(path: Path, config_hash: str, training) -> dict:
+    """Load `last.pt` into `training` and return the run state it saved (refused for another configuration)."""
+    if not path.exists():
+        raise FeatxError(f"--resume: no checkpoint to resume at {path}; run without --resume to start")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FeatxError(f"--resume: cannot read {path}: {exc}") from None
+    if saved.get("config_hash") != config_hash:
+        raise FeatxError(f"--resume: {path} is from another configuration ({saved.get('config_hash')}, "
+                         f"asked {config_hash}); use the same options, or start a new run without --resume")
+    training.net.load_state_dict(saved["model"])
+    training.optimizer.load_state_dict(saved["optimizer"])
+    training.scheduler.load_state_dict(saved["scheduler"])
+    training.scaler.load_state_dict(saved["scaler"])
+    return saved["state"]
+
+
+def write_history(out: Path, history: list[dict]) -> None:
+    if not history:
+        return
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(out / "history.csv", buffer.getvalue())

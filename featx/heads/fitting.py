@@ -1,0 +1,258 @@
+"""`featx fit`: train heads on a feature cache, pick a threshold, evaluate every split, save artifacts."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._core.console import log_line
+from .._core.errors import FeatxError
+from .._core.hashing import record_hash
+from .._core.options import check_choice
+from .._core.paths import default_cache_dir, file_safe
+from ..artifacts.format import build_sidecar, save_artifact
+from ..data.datasets import SPLITS
+from ..evaluation.metrics import evaluate
+from ..evaluation.thresholds import check_threshold, resolve_threshold, rule_name
+from ..features.identity import FEATURE_IDENTITY
+from ..features.store import FeatureStore, find_caches
+from .selection import Selection, select_head
+from .specs import HEADS, head_names
+
+
+@dataclass
+class FitResult:
+    """One trained head: where it was saved, what was chosen, and how it scored on each split."""
+
+    head: str
+    artifact: Path
+    params: dict
+    selection: str
+    threshold: float | None
+    metrics: dict          # split -> metrics (featx.evaluate)
+    train_seconds: float
+    scores: list = field(default_factory=list)
+
+
+def fit(features=None, *, data=None, backbone: str | None = None, head: str = "logreg", pca: int | None = None,
+        threshold: str | float = 0.5, seed: int = 0, cache_dir=None, models_dir=None, weights: str = "imagenet",
+        out_of_core: bool = False, solver: str = "lbfgs", block_rows: int | None = None,
+        log=None) -> list[FitResult]:
+    """Train `head` ("all" for every head) on cached features and save one artifact per head.
+
+    The features are a cache file (`features`), or the cache of `backbone` on `data`, which
+    is extracted first if there is none. Hyperparameters are chosen on the validation split,
+    else by stratified group k-fold on train. `threshold` is a number or a rule chosen on the
+    same held-out predictions: "youden", "f1" or "sensitivity=0.95". Test is only evaluated.
+
+    out_of_core reads the features block by block (`block_rows` rows at a time) instead of
+    loading them (featx.heads.out_of_core): logreg by streamed L-BFGS (`solver="lbfgs"`, the
+    in-memory model) or SGD (`solver="sgd"`, fewer passes), lightgbm through lightgbm.Sequence.
+    """
+    log = log or log_line
+    names = _head_names(head, pca, out_of_core, solver)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    store = _resolve_store(features, data, backbone, weights, cache_dir, log)
+    rule = check_threshold(threshold, len(store.classes))
+    learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))
+    models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+    key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver}
+    return [_fit_one(name, learner, store, rule, models_dir, key, log) for name in names]
+
+
+def _head_names(head: str, pca, out_of_core: bool, solver: str) -> list[str]:
+    """The heads to train, after checking the options that do not need the features."""
+    check_choice("solver", solver)
+    names = head_names(head)
+    if pca is not None and pca < 1:
+        raise FeatxError(f"--pca must be a positive number of components, not {pca}")
+    if not out_of_core:
+        if solver != "lbfgs":
+            raise FeatxError("--solver applies to --out-of-core logreg; in memory, logreg uses scikit-learn's lbfgs")
+        return names
+    from .out_of_core import STREAM_HEADS
+
+    if head == "all":
+        names = list(STREAM_HEADS)
+    if pca is not None:
+        raise FeatxError("--pca needs the features in memory; leave it out with --out-of-core")
+    unsupported = [n for n in names if n not in STREAM_HEADS]
+    if unsupported:
+        verb = "needs" if len(unsupported) == 1 else "need"
+        raise FeatxError(f"--out-of-core trains {' and '.join(STREAM_HEADS)} only; {', '.join(unsupported)} "
+                         f"{verb} the features in memory")
+    return names
+
+
+def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, key: dict, log) -> FitResult:
+    """Select, threshold, evaluate and save one head."""
+    labels = learner.labels
+    log(f"fitting {name} on {store.config['backbone']} features ({len(labels['train'])} train images"
+        + (", out of core" if isinstance(learner, _Streamed) else "") + ")")
+    sel = learner.select(name)
+    cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
+    started = time.perf_counter()
+    probas = {split: learner.predict_proba(sel.estimator, split) for split in labels}
+    predict_seconds = (time.perf_counter() - started) / sum(len(v) for v in labels.values())
+    metrics = {split: evaluate(labels[split], p, store.classes, cut if cut is not None else 0.5)
+               for split, p in probas.items()}
+    predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": labels[split], "proba": p}
+                   for split, p in probas.items()}
+    info = _sidecar(name, store, sel, rule, cut, metrics, key, predict_seconds)
+    path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, key)}.joblib"
+    save_artifact(path, sel.estimator, info, predictions)
+    log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
+    return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
+
+
+class _InMemory:
+    """Features loaded whole: featx's grid search (heads.selection)."""
+
+    def __init__(self, store: FeatureStore, pca, seed: int, log):
+        _check_fits_in_memory(store)
+        self.splits = _load_splits(store, log)
+        X, y, _ = self.splits["train"]
+        if pca is not None and pca > min(X.shape):
+            raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
+        self.pca, self.seed = pca, seed
+        self.labels = {split: v[1] for split, v in self.splits.items()}
+
+    def select(self, name: str) -> Selection:
+        X, y, groups = self.splits["train"]
+        X_val, y_val, _ = self.splits.get("val", (None, None, None))
+        return select_head(name, X, y, groups, X_val, y_val, pca=self.pca, seed=self.seed)
+
+    def predict_proba(self, estimator, split: str) -> np.ndarray:
+        return estimator.predict_proba(self.splits[split][0])
+
+
+class _Streamed:
+    """Features read block by block from the cache (heads.out_of_core)."""
+
+    def __init__(self, store: FeatureStore, block_rows, seed: int, solver: str, log):
+        from .out_of_core import BLOCK_ROWS, CachedSplits
+
+        self.cached = CachedSplits(store, block_rows or BLOCK_ROWS)
+        _check_train(store, {s: self.cached.y[s] for s in self.cached.rows}, log)
+        self.cached.check_finite()
+        self.labels, self.seed, self.solver = self.cached.y, seed, solver
+
+    def select(self, name: str) -> Selection:
+        from .out_of_core import select_head as select_streamed
+
+        return select_streamed(name, self.cached, seed=self.seed, solver=self.solver)
+
+    def predict_proba(self, estimator, split: str) -> np.ndarray:
+        return self.cached.predict_proba(estimator, split)
+
+
+def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> FeatureStore:
+    """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing)."""
+    if features is not None:
+        if data is not None or backbone is not None:
+            raise FeatxError("give either --features CACHE.h5 or --backbone with --data, not both")
+        return features if isinstance(features, FeatureStore) else FeatureStore(features)
+    if data is None or backbone is None:
+        raise FeatxError("say which features to fit on: --features CACHE.h5, or --backbone NAME --data DIR")
+    from ..data.datasets import load_dataset
+
+    ds = load_dataset(data, cache_dir=cache_dir)
+    found = [s for s in find_caches(cache_dir / ds.key, {"backbone": backbone, "data_root": str(ds.root)},
+                                    recursive=False) if _same_weights(s.config, weights)]
+    if len(found) > 1:
+        listing = ", ".join(str(s.path) for s in found)
+        raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
+    if found:
+        store = found[0]
+        if sorted(store.row_table().path) != sorted(ds.paths):
+            raise FeatxError(f"the images in {ds.root} changed since {store.path} was made; "
+                             f"run `featx extract --backbone {backbone} --data {data}` first")
+        return store
+    log(f"no {backbone} features cached for {ds.root} yet: extracting them first")
+    from ..features.extraction import extract
+
+    return extract(data, backbone, weights=weights, cache_dir=cache_dir)
+
+
+def _same_weights(config: dict, weights: str) -> bool:
+    """Whether a cache was made with the weights asked for, judged from its record (no model built)."""
+    source = config.get("weights_source", "")
+    if weights == "random":
+        return source.startswith("random")
+    if weights == "imagenet":
+        return not source.startswith("random")
+    return source == str(Path(weights).expanduser().resolve())
+
+
+def _load_splits(store: FeatureStore, log) -> dict:
+    """(X, y, groups) per split present; refuse what no head can learn from."""
+    counts = store.counts()
+    out = {}
+    for split in SPLITS:
+        if split not in counts:
+            continue
+        X, y = store.arrays(split)
+        if len(y) == 0:
+            continue
+        bad = ~np.isfinite(X)
+        if bad.any():
+            rows = int(bad.any(1).sum())
+            raise FeatxError(f"{store.path}: {rows} {split} feature rows contain NaN or inf ({int(bad.sum())} values); "
+                             "re-extract them (delete the cache file) before fitting")
+        out[split] = (X.astype(np.float32, copy=False), y, np.asarray(store.groups(split)))
+    _check_train(store, {split: v[1] for split, v in out.items()}, log, counts)
+    return out
+
+
+def _check_train(store: FeatureStore, labels: dict, log, counts: dict | None = None) -> None:
+    """Refuse a train split no head can learn from; warn about a cache still being written."""
+    pending = sum(c["pending"] for c in (counts or store.counts()).values())
+    if pending and log is not None:
+        log(f"warning: {store.path} is still being extracted ({pending} images pending); fitting on the finished rows")
+    if "train" not in labels:
+        raise FeatxError(f"{store.path} has no train images; heads need a train split")
+    present = np.unique(labels["train"])
+    if len(present) < 2:
+        raise FeatxError(f"the train split has only one class ({store.classes[present[0]]}); a head needs at least two")
+    missing = [c for i, c in enumerate(store.classes) if i not in present]
+    if missing:
+        raise FeatxError(f"the train split has no images of class {', '.join(missing)}")
+
+
+def _check_fits_in_memory(store: FeatureStore) -> None:
+    """Say so before loading features that would not fit, rather than being killed by the OS."""
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    needed = store.n_rows * store.num_features * 4 * 2  # float32, and a scaled copy inside the head
+    if needed > 0.8 * available:
+        raise FeatxError(f"{store.path}: {store.n_rows} x {store.num_features} features need about "
+                         f"{needed / 2**30:.1f} GiB in memory, and {available / 2**30:.1f} GiB is free; "
+                         "add --out-of-core (logreg, lightgbm) to read them block by block")
+
+
+def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
+    record = {"features": store.config.get("config_hash"), "file": str(store.path.resolve()), "head": head,
+              "grid": HEADS[head].grid, "pca": key["pca"], "seed": key["seed"], "threshold": key["threshold"]}
+    if key["out_of_core"]:  # in-memory artifacts keep the names they had before out-of-core heads existed
+        record["out_of_core"] = key["out_of_core"]
+    return record_hash(record, 8)
+
+
+def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, key: dict,
+             predict_seconds: float) -> dict:
+    recorded = (*FEATURE_IDENTITY, "weights_source", "precision", "dtype", "data_root")
+    features = {"file": str(store.path.resolve()), "config_hash": store.config.get("config_hash"),
+                "num_features": store.num_features, "config": {k: store.config.get(k) for k in recorded}}
+    selection = {"method": sel.method, "metric": "roc_auc",
+                 "candidates": [{"params": p, "roc_auc": v} for p, v in sel.scores]}
+    return build_sidecar(kind="head", head=name, params=sel.params, classes=store.classes, threshold=cut,
+                         threshold_rule=rule_name(rule), features=features, metrics=metrics,
+                         train_seconds=sel.train_seconds, predict_seconds_per_image=predict_seconds,
+                         packages=("sklearn", "joblib", "numpy", *(("lightgbm",) if name == "lightgbm" else ())),
+                         pca=key["pca"], seed=key["seed"], selection=selection, out_of_core=bool(key["out_of_core"]))

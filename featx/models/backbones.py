@@ -1,0 +1,157 @@
+"""Building backbones: a registry name gives a frozen timm model, its feature width and its data config.
+
+`extract` and `finetune` both build models through `create_backbone`, so they cannot drift apart.
+Preprocessing always comes from the checkpoint's own timm `pretrained_cfg`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from .._core.errors import FeatxError, first_line
+from . import weights as W
+from .registry import BackboneSpec, get_spec
+
+
+@dataclass
+class Backbone:
+    """A built backbone: the module, what it outputs, how to feed it, and where its weights came from."""
+
+    spec: BackboneSpec
+    model: nn.Module
+    num_features: int
+    data_config: dict
+    weights_source: str
+    weights_sha256: str
+    layer: str | None = None
+
+    def identity(self) -> dict:
+        """Everything about the backbone that changes the features it computes."""
+        return {
+            "backbone": self.spec.name,
+            "timm_model": self.spec.timm_name,
+            "numerics": self.spec.numerics,
+            "weights_sha256": self.weights_sha256,
+            "data_config": self.data_config,
+            "layer": self.layer or "pooled",
+        }
+
+
+def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None = None, frozen: bool = True) -> Backbone:
+    """Build a backbone by registry name with `weights` = "imagenet", "random" or a state_dict path.
+
+    The model has no classifier (timm's num_classes=0): it outputs the pooled penultimate
+    features, or the globally pooled output of `layer` when one is named.
+    """
+    spec = get_spec(name)
+    from_hub = False
+    if weights == "imagenet":
+        state, source = W.offline_imagenet_state(spec)
+        from_hub = state is None
+    elif weights == "random":
+        state, source = None, "random init (seed 0)"
+    else:
+        path = Path(weights).expanduser()
+        state, source = W.read_state_dict(path), str(path.resolve())
+
+    # Random init is seeded so that every process asking for "random" builds the same backbone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0)
+        except Exception as exc:  # the hub raises many types; without it this is a bug and re-raised
+            if not from_hub:
+                raise
+            raise FeatxError(W.missing_weights_message(spec, first_line(exc))) from None
+    if spec.numerics == "keras":
+        _use_keras_numerics(model)
+    if from_hub:
+        source = f"timm hub ({spec.timm_name})"
+    elif state is not None:
+        classifier = model.pretrained_cfg.get("classifier") or ()
+        classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        W.load_into(model, state, classifier, source)
+
+    data_config = {
+        k: (list(v) if isinstance(v, tuple) else v) for k, v in timm.data.resolve_model_data_config(model).items()
+    }
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    if layer:
+        model = PooledLayer(model, layer)
+        width = model.width(data_config["input_size"])
+    model.eval()
+    if frozen:
+        model.requires_grad_(False)
+    return Backbone(spec, model, int(width), data_config, source, W.state_sha256(model), layer)
+
+
+def _use_keras_numerics(model: nn.Module) -> None:
+    """Match Keras: BatchNorm eps 1e-3 and TensorFlow 'same' padding in strided max-pools.
+
+    With these the converted Keras Xception reproduces Keras' features to ~1e-5;
+    with PyTorch's symmetric padding they agree only at cosine 0.96-0.99 (../shared/README.md).
+    """
+    from timm.layers.pool2d_same import MaxPool2dSame
+
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eps = 1e-3
+        for child_name, child in module.named_children():
+            if type(child) is nn.MaxPool2d:
+                setattr(module, child_name, MaxPool2dSame(child.kernel_size, child.stride))
+
+
+class _LayerOutput(Exception):
+    def __init__(self, output):
+        self.output = output
+
+
+class PooledLayer(nn.Module):
+    """Global-average-pooled output of one named inner layer; the layers after it are not run."""
+
+    def __init__(self, model: nn.Module, layer: str):
+        super().__init__()
+        modules = dict(model.named_modules())
+        if not layer or layer not in modules:
+            close = difflib.get_close_matches(layer, [m for m in modules if m], n=3, cutoff=0.4)
+            hint = f"; closest: {', '.join(close)}" if close else ""
+            raise FeatxError(f"no layer named '{layer}' in this backbone{hint}")
+        self.model, self.layer = model, layer
+        modules[layer].register_forward_hook(self._stop)
+
+    @staticmethod
+    def _stop(module, inputs, output):
+        raise _LayerOutput(output)
+
+    def forward(self, x):
+        try:
+            self.model(x)
+            raise RuntimeError(f"layer {self.layer} was not reached")
+        except _LayerOutput as caught:
+            out = caught.output
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if out.ndim == 4:  # convolutional maps (N, C, H, W)
+            return out.mean(dim=(2, 3))
+        if out.ndim == 3:  # transformer tokens (N, L, C)
+            return out.mean(dim=1)
+        return out.flatten(1)
+
+    def width(self, input_size) -> int:
+        with torch.inference_mode():
+            return self.forward(torch.zeros(1, *input_size)).shape[1]
+
+
+def describe(spec: BackboneSpec) -> tuple[str, str, str, int, str]:
+    """A `featx backbones` row; the model is built on the meta device, so nothing is allocated."""
+    cfg = timm.models.get_pretrained_cfg(spec.timm_name)
+    size = "x".join(str(s) for s in cfg.input_size[1:]) if cfg else "?"
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, device="meta")
+    width = getattr(model, "head_hidden_size", None) or model.num_features
+    return spec.name, spec.timm_name, size, int(width), W.weights_available_offline(spec) or "no (needs download)"

@@ -1,0 +1,207 @@
+"""`featx compare`: every head and fine-tune of a dataset, on one split, measured the same way.
+
+Methods are ranked together only when they were evaluated on exactly the same images (same
+relative paths, same bytes); the others are listed apart with the reason. Each metric gets a
+stratified bootstrap 95% interval, and every method is tested against the best one (highest
+ROC-AUC) with DeLong's test and McNemar's test on the same images.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .._core.errors import FeatxError
+from .._core.options import check_choice
+from .._core.paths import default_cache_dir
+from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
+from ..evaluation.significance import BOOTSTRAP_METRICS, bootstrap_ci, delong_test, mcnemar_test, point_metrics
+
+
+def find_artifacts(models_dir) -> list[Path]:
+    """Heads (`*.joblib`) and fine-tunes (`*/model.pt`) that have a sidecar."""
+    models_dir = Path(models_dir)
+    found = [p for p in sorted(models_dir.glob("*.joblib")) + sorted(models_dir.glob("*/model.pt"))
+             if p.with_suffix(".json").is_file()]
+    return found
+
+
+def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, n_boot: int = 1000,
+            seed: int = 0, keep_predictions: bool = False) -> list[dict]:
+    """One record per artifact of the dataset: metrics with 95% CIs, p-values against the best, costs.
+
+    Records with `ranked` False were evaluated on other images (or lack the split) and carry a
+    `note` saying why; they get metrics but no p-values. `keep_predictions` adds each record's
+    per-image "predictions" (path, sha1, y, proba), for plots.
+    """
+    check_choice("split", split)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+    candidates = _of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
+
+    methods, apart = [], []
+    for path, info in candidates:
+        try:
+            preds = load_predictions(path, info)
+        except FeatxError as exc:  # listed, with the reason, rather than failing the whole comparison
+            apart.append(_record(path, info, None, split, note=str(exc)))
+            continue
+        if split not in preds:
+            apart.append(_record(path, info, None, split, note=f"no {split} split (has {', '.join(preds)})"))
+            continue
+        p = preds[split]
+        order = np.argsort(p["path"], kind="stable")
+        methods.append((path, info, {k: v[order] for k, v in p.items()}))
+    if not methods:
+        raise FeatxError(f"no artifact of this dataset was evaluated on a {split} split; try --split val")
+
+    fingerprints = [images_fingerprint(zip(m[2]["path"], m[2]["sha1"])) for m in methods]
+    main_print = Counter(fingerprints).most_common(1)[0][0]
+    ranked = [m for m, f in zip(methods, fingerprints) if f == main_print]
+    for (path, info, p), f in zip(methods, fingerprints):
+        if f != main_print:
+            note = (f"evaluated on other {split} images ({len(p['y'])} images, fingerprint {f[:8]}, "
+                    f"not {main_print[:8]}): not comparable with the ranked methods")
+            apart.append(_record(path, info, p, split, note=note, n_boot=n_boot, seed=seed))
+            if keep_predictions:
+                apart[-1]["predictions"] = p
+
+    records = [_record(path, info, p, split, n_boot=n_boot, seed=seed) for path, info, p in ranked]
+    _paired_tests(records, ranked)
+    if keep_predictions:
+        for r, (_, info, p) in zip(records, ranked):
+            r["predictions"] = p
+            r["history"] = info.get("history")
+            r["data_root"] = info["features"]["config"].get("data_root")
+    records.sort(key=lambda r: -(r["roc_auc"] if r["roc_auc"] is not None else r["balanced_accuracy"]))
+    return records + apart
+
+
+def _of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> list[tuple[Path, dict]]:
+    infos = [(p, read_sidecar(p)) for p in paths]
+    if data is not None:
+        from ..data.datasets import load_dataset
+
+        root = str(load_dataset(data, cache_dir=cache_dir).root)
+        infos = [(p, i) for p, i in infos if i["features"]["config"].get("data_root") == root]
+        if not infos:
+            raise FeatxError(f"no models of {root} in {models_dir}; run featx fit or featx finetune first")
+        return infos
+    if not infos:
+        raise FeatxError(f"no models in {models_dir}; run featx fit or featx finetune first")
+    roots = sorted({i["features"]["config"].get("data_root") for _, i in infos})
+    if len(roots) > 1:
+        raise FeatxError(f"{models_dir} holds models of {len(roots)} datasets ({', '.join(roots)}); "
+                         "choose one with --data")
+    return infos
+
+
+def method_name(info: dict) -> str:
+    backbone = info["features"]["config"]["backbone"]
+    if info.get("kind") == "finetune":
+        return f"{backbone} fine-tune"
+    return f"{backbone} + {info['head']}" + (" (out of core)" if info.get("out_of_core") else "")
+
+
+def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", n_boot: int = 1000,
+            seed: int = 0) -> dict:
+    size = path.stat().st_size
+    record = {
+        "method": method_name(info), "kind": info.get("kind", "head"), "artifact": str(path), "split": split,
+        "ranked": not note, "note": note, "n": 0, "threshold": info.get("threshold"),
+        "train_seconds": info.get("train_seconds"),
+        "predict_seconds_per_image": info.get("predict_seconds_per_image"), "size_bytes": size,
+        "classes": info["classes"], "p_delong": None, "p_mcnemar": None,
+    }
+    if p is None:
+        return record | {m: None for m in BOOTSTRAP_METRICS} | {f"{m}_ci": None for m in BOOTSTRAP_METRICS}
+    y, proba = p["y"], p["proba"]
+    threshold = info.get("threshold")
+    record["n"] = int(len(y))
+    record["counts"] = {c: int((y == i).sum()) for i, c in enumerate(info["classes"])}
+    record.update(point_metrics(y, proba, threshold))
+    cis = bootstrap_ci(y, proba, threshold, n_boot=n_boot, seed=seed)
+    record.update({f"{m}_ci": cis[m] for m in BOOTSTRAP_METRICS})
+    if record["roc_auc"] is None:
+        missing = [c for c, n in record["counts"].items() if n == 0]
+        record["note"] = (record["note"] + "; " if record["note"] else "") + \
+            f"ROC-AUC and PR-AUC undefined: the {split} split has no {', '.join(missing)} images"
+    return record
+
+
+def _paired_tests(records: list[dict], ranked: list) -> None:
+    """DeLong (ROC-AUC) and McNemar (accuracy at each stored threshold) against the best method."""
+    if len(records) < 2:
+        return
+    key = [r["roc_auc"] if r["roc_auc"] is not None else -1 for r in records]
+    best = int(np.argmax(key))
+    y = ranked[best][2]["y"]
+    binary = len(records[best]["classes"]) == 2
+    both = len(np.unique(y)) == 2
+    correct = [_correct(p["y"], p["proba"], r["threshold"]) for r, (_, _, p) in zip(records, ranked)]
+    for i, (r, (_, _, p)) in enumerate(zip(records, ranked)):
+        r["best"] = i == best
+        if i == best:
+            continue
+        if binary and both:
+            r["p_delong"] = delong_test(y, ranked[best][2]["proba"][:, 1], p["proba"][:, 1])["p_value"]
+        r["p_mcnemar"] = mcnemar_test(correct[best], correct[i])["p_value"]
+
+
+def _correct(y, proba, threshold) -> np.ndarray:
+    if proba.shape[1] == 2 and threshold is not None:
+        return (proba[:, 1] >= threshold).astype(int) == y
+    return proba.argmax(1) == y
+
+
+SHOWN = (("accuracy", "Accuracy"), ("balanced_accuracy", "Bal. acc."), ("sensitivity", "Sensitivity"),
+         ("specificity", "Specificity"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"))
+HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong", "p McNemar", "Train s", "Predict ms/img",
+          "Size MB"]
+
+
+def table_rows(records: list[dict], ranked: bool) -> list[list[str]]:
+    """The cells of the compare table (as HEADER), for the ranked methods or those evaluated apart."""
+    return [[r["method"], str(r["n"]), *[_cell(r, m) for m, _ in SHOWN], _p(r["p_delong"], r.get("best")),
+             _p(r["p_mcnemar"], r.get("best")), *_cost(r)] for r in records if r["ranked"] == ranked]
+
+
+def format_table(records: list[dict]) -> str:
+    """The compare table as text: ranked methods, then those evaluated on other images."""
+    groups = [(ranked, table_rows(records, ranked)) for ranked in (True, False)]
+    cells = [HEADER] + [row for _, rows in groups for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
+    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    lines = [line(HEADER).rstrip()]
+    notes = {r["method"]: r["note"] for r in records}
+    for ranked, rows in groups:
+        if rows and not ranked:
+            lines.append("evaluated apart (not comparable with the ranking above):")
+        for row in rows:
+            lines.append(line(row))
+            if notes[row[0]]:
+                lines.append(f"  note: {notes[row[0]]}")
+    return "\n".join(lines)
+
+
+def _cell(r, metric) -> str:
+    value, ci = r.get(metric), r.get(f"{metric}_ci")
+    if value is None:
+        return "–"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
+def _p(value, is_best) -> str:
+    if is_best:
+        return "best"
+    if value is None:
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _cost(r) -> list[str]:
+    per_image = r["predict_seconds_per_image"]
+    return ["–" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
+            "–" if per_image is None else f"{per_image * 1000:.3f}", f"{r['size_bytes'] / 1e6:.2f}"]

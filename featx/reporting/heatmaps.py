@@ -1,0 +1,187 @@
+"""`featx explain`: where in the image a model's evidence lies.
+
+- Linear heads (logreg, linsvm) on pooled features: the exact class activation map. Pooled
+  features are the spatial mean of the last feature map, so the head's score is the mean of
+  w . F[:, i, j] + b over positions: the map (StandardScaler and PCA folded into w) is that
+  score per position, and its mean is exactly the head's decision value.
+- Fine-tuned models: Grad-CAM (Selvaraju et al. 2017) on the last feature map by default, or on
+  any named layer.
+The map is computed on the model's input (resized, centre-cropped) and placed back over the
+original image, so the returned heatmap has the image's own size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._core.atomic import atomic_path
+from .._core.errors import FeatxError
+from .._core.plotting import pyplot
+from ..artifacts.linear import linear_weights
+from ..artifacts.predictors import FineTunedClassifier, ImageClassifier, load
+from ..data.images import ImageError, load_image
+from ..data.transforms import EvalTransform, Normalize
+
+LINEAR_HEADS = ("logreg", "linsvm")
+
+
+def explain(model, image, *, target: str | None = None, layer: str | None = None) -> dict:
+    """Heatmap of `image` for class `target` (default: the predicted class).
+
+    Returns {"heatmap": HxW float array in [0, 1] at the image's size, "low_res": the map at
+    feature resolution (unnormalised), "target", "proba", "method"}.
+    """
+    if isinstance(model, (str, Path)):
+        model = load(model)
+    try:
+        img = load_image(image)
+    except ImageError as exc:
+        raise FeatxError(f"cannot explain {image}: {exc}") from None
+    except OSError as exc:
+        raise FeatxError(f"cannot read {image}: {exc.strerror or exc}") from None
+    if isinstance(model, FineTunedClassifier):
+        low, proba, t = _grad_cam(model.network(), model.data_config, img, model, target, layer)
+        method = f"Grad-CAM on {layer or 'the last feature map'}"
+    elif isinstance(model, ImageClassifier):
+        if model.info["head"] not in LINEAR_HEADS:
+            raise FeatxError(f"explain needs a linear head ({', '.join(LINEAR_HEADS)}) or a fine-tuned model; "
+                             f"{model.info['head']} has no exact class activation map")
+        if layer:
+            raise FeatxError("--layer applies to fine-tuned models; a linear head's map uses the pooled layer")
+        low, proba, t = _linear_cam(model, img, target)
+        method = "class activation map (exact for a linear head)"
+    else:
+        raise FeatxError(f"cannot explain a {type(model).__name__}")
+    config = model.data_config if isinstance(model, FineTunedClassifier) else model.backbone().data_config
+    heat, box = _to_image(low, img.size, config)
+    return {"heatmap": heat, "box": box, "low_res": low, "target": str(model.classes_[t]),
+            "classes": [str(c) for c in model.classes_],
+            "proba": proba, "method": method}
+
+
+def _class_index(model, target, proba) -> int:
+    if target is None:
+        return int(model.decide(proba[None])[0] == model.classes_[1]) if len(model.classes_) == 2 \
+            else int(proba.argmax())
+    names = [str(c) for c in model.classes_]
+    if target not in names:
+        raise FeatxError(f"--target {target!r} is not a class of this model ({', '.join(names)})")
+    return names.index(target)
+
+
+def _input(img, data_config) -> torch.Tensor:
+    x = EvalTransform(data_config)(img)[None]
+    return Normalize(data_config)(x)
+
+
+def _spatial(fmap: torch.Tensor) -> torch.Tensor:
+    """`fmap` if it is a spatial feature map (N×C×h×w); transformer tokens are not."""
+    if fmap.ndim != 4:
+        raise FeatxError(f"the backbone's last features are not a spatial map (shape {tuple(fmap.shape)}); "
+                         "vision transformers need --layer on a fine-tuned model")
+    return fmap
+
+
+def _linear_cam(model: ImageClassifier, img, target):
+    bb = model.backbone()
+    if bb.layer:
+        raise FeatxError("explain needs a head on the pooled (last) layer, not an inner layer")
+    with torch.inference_mode():
+        fmap = _spatial(bb.model.forward_features(_input(img, bb.data_config)))[0].double().numpy()  # C x h x w
+    pooled = fmap.mean((1, 2))
+    proba = model.head.predict_proba(pooled[None].astype(np.float32))[0]
+    t = _class_index(model, target, proba)
+    coef, intercept = linear_weights(model.head)
+    if coef.shape[0] == 1:  # binary: the score favours class 1; class 0 is its negative
+        w, b = (coef[0], intercept[0]) if t == 1 else (-coef[0], -intercept[0])
+    else:
+        w, b = coef[t], intercept[t]
+    low = np.tensordot(w, fmap, axes=1) + b  # mean over positions == the head's decision value
+    return low, proba, t
+
+
+def _grad_cam(net, data_config, img, model, target, layer):
+    captured = {}
+    x = _input(img, data_config).requires_grad_(True)  # the weights are frozen; gradients flow from the input
+    with torch.enable_grad():
+        if layer:
+            modules = dict(net.backbone.named_modules())
+            if layer not in modules:
+                raise FeatxError(f"--layer {layer!r} is not a module of the backbone (see model.named_modules())")
+
+            def keep(_module, _inputs, output):
+                output.retain_grad()
+                captured["fmap"] = output
+
+            handle = modules[layer].register_forward_hook(keep)
+            try:
+                logits = net(x)
+            finally:
+                handle.remove()
+            if captured.get("fmap") is None or captured["fmap"].ndim != 4:
+                raise FeatxError(f"--layer {layer!r} does not output a spatial feature map")
+        else:
+            fmap = _spatial(net.feature_map(x))
+            fmap.retain_grad()
+            captured["fmap"] = fmap
+            logits = net.logits_from_feature_map(fmap)
+        proba = torch.softmax(logits.detach().float(), 1)[0].numpy()
+        t = _class_index(model, target, proba)
+        net.zero_grad(set_to_none=True)
+        logits[0, t].backward()
+    fmap, grad = captured["fmap"].detach()[0], captured["fmap"].grad[0]
+    weights = grad.mean((1, 2))
+    low = torch.relu((weights[:, None, None] * fmap).sum(0)).double().numpy()
+    return low, proba, t
+
+
+def _to_image(low: np.ndarray, size: tuple[int, int], data_config: dict):
+    """Upsample the map over the centre crop the model saw and place it in the image's frame.
+
+    Returns the heatmap (0 outside the crop) and the crop box (left, top, right, bottom)."""
+    from PIL import Image
+
+    width, height = size
+    crop_pct = data_config.get("crop_pct", 1.0) or 1.0
+    out_h, out_w = data_config["input_size"][1:]
+    # The eval transform resizes the shorter side to input/crop_pct, then centre-crops input.
+    scale = (min(out_h, out_w) / crop_pct) / min(width, height)
+    crop_w, crop_h = min(width, round(out_w / scale)), min(height, round(out_h / scale))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    lo, hi = float(low.min()), float(low.max())
+    norm = (low - lo) / (hi - lo) if hi > lo else np.zeros_like(low)
+    up = Image.fromarray(norm.astype(np.float32), mode="F").resize((crop_w, crop_h), Image.BILINEAR)
+    heat = np.zeros((height, width), np.float32)
+    heat[top:top + crop_h, left:left + crop_w] = np.clip(np.asarray(up), 0, 1)
+    return heat, (left, top, left + crop_w, top + crop_h)
+
+
+def draw(ax, image, result: dict, title: str | None = None) -> None:
+    """The image in gray with the heatmap over the part the model saw."""
+    img = np.asarray(load_image(image).convert("L"))
+    left, top, right, bottom = result["box"]
+    outside = np.ones(result["heatmap"].shape, bool)
+    outside[top:bottom, left:right] = False
+    heat = np.ma.masked_array(result["heatmap"], mask=outside)
+    ax.imshow(img, cmap="gray")
+    ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    probs = ", ".join(f"{c} {p:.3f}" for c, p in zip(result["classes"], result["proba"]))
+    ax.set_title(title or f"evidence for {result['target']}\n({probs})", fontsize=9)
+    ax.axis("off")
+
+
+def overlay(image, result: dict, out, *, title: str | None = None) -> Path:
+    """Write the image with its heatmap on top (needs matplotlib: pip install 'featx[report]')."""
+    plt = pyplot()
+
+    h, w = result["heatmap"].shape
+    fig, ax = plt.subplots(figsize=(6, 6 * h / w + 0.4), constrained_layout=True)
+    draw(ax, image, result, title)
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return out
