@@ -33,9 +33,9 @@ import numpy as np
 import torchvision
 
 import featx
-from featx.extraction import _precision, default_batch_size, resolve_device
-from featx.inference import FrozenForward
-from featx.data import IMAGE_EXTENSIONS
+from featx._core.runtime import default_batch_size, precision_for, resolve_device
+from featx.data.datasets import IMAGE_EXTENSIONS
+from featx.models.frozen import FrozenForward
 
 
 def subset(src: Path, limit: int | None, dst: Path) -> int:
@@ -54,7 +54,7 @@ def subset(src: Path, limit: int | None, dst: Path) -> int:
 
 
 def bare_forward(bb, n: int, batch_size: int, device: torch.device, compile: bool) -> float:
-    forward = FrozenForward(bb, device, _precision(device))
+    forward = FrozenForward(bb.model, bb.data_config, device, precision_for(device))
     if compile:
         forward.compile(batch_size)
     x = torch.zeros((batch_size, *bb.data_config["input_size"]), dtype=torch.uint8, device=device)
@@ -103,7 +103,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         n = subset(args.data, args.limit, data)
-        print(f"{n} images from {args.data}, {args.backbone}, {device} ({_precision(device)}), batch {batch_size}, "
+        print(f"{n} images from {args.data}, {args.backbone}, {device} ({precision_for(device)}), batch {batch_size}, "
               f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores" + (", compiled" if args.compile else ""))
         bb = featx.create_backbone(args.backbone, args.weights)
         t_a = bare_forward(bb, n, batch_size, device, args.compile)

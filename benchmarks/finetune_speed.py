@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 import featx
-from featx.data import load_dataset
-from featx.extraction import default_batch_size, resolve_device
-from featx.finetuning import ImageClassifierNet, _class_weights
+from featx._core.runtime import default_batch_size, resolve_device
+from featx.data.datasets import load_dataset
+from featx.finetuning.training import class_weights
+from featx.models.network import FinetuneNetwork
 
 
 def manifest(data: str, n_train: int, n_val: int, out: Path) -> Path:
@@ -43,11 +44,11 @@ def manifest(data: str, n_train: int, n_val: int, out: Path) -> Path:
 
 def bare(backbone: str, weights: str, n: int, batch: int, device, classes: int) -> float:
     bb = featx.create_backbone(backbone, weights, frozen=False)
-    net = ImageClassifierNet(bb.model, bb.num_features, classes).to(device).train()
+    net = FinetuneNetwork(bb.model, bb.num_features, classes).to(device).train()
     size = bb.data_config["input_size"]
     x = torch.randn(batch, *size, device=device)
     y = torch.arange(batch, device=device) % classes
-    criterion = torch.nn.CrossEntropyLoss(weight=_class_weights(y.cpu().numpy(), classes).to(device))
+    criterion = torch.nn.CrossEntropyLoss(weight=class_weights(y.cpu().numpy(), classes).to(device))
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.05)
     steps = max(1, n // batch)
 

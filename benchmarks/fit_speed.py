@@ -28,8 +28,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 import featx
-from featx.data import SPLITS
-from featx.store import RowTable, StoreWriter, create_store
+from featx.data.datasets import SPLITS
+from featx.features.store import RowTable, StoreWriter, create_store
 
 
 def make_cache(path: Path, n: int, d: int, with_val: bool, seed: int = 0) -> featx.FeatureStore:

@@ -26,14 +26,14 @@ import numpy as np
 
 CHILD = """
 import json, re, sys, time
-import featx.fitting, sklearn, lightgbm
+import featx.heads.fitting, sklearn, lightgbm
 def peak_mib():  # this process's own high-water mark (ru_maxrss would carry the parent's over exec)
     return int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
 args = json.loads(sys.argv[1])
 if args.pop("imports_only", False):
     print(json.dumps({"peak": peak_mib()})); sys.exit()
 started = time.perf_counter()
-r = featx.fitting.fit(args.pop("features"), log=lambda m: None, **args)[0]
+r = featx.heads.fitting.fit(args.pop("features"), log=lambda m: None, **args)[0]
 print(json.dumps({"seconds": time.perf_counter() - started, "params": r.params, "artifact": str(r.artifact),
                   "auc": r.metrics["val"]["roc_auc"], "accuracy": r.metrics["val"]["accuracy"], "peak": peak_mib()}))
 """

@@ -94,10 +94,12 @@ def test_artifact_predicts_through_featx_predict(data, tmp_path):
     assert abs(proba[0, 1] - float(rows[0]["p_PNEUMONIA"])) < 1e-6
 
 
-def test_linear_probe_head_initialises_the_fine_tuned_head(data):
-    """--init-head-from: with nothing trained (lr 0, frozen backbone) it predicts like the logreg head."""
+@pytest.mark.parametrize("pca", [None, 3])
+def test_linear_probe_head_initialises_the_fine_tuned_head(data, pca):
+    """--init-head-from: with nothing trained (lr 0, frozen backbone) it predicts like the logreg head,
+    its scaler (and PCA, also linear) folded into the linear layer."""
     featx.extract(data, TINY, weights="random", val_fraction=0.25, workers=0, progress=False)
-    [probe] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg")
+    [probe] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg", pca=pca)
     result = featx.finetune(data, TINY, weights="random", batch_size=4, workers=0, progress=False, epochs=1,
                             init_head_from=probe.artifact, unfreeze="none", lr=0.0, head_lr=0.0)
     paths = [str(p) for p in sorted(data.rglob("*.jpeg"))]
