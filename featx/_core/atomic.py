@@ -7,7 +7,9 @@ mid-write leaves the old file untouched and, at worst, a stray `*.tmp-<pid>` fil
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 from pathlib import Path
 
@@ -39,6 +41,15 @@ def atomic_path(target):
 def write_text_atomic(target, text: str) -> None:
     with atomic_path(target) as tmp:
         Path(tmp).write_text(text)
+
+
+def write_csv_atomic(target, rows: list[dict]) -> None:
+    """Rows of dicts as a CSV file with a header (the first row's keys)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(target, buffer.getvalue())
 
 
 def _remove(path: Path) -> None:

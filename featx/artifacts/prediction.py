@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
-from .._core.atomic import write_text_atomic
+from .._core.atomic import write_csv_atomic
 from .._core.options import check_options
 from ..data.datasets import image_files
 from .predictors import load
@@ -34,9 +32,5 @@ def predict(model, images, *, weights: str = "auto", device: str = "auto", batch
     for j, i in enumerate(ok):
         rows[i].update({f"p_{c}": float(p) for c, p in zip(classes, proba[i])}, predicted=str(predicted[j]))
     if output:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(output, buffer.getvalue())
+        write_csv_atomic(output, rows)
     return rows

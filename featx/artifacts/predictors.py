@@ -90,10 +90,10 @@ class ImageClassifier(_SavedModel):
                 raise FeatxError(f"features have {X.shape[1]} columns; this model expects {width} "
                                  f"({self.feature_config['backbone']})")
             return X
+        from ..data.loading import refuse_unreadable
+
         feats, reasons, _ = self.image_features(X, **kwargs)
-        bad = [f"{p}: {r}" for p, r in zip(X, reasons) if r]
-        if bad:
-            raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        refuse_unreadable(X, reasons)
         return feats
 
     def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
@@ -195,8 +195,8 @@ class FineTunedClassifier(_SavedModel):
         return shifted / shifted.sum(1, keepdims=True), reasons
 
     def predict_proba(self, paths, **kwargs) -> np.ndarray:
+        from ..data.loading import refuse_unreadable
+
         proba, reasons = self.image_proba(paths, **kwargs)
-        bad = [f"{p}: {r}" for p, r in zip(paths, reasons) if r]
-        if bad:
-            raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        refuse_unreadable(paths, reasons)
         return proba

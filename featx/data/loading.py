@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._core.errors import FeatxError
 from .._core.hashing import bytes_sha1
 from .device_decoding import read_for_device
 from .images import ImageError, load_image
@@ -85,3 +86,11 @@ def image_loader(dataset: ImageFiles, batches: list[list[int]], workers: int, de
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
                                        pin_memory=device.type == "cuda", persistent_workers=False,
                                        prefetch_factor=4 if workers > 0 else None)
+
+
+def refuse_unreadable(paths, reasons) -> None:
+    """For callers that need every image (a feature matrix, a probability per path): one line naming
+    how many could not be read and the first of them."""
+    bad = [f"{p}: {r}" for p, r in zip(paths, reasons) if r]
+    if bad:
+        raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")

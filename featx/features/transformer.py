@@ -54,6 +54,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return tags
 
     def transform(self, X) -> np.ndarray:
+        from ..data.loading import refuse_unreadable
         from .extraction import compute_features
 
         self._validate_options()
@@ -68,9 +69,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             feats, reasons, _ = compute_features(bb, [paths[i] for i in todo], device=self.device,
                                                  batch_size=self.batch_size,
                                                  tta=self.tta, decode=self.decode)
-            bad = [f"{paths[i]}: {r}" for i, r in zip(todo, reasons) if r]
-            if bad:
-                raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+            refuse_unreadable([paths[i] for i in todo], reasons)
             out[todo] = feats
         self.n_cached_ = len(cached)  # how many rows the last transform took from the cache
         return out

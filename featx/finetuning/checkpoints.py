@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .._core.atomic import atomic_path, write_text_atomic
+from .._core.atomic import atomic_path, write_csv_atomic
 from .._core.errors import FeatxError
 
 
@@ -49,10 +47,5 @@ def resume(path: Path, config_hash: str, training) -> dict:
 
 
 def write_history(out: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(out / "history.csv", buffer.getvalue())
+    if history:
+        write_csv_atomic(out / "history.csv", history)
