@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-CHILD = """
+CHILD = r"""
 import json, re, sys, time
 import featx.heads.fitting, sklearn, lightgbm
 def peak_mib():  # this process's own high-water mark (ru_maxrss would carry the parent's over exec)

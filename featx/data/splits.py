@@ -15,6 +15,7 @@ import numpy as np
 from .._core.atomic import write_text_atomic
 from .._core.errors import FeatxError
 
+
 def split_file(cache_dir: Path, ds) -> Path:
     return Path(cache_dir) / ds.key / "split.json"
 

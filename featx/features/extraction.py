@@ -10,12 +10,13 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .._core import distributed
-from .._core.console import log_line, progress_bar
+from .._core.console import log_line, progress_bar, silent
 from .._core.errors import FeatxError
 from .._core.locks import exclusive_lock
 from .._core.options import check_batch_size, check_options
@@ -66,7 +67,8 @@ def extract(
     through torch.compile (a one-off compile of tens of seconds; pays off on long GPU runs).
     Under torchrun each process computes its share of the batches (see features.sharding).
     """
-    check_options(dtype=dtype, tta=tta, decode=decode, device=device, batch_size=batch_size)
+    check_options(dtype=dtype, tta=tta, decode=decode, device=device)
+    batch_size = check_batch_size(batch_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
     rank, n_ranks, device = join_ranks(device)
@@ -85,8 +87,7 @@ def extract(
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
         job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log)
-        done_now, skipped_now, seconds = _extract_missing(job, store, check_batch_size(batch_size), compile,
-                                                          rank, n_ranks)
+        done_now, skipped_now, seconds = _extract_missing(job, store, batch_size, compile, rank, n_ranks)
     _log_outcome(log, path, ds, done_now, skipped_now, seconds)
     return FeatureStore(path)
 
@@ -128,7 +129,7 @@ class _Job:
     dtype: str
     workers: int | None
     progress: bool
-    log: object
+    log: Callable[[str], None]
 
 
 def _extract_missing(job: _Job, store: FeatureStore, batch_size, compile: bool, rank: int, n_ranks: int):
@@ -229,10 +230,11 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     Returns (outputs with a NaN row per unreadable image, the reason or None per image, the sha1
     of each file's bytes).
     """
-    check_options(tta=tta, decode=decode, device=device, batch_size=batch_size)
+    check_options(tta=tta, decode=decode, device=device)
+    batch_size = check_batch_size(batch_size)
     torch_device = resolve_device(device)
     forward = FrozenForward(model, data_config, torch_device, precision_for(torch_device), tta)
-    batch_size = _batch_size(forward, check_batch_size(batch_size), lambda message: None)
+    batch_size = _batch_size(forward, batch_size, silent)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
     paths = [str(Path(p).expanduser().absolute()) for p in paths]
     out = np.full((len(paths), width), np.nan, np.float32)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.atomic import atomic_path, write_text_atomic
+from .._core.console import silent
 from .._core.errors import FeatxError
 from .._core.plotting import pyplot
 from ..finetuning.curves import plot_history
@@ -25,7 +26,7 @@ from .comparison import HEADER, compare, format_table, table_rows
 def report(data=None, *, split: str = "test", out="featx-report", models_dir=None, cache_dir=None,
            n_boot: int = 1000, seed: int = 0, heatmaps: int = 4, log=None) -> dict:
     """Compare every model of a dataset on `split` and write report.html, report.md and the PNGs to `out`."""
-    log = log or (lambda message: None)
+    log = log or silent
     records = compare(data, split=split, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot, seed=seed,
                       keep_predictions=True)
     out = Path(out)
