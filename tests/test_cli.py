@@ -74,7 +74,7 @@ def test_weights_file_that_is_not_a_state_dict(folder, tmp_path):
     bogus = tmp_path / "w.pth"
     bogus.write_bytes(b"garbage")
     line = one_line_error(run("extract", "--data", folder, "--backbone", TINY, "--weights", bogus))
-    assert "cannot read weights file" in line
+    assert "cannot read weights file" in line and "state_dict (.pth, .pt, .bin) or a .safetensors file is expected" in line
 
 
 def test_cache_from_another_backbone(folder, tmp_path):

@@ -27,6 +27,7 @@ import numpy as np
 
 from .._core.atomic import atomic_path
 from .._core.errors import FeatxError
+from .._core.options import check_choice
 from ..data.datasets import SPLITS
 from .identity import FORMAT_VERSION, differences
 
@@ -79,8 +80,7 @@ class FeatureStore:
         done = f["done"][:].astype(bool)
         if split is None:
             return np.flatnonzero(done)
-        if split not in SPLITS:
-            raise FeatxError(f"unknown split '{split}': choose one of {', '.join(SPLITS)}")
+        check_choice("split", split)
         return np.flatnonzero(done & (f["split"][:] == SPLITS.index(split)))
 
     def rows(self, split: str | None = None) -> np.ndarray:

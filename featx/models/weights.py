@@ -36,7 +36,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safetensors all raise their own types
-        raise FeatxError(f"cannot read weights file {path}: {first_line(exc)}") from None
+        raise FeatxError(f"cannot read weights file {path} ({type(exc).__name__}: {first_line(exc, 120)}); "
+                         "a PyTorch state_dict (.pth, .pt, .bin) or a .safetensors file is expected") from None
     # Training checkpoints often wrap the weights; DDP prefixes every key with "module.".
     for wrapper in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
