@@ -159,19 +159,22 @@ def unpickle_head(path: Path, info: dict):
     import joblib
 
     try:
-        with _moved_modules(path):
-            estimator = joblib.load(path)
+        try:
+            return joblib.load(path)
+        except ModuleNotFoundError as exc:  # it names a class featx has moved since the head was saved
+            if exc.name not in MOVED_MODULES:
+                raise
+            with _moved_modules():
+                return joblib.load(path)
     except Exception as exc:  # a file with the right hash that still fails is a version problem
         raise FeatxError(f"cannot unpickle {path}: {type(exc).__name__}: {exc} "
                          f"(made with scikit-learn {info.get('versions', {}).get('sklearn')})") from None
-    return estimator
 
 
 @contextlib.contextmanager
-def _moved_modules(path: Path):
-    """While unpickling `path`: the old module names it uses resolve to the classes' new homes."""
-    raw = path.read_bytes()
-    added = [old for old in MOVED_MODULES if old.encode() in raw and old not in sys.modules]
+def _moved_modules():
+    """While unpickling: the old module names resolve to the classes' new homes."""
+    added = [old for old in MOVED_MODULES if old not in sys.modules]
     for old in added:
         sys.modules[old] = importlib.import_module(MOVED_MODULES[old])
     try:
