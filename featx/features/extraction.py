@@ -87,7 +87,8 @@ def extract(
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
         job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log)
-        done_now, skipped_now, seconds = _extract_missing(job, store, batch_size, compile, rank, n_ranks)
+        done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, compile, rank,
+                                                          n_ranks)
     _log_outcome(log, path, ds, done_now, skipped_now, seconds)
     return FeatureStore(path)
 
@@ -132,21 +133,23 @@ class _Job:
     log: Callable[[str], None]
 
 
-def _extract_missing(job: _Job, store: FeatureStore, batch_size, compile: bool, rank: int, n_ranks: int):
-    """Compute the rows not yet done (this rank's share of them); (rows done, (path, reason) skipped, seconds)."""
+def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: np.ndarray, batch_size,
+                     compile: bool, rank: int, n_ranks: int):
+    """Compute the rows neither `done` nor `skipped` (this rank's share of them);
+    (rows done, (path, reason) skipped, seconds)."""
     forward = FrozenForward(job.bb.model, job.bb.data_config, job.device, job.precision, job.tta)
     batch_size = _batch_size(forward, batch_size, job.log)
     if n_ranks > 1:  # every rank must cut the same blocks
         batch_size = min(distributed.gather(batch_size))
     if compile:
         forward.compile(batch_size)
-    todo, batches = schedule(job.path, batch_size)
+    todo, batches = schedule(done, skipped, batch_size)
     workers = default_workers(job.device) if job.workers is None else job.workers
     job.log(f"extracting {len(todo)} of {store.n_rows} images with {job.bb.spec.name} ({job.bb.weights_source}) "
             f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.decode}"
             + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
     started = time.perf_counter()
-    done_before = int(store.row_status()[0].sum())  # the merged count tells what the ranks did
+    done_before = int(done.sum())  # the merged count minus this tells what the ranks did
     rows, target, pending = store.row_table(), job.path, set(todo.tolist())
     if n_ranks > 1:  # this rank's blocks, into its own shard file
         target, rows, batches, pending = sharding.take_share(job.path, rows, batches, pending, rank, n_ranks,

@@ -77,13 +77,12 @@ def skip_known_problems(path: Path, store: FeatureStore, ds: Dataset) -> None:
             writer.skip(np.array(rows), [ds.problems[table.path[r]] for r in rows])
 
 
-def schedule(path: Path, batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
-    """Rows to compute, grouped in fixed blocks of `batch_size` consecutive rows.
+def schedule(done: np.ndarray, skipped: np.ndarray, batch_size: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Rows to compute, given the cache's row status, grouped in fixed blocks of `batch_size` consecutive rows.
 
     A block with any pending row is recomputed whole (less its skipped rows), so a resumed run
     feeds the model exactly the batches an uninterrupted run would have: identical features.
     """
-    done, skipped = FeatureStore(path).row_status()
     pending = ~done & ~skipped
     batches = []
     for start in range(0, len(done), batch_size):

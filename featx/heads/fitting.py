@@ -92,7 +92,7 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     """Select, threshold, evaluate and save one head."""
     labels = learner.labels
     log(f"fitting {name} on {store.config['backbone']} features ({len(labels['train'])} train images"
-        + (", out of core" if isinstance(learner, _Streamed) else "") + ")")
+        + learner.note + ")")
     sel = learner.select(name)
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
     started = time.perf_counter()
@@ -111,6 +111,8 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
 
 class _InMemory:
     """Features loaded whole: featx's grid search (heads.selection)."""
+
+    note = ""  # what fit's log line adds
 
     def __init__(self, store: FeatureStore, pca, seed: int, log):
         _check_fits_in_memory(store)
@@ -132,6 +134,8 @@ class _InMemory:
 
 class _Streamed:
     """Features read block by block from the cache (heads.out_of_core)."""
+
+    note = ", out of core"
 
     def __init__(self, store: FeatureStore, block_rows, seed: int, solver: str, log):
         from .out_of_core import BLOCK_ROWS, CachedSplits
