@@ -42,7 +42,7 @@ def reuse_split(ds, stored: dict, val_fraction, seed, group_pattern, path: Path)
             + "; pass the same values, or delete that file to cut a new split"
         )
     _assign(ds, set(stored["val_groups"]), set(stored["train_groups"]), stored["val_fraction"], stored["seed"])
-    ds.split_note = f"validation split reused from {path}"
+    ds.split_note = f"validation split reused from {path} ({_share(ds, stored['val_fraction'])})"
 
 
 def cut_split(ds, fraction: float, seed: int, path: Path) -> None:
@@ -54,23 +54,58 @@ def cut_split(ds, fraction: float, seed: int, path: Path) -> None:
     record = {"val_fraction": fraction, "seed": seed, "group_pattern": ds.group_pattern, "data": str(ds.root),
               "val_groups": sorted(val_groups), "train_groups": sorted(train_groups - val_groups)}
     write_text_atomic(path, json.dumps(record, indent=1))
-    ds.split_note = f"validation split cut by group and stored in {path}"
+    ds.split_note = f"validation split cut by patient group ({_share(ds, fraction)}), stored in {path}"
+
+
+def _share(ds, fraction: float) -> str:
+    """The achieved share of the images cut from train, next to the one asked for."""
+    n_val = sum(s == "val" for s in ds.splits)
+    n = n_val + sum(s == "train" for s in ds.splits)
+    return f"{n_val} of {n} train images, {n_val / max(n, 1):.1%}; asked {fraction:.1%}"
 
 
 def _cut_groups(ds, fraction: float, seed: int) -> set[str]:
-    """Stratified and group-aware: scikit-learn's StratifiedGroupKFold, one fold kept as validation."""
-    from sklearn.model_selection import StratifiedGroupKFold
+    """Whole patient groups for validation, as close as groups allow to `fraction` of each class.
 
+    A seeded local search: groups in a seeded random order, largest first, each moved to (or back
+    from) validation when that brings the per-class counts and the total closer to their
+    targets, pass after pass until nothing moves. Every class ends within about one group of
+    `fraction` of its images (scikit-learn's StratifiedGroupKFold can only cut 1/k, e.g. 0.35 for 0.3).
+    """
     train = [i for i, s in enumerate(ds.splits) if s == "train"]
-    groups = [ds.groups[i] for i in train]
-    n_splits = max(2, round(1 / fraction))
-    if len(set(groups)) < n_splits:
-        raise FeatxError(
-            f"cannot cut a {fraction:.0%} validation split by group: train has only {len(set(groups))} groups"
-        )
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    _, val_idx = next(folds.split(np.zeros(len(train)), ds.labels[train], groups))
-    return {groups[i] for i in val_idx}
+    names = sorted({ds.groups[i] for i in train})
+    if len(names) < 2:
+        raise FeatxError(f"cannot cut a {fraction:.0%} validation split by group: train has only "
+                         f"{len(names)} patient group; add images, or give a validation folder")
+    counts = _class_counts(ds, train, names)
+    target = fraction * counts.sum(0)
+
+    def cost(taken):
+        return float(((taken - target) ** 2).sum() + (taken.sum() - target.sum()) ** 2)
+
+    order = np.random.default_rng(seed).permutation(len(names))
+    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
+    taken, chosen = np.zeros(counts.shape[1]), np.zeros(len(names), bool)
+    for _ in range(20):
+        moved = False
+        for g in order:
+            step = -counts[g] if chosen[g] else counts[g]
+            if cost(taken + step) < cost(taken):
+                taken, chosen[g], moved = taken + step, not chosen[g], True
+        if not moved:
+            break
+    if not chosen.any() or chosen.all():  # both sides need a group
+        chosen[order[-1]] = not chosen[order[-1]]
+    return {names[g] for g in np.flatnonzero(chosen)}
+
+
+def _class_counts(ds, rows: list[int], names: list[str]) -> np.ndarray:
+    """Images per (group, class) among `rows`."""
+    index = {g: k for k, g in enumerate(names)}
+    counts = np.zeros((len(names), int(np.max(ds.labels)) + 1))
+    for i in rows:
+        counts[index[ds.groups[i]], ds.labels[i]] += 1
+    return counts
 
 
 def _assign(ds, val_groups: set[str], train_groups: set[str], fraction: float, seed: int) -> None:

@@ -77,6 +77,8 @@ def extract(
     bb = create_backbone(backbone, weights, layer=layer)
     identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile)
     path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
+    if ds.split_note:
+        log(ds.split_note)
     if ds.ignored:
         log(f"ignored {len(ds.ignored)} files that are not images by their extension "
             f"({' '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {', '.join(ds.ignored[:3])}")

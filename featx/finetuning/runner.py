@@ -240,6 +240,8 @@ def _start(run: _Run, resume: bool, log) -> None:
         f"{len(run.rows['val'])} val images, {bb.data_config['input_size'][1]} px, batch {t.batch_size}, "
         f"unfreeze {c.unfreeze}, {c.epochs} epochs -> {run.out}"
         + (f"; resuming after epoch {run.state['epoch']}" if resume else ""))
+    if run.ds.split_note:
+        log(run.ds.split_note)
     if run.rank == 0:
         write_text_atomic(run.out / "config.json",
                           json.dumps({**run.record, "config_hash": run.config_hash}, indent=2) + "\n")

@@ -94,6 +94,7 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     log(f"fitting {name} on {store.config['backbone']} features ({len(labels['train'])} train images"
         + learner.note + ")")
     sel = learner.select(name)
+    sel.method += learner.fallback
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
     started = time.perf_counter()
     probas = {split: learner.predict_proba(sel.estimator, split) for split in labels}
@@ -113,6 +114,7 @@ class _InMemory:
     """Features loaded whole: featx's grid search (heads.selection)."""
 
     note = ""  # what fit's log line adds
+    fallback = ""  # why selection does not use the validation split, if it does not
 
     def __init__(self, store: FeatureStore, pca, seed: int, log):
         _check_fits_in_memory(store)
@@ -122,10 +124,11 @@ class _InMemory:
             raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
         self.pca, self.seed = pca, seed
         self.labels = {split: v[1] for split, v in self.splits.items()}
+        self.fallback = _validation_fallback(store, self.labels, log)
 
     def select(self, name: str) -> Selection:
         X, y, groups = self.splits["train"]
-        X_val, y_val, _ = self.splits.get("val", (None, None, None))
+        X_val, y_val, _ = self.splits.get("val", (None, None, None)) if not self.fallback else (None, None, None)
         return select_head(name, X, y, groups, X_val, y_val, pca=self.pca, seed=self.seed)
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
@@ -144,11 +147,13 @@ class _Streamed:
         _check_train(store, {s: self.cached.y[s] for s in self.cached.rows}, log)
         self.cached.check_finite()
         self.labels, self.seed, self.solver = self.cached.y, seed, solver
+        self.fallback = _validation_fallback(store, self.labels, log)
 
     def select(self, name: str) -> Selection:
         from .out_of_core import select_head as select_streamed
 
-        return select_streamed(name, self.cached, seed=self.seed, solver=self.solver)
+        return select_streamed(name, self.cached, seed=self.seed, solver=self.solver,
+                               on_validation=not self.fallback)
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
         return self.cached.predict_proba(estimator, split)
@@ -225,6 +230,18 @@ def _check_train(store: FeatureStore, labels: dict, log, counts: dict | None = N
     missing = [c for i, c in enumerate(store.classes) if i not in present]
     if missing:
         raise FeatxError(f"the train split has no images of class {', '.join(missing)}")
+
+
+def _validation_fallback(store: FeatureStore, labels: dict, log) -> str:
+    """"" when the validation split can score candidates; else why not, said once in the log."""
+    if "val" not in labels:
+        return ""
+    missing = [c for i, c in enumerate(store.classes) if i in labels["train"] and i not in labels["val"]]
+    if not missing:
+        return ""
+    log(f"the val split has no {' or '.join(missing)} images, so ROC-AUC cannot rank candidates on it: "
+        "choosing hyperparameters and the threshold by group CV on train instead (val is still evaluated)")
+    return f", as val has no {' or '.join(missing)} images"
 
 
 def _check_fits_in_memory(store: FeatureStore) -> None:

@@ -36,7 +36,7 @@ from .._core.errors import FeatxError
 from .._core.options import check_choice
 from ..data.datasets import SPLITS
 from ..features.store import FeatureStore, read_rows
-from .selection import Selection, auc_score, best_index, group_folds
+from .selection import Selection, auc_score, best_index, early_stopping_rows, group_folds
 from .specs import EARLY_STOPPING_ROUNDS, HEADS
 
 STREAM_HEADS = ("logreg", "lightgbm")
@@ -78,27 +78,32 @@ class CachedSplits:
         return [np.concatenate(part) for part in parts]
 
 
-def select_head(name: str, data: CachedSplits, *, seed: int = 0, folds: int = 5, solver: str = "lbfgs") -> Selection:
-    """featx fit's selection, reading features block by block. solver (logreg): lbfgs or sgd."""
+def select_head(name: str, data: CachedSplits, *, seed: int = 0, folds: int = 5, solver: str = "lbfgs",
+                on_validation: bool = True) -> Selection:
+    """featx fit's selection, reading features block by block. solver (logreg): lbfgs or sgd.
+
+    Candidates are scored on the validation split if there is one (and `on_validation`), else by
+    stratified group k-fold on train."""
     if name not in STREAM_HEADS:
         raise FeatxError(f"--out-of-core trains {' and '.join(STREAM_HEADS)}; the {name} head needs the features "
                          "in memory")
     started = time.perf_counter()
     check_choice("solver", solver)
+    on_validation = on_validation and "val" in data.rows
     if name == "logreg":
-        selection = _select_logreg(data, seed, folds, solver)
+        selection = _select_logreg(data, seed, folds, solver, on_validation)
     else:
-        selection = _select_lightgbm(data, seed, folds)
+        selection = _select_lightgbm(data, seed, folds, on_validation)
     selection.train_seconds = time.perf_counter() - started
     return selection
 
 
 # --- logistic regression ---------------------------------------------------------------------------
 
-def _select_logreg(data: CachedSplits, seed: int, folds: int, solver: str) -> Selection:
+def _select_logreg(data: CachedSplits, seed: int, folds: int, solver: str, on_validation: bool) -> Selection:
     y, classes = data.y["train"], np.arange(len(data.store.classes))
     grid = HEADS["logreg"].grid["C"]
-    if "val" in data.rows:
+    if on_validation:
         masks = [None]
         method = "validation split"
     else:
@@ -302,58 +307,79 @@ class BoosterClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[self.predict_proba(X).argmax(1)]
 
 
-def _select_lightgbm(data: CachedSplits, seed: int, folds: int) -> Selection:
+def _select_lightgbm(data: CachedSplits, seed: int, folds: int, on_validation: bool) -> Selection:
     import h5py
     from sklearn.model_selection import ParameterGrid
 
     y, k = data.y["train"], len(data.store.classes)
     candidates = list(ParameterGrid(HEADS["lightgbm"].grid))
-    # Bin edges come from a sample of rows (LightGBM's default: 200,000, all rows of smaller sets, as
-    # in memory); capped so that the sample, not the cache, bounds memory.
-    sample = int(min(200_000, max(10_000, BIN_SAMPLE_BYTES // (16 * data.store.num_features))))
     with h5py.File(data.store.path, "r", locking=False) as f, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Overriding the parameters from Reference Dataset")
-        features = f["features"]
-
-        def dataset(rows, labels, reference=None):
-            if reference is None:  # training rows: classes balanced by weights, as LGBMClassifier does
-                return lightgbm.Dataset([CacheSequence(features, rows, data.block_rows)], label=labels,
-                                        weight=compute_sample_weight("balanced", labels),
-                                        params={"max_bin": 63, "bin_construct_sample_cnt": sample})
-            held_out = lightgbm.Dataset([CacheSequence(features, rows, data.block_rows)], label=labels,
-                                        reference=reference).construct()
-            # LightGBM 4.x gives a Sequence dataset made by reference to a weighted one all-zero weights
-            # (so early stopping stops at tree 1); validation is unweighted, as in featx fit.
-            held_out.set_field("weight", np.ones(len(labels)))
-            return held_out
+        sets = _LightGBMSets(data, f["features"])
 
         def model(params, n_estimators=1000):
             return BoosterClassifier(params["num_leaves"], params["learning_rate"], n_estimators, seed)
 
-        train_rows = data.rows["train"]
-        if "val" in data.rows:
-            train = dataset(train_rows, y)
-            val = dataset(data.rows["val"], data.y["val"], reference=train)
-            fitted = [model(p).train(train, k, val) for p in candidates]
-            held = data.predict_rows(fitted, data.rows["val"])
-            scores = [auc_score(data.y["val"], h) for h in held]
-            best = best_index(scores)
-            final, held_proba, held_y, method = fitted[best], held[best], data.y["val"], "validation split"
+        def early_stopped(positions):  # every candidate trained inside `positions` of train, stopped inside too
+            fit_on, stop_on = sets.early_stopping(positions, seed)
+            return [model(p).train(fit_on, k, stop_on) for p in candidates]
+
+        all_train = np.arange(len(y))
+        if on_validation:
+            fitted = early_stopped(all_train)
+            scores = [auc_score(data.y["val"], h) for h in data.predict_rows(fitted, data.rows["val"])]
+            trees = [[m.best_iteration_] for m in fitted]
+            method = "validation split"
         else:
             splits = group_folds(y, data.groups, folds, seed)
             oofs = [np.zeros((len(y), k)) for _ in candidates]
             trees = [[] for _ in candidates]
             for tr, va in splits:
-                train = dataset(train_rows[tr], y[tr])
-                val = dataset(train_rows[va], y[va], reference=train)
-                fold_models = [model(p).train(train, k, val) for p in candidates]
-                for c, (m, proba) in enumerate(zip(fold_models, data.predict_rows(fold_models, train_rows[va]))):
+                fold_models = early_stopped(tr)
+                for c, (m, proba) in enumerate(zip(fold_models, data.predict_rows(fold_models, data.rows["train"][va]))):
                     oofs[c][va] = proba
                     trees[c].append(m.best_iteration_)
             scores = [float(np.nanmean([auc_score(y[va], oof[va]) for _, va in splits])) for oof in oofs]
-            best = best_index(scores)
-            final = model(candidates[best], int(np.median(trees[best]))).train(dataset(train_rows, y), k)
-            held_proba, held_y = oofs[best], y
             method = f"{len(splits)}-fold stratified group CV on train"
+        best = best_index(scores)
+        final = model(candidates[best], int(np.median(trees[best]))).train(sets.training(all_train), k)
+    if on_validation:
+        held_proba, held_y = data.predict_proba(final, "val"), data.y["val"]
+    else:
+        held_proba, held_y = oofs[best], y
     params = {**candidates[best], "n_estimators": final.best_iteration_}
     return Selection(final, params, list(zip(candidates, scores)), method + ", out of core", held_proba, held_y)
+
+
+class _LightGBMSets:
+    """lightgbm Datasets over rows of train, read from the cache through CacheSequence."""
+
+    def __init__(self, data: CachedSplits, features):
+        self.data, self.features = data, features
+        # Bin edges come from a sample of rows (LightGBM's default: 200,000, all rows of smaller sets, as
+        # in memory); capped so that the sample, not the cache, bounds memory.
+        self.sample = int(min(200_000, max(10_000, BIN_SAMPLE_BYTES // (16 * data.store.num_features))))
+
+    def training(self, positions: np.ndarray):
+        """Training rows: classes balanced by weights, as LGBMClassifier does."""
+        labels = self.data.y["train"][positions]
+        return lightgbm.Dataset([self._rows(positions)], label=labels, weight=compute_sample_weight("balanced", labels),
+                                params={"max_bin": 63, "bin_construct_sample_cnt": self.sample})
+
+    def early_stopping(self, positions: np.ndarray, seed: int):
+        """(train set, stopping set): a patient-grouped fifth of `positions` stops training, never the
+        rows that score it; (all of `positions`, None) when too few groups for that."""
+        inner = early_stopping_rows(self.data.y["train"][positions], self.data.groups[positions], seed)
+        if inner is None:
+            return self.training(positions), None
+        fit_on, stop_on = positions[inner[0]], positions[inner[1]]
+        train = self.training(fit_on)
+        held_out = lightgbm.Dataset([self._rows(stop_on)], label=self.data.y["train"][stop_on],
+                                    reference=train).construct()
+        # LightGBM 4.x gives a Sequence dataset made by reference to a weighted one all-zero weights
+        # (so early stopping stops at tree 1); stopping rows are unweighted, as in featx fit.
+        held_out.set_field("weight", np.ones(len(stop_on)))
+        return train, held_out
+
+    def _rows(self, positions: np.ndarray) -> CacheSequence:
+        return CacheSequence(self.features, self.data.rows["train"][positions], self.data.block_rows)

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.class_weight import compute_sample_weight
 
 from .._core.errors import FeatxError
-from .specs import EARLY_STOPPING_ROUNDS, HEADS, HeadSpec, build_head, head_names, is_lightgbm
+from .specs import EARLY_STOPPING_ROUNDS, HEADS, HeadSpec, build_head, head_names, is_lightgbm, is_lightgbm_model
 
 
 @dataclass
@@ -36,61 +36,78 @@ class Selection:
 
 
 def select_head(name: str, X, y, groups=None, X_val=None, y_val=None, *, pca=None, seed: int = 0,
-                folds: int = 5) -> Selection:
+                folds: int = 5, grid: dict | None = None) -> Selection:
     """Grid search scored by ROC-AUC (macro one-vs-rest for more classes); test is never seen here.
 
     With a validation split, every candidate is fitted on train and scored on validation, and
-    the best fitted candidate is kept. Without one, candidates are scored by stratified group
-    k-fold on train and the best is refitted on all of train.
+    the best is kept. Without one, candidates are scored by stratified group k-fold on train
+    and the best is refitted on all of train. Rows that score a candidate never train it, nor
+    stop its training early: LightGBM early-stops on a patient-grouped part of its own training
+    rows. `grid` replaces the head's default grid (scikit-learn's param_grid, unprefixed names).
     """
     started = time.perf_counter()
     spec = HEADS[head_names(name)[0]]
-    base, grid = build_head(name, pca=pca, seed=seed)
+    base, default_grid = build_head(name, pca=pca, seed=seed)
+    grid = default_grid if grid is None else {f"clf__{k}": list(v) for k, v in grid.items()}
     candidates = list(ParameterGrid(grid))
+    groups = np.asarray(groups if groups is not None else np.arange(len(y)))
+    fitter = _Fitter(spec, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # selection scores the result either way
         if X_val is not None and len(X_val):
-            selection = _on_validation(base, spec, candidates, X, y, X_val, y_val)
+            check_scorable(y, y_val)
+            selection = _on_validation(base, fitter, candidates, X, y, groups, X_val, y_val)
         else:
-            selection = _by_group_cv(base, spec, candidates, X, y, group_folds(y, groups, folds, seed))
+            selection = _by_group_cv(base, fitter, candidates, X, y, groups, group_folds(y, groups, folds, seed))
     selection.train_seconds = time.perf_counter() - started
     return selection
 
 
-def _on_validation(base: Pipeline, spec: HeadSpec, candidates: list[dict], X, y, X_val, y_val) -> Selection:
+def check_scorable(y, y_val, classes=None) -> None:
+    """Refuse a validation split that cannot rank candidates: ROC-AUC needs every class of train."""
+    missing = sorted(set(np.unique(y).tolist()) - set(np.unique(y_val).tolist()))
+    if missing:
+        names = ", ".join(str(classes[c]) if classes is not None else f"class {c}" for c in missing)
+        raise FeatxError(f"the validation split has no images of {names}, so no hyperparameter can be scored "
+                         "on it; cut one with --val-fraction, or fit without a validation split (group CV)")
+
+
+def _on_validation(base: Pipeline, fitter: "_Fitter", candidates: list[dict], X, y, groups, X_val,
+                   y_val) -> Selection:
     candidates = _feasible(candidates, len(y))
-    fitted = [_fit(clone(base).set_params(**p), spec, X, y, X_val, y_val) for p in candidates]
+    fitted = [fitter.fit(clone(base).set_params(**p), X, y, groups) for p in candidates]
     scores = [auc_score(y_val, _scores(m, X_val)) for m in fitted]
     best = best_index(scores)
     estimator = fitted[best]
-    if spec.finish is not None:
-        estimator = _finished(estimator, spec, X, y)
-    return _selection(estimator, candidates, scores, best, "validation split", estimator.predict_proba(X_val), y_val)
+    if fitter.spec.finish is not None or fitter.trees(estimator):  # the final form, on all of train
+        estimator = fitter.final(base, candidates[best], [fitter.trees(estimator)], X, y)
+    return _selection(estimator, candidates, scores, best, "validation split", estimator.predict_proba(X_val), y_val,
+                      fitter)
 
 
-def _by_group_cv(base: Pipeline, spec: HeadSpec, candidates: list[dict], X, y, splits) -> Selection:
+def _by_group_cv(base: Pipeline, fitter: "_Fitter", candidates: list[dict], X, y, groups, splits) -> Selection:
     candidates = _feasible(candidates, min(len(tr) for tr, _ in splits))
     scores, oofs, trees = [], [], []
     for params in candidates:
-        oof, fold_trees = _cross_fit(clone(base).set_params(**params), spec, X, y, splits, finish=False)
+        oof, fold_trees = _cross_fit(clone(base).set_params(**params), fitter, X, y, groups, splits, finish=False)
         scores.append(float(np.nanmean([auc_score(y[va], oof[va]) for _, va in splits])))
         oofs.append(oof)
         trees.append(fold_trees)
     best = best_index(scores)
-    final = clone(base).set_params(**candidates[best])
-    if any(trees[best]):  # LightGBM: refit on all of train with the typical early-stopped size
-        final.set_params(clf__n_estimators=int(np.median([t for t in trees[best] if t])))
-    estimator = _fit(final, spec, X, y)
+    estimator = fitter.final(base, candidates[best], trees[best], X, y)
     held_proba = oofs[best]  # out-of-fold probabilities of the chosen head, for a threshold
-    if spec.finish is not None:
-        estimator = _finished(estimator, spec, X, y)
-        held_proba, _ = _cross_fit(clone(base).set_params(**candidates[best]), spec, X, y, splits, finish=True)
+    if fitter.spec.finish is not None:
+        held_proba, _ = _cross_fit(clone(base).set_params(**candidates[best]), fitter, X, y, groups, splits,
+                                   finish=True)
     method = f"{len(splits)}-fold stratified group CV on train"
-    return _selection(estimator, candidates, scores, best, method, held_proba, y)
+    return _selection(estimator, candidates, scores, best, method, held_proba, y, fitter)
 
 
-def _selection(estimator, candidates, scores, best: int, method: str, held_proba, held_y) -> Selection:
-    return Selection(estimator, _plain(candidates[best]), [(_plain(p), s) for p, s in zip(candidates, scores)],
+def _selection(estimator, candidates, scores, best: int, method: str, held_proba, held_y, fitter) -> Selection:
+    params = _plain(candidates[best])
+    if fitter.trees(estimator):
+        params["n_estimators"] = fitter.trees(estimator)
+    return Selection(estimator, params, [(_plain(p), s) for p, s in zip(candidates, scores)],
                      method, held_proba, np.asarray(held_y))
 
 
@@ -111,41 +128,74 @@ def group_folds(y, groups, folds: int, seed: int) -> list:
     return list(cv.split(np.zeros(len(y)), y, groups))
 
 
-def _cross_fit(model: Pipeline, spec: HeadSpec, X, y, splits, *, finish: bool):
+def _cross_fit(model: Pipeline, fitter: "_Fitter", X, y, groups, splits, *, finish: bool):
     """Out-of-fold class scores (probabilities when `finish`) and each fold's early-stopped tree count."""
     out = np.zeros((len(y), len(np.unique(y))))
     trees = []
     for tr, va in splits:
-        m = _fit(clone(model), spec, X[tr], y[tr], X[va], y[va])
+        m = fitter.fit(clone(model), X[tr], y[tr], groups[tr])
         if finish:
-            m = _finished(m, spec, X[tr], y[tr])
+            m = fitter.finished(m, X[tr], y[tr])
         scores = m.predict_proba(X[va]) if finish else _scores(m, X[va])
         out[np.ix_(va, m.classes_)] = scores  # a fold may lack a class: its column stays 0
-        trees.append(getattr(m[-1], "best_iteration_", None))
+        trees.append(fitter.trees(m))
     return out, trees
 
 
-def _fit(model: Pipeline, spec: HeadSpec, X, y, X_val=None, y_val=None) -> Pipeline:
-    kwargs = {}
-    if spec.weight_samples:
-        kwargs["clf__sample_weight"] = compute_sample_weight("balanced", y)
-    if is_lightgbm(spec) and X_val is not None:
+def early_stopping_rows(y, groups, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows to train on, rows to stop on): a patient-grouped, stratified fifth of the training rows,
+    so that early stopping never sees the rows that score the model; None when too few groups."""
+    try:
+        tr, stop = group_folds(y, groups, 5, seed)[0]
+    except FeatxError:
+        return None
+    return tr, stop
+
+
+@dataclass
+class _Fitter:
+    """Fits one head's candidates: balanced sample weights where asked, LightGBM early stopping inside."""
+
+    spec: HeadSpec
+    seed: int
+
+    def fit(self, model: Pipeline, X, y, groups=None) -> Pipeline:
+        kwargs = {}
+        if self.spec.weight_samples:
+            kwargs["clf__sample_weight"] = compute_sample_weight("balanced", y)
+        inner = early_stopping_rows(y, groups, self.seed) if is_lightgbm(self.spec) and groups is not None else None
+        if inner is None:
+            return model.fit(X, y, **kwargs)
         from lightgbm import early_stopping
 
-        prep = model[:-1].fit(X, y) if len(model) > 1 else None
-        Xt = prep.transform(X) if prep is not None else X
-        Xv = prep.transform(X_val) if prep is not None else X_val
-        model[-1].fit(Xt, y, eval_X=(Xv,), eval_y=(y_val,),
+        tr, stop = inner
+        prep = model[:-1].fit(X[tr], y[tr]) if len(model) > 1 else None
+        Xt = prep.transform(X[tr]) if prep is not None else X[tr]
+        Xs = prep.transform(X[stop]) if prep is not None else X[stop]
+        model[-1].fit(Xt, y[tr], eval_X=(Xs,), eval_y=(y[stop],),
                       callbacks=[early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)])
         return model
-    return model.fit(X, y, **kwargs)
 
+    def final(self, base: Pipeline, params: dict, trees: list, X, y) -> Pipeline:
+        """The chosen candidate refitted on all of train (LightGBM: the median early-stopped tree count)."""
+        model = clone(base).set_params(**params)
+        if any(trees):
+            model.set_params(clf__n_estimators=int(np.median([t for t in trees if t])))
+        return self.finished(model, X, y) if self.spec.finish is not None else self.fit(model, X, y)
 
-def _finished(model: Pipeline, spec: HeadSpec, X, y) -> Pipeline:
-    """Refit the selected step inside its wrapper (the same hyperparameters, now with probabilities)."""
-    steps = list(model.steps)
-    steps[-1] = ("clf", spec.finish(clone(steps[-1][1])))
-    return _fit(Pipeline(steps), spec, X, y)
+    def finished(self, model: Pipeline, X, y) -> Pipeline:
+        """Refit the selected step inside its wrapper (the same hyperparameters, now with probabilities)."""
+        steps = list(model.steps)
+        steps[-1] = ("clf", self.spec.finish(clone(steps[-1][1])))
+        return self.fit(Pipeline(steps), X, y)
+
+    @staticmethod
+    def trees(model: Pipeline) -> int | None:
+        """The tree count a LightGBM model was early-stopped at (its n_estimators when refitted)."""
+        step = model[-1]
+        if not is_lightgbm_model(step):
+            return None
+        return int(getattr(step, "best_iteration_", 0) or step.n_estimators)
 
 
 def _scores(model, X) -> np.ndarray:
@@ -175,7 +225,11 @@ def _softmax(s: np.ndarray) -> np.ndarray:
 
 
 def best_index(scores: list[float]) -> int:
+    """The best score's index; refused when no score is defined, so nothing is chosen by default."""
     values = np.nan_to_num(np.asarray(scores, dtype=float), nan=-np.inf)
+    if not np.isfinite(values).any():
+        raise FeatxError("no candidate could be scored (ROC-AUC undefined: the held-out rows hold one class); "
+                         "give a validation split with every class, or more images per class")
     return int(np.argmax(values))  # ties go to the first, i.e. the simplest / most regularised
 
 

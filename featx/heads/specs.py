@@ -75,6 +75,11 @@ def is_lightgbm(spec: HeadSpec) -> bool:
     return spec.make is _lightgbm
 
 
+def is_lightgbm_model(step) -> bool:
+    """Whether a fitted final step is a LightGBM model (without importing lightgbm)."""
+    return type(step).__module__.split(".")[0] == "lightgbm"
+
+
 def head_names(head: str) -> list[str]:
     """`all` or one name; an unknown name lists the valid ones."""
     if head == "all":
