@@ -206,6 +206,29 @@ def test_fit_extracts_first_when_nothing_is_cached(tmp_path):
     assert result.selection.endswith("CV on train") and result.metrics["train"]["n"] == 16
 
 
+def test_fit_finds_the_cache_of_the_same_weights_by_their_hash(tmp_path, monkeypatch):
+    """--weights imagenet (here: a weights folder) never takes a cache made from another file, and
+    the same bytes under another name find the same cache."""
+    import torch
+
+    data = make_folder(tmp_path / "data", per_class=6)
+    state = featx.create_backbone(TINY, "random").model.state_dict()
+    folder, other = tmp_path / "weights", tmp_path / "other.pth"
+    folder.mkdir()
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, folder / "test_efficientnet.pth")
+    torch.save(state, other)
+    monkeypatch.setenv("FEATX_WEIGHTS_DIR", str(folder))
+    from_other = featx.extract(data, TINY, weights=str(other), workers=0, progress=False, log=lambda m: None)
+    [fitted] = featx.fit(data=data, backbone=TINY, weights="imagenet", head="logreg", log=lambda m: None)
+    imagenet_cache = featx.load(fitted.artifact).info["features"]["file"]
+    assert imagenet_cache != str(from_other.path.resolve())  # extracted anew, from the folder's weights
+    assert featx.FeatureStore(imagenet_cache).config["weights_source"] == str((folder / "test_efficientnet.pth"))
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(other.read_bytes())
+    [again] = featx.fit(data=data, backbone=TINY, weights=str(copy), head="logreg", log=lambda m: None)
+    assert featx.load(again.artifact).info["features"]["file"] == str(from_other.path.resolve())
+
+
 def test_predict_refuses_weights_that_differ(tmp_path):
     data = make_folder(tmp_path / "data", per_class=6)
     [result] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg")

@@ -52,3 +52,21 @@ def test_reading_commands_import_no_torch(models, tmp_path, command):
 
 def test_the_check_sees_torch_when_a_command_needs_it():
     assert torch_imported("backbones")
+
+
+def test_a_finished_extraction_is_reused_without_torch(folder, tmp_path):
+    """The re-run decides from the cache alone; a changed image, or other weights, take the full way."""
+    from conftest import TINY, xray_like, save
+
+    args = ["extract", "--data", folder, "--backbone", TINY, "--weights", "random", "--device", "cpu"]
+    assert torch_imported(*args)  # first run: computes
+    assert not torch_imported(*args)  # re-run: from the cache alone
+    weights = tmp_path / "w.pth"
+    import torch
+
+    torch.save(featx.create_backbone(TINY, "random").model.state_dict(), weights)
+    assert torch_imported(*args[:-4], "--weights", weights, "--device", "cpu")  # the same weights from a file:
+    assert not torch_imported(*args[:-4], "--weights", weights, "--device", "cpu")  # found by identity, then remembered
+    save(folder / "NORMAL" / "IM-1000-0001.jpeg", xray_like(99), quality=90)
+    assert torch_imported(*args)  # a changed image is recomputed
+    assert len(list((tmp_path / "cache").rglob("*.h5"))) == 1  # one cache served all of these

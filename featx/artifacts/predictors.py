@@ -100,7 +100,7 @@ class ImageClassifier(_SavedModel):
                        workers=None, progress: bool = False):
         """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
         from ..data.device_decoding import mode_of_policy
-        from ..features.extraction import compute_features
+        from ..features.computing import compute_features
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
@@ -185,7 +185,7 @@ class FineTunedClassifier(_SavedModel):
                     progress: bool = False) -> tuple[np.ndarray, list]:
         """(probabilities with NaN rows for unreadable images, reason-or-None per image).
         `weights` is accepted for a head's signature; a fine-tune's weights are its own."""
-        from ..features.extraction import run_on_images
+        from ..features.computing import run_on_images
 
         if isinstance(paths, (str, Path)):
             paths = [paths]

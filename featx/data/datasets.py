@@ -50,6 +50,14 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def notes(self) -> list[str]:
+        """What extraction says about the listing: the validation split, files that are not images."""
+        lines = [self.split_note] if self.split_note else []
+        if self.ignored:
+            lines.append(f"ignored {len(self.ignored)} files that are not images by their extension "
+                         f"({' '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {', '.join(self.ignored[:3])}")
+        return lines
+
     def absolute(self, relpath: str) -> Path:
         return self.root / relpath
 

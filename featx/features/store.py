@@ -326,6 +326,12 @@ class StoreWriter:
         self._in_order(rows, self.skipped_, encoded)
         self.file.flush()
 
+    def update_config(self, values: dict) -> None:
+        """Add or replace entries of the recorded config (bookkeeping only: never the features' identity)."""
+        config = json.loads(self.file.attrs["config"])
+        self.file.attrs["config"] = json.dumps({**config, **values}, sort_keys=True)
+        self.file.flush()
+
     def set_split(self, split_codes: np.ndarray) -> None:
         self.file["split"][:] = split_codes
         self.file.flush()

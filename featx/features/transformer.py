@@ -55,7 +55,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def transform(self, X) -> np.ndarray:
         from ..data.loading import refuse_unreadable
-        from .extraction import compute_features
+        from .computing import compute_features
 
         self._validate_options()
         paths = [str(Path(p).expanduser().absolute()) for p in _as_paths(X)]

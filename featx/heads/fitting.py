@@ -20,6 +20,8 @@ from ..evaluation.metrics import evaluate
 from ..evaluation.thresholds import check_threshold, resolve_threshold, rule_name
 from ..features.identity import FEATURE_IDENTITY
 from ..features.store import FeatureStore, find_caches
+from ..models.registry import get_spec
+from ..models.weight_files import weights_fingerprint
 from .selection import Selection, select_head
 from .specs import HEADS, head_names
 
@@ -170,8 +172,9 @@ def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> F
     from ..data.datasets import load_dataset
 
     ds = load_dataset(data, cache_dir=cache_dir)
+    wanted = weights_fingerprint(get_spec(backbone, check_timm=False), weights)
     found = [s for s in find_caches(cache_dir / ds.key, {"backbone": backbone, "data_root": str(ds.root)},
-                                    recursive=False) if _same_weights(s.config, weights)]
+                                    recursive=False) if _same_weights(s.config, weights, wanted)]
     if len(found) > 1:
         listing = ", ".join(str(s.path) for s in found)
         raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
@@ -187,14 +190,16 @@ def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> F
     return extract(data, backbone, weights=weights, cache_dir=cache_dir)
 
 
-def _same_weights(config: dict, weights: str) -> bool:
-    """Whether a cache was made with the weights asked for, judged from its record (no model built)."""
+def _same_weights(config: dict, weights: str, wanted: str | None) -> bool:
+    """Whether a cache was made from the weights asked for, judged from its record (no model built):
+    by the weights file's sha256 (`wanted`, models.weight_files.weights_fingerprint). Weights only
+    the hub has match caches made from the hub; a cache that predates fingerprints matches
+    nothing, and the extraction that follows finds it by its features' identity and records one."""
+    recorded = config.get("weights_fingerprint")
+    if wanted is not None:
+        return recorded == wanted
     source = config.get("weights_source", "")
-    if weights == "random":
-        return source.startswith("random")
-    if weights == "imagenet":
-        return not source.startswith("random")
-    return source == str(Path(weights).expanduser().resolve())
+    return weights == "imagenet" and source.startswith(("timm hub", "Hugging Face cache"))
 
 
 def _load_splits(store: FeatureStore, log) -> dict:

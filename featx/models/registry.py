@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import timm
-
 from .._core.errors import FeatxError
 
 
@@ -61,13 +59,20 @@ register(BackboneSpec("convnext_tiny", "convnext_tiny.fb_in1k", "ConvNeXt-Tiny, 
 register(BackboneSpec("vit_b_16", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "ViT-B/16, AugReg ImageNet-21k to 1k"))
 
 
-def get_spec(name: str) -> BackboneSpec:
-    """Registered names, or any timm model as `timm:<name>[.tag]`; unknown names get suggestions."""
+def get_spec(name: str, *, check_timm: bool = True) -> BackboneSpec:
+    """Registered names, or any timm model as `timm:<name>[.tag]`; unknown names get suggestions.
+
+    check_timm=False takes a `timm:` name on trust, without importing timm (and torch): for
+    matching caches, where a wrong name simply matches nothing."""
     if name in REGISTRY:
         return REGISTRY[name]
     if name.startswith("timm:"):
         timm_name = name[len("timm:"):]
         arch = timm_name.split(".")[0]
+        if not check_timm:
+            return BackboneSpec(name, timm_name, f"timm model {timm_name}")
+        import timm
+
         if not timm.is_model(arch):
             close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
             hint = f"; closest: {', '.join('timm:' + c for c in close)}" if close else ""

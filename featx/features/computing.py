@@ -1,0 +1,236 @@
+"""Running a frozen backbone over images: into a dataset's feature cache, resumably (`fill_cache`,
+extract's full way), or in memory for any files (`compute_features`, `run_on_images`), with the
+same loader, decoding and frozen forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .._core import distributed
+from .._core.console import progress_bar, silent
+from .._core.errors import FeatxError
+from .._core.locks import exclusive_lock
+from .._core.options import check_batch_size, check_options
+from .._core.paths import file_safe
+from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
+                             speaking)
+from .._core.versions import package_versions
+from ..data.datasets import Dataset
+from ..data.device_decoding import DeviceDecoder, decode_policy
+from ..data.loading import ImageFiles, image_loader
+from ..data.transforms import EvalTransform
+from ..models.backbones import Backbone, create_backbone
+from ..models.frozen import FrozenForward
+from . import sharding
+from .identity import cache_identity, identity_hash
+from .planning import prepare_store, schedule, skip_known_problems
+from .reuse import extraction_request, remember_request
+from .store import FeatureStore, RowTable, StoreWriter
+
+
+def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, output, batch_size, device: str,
+               workers, dtype: str, layer, tta: str, decode: str, compile: bool, progress: bool,
+               log) -> FeatureStore:
+    """extract's full way: build the backbone, open (or make) the cache by the features' identity,
+    and compute the rows not done yet (this rank's share of them under torchrun)."""
+    rank, n_ranks, device = join_ranks(device)
+    log, progress = speaking(rank, log, progress)
+    torch_device = resolve_device(device)
+    bb = create_backbone(backbone, weights, layer=layer)
+    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile)
+    request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer, tta=tta,
+                                 decode=decode, dtype=dtype)
+    path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
+    for line in ds.notes():
+        log(line)
+    with exclusive_lock(path) if rank == 0 else contextlib.nullcontext():
+        store = _open_cache(path, ds, identity, config, bb.num_features, dtype, rank, log)
+        if rank == 0 and request is not None:
+            remember_request(path, store, request)
+        done, skipped = store.row_status()
+        if (done | skipped).all():
+            log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
+            return store
+        job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log)
+        done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, compile, rank,
+                                                          n_ranks)
+    _log_outcome(log, path, ds, done_now, skipped_now, seconds)
+    return FeatureStore(path)
+
+
+def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, decode, compile) -> tuple[dict, dict]:
+    """(identity, config) of the cache: what must match to reuse it, and everything recorded in it."""
+    identity = cache_identity(bb.identity(), data_root=str(ds.root), precision=precision_for(device), tta=tta,
+                              dtype=dtype, decode=decode_policy(decode, device))
+    versions = package_versions("torch", "timm")
+    config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
+              "device": str(device), "compile": compile, "group_pattern": ds.group_pattern,
+              **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
+    return identity, config
+
+
+def _open_cache(path: Path, ds: Dataset, identity: dict, config: dict, num_features: int, dtype: str, rank: int,
+                log) -> FeatureStore:
+    """Rank 0 creates or updates the cache and merges shards an interrupted run left; all ranks then read it."""
+    if rank == 0:
+        store = prepare_store(path, ds, identity, config, num_features, dtype, log)
+        if sharding.merge_shards(path):
+            log(f"{path}: merged the finished rows of an interrupted sharded run")
+        skip_known_problems(path, store, ds)
+    distributed.barrier()  # every rank plans from the same prepared cache
+    return FeatureStore(path)
+
+
+@dataclass
+class _Job:
+    """What one extraction computes and how."""
+
+    path: Path
+    ds: Dataset
+    bb: Backbone
+    device: torch.device
+    precision: str
+    tta: str
+    decode: str
+    dtype: str
+    workers: int | None
+    progress: bool
+    log: Callable[[str], None]
+
+
+def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: np.ndarray, batch_size,
+                     compile: bool, rank: int, n_ranks: int):
+    """Compute the rows neither `done` nor `skipped` (this rank's share of them);
+    (rows done, (path, reason) skipped, seconds)."""
+    forward = FrozenForward(job.bb.model, job.bb.data_config, job.device, job.precision, job.tta)
+    batch_size = _batch_size(forward, batch_size, job.log)
+    if n_ranks > 1:  # every rank must cut the same blocks
+        batch_size = min(distributed.gather(batch_size))
+    if compile:
+        forward.compile(batch_size)
+    todo, batches = schedule(done, skipped, batch_size)
+    workers = default_workers(job.device) if job.workers is None else job.workers
+    job.log(f"extracting {len(todo)} of {store.n_rows} images with {job.bb.spec.name} ({job.bb.weights_source}) "
+            f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.decode}"
+            + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
+    started = time.perf_counter()
+    done_before = int(done.sum())  # the merged count minus this tells what the ranks did
+    rows, target, pending = store.row_table(), job.path, set(todo.tolist())
+    if n_ranks > 1:  # this rank's blocks, into its own shard file
+        target, rows, batches, pending = sharding.take_share(job.path, rows, batches, pending, rank, n_ranks,
+                                                             job.bb.num_features, job.dtype)
+    try:
+        done_now, skipped_now = _write_rows(job, forward, target, rows, batches, pending, workers)
+    except OSError as exc:  # e.g. the disk filled up: rows already flagged done are intact
+        raise FeatxError(f"cannot write to {target}: {exc.strerror or exc}; everything finished so far is kept, "
+                         "free space (or fix the disk) and re-run the same command to resume") from None
+    if n_ranks > 1:
+        done_now, skipped_now = sharding.gather_shares(job.path, rank, todo, done_before, job.ds.problems)
+    return done_now, skipped_now, time.perf_counter() - started
+
+
+def _batch_size(forward: FrozenForward, batch_size, log) -> int:
+    if batch_size == "auto":
+        if forward.device.type != "cuda":
+            log(f"--batch-size auto measures GPU memory; on {forward.device.type} it means the default, "
+                f"{default_batch_size(forward.device)}")
+            return default_batch_size(forward.device)
+        chosen = forward.fill_batch_size()
+        log(f"--batch-size auto: {chosen} fits in 80% of the free GPU memory")
+        return chosen
+    return batch_size or default_batch_size(forward.device)
+
+
+def _write_rows(job: _Job, forward: FrozenForward, target: Path, rows: RowTable, batches, pending: set[int],
+                workers: int) -> tuple[int, list]:
+    """Compute `batches` and write each finished row into `target` (features, then done flags)."""
+    done_now, skipped_now = 0, []
+    with progress_bar(len(pending), job.progress, unit="img") as bar, StoreWriter(target) as writer:
+        for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, job.bb.data_config, job.ds.root,
+                                                                       rows.path, batches, workers, job.decode):
+            changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
+            problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
+            bad = {r for r, _ in problems}
+            problems = sorted((r, why) for r, why in problems if r in pending)
+            if problems:
+                writer.skip(np.array([r for r, _ in problems]), [why for _, why in problems])
+                skipped_now += [(rows.path[r], why) for r, why in problems]
+            if feats is not None:
+                keep = [i for i, r in enumerate(batch_rows) if r in pending and r not in bad]
+                writer.write(np.array([batch_rows[i] for i in keep]), feats[keep].astype(job.dtype))
+                done_now += len(keep)
+            bar.update(sum(1 for r, _ in read_sha1 if r in pending))
+    return done_now, skipped_now
+
+
+def _log_outcome(log, path: Path, ds: Dataset, done_now: int, skipped_now: list, seconds: float) -> None:
+    log(f"extracted {done_now} images in {seconds:.1f} s ({done_now / max(seconds, 1e-9):.1f} images/s)")
+    skipped = list(ds.problems.items()) + skipped_now
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable images (recorded in the cache's 'skipped'):")
+        for rel, reason in skipped[:10]:
+            log(f"  {rel}: {reason}")
+        if len(skipped) > 10:
+            log(f"  ... and {len(skipped) - 10} more: FeatureStore({str(path)!r}).skipped()")
+
+
+def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, paths: list[str], batches, workers,
+                     decode):
+    """Yield (rows, outputs or None, unreadable (row, reason) pairs, (row, sha1 of bytes read) pairs)."""
+    decoder = DeviceDecoder(data_config, forward.device) if decode == "device" else None
+    dataset = ImageFiles(root, paths, EvalTransform(data_config), decode=decode)
+    for batch_rows, images, problems, read_sha1 in image_loader(dataset, batches, workers, forward.device):
+        feats = None
+        if images is not None and decoder is not None:
+            good, images, bad = decoder(list(images))
+            problems = problems + [(batch_rows[i], why) for i, why in bad]
+            batch_rows = [batch_rows[i] for i in good]
+        if images is not None:
+            feats = forward(images.to(forward.device, non_blocking=True))
+        yield batch_rows, feats, problems, read_sha1
+
+
+def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
+                  batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
+                  decode: str = "pil", progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
+    """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
+
+    Returns (outputs with a NaN row per unreadable image, the reason or None per image, the sha1
+    of each file's bytes).
+    """
+    check_options(tta=tta, decode=decode, device=device)
+    batch_size = check_batch_size(batch_size)
+    torch_device = resolve_device(device)
+    forward = FrozenForward(model, data_config, torch_device, precision_for(torch_device), tta)
+    batch_size = _batch_size(forward, batch_size, silent)
+    workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
+    paths = [str(Path(p).expanduser().absolute()) for p in paths]
+    out = np.full((len(paths), width), np.nan, np.float32)
+    reasons: list[str | None] = [None] * len(paths)
+    sha1 = [""] * len(paths)
+    batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
+    with progress_bar(len(paths), progress, unit="img") as bar:
+        for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, data_config, Path("/"), paths,
+                                                                       batches, workers, decode):
+            for r, why in problems:
+                reasons[r] = why
+            for r, h in read_sha1:
+                sha1[r] = h
+            if feats is not None:
+                out[batch_rows] = feats
+            bar.update(len(read_sha1))
+    return out, reasons, sha1
+
+
+def compute_features(bb: Backbone, paths, **options) -> tuple[np.ndarray, list[str | None], list[str]]:
+    """Features of arbitrary image files with backbone `bb`, in memory, exactly as `extract` would compute
+    them (options as run_on_images: device, batch_size, workers, tta, decode, progress)."""
+    return run_on_images(bb.model, bb.data_config, bb.num_features, paths, **options)

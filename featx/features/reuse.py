@@ -1,0 +1,94 @@
+"""Deciding from the cache alone that an extraction has nothing left to do: no model, no torch.
+
+Every extraction records its *request* (backbone, weights fingerprint, layer, TTA, decode,
+dtype, device kind, data and library versions) in the cache's config. A re-run with the same
+request finds that cache, checks the files (stat, and sha1 only of changed ones) and the row
+status, and returns it. Anything else, or any doubt (a GPU, weights only on the hub, a
+torchrun, a split to update, a shard to merge), goes the full way, which decides by the
+features' identity.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from .._core import distributed
+from .._core.accelerators import surely_cpu_only
+from .._core.errors import FeatxError
+from .._core.hashing import record_hash
+from ..data.datasets import Dataset
+from ..models.registry import get_spec
+from ..models.weight_files import weights_fingerprint
+from .planning import row_table
+from .store import FeatureStore, StoreWriter, find_caches
+
+
+def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind: str, layer: str | None, tta: str,
+                       decode: str, dtype: str) -> dict | None:
+    """What a run was asked to compute, in terms known before building the model; None when the
+    weights cannot be fingerprinted without the hub."""
+    try:
+        spec = get_spec(backbone, check_timm=False)
+        fingerprint = weights_fingerprint(spec, weights)
+    except (FeatxError, OSError):
+        return None
+    if fingerprint is None:
+        return None
+    return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
+            "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
+            "timm": _installed("timm"), "torch": _installed("torch")}
+
+
+def request_hash(request: dict) -> str:
+    return record_hash(request, 12)
+
+
+def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, layer, tta, decode, dtype,
+                   cache_dir: Path, output=None) -> FeatureStore | None:
+    """The cache a previous identical run finished for exactly these files, or None."""
+    if distributed.world()[1] > 1 or not (device == "cpu" or (device == "auto" and surely_cpu_only())):
+        return None
+    request = extraction_request(ds, backbone, weights=weights, device_kind="cpu", layer=layer, tta=tta,
+                                 decode=decode, dtype=dtype)
+    if request is None:
+        return None
+    wanted = request_hash(request)
+    where = Path(output) if output else Path(cache_dir) / ds.key
+    for store in find_caches(where, recursive=False):
+        if wanted in store.config.get("requests", ()) and _holds_every_file(store, ds):
+            return store
+    return None
+
+
+def remember_request(path: Path, store: FeatureStore, request: dict) -> None:
+    """Add a request to those the cache at `path` answers (the full way found it by identity), and
+    record the fingerprint of its weights file, by which `fit --weights` finds the cache."""
+    served, digest = list(store.config.get("requests", ())), request_hash(request)
+    if digest not in served:
+        with StoreWriter(path) as writer:
+            writer.update_config({"requests": [*served, digest], "weights_fingerprint": request["weights"]})
+
+
+def _holds_every_file(store: FeatureStore, ds: Dataset) -> bool:
+    """Every file of `ds`, unchanged, with its label, split and group, is done or skipped in `store`,
+    and no shard of an interrupted torchrun waits to be merged."""
+    if store.classes != ds.classes or any(store.path.parent.glob(f"{store.path.name}.shard*")):
+        return False
+    held = store.row_table()
+    now = row_table(ds, held)
+    same = (held.path == now.path and held.sha1 == now.sha1 and held.group == now.group
+            and np.array_equal(held.label, now.label) and np.array_equal(held.split, now.split))
+    if not same:
+        return False
+    done, skipped = store.row_status()
+    return bool((done | skipped).all())
+
+
+def _installed(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"

