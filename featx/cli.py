@@ -288,7 +288,7 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
         records = result["records"]
     click.echo(format_table(records))
     if not no_report:
-        click.echo(f"report: {result['html']} and {result['markdown']}")
+        click.echo(f"report: {result['html']} and {result['markdown']}; table with raw p-values: {result['csv']}")
 
 
 @main.command("explain")

@@ -12,7 +12,8 @@ from PIL import Image
 
 import featx
 from featx.cli import main
-from featx.evaluation.significance import bootstrap_ci, delong_auc_variance, delong_test, mcnemar_test, point_metrics
+from featx.evaluation.significance import (bootstrap_ci, delong_auc_variance, delong_test, holm, mcnemar_test,
+                                          point_metrics)
 
 from conftest import TINY, make_folder, one_line_error, three_way, toy_features, write_store
 
@@ -83,6 +84,15 @@ def test_mcnemar_exact_and_chi_squared_cases():
     assert result["statistic"] == pytest.approx(61 ** 2 / 180) and result["p_value"] == pytest.approx(5.45e-6, rel=0.01)
 
 
+def test_holm_matches_a_case_computed_by_hand():
+    # Sorted 0.01, 0.02, 0.04 (m = 3): 3 x 0.01 = 0.03, 2 x 0.02 = 0.04, 1 x 0.04 = 0.04; then kept
+    # non-decreasing. 0.5 is the largest of four: min(1, 1 x 0.5). None (the best) is no test.
+    assert holm([0.04, None, 0.01, 0.02]) == pytest.approx([0.04, None, 0.03, 0.04])
+    assert holm([0.04, 0.01, 0.02, 0.5]) == pytest.approx([0.08, 0.04, 0.06, 0.5])
+    assert holm([0.02, 0.011]) == pytest.approx([0.022, 0.022])  # step-down: the larger never drops below
+    assert holm([0.6, 0.9]) == [1.0, 1.0] and holm([None]) == [None]
+
+
 # --- compare -----------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -104,6 +114,16 @@ def test_compare_ranks_with_intervals_and_tests_against_the_best(models):
         if not r["best"]:
             assert 0 <= r["p_delong"] <= 1 and 0 <= r["p_mcnemar"] <= 1
     assert records[0]["roc_auc"] >= records[1]["roc_auc"] >= records[2]["roc_auc"]
+    for test in ("p_delong", "p_mcnemar"):  # two comparisons with the best: Holm's factors are 2 and 1
+        low, high = sorted([records[1][test], records[2][test]])
+        adjusted = sorted([records[1][f"{test}_holm"], records[2][f"{test}_holm"]])
+        assert adjusted == pytest.approx([min(1, 2 * low), max(min(1, 2 * low), high)])
+    from featx.reporting.comparison import format_table
+
+    table = format_table(records)
+    assert "p DeLong (Holm)" in table and "best*" in table and "over those 2 comparisons" in table
+    shown = f"{records[1]['p_delong_holm']:.3f}" if records[1]["p_delong_holm"] >= 0.001 else "<0.001"
+    assert shown in table.splitlines()[2]
 
 
 def test_models_evaluated_on_other_images_are_listed_apart(models, tmp_path):
@@ -144,8 +164,21 @@ def test_html_report_is_self_contained_and_lists_every_method(models, tmp_path):
     for r in result["records"]:
         assert r["method"] in page and r["method"] in result["markdown"].read_text()
     assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page)  # nothing fetched from elsewhere
-    assert page.count("data:image/png;base64,") == len(result["figures"]) >= 3
-    assert all(p.exists() for p in result["figures"])
+    assert page.count("data:image/png;base64,") == len(result["figures"])
+    assert {p.name for p in result["figures"]} == {"roc_pr.png", "calibration.png", "confusion.png", "mistakes.png"}
+    for caption in ("ROC and precision-recall curves", "Calibration:", "Confusion matrices",
+                    "Most confident mistakes of the best method"):
+        assert caption in page
+    assert all(p.stat().st_size > 10_000 for p in result["figures"])  # drawn, not empty canvases
+    import csv
+
+    rows = list(csv.DictReader(result["csv"].open()))
+    assert [r["method"] for r in rows] == [r["method"] for r in result["records"]]
+    for row, record in zip(rows, result["records"]):  # the raw p-values, next to the adjusted ones
+        for test in ("p_delong", "p_mcnemar", "p_delong_holm"):
+            assert (row[test] == "") if record[test] is None else float(row[test]) == pytest.approx(record[test])
+        assert float(row["roc_auc_low"]) == pytest.approx(record["roc_auc_ci"][0])
+    assert "Holm-adjusted over those 2 comparisons" in page
 
 
 # --- explain -------------------------------------------------------------------------------------------

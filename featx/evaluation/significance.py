@@ -5,6 +5,7 @@
 - DeLong's test for two correlated ROC-AUCs, in the fast form of Sun & Xu (2014).
 - McNemar's test for two classifiers' accuracy: exact binomial below 25 discordant pairs,
   otherwise chi-squared with continuity correction.
+- Holm's step-down correction, for a family of such tests (every method against the best).
 """
 
 from __future__ import annotations
@@ -135,3 +136,17 @@ def mcnemar_test(correct_a, correct_b) -> dict:
 
 def _two_sided_normal(z: float) -> float:
     return math.erfc(abs(z) / math.sqrt(2))
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values (Holm 1979), in the given order; None entries are left out of the family.
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, and adjusted values are made
+    non-decreasing in that order and capped at 1. Controls the family-wise error rate.
+    """
+    present = [(p, i) for i, p in enumerate(p_values) if p is not None]
+    m, adjusted, running = len(present), list(p_values), 0.0
+    for k, (p, i) in enumerate(sorted(present)):
+        running = max(running, min(1.0, (m - k) * p))
+        adjusted[i] = running
+    return adjusted

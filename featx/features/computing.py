@@ -110,7 +110,7 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
                      compile: bool, rank: int, n_ranks: int):
     """Compute the rows neither `done` nor `skipped` (this rank's share of them);
     (rows done, (path, reason) skipped, seconds)."""
-    forward = FrozenForward(job.bb.model, job.bb.data_config, job.device, job.precision, job.tta)
+    forward = FrozenForward(job.bb.model, job.bb.data_config, job.device, job.precision, job.tta, job.log)
     batch_size = _batch_size(forward, batch_size, job.log)
     if n_ranks > 1:  # every rank must cut the same blocks
         batch_size = min(distributed.gather(batch_size))

@@ -14,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from .._core.console import silent
 from .._core.errors import FeatxError
 from .._core.runtime import autocast
 from ..data.transforms import Normalize
@@ -21,20 +22,46 @@ from ..data.transforms import Normalize
 FOLD_TOLERANCE = 1e-4  # max |difference| relative to max |output|
 
 
-def fold_batchnorm(model: nn.Module, input_size) -> tuple[nn.Module, int]:
-    """A copy of `model` with every conv -> BatchNorm pair folded, and the number folded (0: unchanged)."""
+def fold_batchnorm(model: nn.Module, input_size) -> tuple[nn.Module, int, str | None]:
+    """A copy of `model` with every conv -> BatchNorm pair folded, and the number folded (0: unchanged);
+    third, when folding changed the outputs and the original was kept, which layer and by how much."""
+    folded, names = _folded_copy(model)
+    if not names:
+        return model, 0, None
+    difference = _difference(model, folded, input_size)
+    if difference > FOLD_TOLERANCE:
+        return model, 0, _culprit(model, names, input_size, difference)
+    return folded, len(names), None
+
+
+def _folded_copy(model: nn.Module, limit: int | None = None) -> tuple[nn.Module, list[str]]:
+    """A copy with the first `limit` (default: every) conv -> BatchNorm pairs folded, and their BatchNorms' names."""
     folded = copy.deepcopy(model)
-    count = 0
-    for parent in folded.modules():
+    names = []
+    for parent_name, parent in folded.named_modules():
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in zip(children, children[1:]):
-            if _foldable(conv, bn):
+            if (limit is None or len(names) < limit) and _foldable(conv, bn):
                 _fold(conv, bn)
                 setattr(parent, bn_name, _after_norm(bn))
-                count += 1
-    if count == 0 or not _same_outputs(model, folded, input_size):
-        return model, 0
-    return folded, count
+                names.append(f"{parent_name}.{bn_name}".lstrip("."))
+    return folded, names
+
+
+def _culprit(model: nn.Module, names: list[str], input_size, difference: float) -> str:
+    """The one line that explains a slow run: the first pair whose folding changes the outputs (found by
+    bisection, a few forwards of two images), and by how much."""
+    lo, hi = 1, len(names)  # folding names[:hi] changes the outputs
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _difference(model, _folded_copy(model, mid)[0], input_size) > FOLD_TOLERANCE:
+            hi = mid
+        else:
+            lo = mid + 1
+    changed = _difference(model, _folded_copy(model, hi)[0], input_size)
+    return (f"BatchNorm folding is off: folding {names[hi - 1]} into the convolution before it changes the "
+            f"outputs by {changed:.1e} (all pairs: {difference:.1e}, relative; tolerance {FOLD_TOLERANCE:.0e}); "
+            "the model runs unfolded, which is slower")
 
 
 def _foldable(conv, bn) -> bool:
@@ -78,12 +105,19 @@ def _after_norm(bn) -> nn.Module:
     return _AFTER_NORM[type(bn)](bn)
 
 
-def _same_outputs(a: nn.Module, b: nn.Module, input_size) -> bool:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, *input_size, generator=generator)
+def _probe(input_size) -> torch.Tensor:
+    return torch.randn(2, *input_size, generator=torch.Generator().manual_seed(0))
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| relative to max |a|."""
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+
+
+def _difference(a: nn.Module, b: nn.Module, input_size) -> float:
+    x = _probe(input_size)
     with torch.inference_mode():
-        ya, yb = a(x), b(x)
-    return bool((ya - yb).abs().max() <= FOLD_TOLERANCE * ya.abs().max().clamp_min(1e-12))
+        return _relative(a(x), b(x))
 
 
 class FrozenForward:
@@ -98,8 +132,10 @@ class FrozenForward:
     """
 
     def __init__(self, model: nn.Module, data_config: dict, device: torch.device, precision: str = "fp32",
-                 tta: str = "none"):
-        model, _ = fold_batchnorm(model, data_config["input_size"])
+                 tta: str = "none", log=silent):
+        model, _, problem = fold_batchnorm(model, data_config["input_size"])
+        if problem:
+            log(problem)
         self.model = model.to(device)
         self.channels_last = device.type != "mps"
         if self.channels_last:

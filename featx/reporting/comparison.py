@@ -3,7 +3,10 @@
 Methods are ranked together only when they were evaluated on exactly the same images (same
 relative paths, same bytes); the others are listed apart with the reason. Each metric gets a
 stratified bootstrap 95% interval, and every method is tested against the best one (highest
-ROC-AUC) with DeLong's test and McNemar's test on the same images.
+ROC-AUC) with DeLong's test and McNemar's test on the same images. With several methods these
+are several tests: the table shows p-values Holm-adjusted within each test's family (the raw
+ones are kept in the records and the report's CSV). "Best" is chosen on the same split it is
+tested on, which no p-value here accounts for.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from .._core.errors import FeatxError
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
-from ..evaluation.significance import BOOTSTRAP_METRICS, bootstrap_ci, delong_test, mcnemar_test, point_metrics
+from ..evaluation.significance import BOOTSTRAP_METRICS, bootstrap_ci, delong_test, holm, mcnemar_test, point_metrics
 
 
 def find_artifacts(models_dir) -> list[Path]:
@@ -113,7 +116,8 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
         "ranked": not note, "note": note, "n": 0, "threshold": info.get("threshold"),
         "train_seconds": info.get("train_seconds"),
         "predict_seconds_per_image": info.get("predict_seconds_per_image"), "size_bytes": size,
-        "classes": info["classes"], "p_delong": None, "p_mcnemar": None,
+        "classes": info["classes"], "p_delong": None, "p_mcnemar": None, "p_delong_holm": None,
+        "p_mcnemar_holm": None,
     }
     if p is None:
         return record | {m: None for m in BOOTSTRAP_METRICS} | {f"{m}_ci": None for m in BOOTSTRAP_METRICS}
@@ -132,7 +136,8 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
 
 
 def _paired_tests(records: list[dict], ranked: list) -> None:
-    """DeLong (ROC-AUC) and McNemar (accuracy at each stored threshold) against the best method."""
+    """DeLong (ROC-AUC) and McNemar (accuracy at each stored threshold) against the best method,
+    raw and Holm-adjusted over the methods compared with it."""
     if len(records) < 2:
         return
     key = [r["roc_auc"] if r["roc_auc"] is not None else -1 for r in records]
@@ -148,6 +153,9 @@ def _paired_tests(records: list[dict], ranked: list) -> None:
         if binary and both:
             r["p_delong"] = delong_test(y, ranked[best][2]["proba"][:, 1], p["proba"][:, 1])["p_value"]
         r["p_mcnemar"] = mcnemar_test(correct[best], correct[i])["p_value"]
+    for test in ("p_delong", "p_mcnemar"):
+        for r, adjusted in zip(records, holm([r[test] for r in records])):
+            r[f"{test}_holm"] = adjusted
 
 
 def _correct(y, proba, threshold) -> np.ndarray:
@@ -158,14 +166,40 @@ def _correct(y, proba, threshold) -> np.ndarray:
 
 SHOWN = (("accuracy", "Accuracy"), ("balanced_accuracy", "Bal. acc."), ("sensitivity", "Sensitivity"),
          ("specificity", "Specificity"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"))
-HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong", "p McNemar", "Train s", "Predict ms/img",
-          "Size MB"]
+HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong (Holm)", "p McNemar (Holm)", "Train s",
+          "Predict ms/img", "Size MB"]
+BEST_MARK = "best*"
+BEST_NOTE = ("* best: the highest ROC-AUC on this same split, so choosing it already favoured it; the p-values "
+             "test every other method against it, Holm-adjusted over those {m} comparisons (raw p-values in the "
+             "report's comparison.csv)")
+CSV_METRICS = (*[m for m, _ in SHOWN], "balanced_accuracy")
 
 
 def table_rows(records: list[dict], ranked: bool) -> list[list[str]]:
     """The cells of the compare table (as HEADER), for the ranked methods or those evaluated apart."""
-    return [[r["method"], str(r["n"]), *[_cell(r, m) for m, _ in SHOWN], _p(r["p_delong"], r.get("best")),
-             _p(r["p_mcnemar"], r.get("best")), *_cost(r)] for r in records if r["ranked"] == ranked]
+    return [[r["method"], str(r["n"]), *[_cell(r, m) for m, _ in SHOWN], _p(r["p_delong_holm"], r.get("best")),
+             _p(r["p_mcnemar_holm"], r.get("best")), *_cost(r)] for r in records if r["ranked"] == ranked]
+
+
+def best_note(records: list[dict]) -> str:
+    """The line that goes under a table with a best method: how it was chosen, how p-values are adjusted."""
+    compared = sum(1 for r in records if r["ranked"] and not r.get("best"))
+    return BEST_NOTE.format(m=compared) if compared else ""
+
+
+def csv_rows(records: list[dict]) -> list[dict]:
+    """One row per method for comparison.csv: metrics with interval ends, raw and Holm-adjusted p-values."""
+    rows = []
+    for r in records:
+        row = {"method": r["method"], "kind": r["kind"], "ranked": r["ranked"], "best": bool(r.get("best")),
+               "split": r["split"], "n": r["n"], "threshold": r["threshold"]}
+        for m in dict.fromkeys(CSV_METRICS):
+            ci = r.get(f"{m}_ci") or (None, None)
+            row.update({m: r.get(m), f"{m}_low": ci[0], f"{m}_high": ci[1]})
+        row.update({k: r[k] for k in ("p_delong", "p_delong_holm", "p_mcnemar", "p_mcnemar_holm", "train_seconds",
+                                      "predict_seconds_per_image", "size_bytes", "artifact", "note")})
+        rows.append(row)
+    return rows
 
 
 def format_table(records: list[dict]) -> str:
@@ -183,6 +217,8 @@ def format_table(records: list[dict]) -> str:
             lines.append(line(row))
             if notes[row[0]]:
                 lines.append(f"  note: {notes[row[0]]}")
+        if ranked and best_note(records):
+            lines.append(best_note(records))
     return "\n".join(lines)
 
 
@@ -195,7 +231,7 @@ def _cell(r, metric) -> str:
 
 def _p(value, is_best) -> str:
     if is_best:
-        return "best"
+        return BEST_MARK
     if value is None:
         return "–"
     return "<0.001" if value < 0.001 else f"{value:.3f}"

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._core.atomic import atomic_path, write_text_atomic
+from .._core.atomic import atomic_path, write_csv_atomic, write_text_atomic
 from .._core.console import silent
 from .._core.errors import FeatxError
 from .._core.plotting import pyplot
 from ..finetuning.curves import plot_history
-from .comparison import HEADER, compare, format_table, table_rows
+from .comparison import HEADER, best_note, compare, csv_rows, format_table, table_rows
 
 
 def report(data=None, *, split: str = "test", out="featx-report", models_dir=None, cache_dir=None,
@@ -58,13 +58,14 @@ def report(data=None, *, split: str = "test", out="featx-report", models_dir=Non
     for name, (_, png) in figures.items():
         with atomic_path(out / name) as tmp:
             Path(tmp).write_bytes(png)
+    write_csv_atomic(out / "comparison.csv", csv_rows(records))
     title = f"featx compare: {split} split of {ranked[0].get('data_root')}"
     write_text_atomic(out / "report.md", _markdown(title, records, figures))
     write_text_atomic(out / "report.html", _html(title, records, figures))
     for r in records:
         r.pop("predictions", None)
         r.pop("history", None)
-    return {"records": records, "html": out / "report.html", "markdown": out / "report.md",
+    return {"records": records, "html": out / "report.html", "markdown": out / "report.md", "csv": out / "comparison.csv",
             "figures": [out / n for n in figures]}
 
 
@@ -247,7 +248,7 @@ def _slug(text: str) -> str:
 
 FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstrap 95% intervals. p-values compare "
             "each method with the best (highest ROC-AUC) on the same images: DeLong's test for ROC-AUC, McNemar's "
-            "test for accuracy. Train seconds: selection and training only (feature extraction, shared by all heads "
+            "test for accuracy, each Holm-adjusted over its comparisons. Train seconds: selection and training only (feature extraction, shared by all heads "
             "of a backbone, is not included). Predict ms/img: the head alone for heads; the whole network for "
             "fine-tunes. Size: the artifact file.")
 
@@ -255,7 +256,7 @@ FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstra
 def _markdown(title: str, records, figures) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(records, True)]
-    lines += ["", FOOTNOTE, ""]
+    lines += ["", best_note(records), "", FOOTNOTE, ""]
     apart = [r for r in records if not r["ranked"]]
     if apart:
         lines += ["## Evaluated apart (not comparable with the ranking)", ""]
@@ -281,7 +282,8 @@ def _html(title: str, records, figures) -> str:
         body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in rows)
         return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
-    parts = [f"<h1>{esc(title)}</h1>", table(table_rows(records, True)), f"<p class='note'>{esc(FOOTNOTE)}</p>"]
+    parts = [f"<h1>{esc(title)}</h1>", table(table_rows(records, True)),
+             f"<p class='note'>{esc(best_note(records))}</p>", f"<p class='note'>{esc(FOOTNOTE)}</p>"]
     notes = [r for r in records if r["ranked"] and r["note"]]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{esc(r['method'])}: {esc(r['note'])}</li>" for r in notes) + "</ul>")
