@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+# An empty Hugging Face cache for the whole session, set before huggingface_hub is imported (it reads
+# these once): whether weights are "missing" must not depend on what this machine downloaded before.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="featx-tests-hf-")
+os.environ["HF_HUB_CACHE"] = os.path.join(os.environ["HF_HOME"], "hub")
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 import featx
@@ -17,6 +25,11 @@ from featx.features.store import RowTable, StoreWriter, create_store
 
 # A tiny timm model (about 0.1 M parameters, 160 px input): fast enough for every test.
 TINY = "timm:test_efficientnet"
+
+
+# Property tests draw the same examples on every machine and run: a failure is reproducible.
+settings.register_profile("featx", derandomize=True, print_blob=True)
+settings.load_profile("featx")
 
 
 @pytest.fixture(autouse=True)

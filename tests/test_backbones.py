@@ -1,3 +1,4 @@
+import os
 import pytest
 import torch
 from torch import nn
@@ -79,8 +80,13 @@ def test_weights_dir_finds_files_named_after_the_backbone(tmp_path, monkeypatch)
 
 
 def test_missing_weights_offline_says_what_to_do():
+    import huggingface_hub.constants
+
+    # conftest: HF_HUB_OFFLINE=1, no weights folder, and an empty hub cache of the tests' own
+    assert huggingface_hub.constants.HF_HUB_CACHE.startswith(os.environ["HF_HOME"])
+    assert "featx-tests-hf-" in os.environ["HF_HOME"]
     with pytest.raises(FeatxError) as info:
-        create_backbone("resnet50")  # conftest sets HF_HUB_OFFLINE=1 and no weights folder
+        create_backbone("resnet50")
     message = str(info.value)
     assert "FEATX_WEIGHTS_DIR" in message and "--weights PATH" in message and "resnet50.a1_in1k" in message
     assert "\n" not in message

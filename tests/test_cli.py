@@ -14,7 +14,7 @@ from featx.cli import main
 
 from conftest import TINY, make_folder, one_line_error
 
-ARGS = ["--backbone", TINY, "--weights", "random", "--workers", "0", "--no-progress"]
+ARGS = ["--backbone", TINY, "--weights", "random", "--workers", "0", "--no-progress", "--device", "cpu"]
 
 
 def run(*args):

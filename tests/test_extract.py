@@ -8,7 +8,7 @@ from featx.features.store import StoreWriter
 
 from conftest import TINY, make_folder, save, xray_like
 
-FAST = dict(backbone=TINY, weights="random", workers=0, progress=False, log=lambda m: None)
+FAST = dict(backbone=TINY, weights="random", workers=0, progress=False, log=lambda m: None, device="cpu")
 
 
 def _features(store: FeatureStore):

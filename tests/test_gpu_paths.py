@@ -16,7 +16,7 @@ from featx.models.frozen import largest_fitting
 
 from conftest import TINY, one_line_error, xray_like
 
-FAST = dict(backbone=TINY, weights="random", workers=0, progress=False, log=lambda m: None)
+FAST = dict(backbone=TINY, weights="random", workers=0, progress=False, log=lambda m: None, device="cpu")
 
 
 def run(*args):
