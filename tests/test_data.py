@@ -1,5 +1,6 @@
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -117,3 +118,22 @@ def test_data_one_level_too_high_is_refused_with_a_hint(tmp_path):
     (tmp_path / "examples" / "chest_xray" / "CITATION.md").write_text("not an image")
     with pytest.raises(FeatxError, match=r"one class folder, chest_xray/.*use --data .*examples/chest_xray"):
         load_dataset(tmp_path / "examples")
+
+
+def test_a_custom_group_pattern_groups_as_asked(tmp_path):
+    """Hospital names (`<patient>__<study>.png`): the regex's first group is the patient, and a
+    validation split keeps each patient whole."""
+    root = tmp_path / "hospital"
+    for p in range(12):
+        for study in range(3):
+            cls = "PNEUMONIA" if p % 2 else "NORMAL"
+            save(root / cls / f"P{p:03d}__S{study}.png", xray_like(p + study, size=(8, 8)))
+    ds = load_dataset(root, group_pattern=r"^(P\d+)__", val_fraction=0.25, cache_dir=tmp_path / "c")
+    assert sorted(set(ds.groups)) == [f"P{p:03d}" for p in range(12)]
+    assert all(g == Path(p).name.split("__")[0] for p, g in zip(ds.paths, ds.groups))
+    sides = {}
+    for g, s in zip(ds.groups, ds.splits):
+        sides.setdefault(g, set()).add(s)
+    assert all(len(s) == 1 for s in sides.values()) and sum(s == {"val"} for s in sides.values()) == 3
+    # Without the pattern, every file would be its own group (the default regex does not match).
+    assert len(set(load_dataset(root, cache_dir=tmp_path / "d").groups)) == 36

@@ -152,3 +152,87 @@ def test_init_head_from_another_backbone_is_refused(data, tmp_path):
     [probe] = featx.fit(data=data, backbone="timm:test_convnext", weights="random", head="logreg")
     line = one_line_error(run("finetune", "--data", data, *ARGS, "--init-head-from", probe.artifact))
     assert "other features" in line
+
+
+# --- each training option does what it says ---------------------------------------------------------
+
+def test_warmup_trains_the_head_alone_first(data):
+    initial = featx.create_backbone(TINY, "random").model.state_dict()
+    state = torch.load(tune(data, epochs=1, warmup_epochs=1, lr=1e-2).artifact, weights_only=True)
+    assert all(torch.equal(v, initial[k]) for k, v in _backbone_state(state).items())
+    trained = torch.load(tune(data, epochs=1, warmup_epochs=0, lr=1e-2).artifact, weights_only=True)
+    assert not all(torch.equal(v, initial[k]) for k, v in _backbone_state(trained).items())
+
+
+def test_clipping_bounds_the_gradient(data):
+    """With gradients clipped to 1e-12, AdamW's steps shrink to about lr * 1e-12 / eps: almost nothing moves."""
+    initial = featx.create_backbone(TINY, "random").model.state_dict()
+
+    def moved(**kw):
+        state = torch.load(tune(data, epochs=1, lr=1e-2, weight_decay=0.0, **kw).artifact, weights_only=True)
+        return max((v.float() - initial[k].float()).abs().max().item()
+                   for k, v in _backbone_state(state).items() if v.is_floating_point() and "running" not in k)
+
+    assert moved(clip_grad=1e-12) < 1e-3 * moved(clip_grad=0)
+
+
+def test_schedules_and_label_smoothing():
+    from featx.finetuning.training import WeightedLoss, make_scheduler
+
+    def lrs(schedule):
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        scheduler = make_scheduler(optimizer, schedule, 100, [0.1])
+        out = []
+        for _ in range(100):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    cosine, onecycle = lrs("cosine"), lrs("onecycle")
+    assert cosine[0] == 0.1 and all(a >= b for a, b in zip(cosine, cosine[1:])) and cosine[-1] < 1e-3
+    peak = max(range(100), key=onecycle.__getitem__)
+    assert 8 <= peak <= 11 and onecycle[peak] == pytest.approx(0.1) and onecycle[0] < 0.01 and onecycle[-1] < 1e-4
+    logits, y = torch.tensor([[-20.0, 20.0]]), torch.tensor([1])
+    plain, smoothed = (WeightedLoss(torch.ones(2), s).parts(logits, y)[0].item() for s in (0.0, 0.1))
+    assert plain < 1e-6 and smoothed == pytest.approx(0.05 * 40, rel=1e-4)  # 0.05 of the target on the other class
+
+
+def test_augment_modes():
+    from PIL import Image
+
+    from conftest import xray_like
+    from featx.data.transforms import EvalTransform, TrainTransform
+
+    config = {"input_size": [3, 32, 32], "interpolation": "bicubic", "crop_pct": 0.875, "mean": [0.5] * 3,
+              "std": [0.5] * 3}
+    image = Image.fromarray(xray_like(3))
+    reference = EvalTransform(config)(image)
+    assert torch.equal(TrainTransform(config, "none")(image), reference)
+    for mode in ("xray", "natural"):
+        t = TrainTransform(config, mode)
+        torch.manual_seed(0)
+        a, b = t(image), t(image)
+        assert a.shape == reference.shape == (3, 32, 32) and a.dtype == torch.uint8
+        assert not torch.equal(a, b) and not torch.equal(a, reference)  # random, and not the eval view
+    flips = {mode: any("Flip" in type(op).__name__ for op in TrainTransform(config, mode).ops.transforms)
+             for mode in ("xray", "natural")}
+    assert flips == {"xray": False, "natural": True}  # anatomy is not mirror-symmetric
+
+
+def test_the_saved_model_is_the_best_epochs(data, tmp_path):
+    """model.pt holds the weights of the epoch with the lowest validation loss, not the last epoch's."""
+    kw = dict(epochs=4, lr=0.3, head_lr=0.3, patience=4)
+    whole = tune(data, out_dir=tmp_path / "whole", **kw)
+    best = min(whole.history, key=lambda h: h["val_loss"])["epoch"]
+    assert best < 4, "the fixture must have its best epoch before the last"
+
+    def stop_after_best(message):
+        if message.startswith(f"epoch {best}/4"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(data, out_dir=tmp_path / "cut", log=stop_after_best, **kw)
+    at_best = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    saved = torch.load(whole.artifact, weights_only=True)
+    assert at_best.keys() == saved.keys() and all(torch.equal(at_best[k], saved[k]) for k in saved)

@@ -266,3 +266,20 @@ def test_same_seed_same_model(store, tmp_path, head):
     # equal up to the order of parallel sums (random forest averages trees across threads)
     assert np.allclose(featx.load(a.artifact).predict_proba(X), featx.load(b.artifact).predict_proba(X), rtol=0,
                        atol=1e-9)
+
+
+def test_linsvm_probabilities_are_platt_scaled(store, tmp_path):
+    """LinearSVC has margins, not probabilities: the saved head maps them through a fitted sigmoid."""
+    from scipy.special import expit
+
+    [result] = featx.fit(store.path, head="linsvm", models_dir=tmp_path)
+    head = featx.load(result.artifact).head
+    calibrated = head[-1]
+    assert type(calibrated).__name__ == "CalibratedClassifierCV" and calibrated.cv == 3
+    [fold] = calibrated.calibrated_classifiers_  # ensemble=False: one SVM on all rows, Platt-fitted by 3-fold CV
+    assert fold.estimator.C == result.params["C"]
+    X = store.arrays("test")[0]
+    margin = fold.estimator.decision_function(head[:-1].transform(X))
+    sigmoid = fold.calibrators[0]
+    assert np.allclose(head.predict_proba(X)[:, 1], expit(-(sigmoid.a_ * margin + sigmoid.b_)))
+    assert sigmoid.a_ < 0  # a larger margin means a higher probability of the positive class

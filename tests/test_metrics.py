@@ -18,6 +18,23 @@ def test_binary_metrics_match_a_hand_count():
     assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
     assert m["roc_auc"] == pytest.approx(M.roc_auc_score(y, p1))
     assert m["brier"] == pytest.approx(np.mean((p1 - y) ** 2))
+    # Average precision by hand, thresholds from the top: recall steps of 1/4 at precision 1, 1, 1, then
+    # 0.6 adds a false positive (no recall), then 0.4 adds the last positive at precision 4/5.
+    assert m["pr_auc"] == pytest.approx(0.25 + 0.25 + 0.25 + 0.25 * 0.8)
+    assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.7, 0.8, 0.4, 0.9, 0.7])))
+    assert m["pr_auc"] == pytest.approx(M.average_precision_score(y, p1)) and m["log_loss"] == pytest.approx(
+        M.log_loss(y, np.c_[1 - p1, p1]))
+
+
+def test_youden_and_f1_thresholds_match_a_hand_count():
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.1, 0.6, 0.3, 0.8, 0.4, 0.9, 0.7])
+    # Predict positive at >= t. Youden's J = TPR - FPR: t 0.7 gives 3/4 - 0 = 0.75, the best
+    # (0.4: 1 - 1/3; 0.6: 3/4 - 1/3). F1: t 0.4 gives P 4/5, R 1, F1 8/9 = 0.889, the best
+    # (0.7: P 1, R 3/4, F1 0.857).
+    assert choose_threshold(y, p1, "youden") == pytest.approx(0.7)
+    assert choose_threshold(y, p1, "f1") == pytest.approx(0.4)
+    assert choose_threshold(y, p1, "sensitivity=0.75") == pytest.approx(0.7)
 
 
 def test_threshold_changes_the_decision():
