@@ -7,6 +7,7 @@ weights are, not by a word, before any model is built.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -62,4 +63,11 @@ def weights_fingerprint(spec, weights: str) -> str | None:
     path = local_weights_file(spec, weights)
     if path is None or not path.is_file():
         return None
+    stat = path.stat()
+    return _file_fingerprint(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_fingerprint(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per process and file version (size and mtime are part of the key)."""
     return "sha256:" + file_digest(path)
