@@ -121,7 +121,7 @@ def test_compare_ranks_with_intervals_and_tests_against_the_best(models):
     from featx.reporting.comparison import format_table
 
     table = format_table(records)
-    assert "p DeLong (Holm)" in table and "best*" in table and "over those 2 comparisons" in table
+    assert "p DeLong (Holm)" in table and "best*" in table and "over the 2 comparisons" in table
     shown = f"{records[1]['p_delong_holm']:.3f}" if records[1]["p_delong_holm"] >= 0.001 else "<0.001"
     assert shown in table.splitlines()[2]
 
@@ -178,7 +178,7 @@ def test_html_report_is_self_contained_and_lists_every_method(models, tmp_path):
         for test in ("p_delong", "p_mcnemar", "p_delong_holm"):
             assert (row[test] == "") if record[test] is None else float(row[test]) == pytest.approx(record[test])
         assert float(row["roc_auc_low"]) == pytest.approx(record["roc_auc_ci"][0])
-    assert "Holm-adjusted over those 2 comparisons" in page
+    assert "Holm-adjusted over the 2 comparisons" in page
 
 
 # --- explain -------------------------------------------------------------------------------------------

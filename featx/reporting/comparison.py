@@ -170,8 +170,8 @@ HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong (Holm)", "p M
           "Predict ms/img", "Size MB"]
 BEST_MARK = "best*"
 BEST_NOTE = ("* best: the highest ROC-AUC on this same split, so choosing it already favoured it; the p-values "
-             "test every other method against it, Holm-adjusted over those {m} comparisons (raw p-values in the "
-             "report's comparison.csv)")
+             "test every other method against it, Holm-adjusted over the {m} (raw p-values in the report's "
+             "comparison.csv)")
 CSV_METRICS = (*[m for m, _ in SHOWN], "balanced_accuracy")
 
 
@@ -184,7 +184,7 @@ def table_rows(records: list[dict], ranked: bool) -> list[list[str]]:
 def best_note(records: list[dict]) -> str:
     """The line that goes under a table with a best method: how it was chosen, how p-values are adjusted."""
     compared = sum(1 for r in records if r["ranked"] and not r.get("best"))
-    return BEST_NOTE.format(m=compared) if compared else ""
+    return BEST_NOTE.format(m=f"{compared} comparisons" if compared > 1 else "1 comparison") if compared else ""
 
 
 def csv_rows(records: list[dict]) -> list[dict]:
