@@ -52,9 +52,7 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
     for line in ds.notes():
         log(line)
     with exclusive_lock(path) if rank == 0 else contextlib.nullcontext():
-        store = _open_cache(path, ds, identity, config, bb.num_features, dtype, rank, log)
-        if rank == 0 and request is not None:
-            remember_request(path, store, request)
+        store = _open_cache(path, ds, identity, config, bb.num_features, dtype, rank, request, log)
         done, skipped = store.row_status()
         if (done | skipped).all():
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
@@ -78,13 +76,16 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, deco
 
 
 def _open_cache(path: Path, ds: Dataset, identity: dict, config: dict, num_features: int, dtype: str, rank: int,
-                log) -> FeatureStore:
-    """Rank 0 creates or updates the cache and merges shards an interrupted run left; all ranks then read it."""
+                request: dict | None, log) -> FeatureStore:
+    """Rank 0 creates or updates the cache, merges shards an interrupted run left and records the
+    request it answers; all ranks then read it (no rank reads while rank 0 writes)."""
     if rank == 0:
         store = prepare_store(path, ds, identity, config, num_features, dtype, log)
         if sharding.merge_shards(path):
             log(f"{path}: merged the finished rows of an interrupted sharded run")
         skip_known_problems(path, store, ds)
+        if request is not None:
+            remember_request(path, store, request)
     distributed.barrier()  # every rank plans from the same prepared cache
     return FeatureStore(path)
 
