@@ -19,6 +19,14 @@ def featx_version() -> str:
         return "0.0.0+unknown"
 
 
+def installed_version(name: str) -> str:
+    """A package's installed version from its metadata, whether or not it is imported (torch: no build tag)."""
+    try:
+        return version(DISTRIBUTIONS.get(name, name))
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def package_versions(*names: str) -> dict[str, str]:
     """{"python", "featx", and each of `names`: its version}."""
     out = {"python": platform.python_version(), "featx": featx_version()}
@@ -27,8 +35,5 @@ def package_versions(*names: str) -> dict[str, str]:
         if loaded:
             out[name] = str(loaded)
             continue
-        try:
-            out[name] = version(DISTRIBUTIONS.get(name, name))
-        except PackageNotFoundError:
-            out[name] = "not installed"
+        out[name] = installed_version(name)
     return out

@@ -26,14 +26,19 @@ def prepare_store(path: Path, ds: Dataset, identity: dict, config: dict, num_fea
     held = old.row_table() if old is not None else None
     rows = row_table(ds, held)
     if held is not None:
-        same_files = held.path == rows.path and held.sha1 == rows.sha1 and held.group == rows.group
-        if same_files and np.array_equal(held.label, rows.label):
+        if same_files(held, rows):
             if not np.array_equal(held.split, rows.split):
                 with StoreWriter(path) as writer:
                     writer.set_split(rows.split)
             return old
         log(f"{path}: the data changed; rebuilding the cache and keeping the rows of unchanged files")
     return create_store(path, config, ds.classes, rows, num_features, dtype, carry_over=old)
+
+
+def same_files(held: RowTable, now: RowTable) -> bool:
+    """Whether a cache's rows are these files, in this order, with the same bytes, groups and labels."""
+    return (held.path == now.path and held.sha1 == now.sha1 and held.group == now.group
+            and np.array_equal(held.label, now.label))
 
 
 def row_table(ds: Dataset, held: RowTable | None) -> RowTable:

@@ -10,7 +10,6 @@ features' identity.
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,11 @@ from .._core import distributed
 from .._core.accelerators import surely_cpu_only
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
+from .._core.versions import installed_version
 from ..data.datasets import Dataset
 from ..models.registry import get_spec
 from ..models.weight_files import weights_fingerprint
-from .planning import row_table
+from .planning import row_table, same_files
 from .store import FeatureStore, StoreWriter, find_caches
 
 
@@ -39,7 +39,7 @@ def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind:
         return None
     return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
             "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
-            "timm": _installed("timm"), "torch": _installed("torch")}
+            "timm": installed_version("timm"), "torch": installed_version("torch")}
 
 
 def request_hash(request: dict) -> str:
@@ -79,16 +79,9 @@ def _holds_every_file(store: FeatureStore, ds: Dataset) -> bool:
         return False
     held = store.row_table()
     now = row_table(ds, held)
-    same = (held.path == now.path and held.sha1 == now.sha1 and held.group == now.group
-            and np.array_equal(held.label, now.label) and np.array_equal(held.split, now.split))
-    if not same:
+    if not (same_files(held, now) and np.array_equal(held.split, now.split)):
         return False
     done, skipped = store.row_status()
     return bool((done | skipped).all())
 
 
-def _installed(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "not installed"

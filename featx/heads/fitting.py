@@ -22,7 +22,7 @@ from ..features.identity import FEATURE_IDENTITY
 from ..features.store import FeatureStore, find_caches
 from ..models.registry import get_spec
 from ..models.weight_files import weights_fingerprint
-from .selection import Selection, select_head
+from .selection import Selection, classes_missing, select_head
 from .specs import HEADS, head_names
 
 
@@ -241,7 +241,7 @@ def _validation_fallback(store: FeatureStore, labels: dict, log) -> str:
     """"" when the validation split can score candidates; else why not, said once in the log."""
     if "val" not in labels:
         return ""
-    missing = [c for i, c in enumerate(store.classes) if i in labels["train"] and i not in labels["val"]]
+    missing = [store.classes[c] for c in classes_missing(labels["train"], labels["val"])]
     if not missing:
         return ""
     log(f"the val split has no {' or '.join(missing)} images, so ROC-AUC cannot rank candidates on it: "

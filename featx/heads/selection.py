@@ -63,11 +63,16 @@ def select_head(name: str, X, y, groups=None, X_val=None, y_val=None, *, pca=Non
     return selection
 
 
-def check_scorable(y, y_val, classes=None) -> None:
-    """Refuse a validation split that cannot rank candidates: ROC-AUC needs every class of train."""
-    missing = sorted(set(np.unique(y).tolist()) - set(np.unique(y_val).tolist()))
+def classes_missing(y, y_val) -> list[int]:
+    """The classes of train that validation lacks: with any, ROC-AUC cannot rank candidates on it."""
+    return sorted(set(np.unique(y).tolist()) - set(np.unique(y_val).tolist()))
+
+
+def check_scorable(y, y_val) -> None:
+    """Refuse a validation split that cannot rank candidates."""
+    missing = classes_missing(y, y_val)
     if missing:
-        names = ", ".join(str(classes[c]) if classes is not None else f"class {c}" for c in missing)
+        names = ", ".join(f"class {c}" for c in missing)
         raise FeatxError(f"the validation split has no images of {names}, so no hyperparameter can be scored "
                          "on it; cut one with --val-fraction, or fit without a validation split (group CV)")
 
