@@ -62,6 +62,15 @@ GROUP_PATTERN = click.option("--group-pattern", default=None,
                              help="Regex whose first group names an image's patient [default: Kermany file names].")
 THRESHOLD = click.option("--threshold", default="0.5", help="Decision threshold on the positive (second) class: a "
                          "number, or chosen on validation: youden, f1, sensitivity=0.95.")
+IMAGE_SIZE = click.option("--image-size", default=None, type=click.IntRange(min=32), help="Run the backbone at N x N px "
+                          "instead of its default (the resize keeps the checkpoint's crop ratio; ViTs resample their "
+                          "position table) [default: the backbone's, see featx backbones].")
+POOL = click.option("--pool", default=None, type=_Choice("pool"), show_default=False, help="Token models (ViTs): the class "
+                    "token (cls), the mean of the patch tokens (avg), or both (cls+avg) [default: the model's own, "
+                    "cls for DINO, DINOv2, CLIP].")
+LAYERS = click.option("--layers", default=None, metavar="last:K", help="Token models: concatenate the pooled tokens of "
+                      "the last K blocks, each through the final norm (DINOv2's linear eval uses last:4) [default: "
+                      "the last block].")
 PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 
 
@@ -81,17 +90,21 @@ def main():
 
 @main.command("backbones")
 def backbones_command():
-    """List the registered backbones, their input size, feature width and offline weights."""
+    """List the registered backbones: input size, pooling, feature width and offline weights."""
     from .models.backbones import describe
     from .models.registry import REGISTRY
 
     rows = [describe(spec) for spec in REGISTRY.values()]
-    header = ("name", "timm checkpoint", "input", "features", "weights offline")
+    header = ("name", "timm checkpoint", "input", "pool", "features", "weights offline")
     widths = [max(len(header[i]), *(len(str(r[i])) for r in rows)) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
-    click.echo("\nAny timm model works as timm:<name>. Offline weights: set FEATX_WEIGHTS_DIR to a folder "
-               "of <timm name>.<tag>.pth files, or pass --weights PATH.")
+    for note in dict.fromkeys(spec.note for spec in REGISTRY.values() if spec.note):
+        names = ", ".join(spec.name for spec in REGISTRY.values() if spec.note == note)
+        click.echo(f"\n{names}: {note}")
+    click.echo("\nToken models (ViTs) also pool --pool avg or cls+avg, over --layers last:K blocks; CNNs pool avg. "
+               "Any timm model works as timm:<name>. Offline weights: set FEATX_WEIGHTS_DIR to a folder of "
+               "<timm name>.<tag>.pth files, or pass --weights PATH (a state_dict or a Hugging Face model folder).")
 
 
 @main.command("extract")
@@ -105,6 +118,9 @@ def backbones_command():
 @WORKERS
 @_choice("dtype", "float32", "Stored feature type.")
 @click.option("--layer", default=None, help="Pool this inner layer (a name from model.named_modules()) instead of the penultimate one.")
+@IMAGE_SIZE
+@POOL
+@LAYERS
 @_choice("tta", "none", "Average features with the horizontally flipped image.")
 @_choice("decode", "pil", "pil: Pillow in the workers. pil-draft: large JPEGs decode at reduced scale first (faster on full-size X-rays). device: JPEGs decode in batches on the model's device (nvJPEG on CUDA) and resize there. Each gives slightly different pixels, recorded in the cache.")
 @click.option("--compile", "compile_model", is_flag=True, help="Run the model through torch.compile: a one-off compile of tens of seconds, for long GPU runs.")
@@ -112,8 +128,8 @@ def backbones_command():
 @GROUP_PATTERN
 @click.option("--seed", default=0, type=int, help="Seed of the validation split.")
 @PROGRESS
-def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, tta,
-                    decode, compile_model, val_fraction, group_pattern, seed, progress):
+def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, image_size,
+                    pool, layers, tta, decode, compile_model, val_fraction, group_pattern, seed, progress):
     """Run a frozen backbone over every image once and cache pooled features in HDF5.
 
     Re-runs reuse the cache: only new or changed images, and the rest of an interrupted
@@ -123,7 +139,8 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
     from .features.extraction import extract
 
     store = extract(data, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
-                    device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, decode=decode,
+                    device=device, workers=workers, dtype=dtype, layer=layer, image_size=image_size, pool=pool,
+                    layers=layers, tta=tta, decode=decode,
                     compile=compile_model, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
                     progress=progress)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
@@ -137,6 +154,9 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @click.option("--backbone", default=None, help="Or: the backbone whose cached features of --data to use (extracted first if missing).")
 @_data(False, "The dataset, with --backbone.")
 @click.option("--weights", default="imagenet", help="Weights of the backbone, with --backbone (as for extract).")
+@IMAGE_SIZE
+@POOL
+@LAYERS
 @click.option("--pca", default=None, type=int, help="Reduce features to N principal components first.")
 @THRESHOLD
 @click.option("--seed", default=0, type=int, help="Seed of the heads and of cross-validation folds.")
@@ -144,8 +164,8 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @MODELS
 @click.option("--out-of-core", is_flag=True, help="Read the features block by block instead of loading them (logreg, lightgbm).")
 @_choice("solver", "lbfgs", "Out-of-core logreg: lbfgs (the in-memory model, a pass per iteration) or sgd (fewer passes, near the optimum).")
-def fit_command(head, features, backbone, data, weights, pca, threshold, seed, cache_dir, models_dir, out_of_core,
-                solver):
+def fit_command(head, features, backbone, data, weights, image_size, pool, layers, pca, threshold, seed, cache_dir,
+                models_dir, out_of_core, solver):
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
 
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
@@ -155,7 +175,7 @@ def fit_command(head, features, backbone, data, weights, pca, threshold, seed, c
 
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
-                  solver=solver)
+                  solver=solver, image_size=image_size, pool=pool, layers=layers)
     click.echo(_results_table([(r.head, r.metrics, _chosen(r.params, r.threshold, r.selection, r.train_seconds))
                                for r in results]))
     for r in results:
@@ -217,10 +237,11 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")
 @click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, or a state_dict PATH.")
 @click.option("--epochs", default=10, type=click.IntRange(min=1), help="Most epochs to train.")
-@click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks/stages).")
+@click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks of a ViT, stages of a CNN).")
 @click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
 @click.option("--init-head-from", default=None, type=click.Path(dir_okay=False), help="Start the head from a featx fit logreg artifact of this backbone.")
 @click.option("--lr", default=1e-4, type=float, help="Peak learning rate of the backbone.")
+@click.option("--layer-decay", default=None, type=click.FloatRange(0, 1, min_open=True), help="Layer-wise learning-rate decay: each layer below the top learns this much slower (0.75 is the usual recipe for ViTs) [default: off].")
 @click.option("--head-lr", default=1e-3, type=float, help="Peak learning rate of the head.")
 @click.option("--weight-decay", default=0.05, type=float, help="AdamW weight decay.")
 @_choice("schedule", "cosine", "Learning-rate schedule, per step.")
@@ -230,7 +251,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
 @click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation loss.")
 @_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them.")
-@click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the checkpoint's (quick CPU runs).")
+@click.option("--image-size", default=None, type=click.IntRange(min=32), help="Train and predict at this size instead of the backbone's (quick CPU runs).")
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
 @THRESHOLD

@@ -20,6 +20,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "class_weight": ("balanced", "none"),
     "solver": ("lbfgs", "sgd"),
     "split": ("train", "val", "test"),
+    "pool": ("cls", "avg", "cls+avg"),
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N
 _CUDA_INDEX = re.compile(r"cuda:\d+")
@@ -57,12 +58,34 @@ def check_batch_size(batch_size, *, auto: bool = True):
     return value
 
 
+def check_layers(layers) -> int | None:
+    """`last:K` -> K, the number of final blocks whose pooled tokens are concatenated (None stays None)."""
+    if layers is None:
+        return None
+    head, _, count = str(layers).partition(":")
+    if head != "last" or not count.isdigit() or int(count) < 1:
+        raise FeatxError(f"--layers must be last:K with K >= 1 (the last K blocks), not {layers!r}")
+    return int(count)
+
+
+def check_image_size(image_size):
+    """None, or a whole number of pixels of at least 32."""
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32):
+        raise FeatxError(f"--image-size must be a whole number of at least 32, got {image_size!r}")
+    return image_size
+
+
 def check_options(**values) -> None:
-    """Check each named option by its rule: the CHOICES vocabularies, device, batch_size."""
+    """Check each named option by its rule: the CHOICES vocabularies, device, batch_size, layers, image_size;
+    None passes for pool, layers and image_size (the backbone's own)."""
     for name, value in values.items():
         if name == "device":
             check_device(value)
         elif name == "batch_size":
             check_batch_size(value)
-        else:
+        elif name == "layers":
+            check_layers(value)
+        elif name == "image_size":
+            check_image_size(value)
+        elif not (name == "pool" and value is None):
             check_choice(name, value)

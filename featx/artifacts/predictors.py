@@ -134,7 +134,7 @@ class ImageClassifier(_SavedModel):
             else:
                 weights = "imagenet"
         layer = None if c.get("layer") in (None, "pooled") else c["layer"]
-        bb = create_backbone(c["backbone"], weights, layer=layer)
+        bb = create_backbone(c["backbone"], weights, layer=layer, **c.get("backbone_options", {}))
         if bb.weights_sha256 != c["weights_sha256"]:
             raise FeatxError(f"the {c['backbone']} weights found ({bb.weights_source}) differ from those this model "
                              f"was trained with ({c.get('weights_source')}); pass those with --weights PATH")
@@ -172,7 +172,7 @@ class FineTunedClassifier(_SavedModel):
 
         if self._net is None:
             c = self.feature_config
-            bb = create_backbone(c["backbone"], "random")
+            bb = create_backbone(c["backbone"], "random", image_size=self.info["params"].get("image_size"))
             net = FinetuneNetwork(bb.model, bb.num_features, len(self.classes_), self.info["params"].get("dropout", 0.0))
             try:
                 net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))

@@ -37,17 +37,17 @@ from .store import FeatureStore, RowTable, StoreWriter
 
 
 def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, output, batch_size, device: str,
-               workers, dtype: str, layer, tta: str, decode: str, compile: bool, progress: bool,
+               workers, dtype: str, layer, variant: dict, tta: str, decode: str, compile: bool, progress: bool,
                log) -> FeatureStore:
     """extract's full way: build the backbone, open (or make) the cache by the features' identity,
     and compute the rows not done yet (this rank's share of them under torchrun)."""
     rank, n_ranks, device = join_ranks(device)
     log, progress = speaking(rank, log, progress)
     torch_device = resolve_device(device)
-    bb = create_backbone(backbone, weights, layer=layer)
+    bb = create_backbone(backbone, weights, layer=layer, **variant)
     identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile)
-    request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer, tta=tta,
-                                 decode=decode, dtype=dtype)
+    request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer,
+                                 variant=variant, tta=tta, decode=decode, dtype=dtype)
     path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
     for line in ds.notes():
         log(line)
@@ -70,6 +70,7 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, deco
                               dtype=dtype, decode=decode_policy(decode, device))
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
+              "backbone_options": bb.options(),
               "device": str(device), "compile": compile, "group_pattern": ds.group_pattern,
               **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
     return identity, config

@@ -29,6 +29,9 @@ def extract(
     workers: int | None = None,
     dtype: str = "float32",
     layer: str | None = None,
+    image_size: int | None = None,
+    pool: str | None = None,
+    layers: str | None = None,
     tta: str = "none",
     decode: str = "pil",
     compile: bool = False,
@@ -47,14 +50,19 @@ def extract(
     `decode`: pil, pil-draft or device (see featx.data.device_decoding). `compile`: run the model
     through torch.compile (a one-off compile of tens of seconds; pays off on long GPU runs).
     Under torchrun each process computes its share of the batches (see features.sharding).
+    `image_size` runs the backbone at another size than its default (ViTs resample their position
+    table). Token models (ViTs) pool `pool` (cls, avg, cls+avg) over the last `layers` ("last:K")
+    blocks; see featx.models.tokens.
     """
-    check_options(dtype=dtype, tta=tta, decode=decode, device=device)
+    check_options(dtype=dtype, tta=tta, decode=decode, device=device, image_size=image_size, pool=pool,
+                  layers=layers)
+    variant = {"image_size": image_size, "pool": pool, "layers": layers}
     batch_size = check_batch_size(batch_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
-    store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, tta=tta, decode=decode,
-                           dtype=dtype, cache_dir=cache_dir, output=output)
+    store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, variant=variant, tta=tta,
+                           decode=decode, dtype=dtype, cache_dir=cache_dir, output=output)
     if store is not None:
         for line in ds.notes():
             log(line)
@@ -63,5 +71,5 @@ def extract(
     from .computing import fill_cache
 
     return fill_cache(ds, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
-                      device=device, workers=workers, dtype=dtype, layer=layer, tta=tta, decode=decode,
+                      device=device, workers=workers, dtype=dtype, layer=layer, variant=variant, tta=tta, decode=decode,
                       compile=compile, progress=progress, log=log)

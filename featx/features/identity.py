@@ -26,6 +26,22 @@ def cache_identity(backbone_identity: dict, *, data_root: str, precision: str, t
             **feature_identity(backbone_identity, tta=tta, decode=decode), "precision": precision, "dtype": dtype}
 
 
+def feature_variant(config: dict) -> str:
+    """How a cache's features differ from its backbone's own, for a method's name: "" or e.g.
+    " [cls+avg, last:4, 448 px]" (size, pool, layers, inner layer)."""
+    parts = []
+    if "pool" in config:
+        parts.append(config["pool"])
+        if config.get("layers") not in (None, "last:1"):
+            parts.append(config["layers"])
+    if config.get("layer") not in (None, "pooled"):
+        parts.append(config["layer"])
+    size = (config.get("backbone_options") or {}).get("image_size")
+    if size:
+        parts.append(f"{size} px")
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
 def identity_hash(identity: dict) -> str:
     return record_hash(identity, 10)
 

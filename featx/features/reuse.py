@@ -26,8 +26,8 @@ from .planning import row_table, same_files
 from .store import FeatureStore, StoreWriter, find_caches
 
 
-def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind: str, layer: str | None, tta: str,
-                       decode: str, dtype: str) -> dict | None:
+def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind: str, layer: str | None,
+                       variant: dict, tta: str, decode: str, dtype: str) -> dict | None:
     """What a run was asked to compute, in terms known before building the model; None when the
     weights cannot be fingerprinted without the hub."""
     try:
@@ -38,7 +38,7 @@ def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind:
     if fingerprint is None:
         return None
     return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
-            "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
+            **variant, "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
             "timm": installed_version("timm"), "torch": installed_version("torch")}
 
 
@@ -46,13 +46,14 @@ def request_hash(request: dict) -> str:
     return record_hash(request, 12)
 
 
-def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, layer, tta, decode, dtype,
-                   cache_dir: Path, output=None) -> FeatureStore | None:
-    """The cache a previous identical run finished for exactly these files, or None."""
+def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, layer, variant: dict, tta, decode,
+                   dtype, cache_dir: Path, output=None) -> FeatureStore | None:
+    """The cache a previous identical run finished for exactly these files, or None.
+    `variant`: image_size, pool and layers as asked (None: the backbone's own)."""
     if distributed.world()[1] > 1 or not (device == "cpu" or (device == "auto" and surely_cpu_only())):
         return None
-    request = extraction_request(ds, backbone, weights=weights, device_kind="cpu", layer=layer, tta=tta,
-                                 decode=decode, dtype=dtype)
+    request = extraction_request(ds, backbone, weights=weights, device_kind="cpu", layer=layer, variant=variant,
+                                 tta=tta, decode=decode, dtype=dtype)
     if request is None:
         return None
     wanted = request_hash(request)

@@ -28,11 +28,15 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, backbone: str = "xception", *, weights: str = "imagenet", layer: str | None = None,
+                 image_size: int | None = None, pool: str | None = None, layers: str | None = None,
                  tta: str = "none", decode: str = "pil", cache="auto", device: str = "auto",
                  batch_size: int | None = None):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
+        self.image_size = image_size
+        self.pool = pool
+        self.layers = layers
         self.tta = tta
         self.decode = decode
         self.cache = cache
@@ -46,7 +50,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _validate_options(self) -> None:
         """As scikit-learn does, at fit/transform rather than in __init__ (set_params bypasses __init__)."""
-        check_options(tta=self.tta, decode=self.decode, device=self.device, batch_size=self.batch_size)
+        check_options(tta=self.tta, decode=self.decode, device=self.device, batch_size=self.batch_size,
+                      image_size=self.image_size, pool=self.pool, layers=self.layers)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -82,9 +87,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """The backbone, built once per instance (clones build their own)."""
         from ..models.backbones import create_backbone
 
-        key = (self.backbone, self.weights, self.layer)
+        key = (self.backbone, self.weights, self.layer, self.image_size, self.pool, self.layers)
         if getattr(self, "_backbone_key", None) != key:
-            self._backbone = create_backbone(self.backbone, self.weights, layer=self.layer)
+            self._backbone = create_backbone(self.backbone, self.weights, layer=self.layer, image_size=self.image_size,
+                                             pool=self.pool, layers=self.layers)
             self._backbone_key = key
         return self._backbone
 

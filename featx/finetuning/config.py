@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .._core.errors import FeatxError
-from .._core.options import check_batch_size, check_choice
+from .._core.options import check_batch_size, check_choice, check_image_size
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class FinetuneConfig:
     warmup_epochs: int = 0
     init_head_from: str | None = None
     lr: float = 1e-4
+    layer_decay: float | None = None
     head_lr: float = 1e-3
     weight_decay: float = 0.05
     schedule: str = "cosine"
@@ -45,8 +46,9 @@ class FinetuneConfig:
                 raise FeatxError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1 or not 0 <= self.label_smoothing < 1:
             raise FeatxError("--dropout and --label-smoothing must lie in [0, 1)")
-        if self.image_size is not None and self.image_size < 32:
-            raise FeatxError(f"--image-size must be at least 32, got {self.image_size}")
+        check_image_size(self.image_size)
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise FeatxError(f"--layer-decay must lie in (0, 1], got {self.layer_decay}")
         if self.limit_train is not None and self.limit_train < 2:
             raise FeatxError(f"--limit-train must be at least 2, got {self.limit_train}")
         check_batch_size(self.batch_size, auto=False)

@@ -1,4 +1,4 @@
-"""Which parts of a fine-tuned network train: timm's coarse parameter groups, counted from the top."""
+"""Which parts of a fine-tuned network train, and how fast: timm's parameter groups, counted from the top."""
 
 from __future__ import annotations
 
@@ -9,14 +9,34 @@ from ..models.network import FinetuneNetwork
 
 
 def parameter_groups(model: nn.Module) -> list[list[str]]:
-    """timm's coarse parameter groups (stem, blocks or stages, final layers), bottom to top."""
+    """timm's coarse parameter groups (stem, blocks or stages, final layers), bottom to top.
+
+    A top group of normalisation parameters alone (a ViT's final norm) trains with the block below
+    it, so that `last:N` counts blocks."""
     from timm.models import group_parameters
 
     matcher = getattr(model, "group_matcher", None)
     if matcher is None:
         return [[name for name, _ in model.named_parameters()]]
     grouped = group_parameters(model, matcher(coarse=True))
-    return [names for _, names in sorted(grouped.items())]
+    groups = [names for _, names in sorted(grouped.items())]
+    shapes = dict(model.named_parameters())
+    if len(groups) > 2 and all(shapes[name].ndim == 1 for name in groups[-1]):
+        groups[-2:] = [groups[-2] + groups[-1]]
+    return groups
+
+
+def backbone_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None) -> list[dict]:
+    """The backbone's optimizer parameter groups: one at `lr`, or with `layer_decay` one per layer,
+    at lr x layer_decay^(layers above it) (BEiT's recipe, through timm's param_groups_layer_decay, which
+    also exempts biases and norms from weight decay)."""
+    if layer_decay is None:
+        return [{"params": list(model.parameters()), "lr": lr, "name": "backbone"}]
+    from timm.optim import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+    return [{"params": g["params"], "lr": lr * g["lr_scale"], "weight_decay": g["weight_decay"],
+             "name": f"backbone x{g['lr_scale']:.3g}"} for g in groups]
 
 
 def check_unfreeze(unfreeze: str, n_groups: int, backbone: str) -> int:

@@ -50,7 +50,7 @@ from ..models.network import FinetuneNetwork
 from . import checkpoints
 from .config import FinetuneConfig
 from .curves import write_curves
-from .freezing import check_unfreeze, freeze, parameter_groups
+from .freezing import backbone_groups, check_unfreeze, freeze, parameter_groups
 from .head_init import load_probe_into_head
 from .training import (Training, WeightedLoss, class_weights, epoch_batches, make_scheduler, predict_rows,
                        train_epoch, wrap_for_ranks)
@@ -77,6 +77,7 @@ def finetune(
     warmup_epochs: int = 0,
     init_head_from=None,
     lr: float = 1e-4,
+    layer_decay: float | None = None,
     head_lr: float = 1e-3,
     weight_decay: float = 0.05,
     schedule: str = "cosine",
@@ -104,13 +105,14 @@ def finetune(
     """Fine-tune `backbone` on `data`, select the epoch on validation loss, evaluate every split.
 
     unfreeze: "all", "none" (a linear probe trained by SGD), or "last:N" (the top N of timm's
-    coarse parameter groups: blocks or stages). warmup_epochs trains the head alone first.
+    coarse parameter groups: blocks of a ViT, stages of a CNN). layer_decay: each layer below the
+    top learns at this fraction of the one above (0.75 for ViTs). warmup_epochs trains the head alone first.
     init_head_from: a featx logreg artifact on this backbone's features (linear probe, then
     fine-tune; Kumar et al. 2022). limit_train and image_size make quick CPU runs possible.
     """
     config = FinetuneConfig(
         backbone=backbone, weights=weights, epochs=epochs, unfreeze=unfreeze, warmup_epochs=warmup_epochs,
-        init_head_from=init_head_from, lr=lr, head_lr=head_lr, weight_decay=weight_decay, schedule=schedule,
+        init_head_from=init_head_from, lr=lr, layer_decay=layer_decay, head_lr=head_lr, weight_decay=weight_decay, schedule=schedule,
         clip_grad=clip_grad, label_smoothing=label_smoothing, class_weight=class_weight, dropout=dropout,
         patience=patience, augment=augment, image_size=image_size, limit_train=limit_train, batch_size=batch_size,
         seed=seed)
@@ -187,9 +189,7 @@ def _set_up(config: FinetuneConfig, ds: Dataset, device: torch.device, workers, 
 
 def _network(config: FinetuneConfig, classes: list[str]) -> tuple[Backbone, FinetuneNetwork]:
     """The registry's backbone, built as extract builds it (trainable), with a seeded dropout+linear head."""
-    bb = create_backbone(config.backbone, config.weights, frozen=False)
-    if config.image_size:
-        bb.data_config = {**bb.data_config, "input_size": [3, config.image_size, config.image_size]}
+    bb = create_backbone(config.backbone, config.weights, image_size=config.image_size, frozen=False)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = FinetuneNetwork(bb.model, bb.num_features, len(classes), config.dropout)
@@ -214,11 +214,12 @@ def _training(config: FinetuneConfig, net: FinetuneNetwork, bb: Backbone, train_
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     weight = class_weights(train_labels, k) if config.class_weight == "balanced" else torch.ones(k)
-    optimizer = torch.optim.AdamW([{"params": list(net.backbone.parameters()), "lr": config.lr, "name": "backbone"},
-                                   {"params": list(net.head.parameters()), "lr": config.head_lr, "name": "head"}],
-                                  weight_decay=config.weight_decay)
+    groups = backbone_groups(net.backbone, config.lr, config.weight_decay, config.layer_decay)
+    optimizer = torch.optim.AdamW([*groups, {"params": list(net.head.parameters()), "lr": config.head_lr,
+                                             "name": "head"}], weight_decay=config.weight_decay)
     steps_per_epoch = len(epoch_batches(n_train, batch_size, config.seed, 0))
-    scheduler = make_scheduler(optimizer, config.schedule, config.epochs * steps_per_epoch, [config.lr, config.head_lr])
+    scheduler = make_scheduler(optimizer, config.schedule, config.epochs * steps_per_epoch,
+                               [g["lr"] for g in optimizer.param_groups])
     precision = precision_for(device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp-fp16")
     return Training(net, optimizer, scheduler, scaler, WeightedLoss(weight.to(device), config.label_smoothing),
@@ -238,7 +239,8 @@ def _start(run: _Run, resume: bool, log) -> None:
     log(f"fine-tuning {bb.spec.name} ({bb.weights_source}) on {t.device}"
         + (f" x {run.n_ranks} processes" if run.n_ranks > 1 else "") + f": {len(run.rows['train'])} train / "
         f"{len(run.rows['val'])} val images, {bb.data_config['input_size'][1]} px, batch {t.batch_size}, "
-        f"unfreeze {c.unfreeze}, {c.epochs} epochs -> {run.out}"
+        f"unfreeze {c.unfreeze}" + (f", layer decay {c.layer_decay:g}" if c.layer_decay else "")
+        + f", {c.epochs} epochs -> {run.out}"
         + (f"; resuming after epoch {run.state['epoch']}" if resume else ""))
     if run.ds.split_note:
         log(run.ds.split_note)
@@ -283,7 +285,7 @@ def _epoch(run: _Run, epoch: int, head_only: bool, train_images: ImageFiles, val
     state["history"].append({
         "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val["log_loss"],
         "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
-        "lr_backbone": t.optimizer.param_groups[0]["lr"], "lr_head": t.optimizer.param_groups[1]["lr"],
+        "lr_backbone": max(g["lr"] for g in t.optimizer.param_groups[:-1]), "lr_head": t.optimizer.param_groups[-1]["lr"],
         "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9),
         "phase": "head only" if head_only else f"unfreeze {c.unfreeze}"})
     improved = val["log_loss"] < state["best_val_loss"]

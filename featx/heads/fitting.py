@@ -12,7 +12,7 @@ import numpy as np
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
-from .._core.options import check_choice
+from .._core.options import check_choice, check_options
 from .._core.paths import default_cache_dir, file_safe
 from ..artifacts.format import build_sidecar, save_artifact
 from ..data.datasets import SPLITS
@@ -43,11 +43,13 @@ class FitResult:
 def fit(features=None, *, data=None, backbone: str | None = None, head: str = "logreg", pca: int | None = None,
         threshold: str | float = 0.5, seed: int = 0, cache_dir=None, models_dir=None, weights: str = "imagenet",
         out_of_core: bool = False, solver: str = "lbfgs", block_rows: int | None = None,
+        image_size: int | None = None, pool: str | None = None, layers: str | None = None,
         log=None) -> list[FitResult]:
     """Train `head` ("all" for every head) on cached features and save one artifact per head.
 
     The features are a cache file (`features`), or the cache of `backbone` on `data`, which
-    is extracted first if there is none. Hyperparameters are chosen on the validation split,
+    is extracted first if there is none (`image_size`, `pool`, `layers` pick which of its caches,
+    as for extract; None: the backbone's own). Hyperparameters are chosen on the validation split,
     else by stratified group k-fold on train. `threshold` is a number or a rule chosen on the
     same held-out predictions: "youden", "f1" or "sensitivity=0.95". Test is only evaluated.
 
@@ -58,7 +60,9 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     log = log or log_line
     names = _head_names(head, pca, out_of_core, solver)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    store = _resolve_store(features, data, backbone, weights, cache_dir, log)
+    check_options(image_size=image_size, pool=pool, layers=layers)
+    variant = {"image_size": image_size, "pool": pool, "layers": layers}
+    store = _resolve_store(features, data, backbone, weights, variant, cache_dir, log)
     rule = check_threshold(threshold, len(store.classes))
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
@@ -161,10 +165,10 @@ class _Streamed:
         return self.cached.predict_proba(estimator, split)
 
 
-def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> FeatureStore:
+def _resolve_store(features, data, backbone, weights, variant: dict, cache_dir: Path, log) -> FeatureStore:
     """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing)."""
     if features is not None:
-        if data is not None or backbone is not None:
+        if data is not None or backbone is not None or any(v is not None for v in variant.values()):
             raise FeatxError("give either --features CACHE.h5 or --backbone with --data, not both")
         return features if isinstance(features, FeatureStore) else FeatureStore(features)
     if data is None or backbone is None:
@@ -174,7 +178,8 @@ def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> F
     ds = load_dataset(data, cache_dir=cache_dir)
     wanted = weights_fingerprint(get_spec(backbone, check_timm=False), weights)
     found = [s for s in find_caches(cache_dir / ds.key, {"backbone": backbone, "data_root": str(ds.root)},
-                                    recursive=False) if _same_weights(s.config, weights, wanted)]
+                                    recursive=False)
+             if _same_weights(s.config, weights, wanted) and _same_variant(s.config, variant)]
     if len(found) > 1:
         listing = ", ".join(str(s.path) for s in found)
         raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
@@ -187,7 +192,16 @@ def _resolve_store(features, data, backbone, weights, cache_dir: Path, log) -> F
     log(f"no {backbone} features cached for {ds.root} yet: extracting them first")
     from ..features.extraction import extract
 
-    return extract(data, backbone, weights=weights, cache_dir=cache_dir)
+    return extract(data, backbone, weights=weights, cache_dir=cache_dir, **variant)
+
+
+def _same_variant(config: dict, variant: dict) -> bool:
+    """Whether a cache holds the features asked for: the size, pool and layers given; those not given,
+    the backbone's own (caches older than these options hold only those)."""
+    made = config.get("backbone_options", {})
+    own_pool = "pool" not in config  # the identity names pool and layers only when not the model's own
+    return (variant["image_size"] == made.get("image_size") and variant["layers"] == made.get("layers")
+            and (own_pool if variant["pool"] is None else variant["pool"] == made.get("pool")))
 
 
 def _same_weights(config: dict, weights: str, wanted: str | None) -> bool:

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 
 from .._core.errors import FeatxError, first_line
+from .._core.options import check_image_size
 from . import weights as W
 from .registry import BackboneSpec, get_spec
+from .tokens import TokenFeatures, check_token_options, is_token_model, native_pool
 
 
 @dataclass
@@ -30,10 +32,17 @@ class Backbone:
     weights_source: str
     weights_sha256: str
     layer: str | None = None
+    pool: str = "avg"  # how the features are pooled (models.tokens)
+    layers: str | None = None  # last:K for token models
+    image_size: int | None = None  # as asked; data_config["input_size"] says the size used
+    token_model: bool = False
 
     def identity(self) -> dict:
-        """Everything about the backbone that changes the features it computes."""
-        return {
+        """Everything about the backbone that changes the features it computes.
+
+        pool and layers appear only when they differ from the model's own pooling, so caches made
+        before those options existed keep their identity."""
+        identity = {
             "backbone": self.spec.name,
             "timm_model": self.spec.timm_name,
             "numerics": self.spec.numerics,
@@ -41,34 +50,32 @@ class Backbone:
             "data_config": self.data_config,
             "layer": self.layer or "pooled",
         }
+        if isinstance(self.model, TokenFeatures):
+            identity.update(pool=self.pool, layers=self.layers or "last:1")
+        return identity
+
+    def options(self) -> dict:
+        """The options that rebuild this backbone (recorded in caches and models, read back by predict)."""
+        return {"image_size": self.image_size, "pool": self.pool, "layers": self.layers}
 
 
-def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None = None, frozen: bool = True) -> Backbone:
-    """Build a backbone by registry name with `weights` = "imagenet", "random" or a state_dict path.
+def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None = None, image_size: int | None = None,
+                    pool: str | None = None, layers: str | None = None, frozen: bool = True) -> Backbone:
+    """Build a backbone by registry name with `weights` = "imagenet", "random", a state_dict file or a
+    Hugging Face model folder.
 
-    The model has no classifier (timm's num_classes=0): it outputs the pooled penultimate
-    features, or the globally pooled output of `layer` when one is named.
+    The model has no classifier (timm's num_classes=0): it outputs the pooled penultimate features,
+    the globally pooled output of `layer` when one is named, or for token models the tokens `pool`
+    says from the last `layers` blocks. `image_size` runs it at another size than the checkpoint's
+    (ViTs resample their position table); the resize keeps the checkpoint's crop ratio.
     """
     spec = get_spec(name)
-    from_hub = False
-    if weights == "imagenet":
-        state, source = W.offline_imagenet_state(spec)
-        from_hub = state is None
-    elif weights == "random":
-        state, source = None, "random init (seed 0)"
-    else:
-        path = Path(weights).expanduser()
-        state, source = W.read_state_dict(path), str(path.resolve())
-
-    # Random init is seeded so that every process asking for "random" builds the same backbone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        try:
-            model = timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0)
-        except Exception as exc:  # the hub raises many types; without it this is a bug and re-raised
-            if not from_hub:
-                raise
-            raise FeatxError(W.missing_weights_message(spec, first_line(exc))) from None
+    if layer and (pool or layers):
+        raise FeatxError("--layer NAME pools one inner layer; it cannot be combined with --pool or --layers")
+    check_image_size(image_size)
+    state, source, from_hub = _weights(spec, weights)
+    size = image_size or spec.image_size
+    model = _create_model(spec, from_hub, size)
     if spec.numerics == "keras":
         _use_keras_numerics(model)
     if from_hub:
@@ -77,18 +84,65 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         W.load_into(model, state, classifier, source)
-
-    data_config = {
-        k: (list(v) if isinstance(v, tuple) else v) for k, v in timm.data.resolve_model_data_config(model).items()
-    }
+    data_config = _data_config(model, spec, size, W.folder_preprocessing(weights))
+    token_model, pool = is_token_model(model), pool or native_pool(model)
     width = getattr(model, "head_hidden_size", None) or model.num_features
     if layer:
         model = PooledLayer(model, layer)
         width = model.width(data_config["input_size"])
+    elif layers or pool != native_pool(model):
+        model = TokenFeatures(model, pool, check_token_options(model, spec.name, pool, layers))
+        width = model.width
     model.eval()
     if frozen:
         model.requires_grad_(False)
-    return Backbone(spec, model, int(width), data_config, source, W.state_sha256(model), layer)
+    return Backbone(spec, model, int(width), data_config, source, W.state_sha256(model), layer, pool, layers,
+                    image_size, token_model)
+
+
+def _weights(spec: BackboneSpec, weights: str) -> tuple[dict | None, str | None, bool]:
+    """(state_dict or None, where it came from, whether timm must download it)."""
+    if weights == "imagenet":
+        state, source = W.offline_imagenet_state(spec)
+        return state, source, state is None
+    if weights == "random":
+        return None, "random init (seed 0)", False
+    path = Path(weights).expanduser()
+    return W.read_state_dict(path), str(path.resolve()), False
+
+
+def _create_model(spec: BackboneSpec, from_hub: bool, size: int | None) -> nn.Module:
+    """timm's model without classifier; at another size than the checkpoint's, ViTs resample their
+    position table on the fly (dynamic_img_size), CNNs need nothing. Random init is seeded so that
+    every process asking for "random" builds the same backbone."""
+    native = timm.models.get_pretrained_cfg(spec.timm_name)
+    resized = size is not None and (native is None or tuple(native.input_size[1:]) != (size, size))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        try:
+            if resized:
+                try:
+                    return timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0, dynamic_img_size=True)
+                except TypeError as exc:  # CNNs take any input size and have no such argument
+                    if "dynamic_img_size" not in str(exc):
+                        raise
+                    torch.manual_seed(0)
+            return timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0)
+        except Exception as exc:  # the hub raises many types; without it this is a bug and re-raised
+            if not from_hub:
+                raise
+            raise FeatxError(W.missing_weights_message(spec, first_line(exc))) from None
+
+
+def _data_config(model: nn.Module, spec: BackboneSpec, size: int | None, preprocessing: dict) -> dict:
+    """The checkpoint's own timm data config, at `size` with the spec's crop ratio when given, and the
+    mean/std of a Hugging Face model folder's preprocessor_config.json when there is one."""
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in timm.data.resolve_model_data_config(model).items()}
+    if size is not None:
+        config["input_size"] = [config["input_size"][0], size, size]
+    if spec.crop_pct is not None:
+        config["crop_pct"] = spec.crop_pct
+    return {**config, **preprocessing}
 
 
 def _use_keras_numerics(model: nn.Module) -> None:
@@ -148,10 +202,14 @@ class PooledLayer(nn.Module):
             return self.forward(torch.zeros(1, *input_size)).shape[1]
 
 
-def describe(spec: BackboneSpec) -> tuple[str, str, str, int, str]:
+def describe(spec: BackboneSpec) -> tuple[str, str, str, str, int, str]:
     """A `featx backbones` row; the model is built on the meta device, so nothing is allocated."""
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
-    size = "x".join(str(s) for s in cfg.input_size[1:]) if cfg else "?"
+    if spec.image_size:
+        size = f"{spec.image_size}x{spec.image_size}"
+    else:
+        size = "x".join(str(s) for s in cfg.input_size[1:]) if cfg else "?"
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, device="meta")
     width = getattr(model, "head_hidden_size", None) or model.num_features
-    return spec.name, spec.timm_name, size, int(width), W.weights_available_offline(spec) or "no (needs download)"
+    return (spec.name, spec.timm_name, size, native_pool(model), int(width),
+            W.weights_available_offline(spec) or "no (needs download)")

@@ -126,7 +126,7 @@ class FrozenForward:
     `model` is a frozen module (a backbone giving pooled features, or a fine-tuned network giving
     logits) fed as `data_config` says.
 
-    BatchNorm folded, channels-last (not on MPS), autocast per `precision` ("amp-bf16",
+    BatchNorm folded, channels-last (for CNNs, not on MPS; a ViT has one convolution), autocast per `precision` ("amp-bf16",
     "amp-fp16" or "fp32"), optional hflip TTA (mean of both views). After `compile(batch_size)`,
     torch.compile runs the model and every batch is padded to that size, so it compiles once.
     """
@@ -137,7 +137,8 @@ class FrozenForward:
         if problem:
             log(problem)
         self.model = model.to(device)
-        self.channels_last = device.type != "mps"
+        convolutions = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+        self.channels_last = device.type != "mps" and convolutions > 1
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = Normalize(data_config).to(device)

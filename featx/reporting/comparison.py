@@ -20,7 +20,15 @@ from .._core.errors import FeatxError
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
-from ..evaluation.significance import BOOTSTRAP_METRICS, bootstrap_ci, delong_test, holm, mcnemar_test, point_metrics
+from ..evaluation.significance import (
+    BOOTSTRAP_METRICS,
+    bootstrap_ci,
+    delong_test,
+    holm,
+    mcnemar_test,
+    point_metrics,
+)
+from ..features.identity import feature_variant
 
 
 def find_artifacts(models_dir) -> list[Path]:
@@ -102,9 +110,11 @@ def _of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> l
 
 
 def method_name(info: dict) -> str:
-    backbone = info["features"]["config"]["backbone"]
+    config = info["features"]["config"]
     if info.get("kind") == "finetune":
-        return f"{backbone} fine-tune"
+        size = info.get("params", {}).get("image_size")
+        return f"{config['backbone']} fine-tune" + (f" [{size} px]" if size else "")
+    backbone = config["backbone"] + feature_variant(config)
     return f"{backbone} + {info['head']}" + (" (out of core)" if info.get("out_of_core") else "")
 
 
