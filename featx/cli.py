@@ -62,7 +62,7 @@ GROUP_PATTERN = click.option("--group-pattern", default=None,
                              help="Regex whose first group names an image's patient [default: Kermany file names].")
 THRESHOLD = click.option("--threshold", default="0.5", help="Decision threshold on the positive (second) class: a "
                          "number, or chosen on validation: youden, f1, sensitivity=0.95.")
-IMAGE_SIZE = click.option("--image-size", default=None, type=click.IntRange(min=32), help="Run the backbone at N x N px "
+IMAGE_SIZE = click.option("--image-size", default=None, type=int, help="Run the backbone at N x N px "
                           "instead of its default (the resize keeps the checkpoint's crop ratio; ViTs resample their "
                           "position table) [default: the backbone's, see featx backbones].")
 POOL = click.option("--pool", default=None, type=_Choice("pool"), show_default=False, help="Token models (ViTs): the class "
@@ -241,7 +241,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
 @click.option("--init-head-from", default=None, type=click.Path(dir_okay=False), help="Start the head from a featx fit logreg artifact of this backbone.")
 @click.option("--lr", default=1e-4, type=float, help="Peak learning rate of the backbone.")
-@click.option("--layer-decay", default=None, type=click.FloatRange(0, 1, min_open=True), help="Layer-wise learning-rate decay: each layer below the top learns this much slower (0.75 is the usual recipe for ViTs) [default: off].")
+@click.option("--layer-decay", default=None, type=float, help="Layer-wise learning-rate decay: each layer below the top learns this much slower (0.75 is the usual recipe for ViTs) [default: off].")
 @click.option("--head-lr", default=1e-3, type=float, help="Peak learning rate of the head.")
 @click.option("--weight-decay", default=0.05, type=float, help="AdamW weight decay.")
 @_choice("schedule", "cosine", "Learning-rate schedule, per step.")
@@ -251,7 +251,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
 @click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation loss.")
 @_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them.")
-@click.option("--image-size", default=None, type=click.IntRange(min=32), help="Train and predict at this size instead of the backbone's (quick CPU runs).")
+@click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the backbone's (quick CPU runs).")
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
 @THRESHOLD

@@ -10,8 +10,10 @@ from .._core.hashing import record_hash
 
 FORMAT_VERSION = 1  # of the HDF5 layout (store.py)
 
-# The parts of a cache's config that must match for features to be interchangeable.
-FEATURE_IDENTITY = ("backbone", "timm_model", "numerics", "weights_sha256", "data_config", "layer", "tta", "decode")
+# The parts of a cache's config that must match for features to be interchangeable. pool and layers
+# (token models) are absent where they are the model's own: caches made before them keep their identity.
+FEATURE_IDENTITY = ("backbone", "timm_model", "numerics", "weights_sha256", "data_config", "layer", "pool", "layers",
+                    "tta", "decode")
 
 
 def feature_identity(backbone_identity: dict, *, tta: str, decode: str) -> dict:
@@ -30,7 +32,7 @@ def feature_variant(config: dict) -> str:
     """How a cache's features differ from its backbone's own, for a method's name: "" or e.g.
     " [cls+avg, last:4, 448 px]" (size, pool, layers, inner layer)."""
     parts = []
-    if "pool" in config:
+    if config.get("pool"):  # present only where it is not the model's own
         parts.append(config["pool"])
         if config.get("layers") not in (None, "last:1"):
             parts.append(config["layers"])

@@ -19,7 +19,8 @@ def load_probe_into_head(net: FinetuneNetwork, bb: Backbone, artifact, classes: 
     if info.get("head") != "logreg":
         raise FeatxError(f"--init-head-from needs a logreg artifact from featx fit, not {artifact}")
     fc = info["features"]["config"]
-    if (fc.get("backbone"), fc.get("weights_sha256"), fc.get("layer")) != (bb.spec.name, bb.weights_sha256, "pooled"):
+    made = (fc.get("backbone"), fc.get("weights_sha256"), fc.get("layer"), fc.get("pool"))
+    if made != (bb.spec.name, bb.weights_sha256, "pooled", None):  # pool: the model's own, as fine-tuning pools
         raise FeatxError(f"--init-head-from {artifact} was trained on other features ({fc.get('backbone')}, "
                          f"weights {str(fc.get('weights_sha256'))[:12]}); fit a logreg head on this backbone's features")
     if list(info["classes"]) != list(classes):

@@ -199,7 +199,7 @@ def _same_variant(config: dict, variant: dict) -> bool:
     """Whether a cache holds the features asked for: the size, pool and layers given; those not given,
     the backbone's own (caches older than these options hold only those)."""
     made = config.get("backbone_options", {})
-    own_pool = "pool" not in config  # the identity names pool and layers only when not the model's own
+    own_pool = config.get("pool") is None  # the identity names pool and layers only when not the model's own
     return (variant["image_size"] == made.get("image_size") and variant["layers"] == made.get("layers")
             and (own_pool if variant["pool"] is None else variant["pool"] == made.get("pool")))
 
@@ -286,7 +286,7 @@ def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
 
 def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, key: dict,
              predict_seconds: float) -> dict:
-    recorded = (*FEATURE_IDENTITY, "weights_source", "precision", "dtype", "data_root")
+    recorded = (*FEATURE_IDENTITY, "weights_source", "backbone_options", "precision", "dtype", "data_root")
     features = {"file": str(store.path.resolve()), "config_hash": store.config.get("config_hash"),
                 "num_features": store.num_features, "config": {k: store.config.get(k) for k in recorded}}
     selection = {"method": sel.method, "metric": "roc_auc",

@@ -85,6 +85,7 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         W.load_into(model, state, classifier, source)
     data_config = _data_config(model, spec, size, W.folder_preprocessing(weights))
+    weights_sha256 = W.state_sha256(model)  # of the timm model: the same whichever tokens or layer are pooled
     token_model, pool = is_token_model(model), pool or native_pool(model)
     width = getattr(model, "head_hidden_size", None) or model.num_features
     if layer:
@@ -96,8 +97,8 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
     model.eval()
     if frozen:
         model.requires_grad_(False)
-    return Backbone(spec, model, int(width), data_config, source, W.state_sha256(model), layer, pool, layers,
-                    image_size, token_model)
+    return Backbone(spec, model, int(width), data_config, source, weights_sha256, layer, pool, layers, image_size,
+                    token_model)
 
 
 def _weights(spec: BackboneSpec, weights: str) -> tuple[dict | None, str | None, bool]:
