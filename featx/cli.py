@@ -347,7 +347,8 @@ def info_command(cache_file, as_json):
         return
     c = store.config
     click.echo(f"{store.path}")
-    click.echo(f"  backbone  {c['backbone']} ({c['timm_model']}), layer {c['layer']}, {store.num_features} features, {c['dtype']}")
+    pooled = f"pool {c['pool']} over {c['layers']}" if c.get("pool") else f"layer {c['layer']}"
+    click.echo(f"  backbone  {c['backbone']} ({c['timm_model']}), {pooled}, {store.num_features} features, {c['dtype']}")
     click.echo(f"  weights   {c['weights_source']} (sha256 {c['weights_sha256'][:16]}...)")
     dc = c["data_config"]
     click.echo(f"  input     {dc['input_size'][1]}x{dc['input_size'][2]} {dc['interpolation']}, crop_pct {dc['crop_pct']}, "

@@ -120,6 +120,7 @@ def test_extract_fit_predict_and_compare_with_a_pool(folder, tmp_path):
     store = featx.FeatureStore(cache)
     assert store.num_features == 128 and store.config["pool"] == "cls+avg"
     assert store.config["backbone_options"] == {"image_size": 112, "pool": "cls+avg", "layers": None}
+    assert "pool cls+avg over last:1, 128 features" in run("info", cache).output
     again = run("extract", *base, *ARGS, "--pool", "cls+avg", "--image-size", "112")
     assert "already cached" in again.output
     fitted = run("fit", *base, "--weights", "random", "--pool", "cls+avg", "--image-size", "112", "--head", "logreg")

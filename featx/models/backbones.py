@@ -18,7 +18,7 @@ from .._core.errors import FeatxError, first_line
 from .._core.options import check_image_size
 from . import weights as W
 from .registry import BackboneSpec, get_spec
-from .tokens import TokenFeatures, check_token_options, is_token_model, native_pool
+from .tokens import TokenFeatures, check_token_options, native_pool
 
 
 @dataclass
@@ -35,7 +35,6 @@ class Backbone:
     pool: str = "avg"  # how the features are pooled (models.tokens)
     layers: str | None = None  # last:K for token models
     image_size: int | None = None  # as asked; data_config["input_size"] says the size used
-    token_model: bool = False
 
     def identity(self) -> dict:
         """Everything about the backbone that changes the features it computes.
@@ -86,7 +85,7 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
         W.load_into(model, state, classifier, source)
     data_config = _data_config(model, spec, size, W.folder_preprocessing(weights))
     weights_sha256 = W.state_sha256(model)  # of the timm model: the same whichever tokens or layer are pooled
-    token_model, pool = is_token_model(model), pool or native_pool(model)
+    pool = pool or native_pool(model)
     width = getattr(model, "head_hidden_size", None) or model.num_features
     if layer:
         model = PooledLayer(model, layer)
@@ -97,8 +96,7 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
     model.eval()
     if frozen:
         model.requires_grad_(False)
-    return Backbone(spec, model, int(width), data_config, source, weights_sha256, layer, pool, layers, image_size,
-                    token_model)
+    return Backbone(spec, model, int(width), data_config, source, weights_sha256, layer, pool, layers, image_size)
 
 
 def _weights(spec: BackboneSpec, weights: str) -> tuple[dict | None, str | None, bool]:
