@@ -317,7 +317,7 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A head (logreg, linsvm) or fine-tune artifact.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="PNG to write [default: <image name>.heatmap.png here].")
 @click.option("--target", default=None, help="Class whose evidence to show [default: the predicted one].")
-@click.option("--layer", default=None, help="Fine-tuned models: module for Grad-CAM [default: the last feature map].")
+@click.option("--layer", default=None, help="Fine-tuned models: module for Grad-CAM [default: the last feature map; a ViT's last blocks.N.norm1].")
 def explain_command(image, model_path, out, target, layer):
     """A heatmap of where the model's evidence lies in IMAGE.
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 import featx
 from featx import FeatxError, create_backbone
@@ -181,6 +182,10 @@ def test_finetune_a_vit_with_layer_decay_at_another_size(split_folder, tmp_path)
     saved = np.load(result.artifact.with_suffix(".predictions.npz"), allow_pickle=False)
     rows = featx.predict(result.artifact, [split_folder / p for p in saved["test__path"]], device="cpu")  # at 64 px
     assert np.allclose([r["p_PNEUMONIA"] for r in rows], saved["test__proba"][:, 1], atol=1e-5)
+    image = split_folder / saved["test__path"][0]
+    heat = featx.explain(result.artifact, image)  # Grad-CAM on the patch tokens entering the last block
+    assert heat["method"] == "Grad-CAM on blocks.5.norm1" and heat["low_res"].shape == (4, 4)  # 64 px / 16
+    assert heat["heatmap"].shape == Image.open(image).size[::-1] and heat["heatmap"].max() == 1.0
 
 
 # --- Hugging Face transformers DINOv2 folders ---------------------------------------------------

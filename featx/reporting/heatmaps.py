@@ -5,7 +5,9 @@
   w . F[:, i, j] + b over positions: the map (StandardScaler and PCA folded into w) is that
   score per position, and its mean is exactly the head's decision value.
 - Fine-tuned models: Grad-CAM (Selvaraju et al. 2017) on the last feature map by default, or on
-  any named layer.
+  any named layer. For a ViT the default is the input of its last block's attention
+  (`blocks.<last>.norm1`): a class-token head gets no gradient from the final patch tokens. Token
+  outputs are laid back on the patch grid (prefix tokens dropped).
 The map is computed on the model's input (resized, centre-cropped) and placed back over the
 original image, so the returned heatmap has the image's own size.
 """
@@ -24,6 +26,7 @@ from ..artifacts.linear import linear_weights
 from ..artifacts.predictors import FineTunedClassifier, ImageClassifier, load
 from ..data.images import ImageError, load_image
 from ..data.transforms import EvalTransform, Normalize
+from ..models.tokens import is_token_model
 
 LINEAR_HEADS = ("logreg", "linsvm")
 
@@ -43,7 +46,10 @@ def explain(model, image, *, target: str | None = None, layer: str | None = None
     except OSError as exc:
         raise FeatxError(f"cannot read {image}: {exc.strerror or exc}") from None
     if isinstance(model, FineTunedClassifier):
-        low, proba, t = _grad_cam(model.network(), model.data_config, img, model, target, layer)
+        net = model.network()
+        if layer is None and is_token_model(net.backbone):
+            layer = f"blocks.{len(net.backbone.blocks) - 1}.norm1"
+        low, proba, t = _grad_cam(net, model.data_config, img, model, target, layer)
         method = f"Grad-CAM on {layer or 'the last feature map'}"
     elif isinstance(model, ImageClassifier):
         if model.info["head"] not in LINEAR_HEADS:
@@ -121,8 +127,9 @@ def _grad_cam(net, data_config, img, model, target, layer):
                 logits = net(x)
             finally:
                 handle.remove()
-            if captured.get("fmap") is None or captured["fmap"].ndim != 4:
-                raise FeatxError(f"--layer {layer!r} does not output a spatial feature map")
+            tokens = is_token_model(net.backbone) and captured.get("fmap") is not None and captured["fmap"].ndim == 3
+            if captured.get("fmap") is None or (captured["fmap"].ndim != 4 and not tokens):
+                raise FeatxError(f"--layer {layer!r} does not output a spatial feature map or tokens")
         else:
             fmap = _spatial(net.feature_map(x))
             fmap.retain_grad()
@@ -133,9 +140,20 @@ def _grad_cam(net, data_config, img, model, target, layer):
         net.zero_grad(set_to_none=True)
         logits[0, t].backward()
     fmap, grad = captured["fmap"].detach()[0], captured["fmap"].grad[0]
+    if fmap.ndim == 2:  # tokens (L x D) of a ViT
+        fmap, grad = _on_patch_grid(fmap, net.backbone), _on_patch_grid(grad, net.backbone)
     weights = grad.mean((1, 2))
     low = torch.relu((weights[:, None, None] * fmap).sum(0)).double().numpy()
     return low, proba, t
+
+
+def _on_patch_grid(tokens: torch.Tensor, vit) -> torch.Tensor:
+    """A ViT's L x D tokens as a D x h x w map of its patch tokens (class and register tokens dropped)."""
+    patches = tokens[vit.num_prefix_tokens:]
+    side = int(round(len(patches) ** 0.5))
+    if side * side != len(patches):
+        raise FeatxError(f"cannot lay {len(patches)} patch tokens on a square grid")
+    return patches.reshape(side, side, -1).permute(2, 0, 1)
 
 
 def _to_image(low: np.ndarray, size: tuple[int, int], data_config: dict):
