@@ -131,6 +131,8 @@ def test_extract_fit_predict_and_compare_with_a_pool(folder, tmp_path):
     saved = np.load(artifact.with_suffix(".predictions.npz"), allow_pickle=False)
     rows = featx.predict(artifact, [folder / p for p in saved["val__path"]], device="cpu")  # cls+avg at 112 px
     assert np.allclose([r["p_PNEUMONIA"] for r in rows], saved["val__proba"][:, 1], atol=1e-5)
+    with pytest.raises(FeatxError, match="on a vision transformer's tokens has no exact class activation map"):
+        featx.explain(artifact, folder / saved["val__path"][0])
     compared = run("compare", "--data", folder, "--split", "val", "--cache", tmp_path / "c", "--no-report")
     assert "timm:test_vit [cls+avg, 112 px] + logreg" in compared.output, compared.output
     plain = run("fit", *base, "--weights", "random", "--head", "logreg")  # the model's own pooling: another cache

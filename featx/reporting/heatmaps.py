@@ -86,8 +86,9 @@ def _input(img, data_config) -> torch.Tensor:
 def _spatial(fmap: torch.Tensor) -> torch.Tensor:
     """`fmap` if it is a spatial feature map (N×C×h×w); transformer tokens are not."""
     if fmap.ndim != 4:
-        raise FeatxError(f"the backbone's last features are not a spatial map (shape {tuple(fmap.shape)}); "
-                         "vision transformers need --layer on a fine-tuned model")
+        raise FeatxError(f"the backbone's last features are not a spatial map (shape {tuple(fmap.shape)}): a head "
+                         "on a vision transformer's tokens has no exact class activation map; explain a fine-tuned "
+                         "model instead")
     return fmap
 
 
