@@ -86,9 +86,7 @@ def _input(img, data_config) -> torch.Tensor:
 def _spatial(fmap: torch.Tensor) -> torch.Tensor:
     """`fmap` if it is a spatial feature map (N×C×h×w); transformer tokens are not."""
     if fmap.ndim != 4:
-        raise FeatxError(f"the backbone's last features are not a spatial map (shape {tuple(fmap.shape)}): a head "
-                         "on a vision transformer's tokens has no exact class activation map; explain a fine-tuned "
-                         "model instead")
+        raise FeatxError(f"the backbone's last features are not a spatial map (shape {tuple(fmap.shape)})")
     return fmap
 
 
@@ -96,6 +94,9 @@ def _linear_cam(model: ImageClassifier, img, target):
     bb = model.backbone()
     if bb.layer:
         raise FeatxError("explain needs a head on the pooled (last) layer, not an inner layer")
+    if "pool" in bb.identity() or is_token_model(bb.model):
+        raise FeatxError("a head on a vision transformer's tokens has no exact class activation map; explain a "
+                         "fine-tuned model instead")
     with torch.inference_mode():
         fmap = _spatial(bb.model.forward_features(_input(img, bb.data_config)))[0].double().numpy()  # C x h x w
     pooled = fmap.mean((1, 2))
