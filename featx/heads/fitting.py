@@ -169,7 +169,8 @@ def _resolve_store(features, data, backbone, weights, variant: dict, cache_dir: 
     """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing)."""
     if features is not None:
         if data is not None or backbone is not None or any(v is not None for v in variant.values()):
-            raise FeatxError("give either --features CACHE.h5 or --backbone with --data, not both")
+            raise FeatxError("give either --features CACHE.h5 or --backbone with --data (and --image-size, --pool, "
+                             "--layers), not both")
         return features if isinstance(features, FeatureStore) else FeatureStore(features)
     if data is None or backbone is None:
         raise FeatxError("say which features to fit on: --features CACHE.h5, or --backbone NAME --data DIR")
