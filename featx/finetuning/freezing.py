@@ -9,21 +9,15 @@ from ..models.network import FinetuneNetwork
 
 
 def parameter_groups(model: nn.Module) -> list[list[str]]:
-    """timm's coarse parameter groups (stem, blocks or stages, final layers), bottom to top.
-
-    A top group of normalisation parameters alone (a ViT's final norm) trains with the block below
-    it, so that `last:N` counts blocks."""
+    """timm's coarse parameter groups (stem, blocks or stages, final layers), bottom to top. For a ViT:
+    the patch embedding, then one group per block, the final norm with the last block."""
     from timm.models import group_parameters
 
     matcher = getattr(model, "group_matcher", None)
     if matcher is None:
         return [[name for name, _ in model.named_parameters()]]
     grouped = group_parameters(model, matcher(coarse=True))
-    groups = [names for _, names in sorted(grouped.items())]
-    shapes = dict(model.named_parameters())
-    if len(groups) > 2 and all(shapes[name].ndim == 1 for name in groups[-1]):
-        groups[-2:] = [groups[-2] + groups[-1]]
-    return groups
+    return [names for _, names in sorted(grouped.items())]
 
 
 def backbone_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float | None) -> list[dict]:
