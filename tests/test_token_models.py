@@ -256,6 +256,18 @@ def test_missing_dinov2_weights_name_the_file_and_three_ways():
     assert "Hugging Face model folder" in message and "go online" in message
 
 
+def test_a_weights_file_of_one_tag_is_not_taken_for_another(tmp_path, monkeypatch):
+    from featx import get_spec
+    from featx.models.weight_files import find_in_weights_dir
+
+    monkeypatch.setenv("FEATX_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / "vit_base_patch16_224.augreg2_in21k_ft_in1k.pth").write_bytes(b"x")
+    (tmp_path / "legacy_xception.keras_in1k_notop.pth").write_bytes(b"x")
+    assert find_in_weights_dir(get_spec("vit_b_16")).name == "vit_base_patch16_224.augreg2_in21k_ft_in1k.pth"
+    assert find_in_weights_dir(get_spec("dino_vitb16")) is None  # same architecture, other weights
+    assert find_in_weights_dir(get_spec("xception")).name == "legacy_xception.keras_in1k_notop.pth"  # any tag
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DINOV2 = SHARED / "weights" / "vit_small_patch14_dinov2.lvd142m.pth"
 

