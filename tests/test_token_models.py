@@ -190,6 +190,22 @@ def test_finetune_a_vit_with_layer_decay_at_another_size(split_folder, tmp_path)
     assert heat["heatmap"].shape == Image.open(image).size[::-1] and heat["heatmap"].max() == 1.0
 
 
+def test_report_heatmaps_pass_over_a_head_on_vit_tokens_to_the_fine_tune(split_folder, tmp_path):
+    cache = tmp_path / "c"
+    featx.finetune(split_folder, VIT, weights="random", epochs=1, image_size=64, batch_size=4, device="cpu",
+                   workers=0, cache_dir=cache, progress=False)
+    featx.fit(data=split_folder, backbone=VIT, weights="random", head="logreg", cache_dir=cache, image_size=64)
+    said = []
+    result = featx.report(split_folder, split="test", out=tmp_path / "r", cache_dir=cache, n_boot=100, heatmaps=2,
+                          log=said.append)
+    ranked = [r["method"] for r in result["records"] if r["ranked"]]
+    assert ranked[0] == "timm:test_vit [64 px] + logreg"  # the best method has no map: the fine-tune's is drawn
+    assert "heatmaps.png" in {p.name for p in result["figures"]}
+    assert "Where the evidence lies: Grad-CAM on blocks.5.norm1, timm:test_vit fine-tune [64 px]" in \
+        Path(result["html"]).read_text()
+    assert not any("no heatmaps" in line for line in said)
+
+
 # --- Hugging Face transformers DINOv2 folders ---------------------------------------------------
 
 def _tiny_dinov2(folder: Path, **preprocessing):

@@ -219,18 +219,22 @@ def _heatmaps(plt, ranked, mistakes, limit: int, log):
     from .heatmaps import LINEAR_HEADS, draw, explain  # torch: only when heatmaps are asked for
 
     usable = [r for r in ranked if r["kind"] == "finetune" or r["method"].split(" + ")[-1] in LINEAR_HEADS]
-    if not usable:
-        return None
-    r = usable[0]  # ranked is sorted best first
-    p = r["predictions"]
-    root = Path(r.get("data_root") or ".")
-    order = [i for i in mistakes if i < len(p["path"])] + list(range(len(p["path"])))
-    chosen = list(dict.fromkeys(order))[:limit]
-    try:
-        model = load(r["artifact"])
-        results = [(root / str(p["path"][i]), explain(model, root / str(p["path"][i]))) for i in chosen]
-    except FeatxError as exc:  # e.g. weights or images no longer available: the report still gets written
-        log(f"no heatmaps in the report: {exc}")
+    reasons = []
+    for r in usable:  # ranked is sorted best first; a linear head on ViT tokens has no exact map: the next one
+        p = r["predictions"]
+        root = Path(r.get("data_root") or ".")
+        order = [i for i in mistakes if i < len(p["path"])] + list(range(len(p["path"])))
+        chosen = list(dict.fromkeys(order))[:limit]
+        try:
+            model = load(r["artifact"])
+            results = [(root / str(p["path"][i]), explain(model, root / str(p["path"][i]))) for i in chosen]
+            break
+        except FeatxError as exc:  # e.g. weights or images no longer available: the report still gets written
+            reasons.append(f"{r['method']}: {exc}")
+    else:
+        if reasons:
+            more = f" (and {len(reasons) - 1} more methods)" if len(reasons) > 1 else ""
+            log(f"no heatmaps in the report: {reasons[0]}{more}")
         return None
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.6), constrained_layout=True,
                              squeeze=False)
