@@ -250,7 +250,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @_choice("class_weight", "balanced", "Weight the loss by inverse class frequency.")
 @click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
 @click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation loss.")
-@_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them.")
+@_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them; corrupt applies one of featx's corruptions (noise, blur, JPEG, contrast, brightness, rotation, zoom, shear, the Keras set) at a random severity per image.")
 @click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the backbone's (quick CPU runs).")
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")

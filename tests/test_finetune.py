@@ -215,6 +215,14 @@ def test_augment_modes():
         a, b = t(image), t(image)
         assert a.shape == reference.shape == (3, 32, 32) and a.dtype == torch.uint8
         assert not torch.equal(a, b) and not torch.equal(a, reference)  # random, and not the eval view
+    corrupted = TrainTransform(config, "corrupt")
+    torch.manual_seed(1)
+    first = [corrupted(image) for _ in range(6)]
+    torch.manual_seed(1)
+    again = [corrupted(image) for _ in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # seeded: an epoch repeats exactly
+    assert all(x.shape == reference.shape for x in first) and sum(not torch.equal(x, reference) for x in first) >= 5
+    assert len({x.numpy().tobytes() for x in first}) == 6  # another corruption, severity or draw each time
     flips = {mode: any("Flip" in type(op).__name__ for op in TrainTransform(config, mode).ops.transforms)
              for mode in ("xray", "natural")}
     assert flips == {"xray": False, "natural": True}  # anatomy is not mirror-symmetric

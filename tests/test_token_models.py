@@ -175,7 +175,7 @@ def test_vit_blocks_for_unfreeze_and_layer_decay():
 def test_finetune_a_vit_with_layer_decay_at_another_size(split_folder, tmp_path):
     result = featx.finetune(split_folder, VIT, weights="random", epochs=1, unfreeze="last:2", layer_decay=0.75,
                             image_size=64, batch_size=4, device="cpu", workers=0, cache_dir=tmp_path / "c",
-                            progress=False)
+                            augment="corrupt", progress=False)
     before = create_backbone(VIT, "random").model.state_dict()
     net = featx.load(result.artifact).network()
     after = net.backbone.state_dict()

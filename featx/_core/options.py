@@ -15,7 +15,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("float32", "float16"),
     "tta": ("none", "hflip"),
     "decode": ("pil", "pil-draft", "device"),
-    "augment": ("xray", "natural", "none"),
+    "augment": ("xray", "natural", "corrupt", "none"),
     "schedule": ("cosine", "onecycle"),
     "class_weight": ("balanced", "none"),
     "solver": ("lbfgs", "sgd"),

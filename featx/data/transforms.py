@@ -36,8 +36,11 @@ class TrainTransform:
 
     xray: small rotations (+-10 deg) and shifts (5%), random resized crop (scale 0.8-1),
     brightness and contrast jitter (20%), and no horizontal flip (anatomy is not mirror
-    symmetric). natural adds the flip. none is the eval transform. Images are first resized to
-    the eval resize side, so rotating a 3k-pixel X-ray costs no more than a small one.
+    symmetric). natural adds the flip. corrupt applies one of featx.data.corruptions at a random
+    severity 1-5 per image (as `featx robustness` tests), then the eval transform. none is the eval
+    transform. Images are first resized to the eval resize side, so rotating (or blurring) a
+    3k-pixel X-ray costs no more than a small one. Random draws come from torch's generator, so a
+    seeded epoch repeats exactly.
     """
 
     def __init__(self, data_config: dict, augment: str = "xray"):
@@ -56,12 +59,24 @@ class TrainTransform:
         if augment == "natural":
             ops.append(T.RandomHorizontalFlip())
         self.ops = T.Compose([*ops, T.PILToTensor()])
+        self.shrink = ops[0]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.augment == "none":
             return self.eval(img)
+        if self.augment == "corrupt":
+            return self.eval(self._corrupted(self.shrink(img)))
         tensor = self.ops(img)
         return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
+
+
+    @staticmethod
+    def _corrupted(img: Image.Image) -> Image.Image:
+        from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
+
+        name = CORRUPTIONS[int(torch.randint(len(CORRUPTIONS), ()))]
+        severity = SEVERITIES[int(torch.randint(len(SEVERITIES), ()))]
+        return corrupt(img, name, severity, key=str(int(torch.randint(2**62, ()))))
 
 
 class Normalize(torch.nn.Module):
