@@ -25,7 +25,7 @@ _API = {
     "extract": "features.extraction",
     "FeatureExtractor": "features.transformer",
     "evaluate": "evaluation.metrics", "choose_threshold": "evaluation.thresholds",
-    "fit": "heads.fitting", "FitResult": "heads.fitting",
+    "fit": "heads.fitting", "FitResult": "heads.fitting", "shift": "heads.shift",
     "ImageClassifier": "artifacts.predictors", "FineTunedClassifier": "artifacts.predictors",
     "load": "artifacts.predictors",
     "predict": "artifacts.prediction",

@@ -201,6 +201,34 @@ def _results_table(rows) -> str:
     return "\n".join(lines)
 
 
+@main.command("shift")
+@_data(False, "The dataset, with --backbone.")
+@click.option("--backbone", default=None, help="The backbone whose cached features of --data to use (extracted first if missing).")
+@click.option("--features", type=click.Path(dir_okay=False), default=None, help="Or: a feature cache (.h5).")
+@click.option("--weights", default="imagenet", help="Weights of the backbone, with --backbone (as for extract).")
+@IMAGE_SIZE
+@POOL
+@LAYERS
+@click.option("--splits", default="train,test", help="The two splits to compare: FROM,TO.")
+@click.option("--top", default=10, type=click.IntRange(min=0), help="List this many TO images most unlike FROM.")
+@click.option("--seed", default=0, type=int, help="Seed of the cross-validation folds and the bootstrap.")
+@CACHE
+def shift_command(data, backbone, features, weights, image_size, pool, layers, splits, top, seed, cache_dir):
+    """How far one split's images lie from another's, in the backbone's features.
+
+    A classifier telling the two splits apart (patient-grouped CV) gives the shift score: its
+    ROC-AUC, 0.5 when the features show no shift. Also the class shares per split, the same
+    score within each class, and the images most unlike the first split.
+    """
+    from .heads.shift import shift
+
+    result = shift(features, data=data, backbone=backbone, weights=weights, splits=tuple(splits.split(",")),
+                   image_size=image_size, pool=pool, layers=layers, cache_dir=cache_dir, seed=seed, top=top,
+                   log=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
+
+
 @main.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A .joblib artifact from featx fit, or a model.pt from featx finetune.")

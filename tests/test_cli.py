@@ -21,7 +21,7 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", [[], ["extract"], ["backbones"], ["info"], ["fit"], ["predict"]])
+@pytest.mark.parametrize("command", [[], ["extract"], ["backbones"], ["info"], ["fit"], ["shift"], ["predict"]])
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output

@@ -62,7 +62,7 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     check_options(image_size=image_size, pool=pool, layers=layers)
     variant = {"image_size": image_size, "pool": pool, "layers": layers}
-    store = _resolve_store(features, data, backbone, weights, variant, cache_dir, log)
+    store = resolve_store(features, data, backbone, weights, variant, cache_dir, log)
     rule = check_threshold(threshold, len(store.classes))
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
@@ -165,8 +165,9 @@ class _Streamed:
         return self.cached.predict_proba(estimator, split)
 
 
-def _resolve_store(features, data, backbone, weights, variant: dict, cache_dir: Path, log) -> FeatureStore:
-    """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing)."""
+def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: Path, log) -> FeatureStore:
+    """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing);
+    `variant`: image_size, pool and layers, as for extract (None: the backbone's own)."""
     if features is not None:
         if data is not None or backbone is not None or any(v is not None for v in variant.values()):
             raise FeatxError("give either --features CACHE.h5 or --backbone with --data (and --image-size, --pool, "

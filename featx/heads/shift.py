@@ -1,0 +1,124 @@
+"""How far one split's images lie from another's, measured on cached features (`featx shift`).
+
+A domain classifier (standardised logistic regression, out-of-fold by patient-grouped CV) learns
+to tell the two splits apart: its ROC-AUC is the shift score (0.5: the features show no shift;
+1: every image betrays its split). The same within each class separates a change of the images
+from a change of the class mix, which the class shares show directly. The images of the second
+split farthest from every image of the first (nearest-neighbour distance on standardised
+features) are the ones to look at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from .._core.console import log_line
+from .._core.errors import FeatxError
+from .._core.options import check_options
+from .._core.paths import default_cache_dir
+from ..evaluation.significance import bootstrap_ci
+from ..features.store import FeatureStore
+from .fitting import resolve_store
+from .selection import group_folds
+
+
+@dataclass
+class Shift:
+    """The shift between two splits of one feature cache."""
+
+    splits: tuple[str, str]
+    counts: dict  # split -> {class: images}
+    domain_auc: float
+    domain_ci: tuple[float, float]
+    per_class: dict  # class -> (auc, (low, high)) or None where too few patients
+    unlike: list = field(default_factory=list)  # (path in the second split, distance, distance / typical)
+    typical_distance: float = 0.0  # median nearest-neighbour distance within the first split
+
+    def lines(self) -> list[str]:
+        a, b = self.splits
+        out = [f"{a} -> {b} shift: domain AUC {self.domain_auc:.3f} [{self.domain_ci[0]:.3f}, "
+               f"{self.domain_ci[1]:.3f}] (0.5: no shift visible in the features; 1: every image betrays its split)"]
+        shares = {s: {c: n / max(1, sum(v.values())) for c, n in v.items()} for s, v in self.counts.items()}
+        out.append("class shares: " + "; ".join(
+            f"{s} " + ", ".join(f"{c} {share:.0%}" for c, share in shares[s].items()) for s in self.splits))
+        for c, found in self.per_class.items():
+            out.append(f"within {c}: " + ("too few patients to tell" if found is None else
+                                          f"domain AUC {found[0]:.3f} [{found[1][0]:.3f}, {found[1][1]:.3f}]"))
+        if self.unlike:
+            out.append(f"{b} images most unlike {a} (nearest-neighbour distance / the median within {a}):")
+            out += [f"  {path}  {ratio:.2f}" for path, _, ratio in self.unlike]
+        return out
+
+
+def shift(features=None, *, data=None, backbone: str | None = None, weights: str = "imagenet",
+          splits=("train", "test"), image_size: int | None = None, pool: str | None = None,
+          layers: str | None = None, cache_dir=None, seed: int = 0, n_boot: int = 1000, top: int = 10,
+          log=None) -> Shift:
+    """The shift from `splits[0]` to `splits[1]`, on a cache file (`features`) or on the cache of
+    `backbone` on `data` (extracted first if missing), as `featx fit` finds it."""
+    check_options(image_size=image_size, pool=pool, layers=layers)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    variant = {"image_size": image_size, "pool": pool, "layers": layers}
+    store = resolve_store(features, data, backbone, weights, variant, cache_dir, log or log_line)
+    if len(splits) != 2 or splits[0] == splits[1]:
+        raise FeatxError(f"--splits names two different splits, e.g. train,test; got {','.join(splits)}")
+    return measure_shift(store, splits, seed=seed, n_boot=n_boot, top=top)
+
+
+def measure_shift(store: FeatureStore, splits=("train", "test"), *, seed: int = 0, folds: int = 5,
+                  n_boot: int = 1000, top: int = 10) -> Shift:
+    """The shift from `splits[0]` to `splits[1]` of `store`'s features."""
+    first, second = splits
+    held = store.counts()
+    for split in splits:
+        if split not in held or not held[split].get("done"):
+            raise FeatxError(f"{store.path} has no {split} images; its splits: {', '.join(held) or 'none'}")
+    X = {s: store.arrays(s) for s in splits}
+    groups = {s: [f"{s}/{g}" for g in store.groups(s)] for s in splits}  # a patient in both splits is two groups
+    counts = {s: {c: int((X[s][1] == i).sum()) for i, c in enumerate(store.classes)} for s in splits}
+    auc, ci = _domain_auc(X[first][0], X[second][0], groups[first] + groups[second], seed, folds, n_boot)
+    per_class = {}
+    for i, c in enumerate(store.classes):
+        a, b = X[first][1] == i, X[second][1] == i
+        try:
+            per_class[c] = _domain_auc(X[first][0][a], X[second][0][b],
+                                       list(np.array(groups[first])[a]) + list(np.array(groups[second])[b]),
+                                       seed, folds, n_boot)
+        except FeatxError:
+            per_class[c] = None
+    unlike, typical = _most_unlike(X[first][0], X[second][0], store.paths(second), top)
+    return Shift(tuple(splits), counts, auc, ci, per_class, unlike, typical)
+
+
+def _domain_auc(A: np.ndarray, B: np.ndarray, groups: list[str], seed: int, folds: int, n_boot: int):
+    """Out-of-fold ROC-AUC of a classifier telling rows of B from rows of A, with a bootstrap interval."""
+    if len(A) < 2 or len(B) < 2:
+        raise FeatxError("each split needs at least 2 images to measure a shift")
+    X = np.vstack([A, B]).astype(np.float64)
+    y = np.r_[np.zeros(len(A), int), np.ones(len(B), int)]
+    proba = np.zeros(len(y))
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    for train, held_out in group_folds(y, np.asarray(groups), folds, seed):
+        proba[held_out] = model.fit(X[train], y[train]).predict_proba(X[held_out])[:, 1]
+    both = np.c_[1 - proba, proba]
+    return float(roc_auc_score(y, proba)), bootstrap_ci(y, both, None, n_boot=n_boot, seed=seed)["roc_auc"]
+
+
+def _most_unlike(A: np.ndarray, B: np.ndarray, paths: list[str], top: int):
+    """The `top` rows of B farthest from their nearest row of A (standardised on A), and the median
+    nearest-neighbour distance within A, for scale."""
+    scaler = StandardScaler().fit(A)
+    a, b = scaler.transform(A), scaler.transform(B)
+    within = NearestNeighbors(n_neighbors=2).fit(a).kneighbors(a)[0][:, 1]
+    typical = float(np.median(within)) or 1.0
+    distance = NearestNeighbors(n_neighbors=1).fit(a).kneighbors(b)[0][:, 0]
+    order = np.argsort(-distance)[:top]
+    return [(paths[i], float(distance[i]), float(distance[i] / typical)) for i in order], typical
