@@ -40,6 +40,11 @@ def test_a_brighter_test_split_is_told_apart(tmp_path):
     assert len(found.unlike) == 10 and all(p.startswith("test/") for p, _, _ in found.unlike)
     ratios = [r for _, _, r in found.unlike]
     assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1
+    fitted = run("fit", "--data", data, "--backbone", TINY, "--weights", "random", "--cache", tmp_path / "c")
+    assert fitted.exit_code == 0, fitted.output
+    compared = run("compare", "--data", data, "--cache", tmp_path / "c", "--no-report")
+    assert (f"train -> test shift ({TINY} features): domain AUC {found.domain_auc:.2f} [{found.domain_ci[0]:.2f}, "
+            f"{found.domain_ci[1]:.2f}]; thresholds chosen on validation may not transfer") in compared.output
 
 
 def test_random_halves_of_one_set_show_no_shift(tmp_path):

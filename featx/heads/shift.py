@@ -10,6 +10,7 @@ features) are the ones to look at.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .._core.atomic import write_text_atomic
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.options import check_options
@@ -70,7 +72,33 @@ def shift(features=None, *, data=None, backbone: str | None = None, weights: str
     store = resolve_store(features, data, backbone, weights, variant, cache_dir, log or log_line)
     if len(splits) != 2 or splits[0] == splits[1]:
         raise FeatxError(f"--splits names two different splits, e.g. train,test; got {','.join(splits)}")
-    return measure_shift(store, splits, seed=seed, n_boot=n_boot, top=top)
+    result = measure_shift(store, splits, seed=seed, n_boot=n_boot, top=top)
+    _remember(store.path, result)
+    return result
+
+
+def _record_path(cache: Path) -> Path:
+    return Path(cache).with_suffix(".shift.json")
+
+
+def _remember(cache: Path, result: "Shift") -> None:
+    """Keep the score beside the cache, where `featx compare` finds it."""
+    path = _record_path(cache)
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    saved["->".join(result.splits)] = {"auc": result.domain_auc, "ci": list(result.domain_ci)}
+    write_text_atomic(path, json.dumps(saved, indent=2) + "\n")
+
+
+def recorded_shift(cache, to_split: str) -> tuple[str, dict] | None:
+    """(from split, {"auc", "ci"}) of a shift measured into `to_split` on the cache at `cache`, or None."""
+    path = _record_path(cache) if cache else None
+    if path is None or not path.is_file():
+        return None
+    for key, found in json.loads(path.read_text()).items():
+        start, _, end = key.partition("->")
+        if end == to_split:
+            return start, found
+    return None
 
 
 def measure_shift(store: FeatureStore, splits=("train", "test"), *, seed: int = 0, folds: int = 5,

@@ -124,7 +124,7 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
     record = {
         "method": method_name(info), "kind": info.get("kind", "head"), "artifact": str(path), "split": split,
         "ranked": not note, "note": note, "n": 0, "threshold": info.get("threshold"),
-        "train_seconds": info.get("train_seconds"),
+        "train_seconds": info.get("train_seconds"), "features_file": info["features"].get("file"),
         "predict_seconds_per_image": info.get("predict_seconds_per_image"), "size_bytes": size,
         "classes": info["classes"], "p_delong": None, "p_mcnemar": None, "p_delong_holm": None,
         "p_mcnemar_holm": None,
@@ -197,6 +197,23 @@ def best_note(records: list[dict]) -> str:
     return BEST_NOTE.format(m=f"{compared} comparisons" if compared > 1 else "1 comparison") if compared else ""
 
 
+def shift_note(records: list[dict]) -> str:
+    """A line on the shift into the compared split, where `featx shift` measured one on the features of
+    the best-ranked head that has it; "" otherwise."""
+    from ..heads.shift import recorded_shift
+
+    for r in records:
+        if r["ranked"] and r["kind"] == "head" and r.get("features_file"):
+            found = recorded_shift(r["features_file"], r["split"])
+            if found:
+                start, score = found
+                low, high = score["ci"]
+                return (f"{start} -> {r['split']} shift ({r['method'].split(' + ')[0]} features): domain AUC "
+                        f"{score['auc']:.2f} [{low:.2f}, {high:.2f}]" + ("; thresholds chosen on validation may not "
+                                                                         "transfer" if low > 0.6 else ""))
+    return ""
+
+
 def csv_rows(records: list[dict]) -> list[dict]:
     """One row per method for comparison.csv: metrics with interval ends, raw and Holm-adjusted p-values."""
     rows = []
@@ -227,8 +244,8 @@ def format_table(records: list[dict]) -> str:
             lines.append(line(row))
             if notes[row[0]]:
                 lines.append(f"  note: {notes[row[0]]}")
-        if ranked and best_note(records):
-            lines.append(best_note(records))
+        if ranked:
+            lines += [note for note in (best_note(records), shift_note(records)) if note]
     return "\n".join(lines)
 
 

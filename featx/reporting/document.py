@@ -20,7 +20,7 @@ from .._core.console import silent
 from .._core.errors import FeatxError
 from .._core.plotting import pyplot
 from ..finetuning.curves import plot_history
-from .comparison import HEADER, best_note, compare, csv_rows, format_table, table_rows
+from .comparison import HEADER, best_note, compare, csv_rows, format_table, shift_note, table_rows
 
 
 def report(data=None, *, split: str = "test", out="featx-report", models_dir=None, cache_dir=None,
@@ -260,7 +260,7 @@ FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstra
 def _markdown(title: str, records, figures) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(records, True)]
-    lines += ["", best_note(records), "", FOOTNOTE, ""]
+    lines += ["", best_note(records), "", shift_note(records), "", FOOTNOTE, ""]
     apart = [r for r in records if not r["ranked"]]
     if apart:
         lines += ["## Evaluated apart (not comparable with the ranking)", ""]
@@ -287,7 +287,8 @@ def _html(title: str, records, figures) -> str:
         return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
     parts = [f"<h1>{esc(title)}</h1>", table(table_rows(records, True)),
-             f"<p class='note'>{esc(best_note(records))}</p>", f"<p class='note'>{esc(FOOTNOTE)}</p>"]
+             f"<p class='note'>{esc(best_note(records))}</p>", f"<p class='note'>{esc(shift_note(records))}</p>",
+             f"<p class='note'>{esc(FOOTNOTE)}</p>"]
     notes = [r for r in records if r["ranked"] and r["note"]]
     if notes:
         parts.append("<ul>" + "".join(f"<li>{esc(r['method'])}: {esc(r['note'])}</li>" for r in notes) + "</ul>")
