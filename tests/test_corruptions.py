@@ -96,3 +96,44 @@ def test_bad_names_and_severities_are_refused():
         corrupt(_texture("L"), "fog", 1, "a")
     with pytest.raises(FeatxError, match="severity must be 0"):
         corrupt(_texture("L"), "zoom", 6, "a")
+
+
+# --- extraction of corrupted copies ------------------------------------------------------------------
+
+def test_corrupted_extraction_has_its_own_deterministic_cache(folder, tmp_path):
+    import featx
+
+    kw = dict(weights="random", device="cpu", workers=0, progress=False, log=lambda m: None)
+    clean = featx.extract(folder, "timm:test_efficientnet", cache_dir=tmp_path / "a", **kw)
+    noisy = featx.extract(folder, "timm:test_efficientnet", cache_dir=tmp_path / "a", corruption="gaussian_noise:5",
+                          **kw)
+    again = featx.extract(folder, "timm:test_efficientnet", cache_dir=tmp_path / "b", corruption="gaussian_noise:5",
+                          **kw)
+    assert noisy.path != clean.path and noisy.config["decode"] == "featx-decode-1+featx-corrupt-1:gaussian_noise:5"
+    (X, y), (Xn, yn), (Xa, _) = clean.arrays(), noisy.arrays(), again.arrays()
+    assert np.array_equal(y, yn) and noisy.paths() == clean.paths()
+    assert np.array_equal(Xn, Xa)  # the same draws for the same image paths, in any run
+    assert np.abs(Xn - X).max() > 1e-3
+    said = []
+    featx.extract(folder, "timm:test_efficientnet", cache_dir=tmp_path / "a", corruption="gaussian_noise:5",
+                  **{**kw, "log": said.append})
+    assert any("nothing to extract" in line for line in said)
+    zero = featx.extract(folder, "timm:test_efficientnet", cache_dir=tmp_path / "a", corruption="gaussian_noise:0",
+                         **kw)
+    assert zero.path == clean.path  # severity 0 is the clean image
+
+
+def test_corruption_options_are_checked_in_one_line(folder):
+    from click.testing import CliRunner
+
+    from featx.cli import main
+
+    from conftest import one_line_error
+
+    args = ["extract", "--data", str(folder), "--backbone", "timm:test_efficientnet", "--weights", "random",
+            "--workers", "0", "--no-progress", "--device", "cpu"]
+    run = CliRunner().invoke
+    assert "unknown corruption 'fog'" in one_line_error(run(main, [*args, "--corruption", "fog:1"]))
+    assert "must be NAME:SEVERITY" in one_line_error(run(main, [*args, "--corruption", "gaussian_noise"]))
+    assert "use --decode pil or pil-draft" in one_line_error(
+        run(main, [*args, "--corruption", "zoom:2", "--decode", "device"]))

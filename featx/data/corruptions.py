@@ -36,6 +36,7 @@ from PIL import Image
 
 from .._core.errors import FeatxError
 
+CORRUPTION_POLICY = "featx-corrupt-1"  # bump when a corruption's pixels change: caches record it
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIDE = 224  # spatial parameters are given for an image of this shorter side
 
@@ -60,6 +61,22 @@ def check_corruption(name: str, severity: int) -> None:
         raise FeatxError(f"unknown corruption {name!r}: choose from {', '.join(CORRUPTIONS)}")
     if severity not in (0, *SEVERITIES):
         raise FeatxError(f"corruption severity must be 0 (none) to 5, not {severity!r}")
+
+
+def parse_corruption(text: str | None) -> tuple[str, int] | None:
+    """"name:severity" (e.g. gaussian_noise:3) -> (name, severity); None, "none" and severity 0 -> None."""
+    if text in (None, "", "none"):
+        return None
+    name, _, severity = str(text).partition(":")
+    if not severity.isdigit():
+        raise FeatxError(f"--corruption must be NAME:SEVERITY (e.g. gaussian_noise:3), not {text!r}")
+    check_corruption(name, int(severity))
+    return None if int(severity) == 0 else (name, int(severity))
+
+
+def corruption_policy(corruption: tuple[str, int] | None) -> str:
+    """What a cache of corrupted images adds to its decode policy ("" for clean images)."""
+    return f"+{CORRUPTION_POLICY}:{corruption[0]}:{corruption[1]}" if corruption else ""
 
 
 def corrupt(img: Image.Image, name: str, severity: int, key: str) -> Image.Image:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from PIL import Image
 
 from .._core.errors import FeatxError
 from .._core.hashing import bytes_sha1
@@ -25,12 +26,15 @@ class ImageFiles(torch.utils.data.Dataset):
     The image is `transform`'s uint8 3×H×W tensor, or in decode mode "device" what
     device_decoding.read_for_device returns (a JPEG's bytes, or a full-size decoded tensor).
     With a `seed`, each image's random augmentation is seeded by (seed, epoch, row): the same in
-    any loader worker and any process, so neither number changes the result.
+    any loader worker and any process, so neither number changes the result. With a `corruption`
+    (name, severity), each decoded image is corrupted first (featx.data.corruptions).
     """
 
-    def __init__(self, root, paths: list[str], transform, *, decode: str = "pil", seed: int | None = None):
+    def __init__(self, root, paths: list[str], transform, *, decode: str = "pil", seed: int | None = None,
+                 corruption: tuple[str, int] | None = None):
         self.root, self.paths, self.transform, self.decode, self.seed = Path(root), paths, transform, decode, seed
         self.draft_side = transform.resize_side if decode == "pil-draft" else None
+        self.corruption = corruption
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -56,11 +60,26 @@ class ImageFiles(torch.utils.data.Dataset):
         if self.decode == "device":
             return read_for_device(raw)
         image = load_image(io.BytesIO(raw), self.draft_side)
+        if self.corruption:
+            image = self._corrupted(image, row)
         if self.seed is None:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + row) % 2**63)
             return self.transform(image)
+
+
+    def _corrupted(self, image, row: int):
+        """The decoded image shrunk to the transform's resize side (a blur costs the same on a 3k-px X-ray
+        as on a small one), then corrupted with draws keyed by its path."""
+        from .corruptions import corrupt
+
+        side = self.transform.resize_side
+        if min(image.size) > side:
+            scale = side / min(image.size)
+            image = image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
+                                 Image.BICUBIC)
+        return corrupt(image, *self.corruption, key=self.paths[row])
 
 
 class Batch(NamedTuple):

@@ -24,6 +24,7 @@ from .._core.runtime import (default_batch_size, default_workers, join_ranks, pr
                              speaking)
 from .._core.versions import package_versions
 from ..data.datasets import Dataset
+from ..data.corruptions import corruption_policy
 from ..data.device_decoding import DeviceDecoder, decode_policy
 from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import EvalTransform
@@ -38,16 +39,17 @@ from .store import FeatureStore, RowTable, StoreWriter
 
 def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, output, batch_size, device: str,
                workers, dtype: str, layer, variant: dict, tta: str, decode: str, compile: bool, progress: bool,
-               log) -> FeatureStore:
+               log, corruption=None) -> FeatureStore:
     """extract's full way: build the backbone, open (or make) the cache by the features' identity,
     and compute the rows not done yet (this rank's share of them under torchrun)."""
     rank, n_ranks, device = join_ranks(device)
     log, progress = speaking(rank, log, progress)
     torch_device = resolve_device(device)
     bb = create_backbone(backbone, weights, layer=layer, **variant)
-    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile)
+    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile,
+                               corruption=corruption)
     request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer,
-                                 variant=variant, tta=tta, decode=decode, dtype=dtype)
+                                 variant=variant, tta=tta, decode=decode, dtype=dtype, corruption=corruption)
     path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
     for line in ds.notes():
         log(line)
@@ -57,17 +59,20 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
         if (done | skipped).all():
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
-        job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log)
+        job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log,
+                   corruption)
         done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, compile, rank,
                                                           n_ranks)
     _log_outcome(log, path, ds, done_now, skipped_now, seconds)
     return FeatureStore(path)
 
 
-def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, decode, compile) -> tuple[dict, dict]:
-    """(identity, config) of the cache: what must match to reuse it, and everything recorded in it."""
+def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, decode, compile,
+            corruption=None) -> tuple[dict, dict]:
+    """(identity, config) of the cache: what must match to reuse it, and everything recorded in it.
+    A corruption changes the pixels as decoding does, so it is part of the decode policy."""
     identity = cache_identity(bb.identity(), data_root=str(ds.root), precision=precision_for(device), tta=tta,
-                              dtype=dtype, decode=decode_policy(decode, device))
+                              dtype=dtype, decode=decode_policy(decode, device) + corruption_policy(corruption))
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
               "backbone_options": bb.options(),
@@ -106,6 +111,7 @@ class _Job:
     workers: int | None
     progress: bool
     log: Callable[[str], None]
+    corruption: tuple[str, int] | None = None
 
 
 def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: np.ndarray, batch_size,
@@ -122,6 +128,7 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
     workers = default_workers(job.device) if job.workers is None else job.workers
     job.log(f"extracting {len(todo)} of {store.n_rows} images with {job.bb.spec.name} ({job.bb.weights_source}) "
             f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.decode}"
+            + (f", corrupted by {job.corruption[0]} at severity {job.corruption[1]}" if job.corruption else "")
             + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
     started = time.perf_counter()
     done_before = int(done.sum())  # the merged count minus this tells what the ranks did
@@ -157,7 +164,8 @@ def _write_rows(job: _Job, forward: FrozenForward, target: Path, rows: RowTable,
     done_now, skipped_now = 0, []
     with progress_bar(len(pending), job.progress, unit="img") as bar, StoreWriter(target) as writer:
         for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, job.bb.data_config, job.ds.root,
-                                                                       rows.path, batches, workers, job.decode):
+                                                                       rows.path, batches, workers, job.decode,
+                                                                       job.corruption):
             changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
             problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
             bad = {r for r, _ in problems}
@@ -185,10 +193,10 @@ def _log_outcome(log, path: Path, ds: Dataset, done_now: int, skipped_now: list,
 
 
 def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, paths: list[str], batches, workers,
-                     decode):
+                     decode, corruption=None):
     """Yield (rows, outputs or None, unreadable (row, reason) pairs, (row, sha1 of bytes read) pairs)."""
     decoder = DeviceDecoder(data_config, forward.device) if decode == "device" else None
-    dataset = ImageFiles(root, paths, EvalTransform(data_config), decode=decode)
+    dataset = ImageFiles(root, paths, EvalTransform(data_config), decode=decode, corruption=corruption)
     for batch_rows, images, problems, read_sha1 in image_loader(dataset, batches, workers, forward.device):
         feats = None
         if images is not None and decoder is not None:

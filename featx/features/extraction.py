@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._core.console import log_line
+from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_options
 from .._core.paths import default_cache_dir
+from ..data.corruptions import parse_corruption
 from ..data.datasets import load_dataset
 from .reuse import finished_cache
 from .store import FeatureStore
@@ -34,6 +36,7 @@ def extract(
     layers: str | None = None,
     tta: str = "none",
     decode: str = "pil",
+    corruption: str | None = None,
     compile: bool = False,
     val_fraction: float | None = None,
     group_pattern: str | None = None,
@@ -52,17 +55,21 @@ def extract(
     Under torchrun each process computes its share of the batches (see features.sharding).
     `image_size` runs the backbone at another size than its default (ViTs resample their position
     table). Token models (ViTs) pool `pool` (cls, avg, cls+avg) over the last `layers` ("last:K")
-    blocks; see featx.models.tokens.
+    blocks; see featx.models.tokens. `corruption` ("name:severity", featx.data.corruptions) extracts
+    corrupted copies of the images into a cache of their own, as `featx robustness` does.
     """
     check_options(dtype=dtype, tta=tta, decode=decode, device=device, image_size=image_size, pool=pool,
                   layers=layers)
     variant = {"image_size": image_size, "pool": pool, "layers": layers}
+    corrupted = parse_corruption(corruption)
+    if corrupted and decode == "device":
+        raise FeatxError("--corruption works on images decoded by Pillow: use --decode pil or pil-draft")
     batch_size = check_batch_size(batch_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
     store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, variant=variant, tta=tta,
-                           decode=decode, dtype=dtype, cache_dir=cache_dir, output=output)
+                           decode=decode, corruption=corrupted, dtype=dtype, cache_dir=cache_dir, output=output)
     if store is not None:
         for line in ds.notes():
             log(line)
@@ -72,4 +79,5 @@ def extract(
 
     return fill_cache(ds, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                       device=device, workers=workers, dtype=dtype, layer=layer, variant=variant, tta=tta, decode=decode,
+                      corruption=corrupted,
                       compile=compile, progress=progress, log=log)
