@@ -9,6 +9,8 @@
   (c) notebook loop: torchvision ImageFolder + timm's eval transform + DataLoader(num_workers=0)
       + the NCHW model under no_grad, as the public pneumonia projects do (skip: --no-notebook)
   (d) featx.extract again over the fully cached set
+  (f) with --corruptions: featx extract of corrupted copies (`featx extract --corruption`), each
+      against (b)
   (e) the command line as a user runs it, start-up included, each in a fresh process: `featx extract`
       into a fresh cache, then the same command again (the issue #14 target: e/first < 10%)
 
@@ -124,6 +126,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile in (a) and (b)")
     parser.add_argument("--no-notebook", dest="notebook", action="store_false", help="skip (c)")
     parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip (e)")
+    parser.add_argument("--corruptions", default="", help="comma-separated NAME:SEVERITY: (f) extract corrupted "
+                        "copies, each against plain extraction (issue #16 target: >= 0.8)")
     args = parser.parse_args()
     for backbone in args.backbone.split(","):
         args.backbone = backbone
@@ -161,6 +165,11 @@ def measure(args) -> None:
         start = time.perf_counter()
         featx.extract(data, args.backbone, **kwargs)
         t_d = time.perf_counter() - start
+        t_f = {}
+        for corruption in filter(None, args.corruptions.split(",")):
+            start = time.perf_counter()
+            featx.extract(data, args.backbone, **{**kwargs, "corruption": corruption})
+            t_f[corruption] = time.perf_counter() - start
         t_first, t_again = command_line_runs(data, args, Path(tmp) / "cli-cache") if args.cli else (None, None)
 
     rate = lambda t: n / t  # noqa: E731
@@ -178,6 +187,9 @@ def measure(args) -> None:
     if t_c is not None:
         print(f"(c) notebook loop, from files         {rate(t_c):8.1f} images/s")
     print(f"(d) featx extract re-run, all cached  {t_d:8.2f} s ({t_d / t_b[modes[-1]]:.1%} of the first run)")
+    for corruption, seconds in t_f.items():
+        print(f"(f) featx extract --corruption {corruption:<18} {rate(seconds):8.1f} images/s  "
+              f"f/b = {t_b[modes[-1]] / seconds:.2f}")
     if t_first is not None:
         print(f"(e) `featx extract` in a fresh process: first run {t_first:.2f} s, re-run {t_again:.2f} s "
               f"({t_again / t_first:.1%} of the first, start-up included)")

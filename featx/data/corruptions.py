@@ -12,7 +12,7 @@ severity alone sets the strength: severity 3 is severity 1's corruption, stronge
 Parameters per severity 1..5 (intensities on a 0-1 scale):
 - gaussian_noise: additive noise, sigma 0.08, 0.12, 0.18, 0.26, 0.38 (ImageNet-C).
 - shot_noise: Poisson noise of x * c photons (normal approximation), c 60, 25, 12, 5, 3 (ImageNet-C).
-- gaussian_blur: sigma 1, 2, 3, 4, 6 px at 224 px (ImageNet-C).
+- gaussian_blur: sigma 1, 2, 3, 4, 6 px at 224 px (ImageNet-C), by Pillow's box-pass approximation.
 - motion_blur: a line kernel 5, 9, 13, 17, 21 px long at 224 px, at a random angle.
 - jpeg_compression: JPEG quality 25, 18, 15, 10, 7 (ImageNet-C).
 - contrast: (x - mean) * c + mean, c 0.4, 0.3, 0.2, 0.1, 0.05 (ImageNet-C).
@@ -97,7 +97,7 @@ def _generator(key: str, name: str) -> np.random.Generator:
 
 
 def _array(img: Image.Image) -> np.ndarray:
-    return np.asarray(img, dtype=np.float64) / 255.0
+    return np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
 
 
 def _image(x: np.ndarray, mode: str) -> Image.Image:
@@ -117,21 +117,25 @@ def _shot_noise(img, photons, rng, scale):
 
 
 def _gaussian_blur(img, sigma, rng, scale):
-    from scipy.ndimage import gaussian_filter
+    """Pillow's Gaussian blur (three box passes, a close approximation; radius = sigma): a few times
+    faster than an exact filter, which matters in the loader worker."""
+    from PIL import ImageFilter
 
-    x = _array(img)
-    sigmas = (sigma * scale, sigma * scale) + ((0,) if x.ndim == 3 else ())
-    return _image(gaussian_filter(x, sigmas, mode="nearest"), img.mode)
+    return img.filter(ImageFilter.GaussianBlur(radius=sigma * scale))
 
 
 def _motion_blur(img, length, rng, scale):
-    from scipy.ndimage import convolve
+    """Convolution with a thin line, edges extended; by FFT, a few times faster than a direct
+    convolution of the line's bounding box, which matters in the loader worker."""
+    from scipy.signal import fftconvolve
 
     x = _array(img)
-    kernel = _line_kernel(length * scale, rng.uniform(0, math.pi))
-    if x.ndim == 3:  # the same kernel on each channel, none across them
-        kernel = np.stack([np.zeros_like(kernel), kernel, np.zeros_like(kernel)], axis=2)
-    return _image(convolve(x, kernel, mode="nearest"), img.mode)
+    kernel = _line_kernel(length * scale, rng.uniform(0, math.pi)).astype(np.float32)
+    r = kernel.shape[0] // 2
+    if x.ndim == 2:
+        return _image(fftconvolve(np.pad(x, r, mode="edge"), kernel, mode="valid"), img.mode)
+    padded = np.pad(x, ((r, r), (r, r), (0, 0)), mode="edge")
+    return _image(fftconvolve(padded, kernel[:, :, None], mode="valid", axes=(0, 1)), img.mode)
 
 
 def _line_kernel(length: float, angle: float) -> np.ndarray:
