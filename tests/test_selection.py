@@ -72,6 +72,26 @@ def test_nothing_is_chosen_when_no_candidate_could_be_scored():
     assert best_index([float("nan"), 0.7, 0.9, 0.9]) == 2
 
 
+def test_val_fraction_takes_patients_of_every_size_not_the_largest_first(tmp_path):
+    """Patients with 1 to 8 images: validation must be a fair sample of them, or `featx shift` sees the cut."""
+    from conftest import save, xray_like
+
+    root = tmp_path / "sizes"
+    sizes = np.random.default_rng(3).integers(1, 9, 120)
+    for patient, size in enumerate(sizes):
+        for k in range(size):
+            cls = "PNEUMONIA" if patient % 3 else "NORMAL"
+            save(root / cls / f"person{patient}_{cls}_{k}.png", xray_like(k, size=(8, 8)))
+    ds = featx.load_dataset(root, val_fraction=0.25, cache_dir=tmp_path / "c")
+    per_patient = {split: [] for split in ("train", "val")}
+    for group in set(ds.groups):
+        split = ds.splits[ds.groups.index(group)]
+        per_patient[split].append(ds.groups.count(group))
+    mean = {split: np.mean(v) for split, v in per_patient.items()}
+    assert abs(mean["val"] - mean["train"]) < 1.0, mean  # largest first gave val 7.7 images per patient, train 3.9
+    assert abs(sum(s == "val" for s in ds.splits) / len(ds.splits) - 0.25) < 0.01
+
+
 def test_val_fraction_gives_the_share_asked_for(tmp_path):
     """600 images, two per patient: every fraction is met to within one patient."""
     from conftest import save, xray_like
