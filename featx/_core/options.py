@@ -75,17 +75,22 @@ def check_image_size(image_size):
     return image_size
 
 
+def feature_variant(image_size=None, pool=None, layers=None) -> dict:
+    """The options that pick a backbone's feature variant, checked, as extract, fit and shift pass them on
+    (None: the backbone's own)."""
+    check_image_size(image_size)
+    if pool is not None:
+        check_choice("pool", pool)
+    check_layers(layers)
+    return {"image_size": image_size, "pool": pool, "layers": layers}
+
+
 def check_options(**values) -> None:
-    """Check each named option by its rule: the CHOICES vocabularies, device, batch_size, layers, image_size;
-    None passes for pool, layers and image_size (the backbone's own)."""
+    """Check each named option by its rule: the CHOICES vocabularies, device, batch_size."""
     for name, value in values.items():
         if name == "device":
             check_device(value)
         elif name == "batch_size":
             check_batch_size(value)
-        elif name == "layers":
-            check_layers(value)
-        elif name == "image_size":
-            check_image_size(value)
-        elif not (name == "pool" and value is None):
+        else:
             check_choice(name, value)

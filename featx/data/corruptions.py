@@ -79,13 +79,19 @@ def corruption_policy(corruption: tuple[str, int] | None) -> str:
     return f"+{CORRUPTION_POLICY}:{corruption[0]}:{corruption[1]}" if corruption else ""
 
 
-def corrupt(img: Image.Image, name: str, severity: int, key: str) -> Image.Image:
-    """`img` ('L' or 'RGB') with corruption `name` at `severity` (0: unchanged), drawn for `key` (the path)."""
+def corrupt(img: Image.Image, name: str, severity: int, key: str, side: int | None = None) -> Image.Image:
+    """`img` ('L' or 'RGB') with corruption `name` at `severity` (0: unchanged), drawn for `key` (the path).
+
+    With `side` (the checkpoint's resize side), a larger image is shrunk to it first, so a blur costs
+    the same on a 3k-px X-ray as on a small one."""
     check_corruption(name, severity)
     if severity == 0:
         return img
     if img.mode not in ("L", "RGB"):
         raise FeatxError(f"corruptions take 8-bit L or RGB images, not {img.mode}")
+    if side and min(img.size) > side:
+        scale = side / min(img.size)
+        img = img.resize((max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))), Image.BICUBIC)
     value = _PARAMS[name][severity - 1]
     scale = min(img.size) / REFERENCE_SIDE
     return _APPLY[name](img, value, _generator(key, name), scale)

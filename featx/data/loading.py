@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from PIL import Image
 
 from .._core.errors import FeatxError
 from .._core.hashing import bytes_sha1
+from .corruptions import corrupt
 from .device_decoding import read_for_device
 from .images import ImageError, load_image
 
@@ -61,25 +61,12 @@ class ImageFiles(torch.utils.data.Dataset):
             return read_for_device(raw)
         image = load_image(io.BytesIO(raw), self.draft_side)
         if self.corruption:
-            image = self._corrupted(image, row)
+            image = corrupt(image, *self.corruption, key=self.paths[row], side=self.transform.resize_side)
         if self.seed is None:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + row) % 2**63)
             return self.transform(image)
-
-
-    def _corrupted(self, image, row: int):
-        """The decoded image shrunk to the transform's resize side (a blur costs the same on a 3k-px X-ray
-        as on a small one), then corrupted with draws keyed by its path."""
-        from .corruptions import corrupt
-
-        side = self.transform.resize_side
-        if min(image.size) > side:
-            scale = side / min(image.size)
-            image = image.resize((max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
-                                 Image.BICUBIC)
-        return corrupt(image, *self.corruption, key=self.paths[row])
 
 
 class Batch(NamedTuple):

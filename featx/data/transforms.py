@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .._core.options import check_choice
+from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 class EvalTransform:
     """The checkpoint's own timm eval transform (resize, crop), stopping at a uint8 3×H×W tensor.
@@ -59,24 +60,20 @@ class TrainTransform:
         if augment == "natural":
             ops.append(T.RandomHorizontalFlip())
         self.ops = T.Compose([*ops, T.PILToTensor()])
-        self.shrink = ops[0]
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.augment == "none":
             return self.eval(img)
         if self.augment == "corrupt":
-            return self.eval(self._corrupted(self.shrink(img)))
+            return self.eval(self._corrupted(img))
         tensor = self.ops(img)
         return tensor.expand(3, -1, -1).contiguous() if tensor.shape[0] == 1 else tensor
 
-
-    @staticmethod
-    def _corrupted(img: Image.Image) -> Image.Image:
-        from .corruptions import CORRUPTIONS, SEVERITIES, corrupt
-
+    def _corrupted(self, img: Image.Image) -> Image.Image:
+        """One corruption at one severity, drawn from torch's generator (seeded per epoch and image)."""
         name = CORRUPTIONS[int(torch.randint(len(CORRUPTIONS), ()))]
         severity = SEVERITIES[int(torch.randint(len(SEVERITIES), ()))]
-        return corrupt(img, name, severity, key=str(int(torch.randint(2**62, ()))))
+        return corrupt(img, name, severity, key=str(int(torch.randint(2**62, ()))), side=self.eval.resize_side)
 
 
 class Normalize(torch.nn.Module):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .._core.console import log_line
 from .._core.errors import FeatxError
-from .._core.options import check_batch_size, check_options
+from .._core.options import check_batch_size, check_options, feature_variant
 from .._core.paths import default_cache_dir
 from ..data.corruptions import parse_corruption
 from ..data.datasets import load_dataset
@@ -58,9 +58,8 @@ def extract(
     blocks; see featx.models.tokens. `corruption` ("name:severity", featx.data.corruptions) extracts
     corrupted copies of the images into a cache of their own, as `featx robustness` does.
     """
-    check_options(dtype=dtype, tta=tta, decode=decode, device=device, image_size=image_size, pool=pool,
-                  layers=layers)
-    variant = {"image_size": image_size, "pool": pool, "layers": layers}
+    check_options(dtype=dtype, tta=tta, decode=decode, device=device)
+    variant = feature_variant(image_size, pool, layers)
     corrupted = parse_corruption(corruption)
     if corrupted and decode == "device":
         raise FeatxError("--corruption works on images decoded by Pillow: use --decode pil or pil-draft")

@@ -28,7 +28,7 @@ def cache_identity(backbone_identity: dict, *, data_root: str, precision: str, t
             **feature_identity(backbone_identity, tta=tta, decode=decode), "precision": precision, "dtype": dtype}
 
 
-def feature_variant(config: dict) -> str:
+def variant_label(config: dict) -> str:
     """How a cache's features differ from its backbone's own, for a method's name: "" or e.g.
     " [cls+avg, last:4, 448 px]" (size, pool, layers, inner layer)."""
     parts = []

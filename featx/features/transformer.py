@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .._core.errors import FeatxError
 from .._core.hashing import file_sha1
-from .._core.options import check_options
+from .._core.options import check_options, feature_variant
 from .._core.paths import default_cache_dir
 
 
@@ -50,8 +50,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _validate_options(self) -> None:
         """As scikit-learn does, at fit/transform rather than in __init__ (set_params bypasses __init__)."""
-        check_options(tta=self.tta, decode=self.decode, device=self.device, batch_size=self.batch_size,
-                      image_size=self.image_size, pool=self.pool, layers=self.layers)
+        check_options(tta=self.tta, decode=self.decode, device=self.device, batch_size=self.batch_size)
+        feature_variant(self.image_size, self.pool, self.layers)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -12,7 +12,7 @@ import numpy as np
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
-from .._core.options import check_choice, check_options
+from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
 from ..artifacts.format import build_sidecar, save_artifact
 from ..data.datasets import SPLITS
@@ -60,8 +60,7 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     log = log or log_line
     names = _head_names(head, pca, out_of_core, solver)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    check_options(image_size=image_size, pool=pool, layers=layers)
-    variant = {"image_size": image_size, "pool": pool, "layers": layers}
+    variant = feature_variant(image_size, pool, layers)
     store = resolve_store(features, data, backbone, weights, variant, cache_dir, log)
     rule = check_threshold(threshold, len(store.classes))
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))

@@ -24,7 +24,7 @@ from sklearn.preprocessing import StandardScaler
 from .._core.atomic import write_text_atomic
 from .._core.console import log_line
 from .._core.errors import FeatxError
-from .._core.options import check_options
+from .._core.options import feature_variant
 from .._core.paths import default_cache_dir
 from ..evaluation.significance import bootstrap_ci
 from ..features.store import FeatureStore
@@ -66,9 +66,8 @@ def shift(features=None, *, data=None, backbone: str | None = None, weights: str
           log=None) -> Shift:
     """The shift from `splits[0]` to `splits[1]`, on a cache file (`features`) or on the cache of
     `backbone` on `data` (extracted first if missing), as `featx fit` finds it."""
-    check_options(image_size=image_size, pool=pool, layers=layers)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    variant = {"image_size": image_size, "pool": pool, "layers": layers}
+    variant = feature_variant(image_size, pool, layers)
     store = resolve_store(features, data, backbone, weights, variant, cache_dir, log or log_line)
     if len(splits) != 2 or splits[0] == splits[1]:
         raise FeatxError(f"--splits names two different splits, e.g. train,test; got {','.join(splits)}")

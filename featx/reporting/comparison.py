@@ -28,7 +28,7 @@ from ..evaluation.significance import (
     mcnemar_test,
     point_metrics,
 )
-from ..features.identity import feature_variant
+from ..features.identity import variant_label
 
 
 def find_artifacts(models_dir) -> list[Path]:
@@ -114,7 +114,7 @@ def method_name(info: dict) -> str:
     if info.get("kind") == "finetune":
         size = info.get("params", {}).get("image_size")
         return f"{config['backbone']} fine-tune" + (f" [{size} px]" if size else "")
-    backbone = config["backbone"] + feature_variant(config)
+    backbone = config["backbone"] + variant_label(config)
     return f"{backbone} + {info['head']}" + (" (out of core)" if info.get("out_of_core") else "")
 
 

@@ -26,7 +26,7 @@ from ..artifacts.linear import linear_weights
 from ..artifacts.predictors import FineTunedClassifier, ImageClassifier, load
 from ..data.images import ImageError, load_image
 from ..data.transforms import EvalTransform, Normalize
-from ..models.tokens import is_token_model
+from ..models.tokens import TokenFeatures, is_token_model
 
 LINEAR_HEADS = ("logreg", "linsvm")
 
@@ -94,7 +94,7 @@ def _linear_cam(model: ImageClassifier, img, target):
     bb = model.backbone()
     if bb.layer:
         raise FeatxError("explain needs a head on the pooled (last) layer, not an inner layer")
-    if "pool" in bb.identity() or is_token_model(bb.model):
+    if isinstance(bb.model, TokenFeatures) or is_token_model(bb.model):
         raise FeatxError("a head on a vision transformer's tokens has no exact class activation map; explain a "
                          "fine-tuned model instead")
     with torch.inference_mode():
