@@ -341,6 +341,44 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
         click.echo(f"report: {result['html']} and {result['markdown']}; table with raw p-values: {result['csv']}")
 
 
+@main.command("robustness")
+@_data(True, "The dataset whose saved models to test.")
+@_choice("split", "test", "Split whose images are corrupted.")
+@click.option("--corruptions", default="all", help="Comma-separated corruptions, or all: gaussian_noise, shot_noise, "
+              "gaussian_blur, motion_blur, jpeg_compression, contrast, brightness, rotation, zoom, shear, "
+              "seed_perturbation (README: Corrupted images).")
+@click.option("--severities", default="1,3,5", help="Severities 1 (mild) to 5 (severe), comma-separated.")
+@click.option("--output", "--out", "out", default="featx-report", type=click.Path(file_okay=False),
+              help="Folder for robustness.csv and robustness.png (compare's report folder, by default).")
+@MODELS
+@CACHE
+@DEVICE
+@WORKERS
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per forward pass.")
+@click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
+@click.option("--seed", default=0, type=int, help="Seed of the bootstrap.")
+@PROGRESS
+def robustness_command(data, split, corruptions, severities, out, models_dir, cache_dir, device, workers, batch_size,
+                       n_boot, seed, progress):
+    """Every saved head and fine-tune of a dataset on corrupted copies of one split.
+
+    Heads get features extracted from the corrupted images with their own backbone and
+    preprocessing (cached per corruption and severity: re-runs compute nothing, interrupted
+    runs resume); fine-tunes get the same corrupted images. Prints ROC-AUC per corruption and
+    severity and each method's relative drop; writes a CSV and a plot, and `featx compare`'s
+    report shows them.
+    """
+    from .reporting.robustness import robustness, write_outputs
+
+    result = robustness(data, split=split, corruptions=corruptions, severities=severities, models_dir=models_dir,
+                        cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers, n_boot=n_boot,
+                        seed=seed, progress=progress, log=lambda m: click.echo(m, err=True))
+    for line in result.lines():
+        click.echo(line)
+    written = write_outputs(result, out)
+    click.echo(f"table: {written['csv']}; plot: {written['png']}")
+
+
 @main.command("explain")
 @click.argument("image", type=click.Path())
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A head (logreg, linsvm) or fine-tune artifact.")

@@ -118,6 +118,26 @@ class ImageClassifier(_SavedModel):
             proba[ok] = self.head.predict_proba(feats[ok])
         return proba, reasons
 
+    def extraction_recipe(self, weights: str = "auto") -> dict:
+        """The `featx.extract` arguments that make this head's features again (e.g. from corrupted
+        images); `weights` "auto": the recorded file or folder if it is still there, else imagenet."""
+        from ..data.device_decoding import mode_of_policy
+
+        c = self.feature_config
+        if weights == "auto":
+            recorded = Path(c.get("weights_source", ""))
+            if c.get("weights_source", "").startswith("random"):
+                weights = "random"
+            elif recorded.is_absolute() and recorded.exists():  # a state_dict file or a Hugging Face folder
+                weights = str(recorded)
+            else:
+                weights = "imagenet"
+        options = c.get("backbone_options", {})
+        return {"backbone": c["backbone"], "weights": weights,
+                "layer": None if c.get("layer") in (None, "pooled") else c["layer"],
+                "image_size": options.get("image_size"), "pool": options.get("pool"), "layers": options.get("layers"),
+                "tta": c.get("tta", "none"), "decode": mode_of_policy(c.get("decode")), "dtype": c.get("dtype", "float32")}
+
     def backbone(self, weights: str = "auto"):
         """Build the backbone the head was trained on, and check its weights are the same ones."""
         from ..models.backbones import create_backbone
@@ -125,16 +145,8 @@ class ImageClassifier(_SavedModel):
         if self._backbone is not None:
             return self._backbone
         c = self.feature_config
-        if weights == "auto":
-            recorded = Path(c.get("weights_source", ""))
-            if c.get("weights_source", "").startswith("random"):
-                weights = "random"
-            elif recorded.is_absolute() and recorded.is_file():
-                weights = str(recorded)
-            else:
-                weights = "imagenet"
-        layer = None if c.get("layer") in (None, "pooled") else c["layer"]
-        bb = create_backbone(c["backbone"], weights, layer=layer, **c.get("backbone_options", {}))
+        recipe = self.extraction_recipe(weights)
+        bb = create_backbone(c["backbone"], recipe["weights"], layer=recipe["layer"], **c.get("backbone_options", {}))
         if bb.weights_sha256 != c["weights_sha256"]:
             raise FeatxError(f"the {c['backbone']} weights found ({bb.weights_source}) differ from those this model "
                              f"was trained with ({c.get('weights_source')}); pass those with --weights PATH")

@@ -79,6 +79,15 @@ def corruption_policy(corruption: tuple[str, int] | None) -> str:
     return f"+{CORRUPTION_POLICY}:{corruption[0]}:{corruption[1]}" if corruption else ""
 
 
+def split_policy(policy: str | None) -> tuple[str | None, tuple[str, int] | None]:
+    """A cache's decode policy -> (the policy of decoding alone, the corruption added after it or None)."""
+    base, marker, rest = (policy or "").partition(f"+{CORRUPTION_POLICY}:")
+    if not marker:
+        return policy, None
+    name, _, severity = rest.partition(":")
+    return base, (name, int(severity))
+
+
 def corrupt(img: Image.Image, name: str, severity: int, key: str, side: int | None = None) -> Image.Image:
     """`img` ('L' or 'RGB') with corruption `name` at `severity` (0: unchanged), drawn for `key` (the path).
 

@@ -11,7 +11,7 @@ import csv
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,14 @@ class Dataset:
             row = table.setdefault(split, {c: 0 for c in self.classes})
             row[self.classes[label]] += 1
         return {s: table[s] for s in SPLITS if s in table}
+
+    def subset(self, splits) -> "Dataset":
+        """The images of `splits` only (e.g. the split `featx robustness` corrupts), same root and key."""
+        keep = [i for i, s in enumerate(self.splits) if s in splits]
+        paths = [self.paths[i] for i in keep]
+        return replace(self, paths=paths, labels=self.labels[keep], splits=[self.splits[i] for i in keep],
+                       groups=[self.groups[i] for i in keep], split_note="", ignored=[],
+                       problems={p: why for p, why in self.problems.items() if p in set(paths)})
 
 
 def load_dataset(

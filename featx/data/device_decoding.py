@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .._core.options import check_choice
+from .corruptions import split_policy
 from .images import DECODE_POLICY, JPEG_DRAFT_POLICY, ImageError, load_image
 from .transforms import EvalTransform
 
@@ -43,7 +44,9 @@ def decode_policy(mode: str, device: torch.device) -> str:
 
 
 def mode_of_policy(policy: str | None) -> str:
-    """The decode mode a cache was made with (caches older than the modes mean pil)."""
+    """The decode mode a cache was made with (caches older than the modes mean pil; a corruption
+    the cache adds after decoding does not change the mode)."""
+    policy = split_policy(policy)[0]
     if policy == JPEG_DRAFT_POLICY:
         return "pil-draft"
     if policy and policy.startswith(f"{DECODE_POLICY}+torchvision-"):

@@ -38,6 +38,28 @@ def bootstrap_ci(y, proba, threshold: float | None = 0.5, *, n_boot: int = 1000,
     return out
 
 
+def bootstrap_auc_ci(y, proba, *, n_boot: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float] | None:
+    """The ROC-AUC interval of `bootstrap_ci` (stratified percentile bootstrap), all resamples at once
+    for two classes: ranks instead of a scikit-learn call per resample, for tables of many cells."""
+    y = np.asarray(y)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.shape[1] != 2:
+        return bootstrap_ci(y, proba, None, n_boot=n_boot, seed=seed, level=level)["roc_auc"]
+    positives, negatives = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if not len(positives) or not len(negatives):
+        return None
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    idx = np.hstack([rng.choice(negatives, (n_boot, len(negatives))), rng.choice(positives, (n_boot, len(positives)))])
+    ranks = rankdata(proba[idx, 1], axis=1)  # ties share their mean rank, as in the Mann-Whitney U
+    n1, n0 = len(positives), len(negatives)
+    auc = (ranks[:, n0:].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    alpha = (1 - level) / 2
+    return float(np.quantile(auc, alpha)), float(np.quantile(auc, 1 - alpha))
+
+
 def point_metrics(y, proba, threshold: float | None = 0.5) -> dict[str, float | None]:
     """The bootstrapped metrics, computed fast: binary at `threshold`, else argmax and macro averages."""
     k = proba.shape[1]

@@ -32,7 +32,7 @@ from ..models.backbones import Backbone, create_backbone
 from ..models.frozen import FrozenForward
 from . import sharding
 from .identity import cache_identity, identity_hash
-from .planning import prepare_store, schedule, skip_known_problems
+from .planning import cache_folder, prepare_store, schedule, skip_known_problems
 from .reuse import extraction_request, remember_request
 from .store import FeatureStore, RowTable, StoreWriter
 
@@ -50,7 +50,8 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
                                corruption=corruption)
     request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer,
                                  variant=variant, tta=tta, decode=decode, dtype=dtype, corruption=corruption)
-    path = Path(output) if output else cache_dir / ds.key / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
+    path = Path(output) if output else \
+        cache_folder(cache_dir, ds, corruption) / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
     for line in ds.notes():
         log(line)
     with exclusive_lock(path) if rank == 0 else contextlib.nullcontext():
@@ -210,11 +211,13 @@ def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, path
 
 def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
                   batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
-                  decode: str = "pil", progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
+                  decode: str = "pil", corruption: tuple[str, int] | None = None, root=None,
+                  progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
 
     Returns (outputs with a NaN row per unreadable image, the reason or None per image, the sha1
-    of each file's bytes).
+    of each file's bytes). With `root`, `paths` are relative to it, as in a cache: a `corruption`
+    draws its randomness from the relative path, so a network and a cache see the same pixels.
     """
     check_options(tta=tta, decode=decode, device=device)
     batch_size = check_batch_size(batch_size)
@@ -222,14 +225,15 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     forward = FrozenForward(model, data_config, torch_device, precision_for(torch_device), tta)
     batch_size = _batch_size(forward, batch_size, silent)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
-    paths = [str(Path(p).expanduser().absolute()) for p in paths]
+    if root is None:
+        root, paths = Path("/"), [str(Path(p).expanduser().absolute()) for p in paths]
     out = np.full((len(paths), width), np.nan, np.float32)
     reasons: list[str | None] = [None] * len(paths)
     sha1 = [""] * len(paths)
     batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     with progress_bar(len(paths), progress, unit="img") as bar:
-        for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, data_config, Path("/"), paths,
-                                                                       batches, workers, decode):
+        for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, data_config, Path(root), paths,
+                                                                       batches, workers, decode, corruption):
             for r, why in problems:
                 reasons[r] = why
             for r, h in read_sha1:

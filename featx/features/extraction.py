@@ -37,6 +37,7 @@ def extract(
     tta: str = "none",
     decode: str = "pil",
     corruption: str | None = None,
+    splits=None,
     compile: bool = False,
     val_fraction: float | None = None,
     group_pattern: str | None = None,
@@ -56,7 +57,8 @@ def extract(
     `image_size` runs the backbone at another size than its default (ViTs resample their position
     table). Token models (ViTs) pool `pool` (cls, avg, cls+avg) over the last `layers` ("last:K")
     blocks; see featx.models.tokens. `corruption` ("name:severity", featx.data.corruptions) extracts
-    corrupted copies of the images into a cache of their own, as `featx robustness` does.
+    corrupted copies of the images into a cache of their own, as `featx robustness` does, which
+    also names `splits` (e.g. ["test"]): only their images are extracted.
     """
     check_options(dtype=dtype, tta=tta, decode=decode, device=device)
     variant = feature_variant(image_size, pool, layers)
@@ -67,6 +69,11 @@ def extract(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
+    if splits is not None:
+        missing = [s for s in splits if s not in ds.splits]
+        if missing:
+            raise FeatxError(f"{ds.root} has no {', '.join(missing)} split; its splits: {', '.join(ds.counts())}")
+        ds = ds.subset(splits)
     store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, variant=variant, tta=tta,
                            decode=decode, corruption=corrupted, dtype=dtype, cache_dir=cache_dir, output=output)
     if store is not None:

@@ -14,6 +14,15 @@ from ..data.datasets import SPLITS, Dataset
 from .store import FeatureStore, RowTable, StoreWriter, create_store
 
 
+def cache_folder(cache_dir: Path, ds: Dataset, corruption=None) -> Path:
+    """Where a dataset's caches live. Corrupted copies (featx robustness) go apart, by split, so that
+    `fit --backbone` never mistakes them for the clean features and one split's run keeps another's."""
+    folder = Path(cache_dir) / ds.key
+    if corruption:
+        folder = folder / "corrupted" / "+".join(s for s in SPLITS if s in set(ds.splits))
+    return folder
+
+
 def prepare_store(path: Path, ds: Dataset, identity: dict, config: dict, num_features: int, dtype: str,
                   log) -> FeatureStore:
     """Open the store if it matches the dataset; otherwise build it, keeping every reusable row."""

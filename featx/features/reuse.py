@@ -22,7 +22,7 @@ from .._core.versions import installed_version
 from ..data.datasets import Dataset
 from ..models.registry import get_spec
 from ..models.weight_files import weights_fingerprint
-from .planning import row_table, same_files
+from .planning import cache_folder, row_table, same_files
 from .store import FeatureStore, StoreWriter, find_caches
 
 
@@ -57,7 +57,7 @@ def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, lay
     if request is None:
         return None
     wanted = request_hash(request)
-    where = Path(output) if output else Path(cache_dir) / ds.key
+    where = Path(output) if output else cache_folder(cache_dir, ds, corruption)
     for store in find_caches(where, recursive=False):
         if wanted in store.config.get("requests", ()) and _holds_every_file(store, ds):
             return store

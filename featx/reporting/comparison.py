@@ -50,7 +50,7 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
     check_choice("split", split)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
-    candidates = _of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
+    candidates = artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
 
     methods, apart = [], []
     for path, info in candidates:
@@ -90,7 +90,8 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
     return records + apart
 
 
-def _of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> list[tuple[Path, dict]]:
+def artifacts_of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> list[tuple[Path, dict]]:
+    """(path, sidecar) of the artifacts made on `data` (None: the only dataset they were made on)."""
     infos = [(p, read_sidecar(p)) for p in paths]
     if data is not None:
         from ..data.datasets import load_dataset
@@ -112,8 +113,11 @@ def _of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> l
 def method_name(info: dict) -> str:
     config = info["features"]["config"]
     if info.get("kind") == "finetune":
-        size = info.get("params", {}).get("image_size")
-        return f"{config['backbone']} fine-tune" + (f" [{size} px]" if size else "")
+        params = info.get("params", {})
+        parts = [f"{params['image_size']} px"] if params.get("image_size") else []
+        if params.get("augment", "xray") != "xray":
+            parts.append(f"augment {params['augment']}")
+        return f"{config['backbone']} fine-tune" + (f" [{', '.join(parts)}]" if parts else "")
     backbone = config["backbone"] + variant_label(config)
     return f"{backbone} + {info['head']}" + (" (out of core)" if info.get("out_of_core") else "")
 

@@ -1,0 +1,300 @@
+"""`featx robustness`: every saved model of a dataset, on corrupted copies of one split.
+
+Heads see features extracted from the corrupted images with their own backbone, weights and
+preprocessing: one cache per corruption and severity (under <cache>/<dataset>/corrupted/<split>/),
+resumable and reused like any extraction. Fine-tunes see the same corrupted pixels (a corruption
+draws its randomness from the image's path relative to the data root); their outputs are kept
+beside the network (robustness/*.npz), so a re-run computes nothing. The clean rows are the
+predictions saved with each model, the ones `featx compare` ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._core.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from .._core.console import log_line
+from .._core.errors import FeatxError
+from .._core.hashing import record_hash
+from .._core.options import check_choice
+from .._core.paths import default_cache_dir
+from ..artifacts.format import images_fingerprint, load_predictions
+from ..artifacts.predictors import load
+from ..data.corruptions import CORRUPTION_POLICY, CORRUPTIONS, SEVERITIES, check_corruption, split_policy
+from ..data.datasets import load_dataset
+from ..evaluation.significance import bootstrap_auc_ci, point_metrics
+from ..features.identity import FEATURE_IDENTITY, differences
+from .comparison import artifacts_of_dataset, find_artifacts, method_name
+
+DEFAULT_SEVERITIES = (1, 3, 5)
+COLUMNS = ("method", "corruption", "severity", "n", "roc_auc", "roc_auc_low", "roc_auc_high", "accuracy",
+           "sensitivity", "specificity")
+
+
+@dataclass
+class Robustness:
+    """One row (COLUMNS) per method × corruption × severity; the clean rows have corruption "none", severity 0."""
+
+    split: str
+    data_root: str
+    corruptions: list[str]
+    severities: list[int]
+    methods: list[str]
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+
+    def auc(self, method: str, corruption: str = "none", severity: int = 0) -> float | None:
+        found = [r["roc_auc"] for r in self.rows if (r["method"], r["corruption"], r["severity"]) ==
+                 (method, corruption, severity)]
+        return found[0] if found else None
+
+    def summary(self) -> list[dict]:
+        """Per method: clean ROC-AUC, the mean over every corrupted cell, the relative drop (the mean of
+        1 - AUC / clean AUC over corruptions and severities: mCE's idea, against the method's own clean
+        AUC) and the worst cell."""
+        out = []
+        for method in self.methods:
+            clean = self.auc(method)
+            cells = [r for r in self.rows if r["method"] == method and r["severity"] > 0 and r["roc_auc"] is not None]
+            entry = {"method": method, "clean": clean, "mean": None, "relative_drop": None, "worst": None}
+            if cells:
+                entry["mean"] = float(np.mean([r["roc_auc"] for r in cells]))
+                worst = min(cells, key=lambda r: r["roc_auc"])
+                entry["worst"] = (worst["corruption"], worst["severity"], worst["roc_auc"])
+                if clean:
+                    entry["relative_drop"] = float(np.mean([1 - r["roc_auc"] / clean for r in cells]))
+            out.append(entry)
+        return out
+
+    def lines(self) -> list[str]:
+        """The terminal table: a summary per method, then ROC-AUC per corruption at each severity."""
+        summary = self.summary()
+        number = {m: f"[{i + 1}]" for i, m in enumerate(self.methods)}
+        out = [f"robustness on the {self.split} split of {self.data_root} (ROC-AUC; relative drop: mean of "
+               "1 - AUC / clean AUC over corruptions and severities)"]
+        for s in summary:
+            worst = "" if s["worst"] is None else f"; worst {s['worst'][0]}:{s['worst'][1]} {s['worst'][2]:.3f}"
+            out.append(f"{number[s['method']]} {s['method']}: clean {_num(s['clean'])}, corrupted mean "
+                       f"{_num(s['mean'])}, relative drop {_percent(s['relative_drop'])}{worst}")
+        severity_text = "/".join(str(s) for s in self.severities)
+        header = [f"corruption (severity {severity_text})", *[number[m] for m in self.methods]]
+        table = [[c, *["/".join(_num(self.auc(m, c, s)) for s in self.severities) for m in self.methods]]
+                 for c in self.corruptions]
+        width = max(len(cell) for row in table for cell in row[1:])
+        first = max(len(header[0]), *(len(row[0]) for row in table))
+        out.append("")
+        for row in [header, *table]:
+            out.append(row[0].ljust(first) + "".join(f"  {cell:>{width}}" for cell in row[1:]))
+        out += [f"note: {n}" for n in self.notes]
+        return out
+
+
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _percent(value) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def parse_corruptions(text) -> list[str]:
+    """"all" or comma-separated corruption names -> the names, checked."""
+    if text in (None, "all"):
+        return list(CORRUPTIONS)
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    for name in names:
+        check_corruption(name, 1)
+    return list(dict.fromkeys(names))
+
+
+def parse_severities(text) -> list[int]:
+    """"1,3,5" -> [1, 3, 5], each in 1..5."""
+    values = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        severities = sorted({int(v) for v in values})
+    except ValueError:
+        raise FeatxError(f"--severities takes numbers 1 to 5 separated by commas, e.g. 1,3,5; not {text!r}") from None
+    if not severities or any(s not in SEVERITIES for s in severities):
+        raise FeatxError(f"--severities takes numbers 1 to 5 separated by commas, e.g. 1,3,5; not {text!r}")
+    return severities
+
+
+def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAULT_SEVERITIES, models_dir=None,
+               cache_dir=None, device: str = "auto", batch_size=None, workers=None, n_boot: int = 1000, seed: int = 0,
+               progress: bool = True, log=None) -> Robustness:
+    """Evaluate every head and fine-tune of `data` on corrupted copies of its `split`.
+
+    Returns the rows and saves them beside the models (`robustness-<split>.json`), where
+    `featx compare` finds them for its report; `write_outputs` writes the CSV and the plot.
+    """
+    check_choice("split", split)
+    log = log or log_line
+    corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+    ds = load_dataset(data, cache_dir=cache_dir)
+    if split not in ds.splits:
+        raise FeatxError(f"{ds.root} has no {split} split; its splits: {', '.join(ds.counts())}")
+    images = ds.subset([split])
+    models, notes = _models(artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir), split)
+    if not models:
+        raise FeatxError(f"no model of {ds.root} was evaluated on its {split} split; run featx fit or featx finetune")
+    run = _Run(data, split, images, cache_dir, dict(device=device, batch_size=batch_size, workers=workers,
+                                                      progress=progress), log)
+    rows = [_row(m.name, "none", 0, m.clean_y, m.clean_proba, m.model.threshold, n_boot, seed) for m in models]
+    started = time.perf_counter()
+    for corruption in corruptions:
+        for severity in severities:
+            log(f"robustness: {corruption} at severity {severity}")
+            for m in models:
+                y, proba = run.outputs(m, corruption, severity)
+                rows.append(_row(m.name, corruption, severity, y, proba, m.model.threshold, n_boot, seed))
+    log(f"robustness: {len(models)} models x {len(corruptions)} corruptions x {len(severities)} severities on "
+        f"{len(images)} {split} images in {time.perf_counter() - started:.0f} s")
+    result = Robustness(split, str(ds.root), corruptions, severities, [m.name for m in models], rows,
+                        notes + run.notes)
+    _save(result, models_dir)
+    return result
+
+
+@dataclass
+class _Model:
+    name: str
+    model: object  # an ImageClassifier or a FineTunedClassifier
+    clean_y: np.ndarray
+    clean_proba: np.ndarray
+    clean_images: str  # fingerprint of the clean predictions' images
+
+
+def _models(found: list[tuple[Path, dict]], split: str) -> tuple[list[_Model], list[str]]:
+    """The loaded models that have clean predictions of `split`, each under a name of its own."""
+    models, notes = [], []
+    names = [method_name(info) for _, info in found]
+    for (path, info), name in zip(found, names):
+        if names.count(name) > 1:
+            name = f"{name} ({path.parent.name if path.name == 'model.pt' else path.stem})"
+        try:
+            p = load_predictions(path, info).get(split)
+            if p is None:
+                notes.append(f"{name}: left out, it has no {split} predictions")
+                continue
+            models.append(_Model(name, load(path), p["y"], p["proba"], images_fingerprint(zip(p["path"], p["sha1"]))))
+        except FeatxError as exc:
+            notes.append(f"{name}: left out, {exc}")
+    models.sort(key=lambda m: -(_row(m.name, "none", 0, m.clean_y, m.clean_proba, m.model.threshold, 0, 0)["roc_auc"]
+                                or 0))  # best clean first, as compare ranks
+    return models, notes
+
+
+def _row(method: str, corruption: str, severity: int, y, proba, threshold, n_boot: int, seed: int) -> dict:
+    """One CSV row: ROC-AUC with its stratified bootstrap 95% interval, and the metrics at the model's threshold."""
+    y, proba = np.asarray(y), np.asarray(proba)
+    row = {"method": method, "corruption": corruption, "severity": severity, "n": int(len(y))}
+    metrics = point_metrics(y, proba, threshold) if len(y) else {}
+    ci = bootstrap_auc_ci(y, proba, n_boot=n_boot, seed=seed) if n_boot and metrics.get("roc_auc") is not None \
+        else None
+    row.update(roc_auc=metrics.get("roc_auc"), roc_auc_low=ci[0] if ci else None, roc_auc_high=ci[1] if ci else None)
+    row.update({k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity")})
+    return row
+
+
+class _Run:
+    """Computes (or finds cached) one model's outputs on one corrupted copy of the split."""
+
+    def __init__(self, data, split: str, images, cache_dir: Path, compute: dict, log):
+        from ..features.planning import row_table
+
+        self.data, self.split, self.images, self.cache_dir, self.compute, self.log = \
+            data, split, images, cache_dir, compute, log
+        self.notes: list[str] = []
+        self._sha1 = row_table(images, None).sha1  # what the images are now, for the fine-tunes' kept outputs
+        self.fingerprint = images_fingerprint(zip(images.paths, self._sha1))
+        self._warned: set[str] = set()
+
+    def outputs(self, m: _Model, corruption: str, severity: int) -> tuple[np.ndarray, np.ndarray]:
+        if m.clean_images != self.fingerprint and m.name not in self._warned:
+            self._warned.add(m.name)
+            self.notes.append(f"{m.name}: its clean row is from predictions saved on other {self.split} images "
+                              "than the corrupted rows (the split changed since it was evaluated)")
+        if m.model.info.get("kind") == "finetune":
+            return self._network_outputs(m.model, corruption, severity)
+        return self._head_outputs(m.model, corruption, severity)
+
+    def _head_outputs(self, model, corruption: str, severity: int):
+        from ..features.extraction import extract
+
+        recipe = model.extraction_recipe()
+        store = extract(self.data, **recipe, corruption=f"{corruption}:{severity}", splits=[self.split],
+                        cache_dir=self.cache_dir, log=self._quiet, **self.compute)
+        made = store.config
+        decoded, corrupted = split_policy(made.get("decode"))
+        differs = differences({**made, "decode": decoded}, model.feature_config, FEATURE_IDENTITY)
+        if differs or corrupted != (corruption, severity):
+            raise FeatxError(f"the corrupted features of {store.path} differ from those {model.path} was trained on "
+                             f"({', '.join(differs) or 'corruption'}); re-extract with the model's weights")
+        X, y = store.arrays(self.split)
+        return y, model.head.predict_proba(X)
+
+    def _network_outputs(self, model, corruption: str, severity: int):
+        from ..features.computing import run_on_images
+
+        kept = model.path.parent / "robustness" / f"{self.split}-{corruption}-{severity}.npz"
+        key = record_hash({"model": model.info["sha256"], "policy": CORRUPTION_POLICY, "images": self.fingerprint,
+                           "corruption": [corruption, severity]}, 16)
+        if kept.is_file():
+            with np.load(kept, allow_pickle=False) as found:
+                if str(found["key"]) == key:
+                    return found["y"], found["proba"]
+        logits, reasons, _ = run_on_images(model.network(), model.data_config, len(model.classes_),
+                                           self.images.paths, root=self.images.root, corruption=(corruption, severity),
+                                           **self.compute)
+        ok = np.array([r is None for r in reasons], bool)
+        shifted = np.exp(logits[ok] - logits[ok].max(1, keepdims=True))
+        y, proba = self.images.labels[ok], shifted / shifted.sum(1, keepdims=True)
+        kept.parent.mkdir(exist_ok=True)
+        with atomic_path(kept) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, key=np.array(key), y=y, proba=proba)
+        return y, proba
+
+    def _quiet(self, line: str) -> None:
+        """Extraction's log, less its "nothing to extract" line on every cached cell of a re-run."""
+        if "already cached" not in line and not line.startswith("validation split"):
+            self.log(line)
+
+
+def results_path(models_dir, split: str) -> Path:
+    return Path(models_dir) / f"robustness-{split}.json"
+
+
+def _save(result: Robustness, models_dir: Path) -> None:
+    write_text_atomic(results_path(models_dir, result.split), json.dumps(asdict(result), indent=1) + "\n")
+
+
+def saved_robustness(models_dir, split: str, data_root: str | None) -> Robustness | None:
+    """The results `featx robustness` saved for `split` of the dataset at `data_root`, if any."""
+    path = results_path(models_dir, split)
+    if not path.is_file():
+        return None
+    result = Robustness(**json.loads(path.read_text()))
+    return result if data_root is None or result.data_root == data_root else None
+
+
+def write_outputs(result: Robustness, out) -> dict:
+    """robustness.csv (COLUMNS) and robustness.png (ROC-AUC against severity, a panel per corruption) in `out`."""
+    from .._core.plotting import pyplot
+    from .robustness_plot import plot_robustness
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"csv": out / "robustness.csv"}
+    write_csv_atomic(written["csv"], [{k: r[k] for k in COLUMNS} for r in result.rows])
+    png = plot_robustness(pyplot(), result)
+    with atomic_path(out / "robustness.png") as tmp:
+        Path(tmp).write_bytes(png)
+    written["png"] = out / "robustness.png"
+    return written
