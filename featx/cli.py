@@ -212,22 +212,38 @@ def _results_table(rows) -> str:
 @LAYERS
 @click.option("--splits", default="train,test", help="The two splits to compare: FROM,TO.")
 @click.option("--top", default=10, type=click.IntRange(min=0), help="List this many TO images most unlike FROM.")
-@click.option("--seed", default=0, type=int, help="Seed of the cross-validation folds and the bootstrap.")
+@click.option("--seed", default=0, type=int, help="Seed of the cross-validation folds, the bootstrap and the map.")
+@click.option("--map/--no-map", "embed", default=True, help="Draw a 2-D map of both splits (PCA to 50, then UMAP "
+              "if umap-learn is installed, else t-SNE: about a minute for 6,000 images on 2 cores).")
+@click.option("--output", "--out", "out", default="featx-report", type=click.Path(file_okay=False),
+              help="Folder for the map and the thumbnails of the images most unlike the first split.")
 @CACHE
-def shift_command(data, backbone, features, weights, image_size, pool, layers, splits, top, seed, cache_dir):
+def shift_command(data, backbone, features, weights, image_size, pool, layers, splits, top, seed, embed, out,
+                  cache_dir):
     """How far one split's images lie from another's, in the backbone's features.
 
     A classifier telling the two splits apart (patient-grouped CV) gives the shift score: its
     ROC-AUC, 0.5 when the features show no shift. Also the class shares per split, the same
-    score within each class, and the images most unlike the first split.
+    score within each class, the images most unlike the first split, and a map of both.
+    `featx compare` shows the score under its table, and the figures in its report.
     """
     from .heads.shift import shift
 
     result = shift(features, data=data, backbone=backbone, weights=weights, splits=tuple(splits.split(",")),
                    image_size=image_size, pool=pool, layers=layers, cache_dir=cache_dir, seed=seed, top=top,
-                   log=lambda m: click.echo(m, err=True))
+                   embed=embed, log=lambda m: click.echo(m, err=True))
     for line in result.lines():
         click.echo(line)
+    from ._core.plotting import pyplot
+    from .reporting.shift_figures import write_shift_figures
+
+    try:
+        written = write_shift_figures(pyplot(), result, out)
+    except FeatxError as exc:  # matplotlib missing: the numbers above stand without the figures
+        click.echo(f"no figures: {exc}", err=True)
+        return
+    if written:
+        click.echo("figures: " + ", ".join(str(p) for p in written))
 
 
 @main.command("predict")

@@ -14,7 +14,7 @@ from featx.cli import main
 from featx.heads.specs import HEAD_NAMES
 from featx.evaluation.thresholds import choose_threshold
 
-from conftest import TINY, make_folder, one_line_error, three_way, toy_features, write_store
+from conftest import TINY, final_error, make_folder, one_line_error, three_way, toy_features, write_store
 
 
 def run(*args):
@@ -283,3 +283,15 @@ def test_linsvm_probabilities_are_platt_scaled(store, tmp_path):
     sigmoid = fold.calibrators[0]
     assert np.allclose(head.predict_proba(X)[:, 1], expit(-(sigmoid.a_ * margin + sigmoid.b_)))
     assert sigmoid.a_ < 0  # a larger margin means a higher probability of the positive class
+
+
+def test_a_head_that_cannot_train_on_so_few_images_is_one_line_and_all_goes_on(tmp_path):
+    X, y = toy_features(n=12)
+    path = write_store(tmp_path / "few.h5", X, y, ["train"] * 12).path
+    runner = CliRunner()
+    alone = runner.invoke(main, ["fit", "--features", str(path), "--head", "mlp", "--models", str(tmp_path / "m")])
+    assert "mlp cannot be trained on 12 train images" in final_error(alone)
+    every = runner.invoke(main, ["fit", "--features", str(path), "--head", "all", "--models", str(tmp_path / "m")])
+    assert every.exit_code == 0, every.output
+    assert "skipped mlp cannot be trained" in every.output
+    assert len(list((tmp_path / "m").glob("*.joblib"))) == len(HEAD_NAMES) - 1

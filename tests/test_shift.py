@@ -2,6 +2,7 @@
 
 import numpy as np
 from click.testing import CliRunner
+from PIL import Image
 
 import featx
 from featx.cli import main
@@ -30,8 +31,10 @@ def _two_splits(root, brighter_test: bool, per_class: int = 16):
 def test_a_brighter_test_split_is_told_apart(tmp_path):
     data = _two_splits(tmp_path / "d", brighter_test=True)
     result = run("shift", "--data", data, "--backbone", TINY, "--weights", "random", "--cache", tmp_path / "c",
-                 "--top", "3")
+                 "--top", "3", "--output", tmp_path / "figures")
     assert result.exit_code == 0, result.output
+    for name in ("shift-train-test.png", "shift-train-test-unlike.png"):
+        assert Image.open(tmp_path / "figures" / name).size[0] > 500
     found = featx.shift(data=data, backbone=TINY, weights="random", cache_dir=tmp_path / "c", n_boot=200, log=print)
     assert found.domain_auc > 0.95 and found.domain_ci[0] > 0.8
     assert all(v is not None and v[0] > 0.9 for v in found.per_class.values())  # within each class too
@@ -42,9 +45,24 @@ def test_a_brighter_test_split_is_told_apart(tmp_path):
     assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1
     fitted = run("fit", "--data", data, "--backbone", TINY, "--weights", "random", "--cache", tmp_path / "c")
     assert fitted.exit_code == 0, fitted.output
-    compared = run("compare", "--data", data, "--cache", tmp_path / "c", "--no-report")
+    compared = run("compare", "--data", data, "--cache", tmp_path / "c", "--out", tmp_path / "report",
+                   "--heatmaps", "0")
     assert (f"train -> test shift ({TINY} features): domain AUC {found.domain_auc:.2f} [{found.domain_ci[0]:.2f}, "
             f"{found.domain_ci[1]:.2f}]; thresholds chosen on validation may not transfer") in compared.output
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "Where the test images lie among the train images (t-SNE of PCA-" in page
+    assert "The test images most unlike train" in page
+
+
+def test_the_map_separates_shifted_splits_and_keeps_every_image():
+    from featx.heads.shift import embed_2d
+
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal(size=(60, 20)), rng.normal(size=(60, 20)) + 4.0])
+    xy, method = embed_2d(X)
+    assert xy.shape == (120, 2) and method == "t-SNE of PCA-20"
+    centre_gap = np.linalg.norm(xy[:60].mean(0) - xy[60:].mean(0))
+    assert centre_gap > 3 * max(xy[:60].std(0).max(), xy[60:].std(0).max())
 
 
 def test_random_halves_of_one_set_show_no_shift(tmp_path):

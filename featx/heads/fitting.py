@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.console import log_line
-from .._core.errors import FeatxError
+from .._core.errors import FeatxError, first_line
 from .._core.hashing import record_hash
 from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
@@ -66,7 +66,19 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
     key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver}
-    return [_fit_one(name, learner, store, rule, models_dir, key, log) for name in names]
+    results = []
+    for name in names:
+        try:
+            results.append(_fit_one(name, learner, store, rule, models_dir, key, log))
+        except _CannotTrain as exc:  # with --head all, the other heads still train
+            if len(names) == 1:
+                raise
+            log(f"  skipped {exc}")
+    return results
+
+
+class _CannotTrain(FeatxError):
+    """A head that scikit-learn cannot train on these rows (e.g. MLP early stopping on a few images)."""
 
 
 def _head_names(head: str, pca, out_of_core: bool, solver: str) -> list[str]:
@@ -98,7 +110,11 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     labels = learner.labels
     log(f"fitting {name} on {store.config['backbone']} features ({len(labels['train'])} train images"
         + learner.note + ")")
-    sel = learner.select(name)
+    try:
+        sel = learner.select(name)
+    except ValueError as exc:
+        raise _CannotTrain(f"{name} cannot be trained on {len(labels['train'])} train images: {first_line(exc)}") \
+            from None
     sel.method += learner.fallback
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .._core.atomic import write_text_atomic
+from .._core.atomic import atomic_path, write_text_atomic
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.options import feature_variant
@@ -43,6 +43,9 @@ class Shift:
     per_class: dict  # class -> (auc, (low, high)) or None where too few patients
     unlike: list = field(default_factory=list)  # (path in the second split, distance, distance / typical)
     typical_distance: float = 0.0  # median nearest-neighbour distance within the first split
+    embedding: dict | None = None  # the 2-D map: "xy", "split" (0/1), "label", "path", "method"
+    classes: list = field(default_factory=list)
+    data_root: str | None = None
 
     def lines(self) -> list[str]:
         a, b = self.splits
@@ -59,19 +62,26 @@ class Shift:
             out += [f"  {path}  {ratio:.2f}" for path, _, ratio in self.unlike]
         return out
 
+    def record(self) -> dict:
+        """What is kept beside the cache (without the map's coordinates, which go in their own file)."""
+        return {"auc": self.domain_auc, "ci": list(self.domain_ci), "counts": self.counts,
+                "per_class": {c: None if v is None else [v[0], list(v[1])] for c, v in self.per_class.items()},
+                "unlike": [list(u) for u in self.unlike]}
+
 
 def shift(features=None, *, data=None, backbone: str | None = None, weights: str = "imagenet",
           splits=("train", "test"), image_size: int | None = None, pool: str | None = None,
           layers: str | None = None, cache_dir=None, seed: int = 0, n_boot: int = 1000, top: int = 10,
-          log=None) -> Shift:
+          embed: bool = True, log=None) -> Shift:
     """The shift from `splits[0]` to `splits[1]`, on a cache file (`features`) or on the cache of
-    `backbone` on `data` (extracted first if missing), as `featx fit` finds it."""
+    `backbone` on `data` (extracted first if missing), as `featx fit` finds it. `embed`: also a 2-D
+    map of both splits (PCA to 50, then UMAP if umap-learn is installed, else t-SNE)."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     variant = feature_variant(image_size, pool, layers)
     store = resolve_store(features, data, backbone, weights, variant, cache_dir, log or log_line)
     if len(splits) != 2 or splits[0] == splits[1]:
         raise FeatxError(f"--splits names two different splits, e.g. train,test; got {','.join(splits)}")
-    result = measure_shift(store, splits, seed=seed, n_boot=n_boot, top=top)
+    result = measure_shift(store, splits, seed=seed, n_boot=n_boot, top=top, embed=embed)
     _remember(store.path, result)
     return result
 
@@ -81,27 +91,42 @@ def _record_path(cache: Path) -> Path:
 
 
 def _remember(cache: Path, result: "Shift") -> None:
-    """Keep the score beside the cache, where `featx compare` finds it."""
-    path = _record_path(cache)
+    """Keep the score (and the map's coordinates) beside the cache, where `featx compare` finds them."""
+    path, key = _record_path(cache), "->".join(result.splits)
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    saved["->".join(result.splits)] = {"auc": result.domain_auc, "ci": list(result.domain_ci)}
+    saved[key] = result.record()
+    if result.embedding is not None:
+        coordinates = _map_path(cache, result.splits)
+        with atomic_path(coordinates) as tmp, open(tmp, "wb") as handle:
+            np.savez(handle, **{k: np.asarray(v) for k, v in result.embedding.items()})
+        saved[key]["map"] = coordinates.name
     write_text_atomic(path, json.dumps(saved, indent=2) + "\n")
 
 
+def _map_path(cache: Path, splits) -> Path:
+    return Path(cache).with_suffix(f".shift-{'-'.join(splits)}.npz")
+
+
 def recorded_shift(cache, to_split: str) -> tuple[str, dict] | None:
-    """(from split, {"auc", "ci"}) of a shift measured into `to_split` on the cache at `cache`, or None."""
+    """(from split, record) of a shift measured into `to_split` on the cache at `cache`, or None. The
+    record has "auc", "ci" and, when measured by this featx, "counts", "per_class", "unlike" and
+    "embedding" (the map, read back from its file)."""
     path = _record_path(cache) if cache else None
     if path is None or not path.is_file():
         return None
     for key, found in json.loads(path.read_text()).items():
         start, _, end = key.partition("->")
         if end == to_split:
+            coordinates = path.with_name(found["map"]) if found.get("map") else None
+            if coordinates is not None and coordinates.is_file():
+                with np.load(coordinates, allow_pickle=False) as stored:
+                    found["embedding"] = {k: stored[k] for k in stored.files}
             return start, found
     return None
 
 
 def measure_shift(store: FeatureStore, splits=("train", "test"), *, seed: int = 0, folds: int = 5,
-                  n_boot: int = 1000, top: int = 10) -> Shift:
+                  n_boot: int = 1000, top: int = 10, embed: bool = False) -> Shift:
     """The shift from `splits[0]` to `splits[1]` of `store`'s features."""
     first, second = splits
     held = store.counts()
@@ -122,7 +147,34 @@ def measure_shift(store: FeatureStore, splits=("train", "test"), *, seed: int = 
         except FeatxError:
             per_class[c] = None
     unlike, typical = _most_unlike(X[first][0], X[second][0], store.paths(second), top)
-    return Shift(tuple(splits), counts, auc, ci, per_class, unlike, typical)
+    embedding = None
+    if embed:
+        xy, method = embed_2d(np.vstack([X[first][0], X[second][0]]), seed)
+        embedding = {"xy": xy, "split": np.r_[np.zeros(len(X[first][0]), int), np.ones(len(X[second][0]), int)],
+                     "label": np.r_[X[first][1], X[second][1]], "method": method,
+                     "path": np.array(store.paths(first) + store.paths(second), dtype=str)}
+    return Shift(tuple(splits), counts, auc, ci, per_class, unlike, typical, embedding, list(store.classes),
+                 store.config.get("data_root"))
+
+
+def embed_2d(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """2-D coordinates of the rows of X for a map: standardised, PCA to 50 components, then UMAP when
+    umap-learn is installed, else scikit-learn's t-SNE; and the method's name."""
+    from sklearn.decomposition import PCA
+
+    X = StandardScaler().fit_transform(X.astype(np.float64))
+    k = min(50, X.shape[0] - 1, X.shape[1])
+    X = PCA(n_components=k, random_state=seed).fit_transform(X) if k < X.shape[1] else X
+    try:
+        import umap
+    except ImportError:
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30, max(2, (len(X) - 1) / 3)))
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
+        return xy.astype(np.float32), f"t-SNE of PCA-{k}"
+    xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
+    return np.asarray(xy, np.float32), f"UMAP of PCA-{k}"
 
 
 def _domain_auc(A: np.ndarray, B: np.ndarray, groups: list[str], seed: int, folds: int, n_boot: int):

@@ -201,21 +201,29 @@ def best_note(records: list[dict]) -> str:
     return BEST_NOTE.format(m=f"{compared} comparisons" if compared > 1 else "1 comparison") if compared else ""
 
 
-def shift_note(records: list[dict]) -> str:
-    """A line on the shift into the compared split, where `featx shift` measured one on the features of
-    the best-ranked head that has it; "" otherwise."""
+def ranked_shift(records: list[dict]) -> tuple[str, dict, dict] | None:
+    """(from split, shift record, compare record) of the shift `featx shift` measured into the compared
+    split, on the features of the best-ranked head that has one; None if none has."""
     from ..heads.shift import recorded_shift
 
     for r in records:
         if r["ranked"] and r["kind"] == "head" and r.get("features_file"):
             found = recorded_shift(r["features_file"], r["split"])
             if found:
-                start, score = found
-                low, high = score["ci"]
-                return (f"{start} -> {r['split']} shift ({r['method'].split(' + ')[0]} features): domain AUC "
-                        f"{score['auc']:.2f} [{low:.2f}, {high:.2f}]" + ("; thresholds chosen on validation may not "
-                                                                         "transfer" if low > 0.6 else ""))
-    return ""
+                return found[0], found[1], r
+    return None
+
+
+def shift_note(records: list[dict]) -> str:
+    """A line on the shift into the compared split, where `featx shift` measured one; "" otherwise."""
+    found = ranked_shift(records)
+    if not found:
+        return ""
+    start, score, r = found
+    low, high = score["ci"]
+    return (f"{start} -> {r['split']} shift ({r['method'].split(' + ')[0]} features): domain AUC "
+            f"{score['auc']:.2f} [{low:.2f}, {high:.2f}]" + ("; thresholds chosen on validation may not "
+                                                             "transfer" if low > 0.6 else ""))
 
 
 def csv_rows(records: list[dict]) -> list[dict]:

@@ -2,15 +2,16 @@
 
 Contents: the compare table with 95% intervals and p-values; ROC and precision-recall curves
 of every ranked method on shared axes; confusion matrices; calibration curves; fine-tuning
-curves; the best method's most confident mistakes; and class activation heatmaps for a few
-of them. Plots need matplotlib (pip install 'featx[report]').
+curves; the best method's most confident mistakes; class activation heatmaps for a few of
+them; and, where `featx shift` and `featx robustness` measured this split, the map of the shift,
+the images most unlike the first split, and ROC-AUC under corruption. Plots need matplotlib
+(pip install 'featx[report]').
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,17 @@ from .._core.console import silent
 from .._core.errors import FeatxError
 from .._core.plotting import pyplot
 from ..finetuning.curves import plot_history
-from .comparison import HEADER, best_note, compare, csv_rows, format_table, shift_note, table_rows
+from .comparison import (
+    HEADER,
+    best_note,
+    compare,
+    csv_rows,
+    format_table,
+    ranked_shift,
+    shift_note,
+    table_rows,
+)
+from .figures import colours, png, thumbnail
 
 
 def report(data=None, *, split: str = "test", out="featx-report", models_dir=None, cache_dir=None,
@@ -55,13 +66,14 @@ def report(data=None, *, split: str = "test", out="featx-report", models_dir=Non
     if heat:
         figures["heatmaps.png"] = heat
 
-    for name, (_, png) in figures.items():
+    blocks = _shift_and_robustness(plt, figures, records, split, models_dir, cache_dir)
+    for name, (_, image) in figures.items():
         with atomic_path(out / name) as tmp:
-            Path(tmp).write_bytes(png)
+            Path(tmp).write_bytes(image)
     write_csv_atomic(out / "comparison.csv", csv_rows(records))
     title = f"featx compare: {split} split of {ranked[0].get('data_root')}"
-    write_text_atomic(out / "report.md", _markdown(title, records, figures))
-    write_text_atomic(out / "report.html", _html(title, records, figures))
+    write_text_atomic(out / "report.md", _markdown(title, records, figures, blocks))
+    write_text_atomic(out / "report.html", _html(title, records, figures, blocks))
     for r in records:
         r.pop("predictions", None)
         r.pop("history", None)
@@ -69,27 +81,36 @@ def report(data=None, *, split: str = "test", out="featx-report", models_dir=Non
             "figures": [out / n for n in figures]}
 
 
+def _shift_and_robustness(plt, figures: dict, records, split: str, models_dir, cache_dir) -> list[tuple[str, str]]:
+    """Add the figures of `featx shift` and `featx robustness` results for this split, where they exist;
+    return the text blocks (title, text) that go with them."""
+    from .._core.paths import default_cache_dir
+    from .robustness import saved_robustness
+    from .robustness_plot import plot_robustness
+    from .shift_figures import shift_figures
+
+    ranked = [r for r in records if r["ranked"]]
+    found = ranked_shift(records)
+    if found:
+        start, score, r = found
+        figures.update(shift_figures(plt, score, (start, split), r["classes"], r.get("data_root")))
+    models_dir = Path(models_dir) if models_dir else Path(cache_dir or default_cache_dir()) / "models"
+    result = saved_robustness(models_dir, split, ranked[0].get("data_root"))
+    if result is None:
+        return []
+    figures["robustness.png"] = (f"Robustness: ROC-AUC under corruption, {len(result.corruptions)} corruptions at "
+                                 f"severities {', '.join(map(str, result.severities))} (featx robustness)",
+                                 plot_robustness(plt, result))
+    return [("Robustness to corruption (featx robustness)", "\n".join(result.lines()))]
+
+
 # --- figures -------------------------------------------------------------------------------------
-
-def _png(fig, plt) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
-def _colours(plt, n: int) -> list:
-    """Distinct colours: matplotlib's default ten, or tab20 beyond that."""
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i) for i in range(n)]
-
 
 def _roc_pr(plt, ranked) -> bytes:
     from sklearn.metrics import precision_recall_curve, roc_curve
 
     fig, (roc, pr) = plt.subplots(1, 2, figsize=(12, 5.2), constrained_layout=True)
-    colours = _colours(plt, len(ranked))
-    for r, colour in zip(ranked, colours):
+    for r, colour in zip(ranked, colours(plt, len(ranked))):
         p = r["predictions"]
         y, s = p["y"], p["proba"][:, 1]
         fpr, tpr, _ = roc_curve(y, s)
@@ -116,14 +137,14 @@ def _roc_pr(plt, ranked) -> bytes:
     for ax in (roc, pr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right" if ax is roc else "lower left")
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def _calibration(plt, ranked) -> bytes:
     from sklearn.calibration import calibration_curve
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2), constrained_layout=True)
-    for r, colour in zip(ranked, _colours(plt, len(ranked))):
+    for r, colour in zip(ranked, colours(plt, len(ranked))):
         p = r["predictions"]
         observed, predicted = calibration_curve(p["y"], p["proba"][:, 1], n_bins=10, strategy="quantile")
         ax.plot(predicted, observed, "o-", ms=3, lw=1.2, color=colour, label=r["method"])
@@ -132,7 +153,7 @@ def _calibration(plt, ranked) -> bytes:
            xlim=(0, 1), ylim=(0, 1))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def _confusion(plt, ranked) -> bytes:
@@ -162,11 +183,11 @@ def _confusion(plt, ranked) -> bytes:
         ax.set_title(r["method"], fontsize=8)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def _history(plt, history) -> bytes:
-    return _png(plot_history(plt, history), plt)
+    return png(plot_history(plt, history), plt)
 
 
 def _mistakes(record, limit: int = 8) -> list[int]:
@@ -182,14 +203,6 @@ def _mistakes(record, limit: int = 8) -> list[int]:
     return wrong[np.argsort(-confidence, kind="stable")][:limit].tolist()
 
 
-def _thumbnail(path: Path, side: int = 256):
-    from ..data.images import load_image
-
-    img = load_image(path).convert("L")
-    img.thumbnail((side, side))
-    return np.asarray(img)
-
-
 def _mistake_grid(plt, record, rows: list[int]) -> bytes:
     p = record["predictions"]
     classes = record["classes"]
@@ -202,7 +215,7 @@ def _mistake_grid(plt, record, rows: list[int]) -> bytes:
         pred = int(proba.argmax()) if len(classes) != 2 or record["threshold"] is None else \
             int(proba[1] >= record["threshold"])
         try:
-            ax.imshow(_thumbnail(root / str(p["path"][i])), cmap="gray")
+            ax.imshow(thumbnail(root / str(p["path"][i])), cmap="gray")
         except Exception as exc:  # the image may have moved since training: say so in the grid
             ax.text(0.5, 0.5, f"cannot show:\n{type(exc).__name__}", ha="center", va="center", fontsize=7)
         ax.set_title(f"{Path(str(p['path'][i])).name[:28]}\ntrue {classes[p['y'][i]]}, "
@@ -210,13 +223,17 @@ def _mistake_grid(plt, record, rows: list[int]) -> bytes:
         ax.axis("off")
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
-    return _png(fig, plt)
+    return png(fig, plt)
 
 
 def _heatmaps(plt, ranked, mistakes, limit: int, log):
     """Heatmaps of the best explainable method on its mistakes (or its first images)."""
     from ..artifacts.predictors import load
-    from .heatmaps import LINEAR_HEADS, draw, explain  # torch: only when heatmaps are asked for
+    from .heatmaps import (  # torch: only when heatmaps are asked for
+        LINEAR_HEADS,
+        draw,
+        explain,
+    )
 
     usable = [r for r in ranked if r["kind"] == "finetune" or r["method"].split(" + ")[-1] in LINEAR_HEADS]
     reasons = []
@@ -241,7 +258,7 @@ def _heatmaps(plt, ranked, mistakes, limit: int, log):
     for ax, (path, res), i in zip(axes.flat, results, chosen):
         draw(ax, path, res, f"{path.name[:26]} (true {r['classes'][p['y'][i]]})\n"
                             f"evidence for {res['target']}: {res['proba'].max():.3f}")
-    return (f"Where the evidence lies: {results[0][1]['method']}, {r['method']}", _png(fig, plt))
+    return (f"Where the evidence lies: {results[0][1]['method']}, {r['method']}", png(fig, plt))
 
 
 # --- documents -----------------------------------------------------------------------------------
@@ -257,7 +274,7 @@ FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstra
             "fine-tunes. Size: the artifact file.")
 
 
-def _markdown(title: str, records, figures) -> str:
+def _markdown(title: str, records, figures, blocks=()) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(records, True)]
     lines += ["", best_note(records), "", shift_note(records), "", FOOTNOTE, ""]
@@ -270,11 +287,13 @@ def _markdown(title: str, records, figures) -> str:
     lines += [f"- {r['method']}: {r['note']}" for r in notes]
     for name, (caption, _) in figures.items():
         lines += ["", f"## {caption}", "", f"![{caption}]({name})"]
+    for heading, text in blocks:
+        lines += ["", f"## {heading}", "", "```", text, "```"]
     lines += ["", "```", format_table(records), "```", ""]
     return "\n".join(lines)
 
 
-def _html(title: str, records, figures) -> str:
+def _html(title: str, records, figures, blocks=()) -> str:
     esc = html.escape
 
     def cell(text: str) -> str:
@@ -297,10 +316,12 @@ def _html(title: str, records, figures) -> str:
         parts.append("<h2>Evaluated apart (not comparable with the ranking)</h2>")
         parts.append(table(table_rows(records, False)))
         parts.append("<ul>" + "".join(f"<li>{esc(r['method'])}: {esc(r['note'])}</li>" for r in apart) + "</ul>")
-    for caption, png in figures.values():
-        data = base64.b64encode(png).decode()
+    for caption, image in figures.values():
+        data = base64.b64encode(image).decode()
         parts.append(f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{data}'>"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
+    for heading, text in blocks:
+        parts.append(f"<h2>{esc(heading)}</h2><pre>{esc(text)}</pre>")
     style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1500px}"
              "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 7px;"
              "text-align:right;white-space:nowrap}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"

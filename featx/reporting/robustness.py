@@ -25,7 +25,13 @@ from .._core.options import check_choice
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions
 from ..artifacts.predictors import load
-from ..data.corruptions import CORRUPTION_POLICY, CORRUPTIONS, SEVERITIES, check_corruption, split_policy
+from ..data.corruptions import (
+    CORRUPTION_POLICY,
+    CORRUPTIONS,
+    SEVERITIES,
+    check_corruption,
+    split_policy,
+)
 from ..data.datasets import load_dataset
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
 from ..features.identity import FEATURE_IDENTITY, differences

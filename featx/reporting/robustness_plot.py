@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
+
+from .figures import colours, png
 
 
 def plot_robustness(plt, result) -> bytes:
@@ -16,14 +16,14 @@ def plot_robustness(plt, result) -> bytes:
     fig, axes = plt.subplots(lines, cols, figsize=(3.4 * cols, 2.7 * lines + 0.9), sharex=True, sharey=True,
                              squeeze=False, constrained_layout=True)
     severities = [0, *result.severities]
-    cmap = plt.get_cmap("tab10" if len(result.methods) <= 10 else "tab20")
+    palette = colours(plt, len(result.methods))
     lowest = 1.0
     for ax, panel in zip(axes.flat, panels):
         for k, method in enumerate(result.methods):
             auc, low, high = _curve(result, method, panel, severities)
-            ax.plot(severities, auc, "o-", ms=3, lw=1.4, color=cmap(k), label=method)
+            ax.plot(severities, auc, "o-", ms=3, lw=1.4, color=palette[k], label=method)
             if len(result.methods) <= 4 and not np.isnan(low).all():  # more bands hide the lines
-                ax.fill_between(severities, low, high, color=cmap(k), alpha=0.12, lw=0)
+                ax.fill_between(severities, low, high, color=palette[k], alpha=0.12, lw=0)
             lowest = min(lowest, np.nanmin(np.r_[auc, low]) if not np.isnan(auc).all() else lowest)
         ax.set_title(panel.replace("_", " "), fontsize=9)
         ax.grid(alpha=0.3)
@@ -40,10 +40,7 @@ def plot_robustness(plt, result) -> bytes:
     fig.suptitle(f"Robustness to corruption: ROC-AUC on the {result.split} split ({_n(result)} images)", fontsize=11)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)), fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png(fig, plt)
 
 
 def _curve(result, method: str, panel: str, severities: list[int]):
