@@ -11,6 +11,7 @@ features) are the ones to look at.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,14 +167,16 @@ def embed_2d(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     k = min(50, X.shape[0] - 1, X.shape[1])
     X = PCA(n_components=k, random_state=seed).fit_transform(X) if k < X.shape[1] else X
     try:
-        import umap
+        from umap import UMAP  # not `import umap`: numba's cache can leave an empty namespace package
     except ImportError:
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30, max(2, (len(X) - 1) / 3)))
         xy = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(X)
         return xy.astype(np.float32), f"t-SNE of PCA-{k}"
-    xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(X)
+    with warnings.catch_warnings():  # a seed makes UMAP single-threaded, which it warns about
+        warnings.simplefilter("ignore", UserWarning)
+        xy = UMAP(n_components=2, random_state=seed).fit_transform(X)
     return np.asarray(xy, np.float32), f"UMAP of PCA-{k}"
 
 
