@@ -101,7 +101,12 @@ def _shift_and_robustness(plt, figures: dict, records, split: str, models_dir, c
     figures["robustness.png"] = (f"Robustness: ROC-AUC under corruption, {len(result.corruptions)} corruptions at "
                                  f"severities {', '.join(map(str, result.severities))} (featx robustness)",
                                  plot_robustness(plt, result))
-    return [("Robustness to corruption (featx robustness)", "\n".join(result.lines()))]
+    lines = result.lines()
+    missing = [r["method"] for r in ranked if r["method"] not in result.methods]
+    if missing:
+        lines.append(f"note: measured {result.created}, before {', '.join(missing)}; run featx robustness again "
+                     "to include them (it computes only what is new)")
+    return [("Robustness to corruption (featx robustness)", "\n".join(lines))]
 
 
 # --- figures -------------------------------------------------------------------------------------

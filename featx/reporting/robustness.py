@@ -53,6 +53,7 @@ class Robustness:
     methods: list[str]
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
+    created: str = ""
 
     def auc(self, method: str, corruption: str = "none", severity: int = 0) -> float | None:
         found = [r["roc_auc"] for r in self.rows if (r["method"], r["corruption"], r["severity"]) ==
@@ -163,7 +164,7 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
     log(f"robustness: {len(models)} models x {len(corruptions)} corruptions x {len(severities)} severities on "
         f"{len(images)} {split} images in {time.perf_counter() - started:.0f} s")
     result = Robustness(split, str(ds.root), corruptions, severities, [m.name for m in models], rows,
-                        notes + run.notes)
+                        notes + run.notes, time.strftime("%Y-%m-%d %H:%M"))
     _save(result, models_dir)
     return result
 
