@@ -19,9 +19,10 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.options import CHOICES
 from .._core.paths import default_cache_dir
+from .dicom import DICOM_EXTENSIONS, has_dicom_preamble
 from .splits import cut_split, read_split, reuse_split, split_file
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
 BAD_NAME = "file name is not valid UTF-8; rename the file to extract it"
 SPLITS = CHOICES["split"]
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -57,6 +58,12 @@ class Dataset:
             lines.append(f"ignored {len(self.ignored)} files that are not images by their extension "
                          f"({' '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {', '.join(self.ignored[:3])}")
         return lines
+
+    @property
+    def has_dicom(self) -> bool:
+        """Whether any image is a DICOM file (listed by its extension, or extension-less by its preamble)."""
+        return any(os.path.splitext(p)[1].lower() in DICOM_EXTENSIONS or not os.path.splitext(p)[1]
+                   for p in self.paths)
 
     def absolute(self, relpath: str) -> Path:
         return self.root / relpath
@@ -145,8 +152,19 @@ def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
             if name.startswith("."):
                 continue
             rel = f"{rel_dir}/{name}" if rel_dir else name
-            (found if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else ignored).append(_printable(rel))
+            extension = os.path.splitext(name)[1].lower()
+            image = extension in IMAGE_EXTENSIONS or (not extension and _dicom_file(os.path.join(dirpath, name)))
+            (found if image else ignored).append(_printable(rel))
     return found
+
+
+def _dicom_file(path: str) -> bool:
+    """An extension-less file with the DICOM preamble (as PACS exports often name them)."""
+    try:
+        with open(path, "rb") as handle:
+            return has_dicom_preamble(handle.read(132))
+    except OSError:
+        return False
 
 
 def _printable(rel: str) -> str:
@@ -273,4 +291,5 @@ def _check_classes(ds: Dataset) -> None:
 
 
 def _extensions_hint() -> str:
-    return "looked for " + ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + " in any case"
+    return ("looked for " + ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + " in any case, and "
+            "extension-less DICOM files")

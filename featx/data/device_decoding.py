@@ -26,7 +26,6 @@ import torch
 from PIL import Image
 
 from .._core.options import check_choice
-from .corruptions import split_policy
 from .images import DECODE_POLICY, JPEG_DRAFT_POLICY, ImageError, load_image
 from .transforms import EvalTransform
 
@@ -44,9 +43,9 @@ def decode_policy(mode: str, device: torch.device) -> str:
 
 
 def mode_of_policy(policy: str | None) -> str:
-    """The decode mode a cache was made with (caches older than the modes mean pil; a corruption
-    the cache adds after decoding does not change the mode)."""
-    policy = split_policy(policy)[0]
+    """The decode mode a cache was made with (caches older than the modes mean pil; the DICOM rules
+    and a corruption a cache adds do not change the mode)."""
+    policy = (policy or "").split("+featx-")[0]  # less what DICOM reading and corruptions add
     if policy == JPEG_DRAFT_POLICY:
         return "pil-draft"
     if policy and policy.startswith(f"{DECODE_POLICY}+torchvision-"):
@@ -86,7 +85,12 @@ class DeviceDecoder:
     """Main-process side of device mode: a list of worker outputs -> one uint8 N×3×H×W batch on the device."""
 
     def __init__(self, data_config: dict, device: torch.device):
-        from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy, ToTensor
+        from timm.data.transforms import (
+            MaybePILToTensor,
+            MaybeToTensor,
+            ToNumpy,
+            ToTensor,
+        )
 
         self.device = device
         ops = EvalTransform(data_config).resize_crop.transforms

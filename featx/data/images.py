@@ -8,6 +8,8 @@ Conversion rules (recorded in every cache as DECODE_POLICY):
   clipped: medical 16-bit files often hold 10-12-bit data that a fixed /257 would leave near black.
 - Transparency (RGBA, LA, palette with transparency) is composited onto black.
 - Palette, CMYK, YCbCr, LAB and HSV images become RGB through Pillow's conversions.
+- DICOM files (by their "DICM" preamble, whatever their name) are displayed by featx.data.dicom's
+  rules: Modality LUT, the file's VOI LUT or window, MONOCHROME1 inverted, then 8 bits.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .dicom import DicomError, has_dicom_preamble, read_dicom
 
 DECODE_POLICY = "featx-decode-1"
 JPEG_DRAFT_POLICY = DECODE_POLICY + "+jpeg-draft"
@@ -34,6 +38,11 @@ def load_image(path, draft_side: int | None = None) -> Image.Image:
     mode) while its shorter side stays >= draft_side. Much faster on full-size X-rays, but the pixels
     differ slightly from a full decode, so caches record it (JPEG_DRAFT_POLICY).
     """
+    if is_dicom(path):
+        try:
+            return read_dicom(path)
+        except DicomError as exc:
+            raise ImageError(str(exc)) from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # e.g. "Corrupt EXIF data": the pixels still decode
@@ -52,6 +61,21 @@ def load_image(path, draft_side: int | None = None) -> Image.Image:
         raise ImageError(_reason(exc)) from None
     except Exception as exc:  # Pillow's plugins raise assorted types on malformed files
         raise ImageError(f"{type(exc).__name__}: {_reason(exc)}") from None
+
+
+def is_dicom(source) -> bool:
+    """Whether a path or file object holds a DICOM Part 10 file (its "DICM" preamble), whatever its name."""
+    try:
+        if hasattr(source, "read"):
+            start = source.tell()
+            head = source.read(132)
+            source.seek(start)
+        else:
+            with open(source, "rb") as handle:
+                head = handle.read(132)
+    except OSError:
+        return False  # Pillow will say why the file cannot be read
+    return has_dicom_preamble(head)
 
 
 def _to_l_or_rgb(img: Image.Image) -> Image.Image:

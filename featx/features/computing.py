@@ -20,12 +20,19 @@ from .._core.errors import FeatxError
 from .._core.locks import exclusive_lock
 from .._core.options import check_batch_size, check_options
 from .._core.paths import file_safe
-from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
-                             speaking)
+from .._core.runtime import (
+    default_batch_size,
+    default_workers,
+    join_ranks,
+    precision_for,
+    resolve_device,
+    speaking,
+)
 from .._core.versions import package_versions
-from ..data.datasets import Dataset
 from ..data.corruptions import corruption_policy
+from ..data.datasets import Dataset
 from ..data.device_decoding import DeviceDecoder, decode_policy
+from ..data.dicom import dicom_policy
 from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import EvalTransform
 from ..models.backbones import Backbone, create_backbone
@@ -71,9 +78,11 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
 def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, decode, compile,
             corruption=None) -> tuple[dict, dict]:
     """(identity, config) of the cache: what must match to reuse it, and everything recorded in it.
-    A corruption changes the pixels as decoding does, so it is part of the decode policy."""
+    DICOM display rules and a corruption change the pixels as decoding does: both are part of the
+    decode policy."""
     identity = cache_identity(bb.identity(), data_root=str(ds.root), precision=precision_for(device), tta=tta,
-                              dtype=dtype, decode=decode_policy(decode, device) + corruption_policy(corruption))
+                              dtype=dtype, decode=decode_policy(decode, device) + (dicom_policy() if ds.has_dicom else "")
+                              + corruption_policy(corruption))
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
               "backbone_options": bb.options(),

@@ -1,0 +1,150 @@
+"""DICOM input: files built with pydicom from small generated images, read by the display rules."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pydicom = pytest.importorskip("pydicom")
+
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid  # noqa: E402
+
+import featx  # noqa: E402
+from featx.data.images import ImageError, load_image  # noqa: E402
+
+from conftest import TINY, save, xray_like  # noqa: E402
+
+CR = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+
+
+def write_dicom(path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits_stored=None, syntax=ExplicitVRLittleEndian,
+                pixel_data: bytes | None = None, **tags):
+    """A DICOM Part 10 file of `pixels` (rows x cols, or frames x rows x cols with NumberOfFrames)."""
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = syntax
+    meta.MediaStorageSOPClassUID = CR
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CR, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "CR", "PAT-0001"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit, ds.PixelRepresentation = ds.BitsStored - 1, 0
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixel_data if pixel_data is not None else pixels.tobytes()
+    if pixel_data is not None:
+        ds["PixelData"].VR = "OB"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def full_range(seed=0) -> np.ndarray:
+    """An 8-bit picture that spans 0..255, so a min-max stretch leaves it as it is."""
+    image = xray_like(seed)
+    image[0, 0], image[0, 1] = 0, 255
+    return image
+
+
+def test_8_bit_monochrome2_gives_the_pixels_of_its_png(tmp_path):
+    pixels = full_range()
+    png = np.asarray(load_image(save(tmp_path / "a.png", pixels)))
+    dicom = load_image(write_dicom(tmp_path / "a.dcm", pixels))
+    assert dicom.mode == "L" and np.array_equal(np.asarray(dicom), png)
+
+
+def test_monochrome1_is_inverted_so_bone_is_bright(tmp_path):
+    pixels = full_range(1)
+    shown = np.asarray(load_image(write_dicom(tmp_path / "m1.dcm", pixels, photometric="MONOCHROME1")))
+    assert np.array_equal(shown, 255 - pixels)
+
+
+def test_rescale_then_window_give_the_values_worked_out_by_hand(tmp_path):
+    stored = np.array([[0, 400, 512, 700], [900, 1100, 4095, 256]], np.uint16)
+    path = write_dicom(tmp_path / "w.dcm", stored, bits_stored=12, RescaleSlope=2, RescaleIntercept=-1024,
+                       WindowCenter=0, WindowWidth=2000)
+    value = 2.0 * stored - 1024  # the Modality LUT
+    # PS3.3 C.11.2.1.2.1, LINEAR: below c - 0.5 - (w - 1) / 2 the lowest output, above c - 0.5 + (w - 1) / 2
+    # the highest, between ((x - (c - 0.5)) / (w - 1) + 0.5) of the range; here onto 0..255
+    c, w = 0.0, 2000.0
+    expected = np.clip(((value - (c - 0.5)) / (w - 1) + 0.5), 0, 1)
+    expected[value <= c - 0.5 - (w - 1) / 2] = 0
+    expected[value > c - 0.5 + (w - 1) / 2] = 1
+    shown = np.asarray(load_image(path))
+    np.testing.assert_array_equal(shown, np.rint(expected * 255).astype(np.uint8))
+    assert shown[0, 0] == 0 and shown[1, 2] == 255 and shown[0, 2] == 128
+
+
+def test_without_a_window_the_modality_values_are_stretched(tmp_path):
+    stored = (xray_like(2).astype(np.uint16) * 16 + 100)  # 12-bit data
+    shown = np.asarray(load_image(write_dicom(tmp_path / "s.dcm", stored, bits_stored=12)))
+    expected = np.rint((stored - stored.min()) / (stored.max() - stored.min()) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(shown, expected)
+
+
+def test_a_multi_frame_file_gives_its_first_frame(tmp_path):
+    frames = np.stack([full_range(3), full_range(4)])
+    shown = np.asarray(load_image(write_dicom(tmp_path / "mf.dcm", frames)))
+    assert np.array_equal(shown, frames[0])
+
+
+def test_a_jpeg_baseline_dicom_decodes(tmp_path):
+    pytest.importorskip("libjpeg")
+    from pydicom.encaps import encapsulate
+
+    pixels = full_range(5)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    path = write_dicom(tmp_path / "j.dcm", pixels, syntax=JPEGBaseline8Bit,
+                       pixel_data=encapsulate([buffer.getvalue()]))
+    shown = np.asarray(load_image(path)).astype(int)
+    assert np.abs(shown - np.asarray(Image.open(buffer)).astype(int)).max() <= 2  # min-max of a lossy copy
+
+
+def test_extension_less_dicoms_are_listed_and_bad_ones_skipped_with_reasons(tmp_path):
+    data = tmp_path / "data"
+    for c, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for i in range(3):
+            write_dicom(data / name / f"IM-{c}{i}-0001.dcm", full_range(10 * c + i))
+        write_dicom(data / name / f"EXPORT{c}", full_range(20 + c))  # as a PACS exports them: no extension
+    no_pixels = write_dicom(data / "NORMAL" / "report.dcm", full_range(30))
+    ds = pydicom.dcmread(no_pixels)
+    del ds.PixelData
+    ds.save_as(no_pixels)
+    whole = (data / "NORMAL" / "IM-00-0001.dcm").read_bytes()
+    (data / "NORMAL" / "truncated.dcm").write_bytes(whole[: len(whole) // 2])
+    directory = Dataset()
+    directory.file_meta = FileMetaDataset()
+    directory.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    directory.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    directory.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    directory.DirectoryRecordSequence = []
+    directory.save_as(data / "PNEUMONIA" / "DICOMDIR", enforce_file_format=True)
+    (data / "PNEUMONIA" / "README").write_text("not a DICOM file\n")
+
+    said = []
+    store = featx.extract(data, TINY, weights="random", workers=0, progress=False, log=said.append)
+    listed = store.row_table().path
+    assert "NORMAL/EXPORT0" in listed and "PNEUMONIA/README" not in listed
+    reasons = dict(store.skipped())
+    assert "without pixel data" in reasons["NORMAL/report.dcm"]
+    assert "truncated.dcm" in " ".join(reasons) and "DICOMDIR" in reasons["PNEUMONIA/DICOMDIR"]
+    assert store.counts()["train"]["done"] == 8
+    assert store.config["decode"] == "featx-decode-1+featx-dicom-1:default"
+    with pytest.raises(ImageError, match="DICOMDIR"):
+        load_image(data / "PNEUMONIA" / "DICOMDIR")
+
+
+def test_a_jpeg_dataset_keeps_its_decode_policy(folder):
+    store = featx.extract(folder, TINY, weights="random", workers=0, progress=False, log=lambda m: None)
+    assert store.config["decode"] == "featx-decode-1"
