@@ -71,6 +71,9 @@ POOL = click.option("--pool", default=None, type=_Choice("pool"), show_default=F
 LAYERS = click.option("--layers", default=None, metavar="last:K", help="Token models: concatenate the pooled tokens of "
                       "the last K blocks, each through the final norm (DINOv2's linear eval uses last:4) [default: "
                       "the last block].")
+DICOM_WINDOW = click.option("--dicom-window", default="default", metavar="default|minmax|C,W", help="How DICOM files "
+                            "are displayed: their own VOI LUT or first window (min-max where they have none), "
+                            "min-max of the modality values, or this window centre and width.")
 PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 
 
@@ -123,6 +126,7 @@ def backbones_command():
 @LAYERS
 @_choice("tta", "none", "Average features with the horizontally flipped image.")
 @_choice("decode", "pil", "pil: Pillow in the workers. pil-draft: large JPEGs decode at reduced scale first (faster on full-size X-rays). device: JPEGs decode in batches on the model's device (nvJPEG on CUDA) and resize there. Each gives slightly different pixels, recorded in the cache.")
+@DICOM_WINDOW
 @click.option("--corruption", default=None, metavar="NAME:SEVERITY", help="Extract corrupted copies of the images (e.g. gaussian_noise:3; featx.data.corruptions lists them) into a cache of their own.")
 @click.option("--compile", "compile_model", is_flag=True, help="Run the model through torch.compile: a one-off compile of tens of seconds, for long GPU runs.")
 @VAL_FRACTION
@@ -130,7 +134,8 @@ def backbones_command():
 @click.option("--seed", default=0, type=int, help="Seed of the validation split.")
 @PROGRESS
 def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, image_size,
-                    pool, layers, tta, decode, corruption, compile_model, val_fraction, group_pattern, seed, progress):
+                    pool, layers, tta, decode, dicom_window, corruption, compile_model, val_fraction, group_pattern, seed,
+                    progress):
     """Run a frozen backbone over every image once and cache pooled features in HDF5.
 
     Re-runs reuse the cache: only new or changed images, and the rest of an interrupted
@@ -141,7 +146,7 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 
     store = extract(data, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                     device=device, workers=workers, dtype=dtype, layer=layer, image_size=image_size, pool=pool,
-                    layers=layers, tta=tta, decode=decode, corruption=corruption,
+                    layers=layers, tta=tta, decode=decode, dicom_window=dicom_window, corruption=corruption,
                     compile=compile_model, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
                     progress=progress)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
@@ -298,6 +303,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
 @_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them; corrupt applies one of featx's corruptions (noise, blur, JPEG, contrast, brightness, rotation, zoom, shear, the Keras set) at a random severity per image.")
 @click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the backbone's (quick CPU runs).")
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
+@DICOM_WINDOW
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
 @THRESHOLD
 @click.option("--seed", default=0, type=int, help="Seed of the head, shuffling, augmentation and dropout.")

@@ -148,3 +148,52 @@ def test_extension_less_dicoms_are_listed_and_bad_ones_skipped_with_reasons(tmp_
 def test_a_jpeg_dataset_keeps_its_decode_policy(folder):
     store = featx.extract(folder, TINY, weights="random", workers=0, progress=False, log=lambda m: None)
     assert store.config["decode"] == "featx-decode-1"
+
+
+def _windowed_folder(root):
+    """12-bit X-ray-like DICOMs, half MONOCHROME1, each with its own window tags."""
+    for c, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for i in range(4):
+            stored = xray_like(i + 10 * c, bright=bool(c)).astype(np.uint16) * 16
+            photometric = "MONOCHROME1" if i % 2 else "MONOCHROME2"
+            if photometric == "MONOCHROME1":
+                stored = 4095 - stored
+            write_dicom(root / name / f"IM-{c}{i:03d}-0001.dcm", stored, bits_stored=12, photometric=photometric,
+                        WindowCenter=[2048, 1500], WindowWidth=[3000, 1000], VOILUTFunction="LINEAR")
+    return root
+
+
+def test_the_window_is_chosen_recorded_and_used_again_by_predict(tmp_path):
+    from click.testing import CliRunner
+
+    from featx.cli import main
+
+    from conftest import one_line_error
+
+    data = _windowed_folder(tmp_path / "data")
+    kw = dict(weights="random", workers=0, progress=False, log=lambda m: None)
+    default = featx.extract(data, TINY, **kw)
+    narrow = featx.extract(data, TINY, dicom_window="1500,1000", **kw)
+    assert narrow.path != default.path and narrow.config["decode"].endswith("featx-dicom-1:1500,1000")
+    assert not np.allclose(narrow.arrays()[0], default.arrays()[0])
+    first = np.asarray(load_image(data / "NORMAL" / "IM-0000-0001.dcm"))  # the first window of two
+    assert np.array_equal(first, np.asarray(load_image(data / "NORMAL" / "IM-0000-0001.dcm", dicom_window="2048,3000")))
+    inverted = np.asarray(load_image(data / "NORMAL" / "IM-0001-0001.dcm", dicom_window="minmax"))
+    original = xray_like(1).astype(np.uint16) * 16
+    expected = np.rint((original - original.min()) / (original.max() - original.min()) * 255)
+    assert np.abs(inverted.astype(int) - expected).max() <= 1  # MONOCHROME1 of the inverted values: the original
+
+    [head] = featx.fit(features=narrow.path, head="logreg", log=lambda m: None)
+    image = data / "PNEUMONIA" / "IM-1002-0001.dcm"
+    features = featx.load(head.artifact).image_features([image])[0]
+    row = narrow.paths().index("PNEUMONIA/IM-1002-0001.dcm")
+    np.testing.assert_allclose(features[0], narrow.arrays()[0][row], atol=1e-5)
+
+    run = CliRunner().invoke
+    assert "--dicom-window takes default, minmax, or CENTRE,WIDTH" in one_line_error(
+        run(main, ["extract", "--data", str(data), "--backbone", TINY, "--dicom-window", "wide"]))
+    jpegs = tmp_path / "jpegs"
+    save(jpegs / "NORMAL" / "a.jpeg", xray_like(1))
+    save(jpegs / "PNEUMONIA" / "b.jpeg", xray_like(2))
+    assert "has none" in one_line_error(run(main, ["extract", "--data", str(jpegs), "--backbone", TINY,
+                                                   "--weights", "random", "--dicom-window", "minmax"]))

@@ -100,14 +100,16 @@ class ImageClassifier(_SavedModel):
                        workers=None, progress: bool = False):
         """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
         from ..data.device_decoding import mode_of_policy
+        from ..data.dicom import window_of_policy
         from ..features.computing import compute_features
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
         bb = self.backbone(weights)
+        policy = self.feature_config.get("decode")
         return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
-                                tta=self.feature_config.get("tta", "none"),
-                                decode=mode_of_policy(self.feature_config.get("decode")), progress=progress)
+                                tta=self.feature_config.get("tta", "none"), decode=mode_of_policy(policy),
+                                dicom_window=window_of_policy(policy), progress=progress)
 
     def image_proba(self, paths, **kwargs) -> tuple[np.ndarray, list]:
         """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""
@@ -122,6 +124,7 @@ class ImageClassifier(_SavedModel):
         """The `featx.extract` arguments that make this head's features again (e.g. from corrupted
         images); `weights` "auto": the recorded file or folder if it is still there, else imagenet."""
         from ..data.device_decoding import mode_of_policy
+        from ..data.dicom import window_of_policy
 
         c = self.feature_config
         if weights == "auto":
@@ -136,7 +139,8 @@ class ImageClassifier(_SavedModel):
         return {"backbone": c["backbone"], "weights": weights,
                 "layer": None if c.get("layer") in (None, "pooled") else c["layer"],
                 "image_size": options.get("image_size"), "pool": options.get("pool"), "layers": options.get("layers"),
-                "tta": c.get("tta", "none"), "decode": mode_of_policy(c.get("decode")), "dtype": c.get("dtype", "float32")}
+                "tta": c.get("tta", "none"), "decode": mode_of_policy(c.get("decode")),
+                "dicom_window": window_of_policy(c.get("decode")), "dtype": c.get("dtype", "float32")}
 
     def backbone(self, weights: str = "auto"):
         """Build the backbone the head was trained on, and check its weights are the same ones."""
@@ -175,6 +179,13 @@ class FineTunedClassifier(_SavedModel):
         """How images are fed to the network: its size, interpolation, crop, mean and std."""
         return self.feature_config["data_config"]
 
+    @property
+    def dicom_window(self) -> str:
+        """How it was shown DICOM files in training (featx.data.dicom)."""
+        from ..data.dicom import window_of_policy
+
+        return window_of_policy(self.feature_config.get("decode"))
+
     def network(self):
         """The trained `FinetuneNetwork` (backbone -> dropout -> linear), in eval mode."""
         import torch
@@ -202,7 +213,8 @@ class FineTunedClassifier(_SavedModel):
         if isinstance(paths, (str, Path)):
             paths = [paths]
         logits, reasons, _ = run_on_images(self.network(), self.data_config, len(self.classes_), list(paths),
-                                           device=device, batch_size=batch_size, workers=workers, progress=progress)
+                                           device=device, batch_size=batch_size, workers=workers,
+                                           dicom_window=self.dicom_window, progress=progress)
         shifted = np.exp(logits - np.nanmax(logits, axis=1, keepdims=True))
         return shifted / shifted.sum(1, keepdims=True), reasons
 

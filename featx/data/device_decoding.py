@@ -53,12 +53,12 @@ def mode_of_policy(policy: str | None) -> str:
     return "pil"
 
 
-def read_for_device(raw: bytes) -> torch.Tensor:
+def read_for_device(raw: bytes, dicom_window: str = "default") -> torch.Tensor:
     """Worker side of device mode: a plain JPEG's bytes as a 1-D uint8 tensor, anything else
     decoded by Pillow into a full-size C×H×W uint8 tensor (raises ImageError if unreadable)."""
     if _plain_jpeg(raw):
         return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    return pil_to_tensor(load_image(io.BytesIO(raw)))
+    return pil_to_tensor(load_image(io.BytesIO(raw), dicom_window=dicom_window))
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

@@ -52,6 +52,12 @@ def dicom_policy(window: str = "default") -> str:
     return f"+{DICOM_POLICY}:{check_window(window)}"
 
 
+def window_of_policy(policy: str | None) -> str:
+    """The display window a cache's decode policy records ("default" where it names none)."""
+    found = re.search(rf"\+{DICOM_POLICY}:([^+]+)", policy or "")
+    return found.group(1) if found else "default"
+
+
 def has_dicom_preamble(head: bytes) -> bool:
     """A DICOM Part 10 file: 128 bytes of preamble, then "DICM"."""
     return len(head) >= 132 and head[128:132] == b"DICM"

@@ -31,16 +31,17 @@ class ImageError(Exception):
     """An image that cannot be read; its message is the reason recorded in the cache."""
 
 
-def load_image(path, draft_side: int | None = None) -> Image.Image:
+def load_image(path, draft_side: int | None = None, dicom_window: str = "default") -> Image.Image:
     """Open `path` as an 8-bit 'L' or 'RGB' image, following the rules in this module's docstring.
 
     `draft_side`: let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft
     mode) while its shorter side stays >= draft_side. Much faster on full-size X-rays, but the pixels
-    differ slightly from a full decode, so caches record it (JPEG_DRAFT_POLICY).
+    differ slightly from a full decode, so caches record it (JPEG_DRAFT_POLICY). `dicom_window`: how
+    DICOM files are displayed (featx.data.dicom: default, minmax or "C,W").
     """
     if is_dicom(path):
         try:
-            return read_dicom(path)
+            return read_dicom(path, dicom_window)
         except DicomError as exc:
             raise ImageError(str(exc)) from None
     try:

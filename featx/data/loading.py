@@ -27,14 +27,15 @@ class ImageFiles(torch.utils.data.Dataset):
     device_decoding.read_for_device returns (a JPEG's bytes, or a full-size decoded tensor).
     With a `seed`, each image's random augmentation is seeded by (seed, epoch, row): the same in
     any loader worker and any process, so neither number changes the result. With a `corruption`
-    (name, severity), each decoded image is corrupted first (featx.data.corruptions).
+    (name, severity), each decoded image is corrupted first (featx.data.corruptions). DICOM files
+    are shown through `dicom_window` (featx.data.dicom).
     """
 
     def __init__(self, root, paths: list[str], transform, *, decode: str = "pil", seed: int | None = None,
-                 corruption: tuple[str, int] | None = None):
+                 corruption: tuple[str, int] | None = None, dicom_window: str = "default"):
         self.root, self.paths, self.transform, self.decode, self.seed = Path(root), paths, transform, decode, seed
         self.draft_side = transform.resize_side if decode == "pil-draft" else None
-        self.corruption = corruption
+        self.corruption, self.dicom_window = corruption, dicom_window
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -58,8 +59,8 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def _image(self, raw: bytes, row: int) -> torch.Tensor:
         if self.decode == "device":
-            return read_for_device(raw)
-        image = load_image(io.BytesIO(raw), self.draft_side)
+            return read_for_device(raw, self.dicom_window)
+        image = load_image(io.BytesIO(raw), self.draft_side, self.dicom_window)
         if self.corruption:
             image = corrupt(image, *self.corruption, key=self.paths[row], side=self.transform.resize_side)
         if self.seed is None:

@@ -46,7 +46,7 @@ from .store import FeatureStore, RowTable, StoreWriter
 
 def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, output, batch_size, device: str,
                workers, dtype: str, layer, variant: dict, tta: str, decode: str, compile: bool, progress: bool,
-               log, corruption=None) -> FeatureStore:
+               log, corruption=None, dicom_window: str = "default") -> FeatureStore:
     """extract's full way: build the backbone, open (or make) the cache by the features' identity,
     and compute the rows not done yet (this rank's share of them under torchrun)."""
     rank, n_ranks, device = join_ranks(device)
@@ -54,9 +54,10 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
     torch_device = resolve_device(device)
     bb = create_backbone(backbone, weights, layer=layer, **variant)
     identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile,
-                               corruption=corruption)
+                               corruption=corruption, dicom_window=dicom_window)
     request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer,
-                                 variant=variant, tta=tta, decode=decode, dtype=dtype, corruption=corruption)
+                                 variant=variant, tta=tta, decode=decode, dtype=dtype, corruption=corruption,
+                                 dicom_window=dicom_window)
     path = Path(output) if output else \
         cache_folder(cache_dir, ds, corruption) / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
     for line in ds.notes():
@@ -68,7 +69,7 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
         job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log,
-                   corruption)
+                   corruption, dicom_window)
         done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, compile, rank,
                                                           n_ranks)
     _log_outcome(log, path, ds, done_now, skipped_now, seconds)
@@ -76,12 +77,12 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
 
 
 def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, decode, compile,
-            corruption=None) -> tuple[dict, dict]:
+            corruption=None, dicom_window: str = "default") -> tuple[dict, dict]:
     """(identity, config) of the cache: what must match to reuse it, and everything recorded in it.
     DICOM display rules and a corruption change the pixels as decoding does: both are part of the
     decode policy."""
     identity = cache_identity(bb.identity(), data_root=str(ds.root), precision=precision_for(device), tta=tta,
-                              dtype=dtype, decode=decode_policy(decode, device) + (dicom_policy() if ds.has_dicom else "")
+                              dtype=dtype, decode=decode_policy(decode, device) + (dicom_policy(dicom_window) if ds.has_dicom else "")
                               + corruption_policy(corruption))
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
@@ -122,6 +123,7 @@ class _Job:
     progress: bool
     log: Callable[[str], None]
     corruption: tuple[str, int] | None = None
+    dicom_window: str = "default"
 
 
 def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: np.ndarray, batch_size,
@@ -175,7 +177,7 @@ def _write_rows(job: _Job, forward: FrozenForward, target: Path, rows: RowTable,
     with progress_bar(len(pending), job.progress, unit="img") as bar, StoreWriter(target) as writer:
         for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, job.bb.data_config, job.ds.root,
                                                                        rows.path, batches, workers, job.decode,
-                                                                       job.corruption):
+                                                                       job.corruption, job.dicom_window):
             changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
             problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
             bad = {r for r, _ in problems}
@@ -203,10 +205,11 @@ def _log_outcome(log, path: Path, ds: Dataset, done_now: int, skipped_now: list,
 
 
 def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, paths: list[str], batches, workers,
-                     decode, corruption=None):
+                     decode, corruption=None, dicom_window: str = "default"):
     """Yield (rows, outputs or None, unreadable (row, reason) pairs, (row, sha1 of bytes read) pairs)."""
     decoder = DeviceDecoder(data_config, forward.device) if decode == "device" else None
-    dataset = ImageFiles(root, paths, EvalTransform(data_config), decode=decode, corruption=corruption)
+    dataset = ImageFiles(root, paths, EvalTransform(data_config), decode=decode, corruption=corruption,
+                         dicom_window=dicom_window)
     for batch_rows, images, problems, read_sha1 in image_loader(dataset, batches, workers, forward.device):
         feats = None
         if images is not None and decoder is not None:
@@ -221,7 +224,7 @@ def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, path
 def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
                   batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
                   decode: str = "pil", corruption: tuple[str, int] | None = None, root=None,
-                  progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
+                  dicom_window: str = "default", progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
 
     Returns (outputs with a NaN row per unreadable image, the reason or None per image, the sha1
@@ -242,7 +245,8 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     with progress_bar(len(paths), progress, unit="img") as bar:
         for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, data_config, Path(root), paths,
-                                                                       batches, workers, decode, corruption):
+                                                                       batches, workers, decode, corruption,
+                                                                       dicom_window):
             for r, why in problems:
                 reasons[r] = why
             for r, h in read_sha1:

@@ -14,6 +14,7 @@ from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_options, feature_variant
 from .._core.paths import default_cache_dir
 from ..data.corruptions import parse_corruption
+from ..data.dicom import check_window
 from ..data.datasets import load_dataset
 from .reuse import finished_cache
 from .store import FeatureStore
@@ -37,6 +38,7 @@ def extract(
     tta: str = "none",
     decode: str = "pil",
     corruption: str | None = None,
+    dicom_window: str = "default",
     splits=None,
     compile: bool = False,
     val_fraction: float | None = None,
@@ -58,11 +60,13 @@ def extract(
     table). Token models (ViTs) pool `pool` (cls, avg, cls+avg) over the last `layers` ("last:K")
     blocks; see featx.models.tokens. `corruption` ("name:severity", featx.data.corruptions) extracts
     corrupted copies of the images into a cache of their own, as `featx robustness` does, which
-    also names `splits` (e.g. ["test"]): only their images are extracted.
+    also names `splits` (e.g. ["test"]): only their images are extracted. `dicom_window` shows DICOM
+    files by their own window ("default"), by min-max, or by a window "C,W" (featx.data.dicom).
     """
     check_options(dtype=dtype, tta=tta, decode=decode, device=device)
     variant = feature_variant(image_size, pool, layers)
     corrupted = parse_corruption(corruption)
+    dicom_window = check_window(dicom_window)
     if corrupted and decode == "device":
         raise FeatxError("--corruption works on images decoded by Pillow: use --decode pil or pil-draft")
     batch_size = check_batch_size(batch_size)
@@ -74,8 +78,11 @@ def extract(
         if missing:
             raise FeatxError(f"{ds.root} has no {', '.join(missing)} split; its splits: {', '.join(ds.counts())}")
         ds = ds.subset(splits)
+    if dicom_window != "default" and not ds.has_dicom:
+        raise FeatxError(f"--dicom-window applies to DICOM files, and {ds.root} has none")
     store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, variant=variant, tta=tta,
-                           decode=decode, corruption=corrupted, dtype=dtype, cache_dir=cache_dir, output=output)
+                           decode=decode, corruption=corrupted, dtype=dtype, cache_dir=cache_dir, output=output,
+                           dicom_window=dicom_window)
     if store is not None:
         for line in ds.notes():
             log(line)
@@ -85,5 +92,5 @@ def extract(
 
     return fill_cache(ds, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                       device=device, workers=workers, dtype=dtype, layer=layer, variant=variant, tta=tta, decode=decode,
-                      corruption=corrupted,
+                      corruption=corrupted, dicom_window=dicom_window,
                       compile=compile, progress=progress, log=log)

@@ -27,7 +27,8 @@ from .store import FeatureStore, StoreWriter, find_caches
 
 
 def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind: str, layer: str | None,
-                       variant: dict, tta: str, decode: str, dtype: str, corruption=None) -> dict | None:
+                       variant: dict, tta: str, decode: str, dtype: str, corruption=None,
+                       dicom_window: str = "default") -> dict | None:
     """What a run was asked to compute, in terms known before building the model; None when the
     weights cannot be fingerprinted without the hub."""
     try:
@@ -38,7 +39,8 @@ def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind:
     if fingerprint is None:
         return None
     return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
-            **variant, **({"corruption": list(corruption)} if corruption else {}), "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
+            **variant, **({"corruption": list(corruption)} if corruption else {}),
+            **({"dicom_window": dicom_window} if dicom_window != "default" else {}), "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
             "timm": installed_version("timm"), "torch": installed_version("torch")}
 
 
@@ -47,13 +49,15 @@ def request_hash(request: dict) -> str:
 
 
 def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, layer, variant: dict, tta, decode,
-                   dtype, cache_dir: Path, output=None, corruption=None) -> FeatureStore | None:
+                   dtype, cache_dir: Path, output=None, corruption=None,
+                   dicom_window: str = "default") -> FeatureStore | None:
     """The cache a previous identical run finished for exactly these files, or None.
     `variant`: image_size, pool and layers as asked (None: the backbone's own)."""
     if distributed.world()[1] > 1 or not (device == "cpu" or (device == "auto" and surely_cpu_only())):
         return None
     request = extraction_request(ds, backbone, weights=weights, device_kind="cpu", layer=layer, variant=variant,
-                                 tta=tta, decode=decode, dtype=dtype, corruption=corruption)
+                                 tta=tta, decode=decode, dtype=dtype, corruption=corruption,
+                                 dicom_window=dicom_window)
     if request is None:
         return None
     wanted = request_hash(request)

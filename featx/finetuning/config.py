@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_choice, check_image_size
+from ..data.dicom import check_window
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class FinetuneConfig:
     limit_train: int | None = None
     batch_size: int | None = None
     seed: int = 0
+    dicom_window: str = "default"
 
     def __post_init__(self):
         if self.init_head_from is not None:
@@ -52,7 +54,12 @@ class FinetuneConfig:
         if self.limit_train is not None and self.limit_train < 2:
             raise FeatxError(f"--limit-train must be at least 2, got {self.limit_train}")
         check_batch_size(self.batch_size, auto=False)
+        object.__setattr__(self, "dicom_window", check_window(self.dicom_window))
 
     def record(self) -> dict:
-        """The options as recorded in the run's config.json and the artifact's params."""
-        return asdict(self)
+        """The options as recorded in the run's config.json and the artifact's params (the DICOM window
+        only where it is not the default, so runs made before it keep their hash)."""
+        record = asdict(self)
+        if record["dicom_window"] == "default":
+            del record["dicom_window"]
+        return record

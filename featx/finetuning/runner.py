@@ -40,6 +40,7 @@ from .._core.runtime import (default_batch_size, default_workers, join_ranks, pr
                              speaking)
 from ..artifacts.format import build_sidecar, save_checkpoint_artifact
 from ..data.datasets import SPLITS, Dataset, load_dataset
+from ..data.dicom import dicom_policy
 from ..data.images import DECODE_POLICY
 from ..data.loading import ImageFiles
 from ..data.transforms import EvalTransform, Normalize, TrainTransform
@@ -90,6 +91,7 @@ def finetune(
     image_size: int | None = None,
     limit_train: int | None = None,
     batch_size: int | None = None,
+    dicom_window: str = "default",
     threshold: str | float = 0.5,
     seed: int = 0,
     device: str = "auto",
@@ -109,17 +111,20 @@ def finetune(
     top learns at this fraction of the one above (0.75 for ViTs). warmup_epochs trains the head alone first.
     init_head_from: a featx logreg artifact on this backbone's features (linear probe, then
     fine-tune; Kumar et al. 2022). limit_train and image_size make quick CPU runs possible.
+    dicom_window: how DICOM files are displayed (featx.data.dicom), as for extract.
     """
     config = FinetuneConfig(
         backbone=backbone, weights=weights, epochs=epochs, unfreeze=unfreeze, warmup_epochs=warmup_epochs,
         init_head_from=init_head_from, lr=lr, layer_decay=layer_decay, head_lr=head_lr, weight_decay=weight_decay, schedule=schedule,
         clip_grad=clip_grad, label_smoothing=label_smoothing, class_weight=class_weight, dropout=dropout,
         patience=patience, augment=augment, image_size=image_size, limit_train=limit_train, batch_size=batch_size,
-        seed=seed)
+        seed=seed, dicom_window=dicom_window)
     parse_threshold(threshold)
     check_options(device=device)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
+    if config.dicom_window != "default" and not ds.has_dicom:
+        raise FeatxError(f"--dicom-window applies to DICOM files, and {ds.root} has none")
     if "val" not in ds.splits:
         raise FeatxError(f"{ds.root} has no validation split: fine-tuning selects its epoch on one; "
                          "add --val-fraction 0.2 (cut by patient) or a val/ folder")
@@ -154,11 +159,13 @@ class _Run:
     def train_images(self) -> ImageFiles:
         """The dataset's images augmented for training, each seeded by (seed, epoch, row)."""
         transform = TrainTransform(self.bb.data_config, self.config.augment)
-        return ImageFiles(self.ds.root, self.ds.paths, transform, seed=self.config.seed)
+        return ImageFiles(self.ds.root, self.ds.paths, transform, seed=self.config.seed,
+                          dicom_window=self.config.dicom_window)
 
     def eval_images(self) -> ImageFiles:
         """The dataset's images through the checkpoint's eval transform, as extract feeds them."""
-        return ImageFiles(self.ds.root, self.ds.paths, EvalTransform(self.bb.data_config))
+        return ImageFiles(self.ds.root, self.ds.paths, EvalTransform(self.bb.data_config),
+                          dicom_window=self.config.dicom_window)
 
 
 def _set_up(config: FinetuneConfig, ds: Dataset, device: torch.device, workers, rank: int, n_ranks: int,
@@ -337,7 +344,8 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
     """The artifact (model.pt + model.json + predictions), curves.png and metrics.json; rank 0 only."""
     bb, state = run.bb, run.state
     write_curves(run.out, state["history"], log)
-    features = {"config": {**bb.identity(), "data_config": bb.data_config, "tta": "none", "decode": DECODE_POLICY,
+    features = {"config": {**bb.identity(), "data_config": bb.data_config, "tta": "none",
+                           "decode": DECODE_POLICY + (dicom_policy(run.config.dicom_window) if run.ds.has_dicom else ""),
                            "weights_source": bb.weights_source, "data_root": str(run.ds.root)},
                 "num_features": bb.num_features}
     params = {k: v for k, v in run.config.record().items() if k not in ("backbone", "weights")}

@@ -259,7 +259,7 @@ class _Run:
                     return found["y"], found["proba"]
         logits, reasons, _ = run_on_images(model.network(), model.data_config, len(model.classes_),
                                            self.images.paths, root=self.images.root, corruption=(corruption, severity),
-                                           **self.compute)
+                                           dicom_window=model.dicom_window, **self.compute)
         ok = np.array([r is None for r in reasons], bool)
         shifted = np.exp(logits[ok] - logits[ok].max(1, keepdims=True))
         y, proba = self.images.labels[ok], shifted / shifted.sum(1, keepdims=True)
