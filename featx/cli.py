@@ -445,6 +445,8 @@ def info_command(cache_file, as_json):
     click.echo(f"  made      on {c.get('device', '?')}, {c.get('precision', '?')}, decode {c.get('decode', '?')}, "
                f"tta {c.get('tta', 'none')}" + (", compiled" if c.get("compile") else ""))
     click.echo(f"  data      {c['data_root']}  classes: {', '.join(store.classes)}")
+    if c.get("group_source"):
+        click.echo(f"  groups    from {c['group_source']} (no raw patient ID is stored)")
     _print_counts(store)
 
 

@@ -31,7 +31,7 @@ def write_dicom(path, pixels: np.ndarray, *, photometric="MONOCHROME2", bits_sto
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = CR, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "CR", "PAT-0001"
+    ds.Modality = "CR"
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
@@ -197,3 +197,36 @@ def test_the_window_is_chosen_recorded_and_used_again_by_predict(tmp_path):
     save(jpegs / "PNEUMONIA" / "b.jpeg", xray_like(2))
     assert "has none" in one_line_error(run(main, ["extract", "--data", str(jpegs), "--backbone", TINY,
                                                    "--weights", "random", "--dicom-window", "minmax"]))
+
+
+def test_patients_come_from_the_header_and_never_reach_the_cache_raw(tmp_path):
+    from click.testing import CliRunner
+
+    from featx.cli import main
+
+    data = tmp_path / "data"
+    patients = [f"MRN{4711000 + p}" for p in range(10)]
+    for p, patient in enumerate(patients):  # two images per patient; file names say nothing of the patient
+        for k in range(2):
+            write_dicom(data / ("NORMAL", "PNEUMONIA")[p % 2] / f"img{2 * p + k:03d}.dcm", full_range(p * 2 + k),
+                        PatientID=patient)
+    said = []
+    store = featx.extract(data, TINY, weights="random", workers=0, progress=False, val_fraction=0.4, log=said.append)
+    table = store.row_table()
+    groups = dict(zip(table.path, table.group))
+    assert len(set(groups.values())) == 10 and all(g.startswith("patient-") for g in groups.values())
+    split = dict(zip(table.path, table.split))
+    for p in range(10):
+        pair = [f"{('NORMAL', 'PNEUMONIA')[p % 2]}/img{2 * p + k:03d}.dcm" for k in range(2)]
+        assert groups[pair[0]] == groups[pair[1]] and split[pair[0]] == split[pair[1]]  # one side of the split
+    assert any("from their PatientID" in line for line in said)
+    stored = store.path.read_bytes() + (store.path.parent / "split.json").read_bytes()
+    assert not any(patient.encode() in stored for patient in patients)
+    assert not any(patient.encode("utf-16-le") in stored for patient in patients)
+    info = CliRunner().invoke(main, ["info", str(store.path)])
+    assert "no raw patient ID is stored" in info.output
+
+    again = featx.extract(data, TINY, weights="random", workers=0, progress=False, log=lambda m: None)
+    assert again.row_table().group == table.group  # the same key, the same hashes
+    by_name = featx.load_dataset(data, group_pattern=r"^(img\d\d)", cache_dir=tmp_path / "other")
+    assert set(by_name.groups) == {f"img{k:02d}" for k in range(2)}  # a pattern given wins over the header

@@ -19,7 +19,7 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.options import CHOICES
 from .._core.paths import default_cache_dir
-from .dicom import DICOM_EXTENSIONS, has_dicom_preamble
+from .dicom import DICOM_EXTENSIONS, group_key, has_dicom_preamble, header_groups, key_id
 from .splits import cut_split, read_split, reuse_split, split_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
@@ -47,13 +47,15 @@ class Dataset:
     split_note: str = ""
     ignored: list[str] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)  # path -> why it cannot be read, known at listing
+    group_source: str = ""  # where groups came from when not the manifest or the file names
+    group_note: str = ""
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def notes(self) -> list[str]:
         """What extraction says about the listing: the validation split, files that are not images."""
-        lines = [self.split_note] if self.split_note else []
+        lines = [line for line in (self.group_note, self.split_note) if line]
         if self.ignored:
             lines.append(f"ignored {len(self.ignored)} files that are not images by their extension "
                          f"({' '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {', '.join(self.ignored[:3])}")
@@ -81,7 +83,7 @@ class Dataset:
         keep = [i for i, s in enumerate(self.splits) if s in splits]
         paths = [self.paths[i] for i in keep]
         return replace(self, paths=paths, labels=self.labels[keep], splits=[self.splits[i] for i in keep],
-                       groups=[self.groups[i] for i in keep], split_note="", ignored=[],
+                       groups=[self.groups[i] for i in keep], split_note="", group_note="", ignored=[],
                        problems={p: why for p, why in self.problems.items() if p in set(paths)})
 
 
@@ -111,6 +113,8 @@ def load_dataset(
     except re.error as exc:
         raise FeatxError(f"--group-pattern {pattern!r} is not a valid regular expression: {exc}") from None
     ds.group_pattern = pattern
+    if ds.has_dicom and group_pattern is None and pattern == DEFAULT_GROUP_PATTERN:
+        _groups_from_headers(ds, cache_dir)
     ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
     _check_classes(ds)
     if "val" in ds.splits:
@@ -121,6 +125,26 @@ def load_dataset(
     elif val_fraction is not None:
         cut_split(ds, val_fraction, seed, split_file(cache_dir, ds))
     return ds
+
+
+def _groups_from_headers(ds: Dataset, cache_dir: Path) -> None:
+    """DICOM files without a manifest group get their patient from the header (PatientID, else
+    StudyInstanceUID), as a keyed hash (featx.data.dicom.header_groups)."""
+    todo = [i for i, g in enumerate(ds.groups) if not g]
+    if not todo:
+        return
+    try:
+        key = group_key(Path(cache_dir) / ds.key)
+        found = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
+    except ImportError:
+        return  # without pydicom the files cannot be read either; extraction says so per file
+    for i, group in zip(todo, found):
+        ds.groups[i] = group or ""
+    hashed = sum(1 for g in found if g)
+    if hashed:
+        ds.group_source = f"DICOM PatientID/StudyInstanceUID, hashed with key {key_id(key)}"
+        ds.group_note = (f"patient groups of {hashed} DICOM files from their PatientID (else StudyInstanceUID), "
+                         f"stored only as keyed hashes ({len(set(g for g in found if g))} patients)")
 
 
 def group_of(relpath: str, regex: re.Pattern) -> str:

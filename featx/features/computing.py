@@ -88,6 +88,7 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, deco
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
               "backbone_options": bb.options(),
               "device": str(device), "compile": compile, "group_pattern": ds.group_pattern,
+              **({"group_source": ds.group_source} if ds.group_source else {}),
               **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
     return identity, config
 
