@@ -94,8 +94,11 @@ def test_without_a_window_the_modality_values_are_stretched(tmp_path):
 
 def test_a_multi_frame_file_gives_its_first_frame(tmp_path):
     frames = np.stack([full_range(3), full_range(4)])
-    shown = np.asarray(load_image(write_dicom(tmp_path / "mf.dcm", frames)))
+    shown = np.asarray(load_image(write_dicom(tmp_path / "d" / "NORMAL" / "mf.dcm", frames)))
     assert np.array_equal(shown, frames[0])
+    write_dicom(tmp_path / "d" / "PNEUMONIA" / "one.dcm", frames[1])
+    notes = featx.load_dataset(tmp_path / "d").notes()
+    assert any("1 DICOM files hold several frames: featx reads the first frame" in n for n in notes)
 
 
 def test_a_jpeg_baseline_dicom_decodes(tmp_path):

@@ -113,8 +113,8 @@ def load_dataset(
     except re.error as exc:
         raise FeatxError(f"--group-pattern {pattern!r} is not a valid regular expression: {exc}") from None
     ds.group_pattern = pattern
-    if ds.has_dicom and group_pattern is None and pattern == DEFAULT_GROUP_PATTERN:
-        _groups_from_headers(ds, cache_dir)
+    if ds.has_dicom:
+        _read_headers(ds, cache_dir, use_groups=group_pattern is None and pattern == DEFAULT_GROUP_PATTERN)
     ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
     _check_classes(ds)
     if "val" in ds.splits:
@@ -127,24 +127,30 @@ def load_dataset(
     return ds
 
 
-def _groups_from_headers(ds: Dataset, cache_dir: Path) -> None:
+def _read_headers(ds: Dataset, cache_dir: Path, use_groups: bool) -> None:
     """DICOM files without a manifest group get their patient from the header (PatientID, else
-    StudyInstanceUID), as a keyed hash (featx.data.dicom.header_groups)."""
-    todo = [i for i, g in enumerate(ds.groups) if not g]
-    if not todo:
-        return
+    StudyInstanceUID), as a keyed hash (featx.data.dicom.header_groups), unless a --group-pattern
+    was given; multi-frame files are counted for the log."""
+    todo = [i for i, (p, g) in enumerate(zip(ds.paths, ds.groups))
+            if os.path.splitext(p)[1].lower() in DICOM_EXTENSIONS or not os.path.splitext(p)[1]]
     try:
         key = group_key(Path(cache_dir) / ds.key)
-        found = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
+        found, multi_frame = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
     except ImportError:
         return  # without pydicom the files cannot be read either; extraction says so per file
+    if multi_frame:
+        ds.group_note = f"{multi_frame} DICOM files hold several frames: featx reads the first frame of each"
+    if not use_groups:
+        return
+    found = [None if ds.groups[i] else g for i, g in zip(todo, found)]  # a manifest's group wins
     for i, group in zip(todo, found):
-        ds.groups[i] = group or ""
+        ds.groups[i] = ds.groups[i] or group or ""
     hashed = sum(1 for g in found if g)
     if hashed:
         ds.group_source = f"DICOM PatientID/StudyInstanceUID, hashed with key {key_id(key)}"
-        ds.group_note = (f"patient groups of {hashed} DICOM files from their PatientID (else StudyInstanceUID), "
-                         f"stored only as keyed hashes ({len(set(g for g in found if g))} patients)")
+        ds.group_note = "; ".join(filter(None, [
+            f"patient groups of {hashed} DICOM files from their PatientID (else StudyInstanceUID), stored only "
+            f"as keyed hashes ({len(set(g for g in found if g))} patients)", ds.group_note]))
 
 
 def group_of(relpath: str, regex: re.Pattern) -> str:

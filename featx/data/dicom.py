@@ -173,20 +173,23 @@ GROUP_KEY_FILE = "dicom-group-key"  # beside the dataset's caches, never inside 
 HEADER_GROUP_TAGS = ("PatientID", "StudyInstanceUID")
 
 
-def header_groups(paths, key: bytes) -> list[str | None]:
+def header_groups(paths, key: bytes) -> tuple[list[str | None], int]:
     """Each DICOM file's patient: a keyed hash (HMAC-SHA256) of its PatientID, else of its
     StudyInstanceUID; None where the file has neither (or is not DICOM). The raw IDs are never
     returned: a cache, a split file or a log holds only these hashes, and without the key (kept
-    in the cache folder, not in the files one shares) short IDs cannot be found by trying them all."""
+    in the cache folder, not in the files one shares) short IDs cannot be found by trying them all.
+    Also: how many files hold several frames (featx reads the first)."""
     import pydicom
 
-    groups = []
+    groups, multi_frame = [], 0
     for path in paths:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_GROUP_TAGS))
+            header = pydicom.dcmread(path, stop_before_pixels=True,
+                                     specific_tags=[*HEADER_GROUP_TAGS, "NumberOfFrames"])
         except Exception:  # not DICOM, or unreadable: its group falls back to the file name
             groups.append(None)
             continue
+        multi_frame += int(header.get("NumberOfFrames", 1) or 1) > 1
         found = None
         for tag, kind in zip(HEADER_GROUP_TAGS, ("patient", "study")):
             value = str(header.get(tag, "") or "").strip()
@@ -194,7 +197,7 @@ def header_groups(paths, key: bytes) -> list[str | None]:
                 found = f"{kind}-{hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]}"
                 break
         groups.append(found)
-    return groups
+    return groups, multi_frame
 
 
 def group_key(folder: Path) -> bytes:
