@@ -98,7 +98,7 @@ def test_a_multi_frame_file_gives_its_first_frame(tmp_path):
     assert np.array_equal(shown, frames[0])
     write_dicom(tmp_path / "d" / "PNEUMONIA" / "one.dcm", frames[1])
     notes = featx.load_dataset(tmp_path / "d").notes()
-    assert any("1 DICOM files hold several frames: featx reads the first frame" in n for n in notes)
+    assert any("multi-frame DICOM files: 1; featx reads the first frame of each" in n for n in notes)
 
 
 def test_a_jpeg_baseline_dicom_decodes(tmp_path):

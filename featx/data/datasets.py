@@ -139,7 +139,7 @@ def _read_headers(ds: Dataset, cache_dir: Path, use_groups: bool) -> None:
     except ImportError:
         return  # without pydicom the files cannot be read either; extraction says so per file
     if multi_frame:
-        ds.group_note = f"{multi_frame} DICOM files hold several frames: featx reads the first frame of each"
+        ds.group_note = f"multi-frame DICOM files: {multi_frame}; featx reads the first frame of each"
     if not use_groups:
         return
     found = [None if ds.groups[i] else g for i, g in zip(todo, found)]  # a manifest's group wins
