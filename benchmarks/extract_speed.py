@@ -11,6 +11,9 @@
   (d) featx.extract again over the fully cached set
   (f) with --corruptions: featx extract of corrupted copies (`featx extract --corruption`), each
       against (b)
+  (g) with --dicom: the same images as 12-bit DICOM files (half MONOCHROME1, stored inverted, with a
+      window tag spanning the 12 bits) and as 16-bit PNGs of the same values, each extracted; speed
+      against the PNGs, and the cosine of each to the JPEG features of (b) (issue #17)
   (e) the command line as a user runs it, start-up included, each in a fresh process: `featx extract`
       into a fresh cache, then the same command again (the issue #14 target: e/first < 10%)
 
@@ -19,6 +22,8 @@
     python benchmarks/extract_speed.py --data ../shared/data/chest_xray/train --limit 512 --no-notebook --no-cli \
         --backbone efficientnet_lite0,xception,dinov2_vits14
     python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train --decode pil,pil-draft,device
+    # DICOM vs 16-bit PNG of the same pixels (issue #17):
+    python benchmarks/extract_speed.py --data ../shared/data/chest_xray_fullres/train --no-notebook --no-cli --dicom
     # on a GPU (the issue #6 target: b/a >= 0.8 at batch 256 with AMP); random weights time the same:
     python benchmarks/extract_speed.py --data DIR --backbone resnet50 --weights random --device cuda \
         --batch-size 256 --decode pil,device --no-notebook
@@ -101,6 +106,54 @@ def command_line_runs(data: Path, args, cache: Path) -> tuple[float, float]:
     return times[0], times[1]
 
 
+def as_12_bit(path: Path) -> np.ndarray:
+    """A JPEG's gray values on a 12-bit scale (x 16), as a DICOM archive would hold them."""
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("L"), np.uint16) * 16
+
+
+def write_dicom(path: Path, stored: np.ndarray, monochrome1: bool, patient: str) -> None:
+    """An uncompressed 12-bit CR image with a window spanning the 12 bits (centre 2048, width 4096)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.PatientID = "CR", patient
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 2048, 4096, "LINEAR"
+    ds.PixelData = (4095 - stored if monochrome1 else stored).astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def dicom_runs(data: Path, tmp: Path, kwargs: dict, backbone: str) -> dict:
+    """(g): the images of `data` as 12-bit DICOMs and as 16-bit PNGs, each extracted: {kind: (s, features)}."""
+    from PIL import Image
+
+    made = {"DICOM 12-bit (half MONOCHROME1)": tmp / "dicom", "16-bit PNG": tmp / "png16"}
+    for i, jpeg in enumerate(sorted(data.rglob("*.jp*g"))):
+        stored = as_12_bit(jpeg)
+        for kind, root in made.items():
+            target = root / jpeg.parent.name / jpeg.stem
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if kind.startswith("DICOM"):
+                write_dicom(target.with_suffix(".dcm"), stored, i % 2 == 1, patient=jpeg.stem.split("_")[0])
+            else:
+                Image.fromarray(stored).save(target.with_suffix(".png"))
+    out = {}
+    for kind, root in made.items():
+        start = time.perf_counter()
+        store = featx.extract(root, backbone, **{**kwargs, "cache_dir": tmp / f"cache-{root.name}"})
+        out[kind] = (time.perf_counter() - start, store.arrays()[0])
+    return out
+
+
 def cosine(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return (X * Y).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(Y, axis=1))
 
@@ -128,6 +181,7 @@ def main():
     parser.add_argument("--no-cli", dest="cli", action="store_false", help="skip (e)")
     parser.add_argument("--corruptions", default="", help="comma-separated NAME:SEVERITY: (f) extract corrupted "
                         "copies, each against plain extraction (issue #16 target: >= 0.8)")
+    parser.add_argument("--dicom", action="store_true", help="(g) the images as 12-bit DICOM vs 16-bit PNG")
     args = parser.parse_args()
     for backbone in args.backbone.split(","):
         args.backbone = backbone
@@ -170,6 +224,7 @@ def measure(args) -> None:
             start = time.perf_counter()
             featx.extract(data, args.backbone, **{**kwargs, "corruption": corruption})
             t_f[corruption] = time.perf_counter() - start
+        t_g = dicom_runs(data, Path(tmp), kwargs, args.backbone) if args.dicom else {}
         t_first, t_again = command_line_runs(data, args, Path(tmp) / "cli-cache") if args.cli else (None, None)
 
     rate = lambda t: n / t  # noqa: E731
@@ -190,6 +245,11 @@ def measure(args) -> None:
     for corruption, seconds in t_f.items():
         print(f"(f) featx extract --corruption {corruption:<18} {rate(seconds):8.1f} images/s  "
               f"f/b = {t_b[modes[-1]] / seconds:.2f}")
+    for kind, (seconds, feats) in t_g.items():
+        cos = cosine(features[modes[0]], feats)
+        print(f"(g) {kind:<34} {rate(seconds):8.1f} images/s  ({seconds:.1f} s)"
+              + (f"  g/png16 = {t_g['16-bit PNG'][0] / seconds:.2f}" if kind != "16-bit PNG" else "")
+              + f"  cosine to the JPEG features: mean {cos.mean():.4f}, min {cos.min():.4f}")
     if t_first is not None:
         print(f"(e) `featx extract` in a fresh process: first run {t_first:.2f} s, re-run {t_again:.2f} s "
               f"({t_again / t_first:.1%} of the first, start-up included)")
