@@ -114,6 +114,8 @@ def parse_corruptions(text) -> list[str]:
     if text in (None, "all"):
         return list(CORRUPTIONS)
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise FeatxError(f"--corruptions names none; choose from {', '.join(CORRUPTIONS)}, or all")
     for name in names:
         check_corruption(name, 1)
     return list(dict.fromkeys(names))
