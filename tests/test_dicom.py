@@ -233,3 +233,18 @@ def test_patients_come_from_the_header_and_never_reach_the_cache_raw(tmp_path):
     assert again.row_table().group == table.group  # the same key, the same hashes
     by_name = featx.load_dataset(data, group_pattern=r"^(img\d\d)", cache_dir=tmp_path / "other")
     assert set(by_name.groups) == {f"img{k:02d}" for k in range(2)}  # a pattern given wins over the header
+
+
+def test_a_sigmoid_window_and_a_voi_lut_sequence_follow_the_standard(tmp_path):
+    stored = full_range(6)
+    c, w = 100.0, 50.0
+    sigmoid = np.asarray(load_image(write_dicom(tmp_path / "s.dcm", stored, WindowCenter=c, WindowWidth=w,
+                                                VOILUTFunction="SIGMOID")))
+    expected = 255 / (1 + np.exp(-4 * (stored.astype(float) - c) / w))  # PS3.3 C.11.2.1.3.1
+    assert np.abs(sigmoid.astype(int) - np.rint(expected)).max() <= 1
+
+    lut = Dataset()
+    lut.LUTDescriptor = [256, 0, 8]  # entries, first value mapped, bits per entry
+    lut.add_new(0x00283006, "US", [255 - v for v in range(256)])  # LUT Data: an inverting table
+    path = write_dicom(tmp_path / "lut.dcm", stored, VOILUTSequence=[lut], WindowCenter=c, WindowWidth=w)
+    assert np.array_equal(np.asarray(load_image(path)), 255 - stored)  # the table wins over the window

@@ -108,7 +108,7 @@ def _grayscale(pixels: np.ndarray, ds, window: str, inverted: bool) -> np.ndarra
 
     if pixels.ndim != 2:
         raise DicomError(f"grayscale pixel data of unexpected shape {pixels.shape}")
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    values = apply_modality_lut(pixels, ds)  # integers stay integers: a VOI LUT indexes by them
     if window != "default" and window != "minmax":  # a window given by the user, LINEAR, for every file
         centre, width = (float(v) for v in window.split(","))
         ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = centre, width, "LINEAR"
@@ -138,11 +138,13 @@ def _voi_range(values: np.ndarray, ds) -> tuple[float, float]:
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
         return 0.0, float(2 ** bits - 1)
     span = max(abs(float(values.min())), abs(float(values.max())), 1.0) * 1e6
-    low, high = apply_voi_lut(np.array([-span, span]), ds, index=0, prefer_lut=False).astype(np.float64)
+    with np.errstate(over="ignore"):  # a SIGMOID window saturates at these extremes, as it should
+        low, high = apply_voi_lut(np.array([-span, span]), ds, index=0, prefer_lut=False).astype(np.float64)
     return float(low), float(high)
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     return np.zeros_like(values) if high == low else (values - low) / (high - low)
 
