@@ -248,3 +248,14 @@ def test_a_sigmoid_window_and_a_voi_lut_sequence_follow_the_standard(tmp_path):
     lut.add_new(0x00283006, "US", [255 - v for v in range(256)])  # LUT Data: an inverting table
     path = write_dicom(tmp_path / "lut.dcm", stored, VOILUTSequence=[lut], WindowCenter=c, WindowWidth=w)
     assert np.array_equal(np.asarray(load_image(path)), 255 - stored)  # the table wins over the window
+
+
+def test_a_manifest_of_dicoms_takes_its_own_groups_first(tmp_path):
+    rows = ["path,label,group"]
+    for k in range(4):
+        write_dicom(tmp_path / "scans" / f"s{k}", full_range(k), PatientID=f"P{k // 2}")  # extension-less
+        rows.append(f"scans/s{k},{('NORMAL', 'PNEUMONIA')[k % 2]},{'site-a' if k < 3 else ''}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    ds = featx.load_dataset(tmp_path / "list.csv", cache_dir=tmp_path / "cache")
+    assert ds.groups[:3] == ["site-a"] * 3 and ds.groups[3].startswith("patient-")
+    assert featx.load_dataset(tmp_path / "list.csv", cache_dir=tmp_path / "cache").groups == ds.groups
