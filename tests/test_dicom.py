@@ -99,6 +99,7 @@ def test_a_multi_frame_file_gives_its_first_frame(tmp_path):
     write_dicom(tmp_path / "d" / "PNEUMONIA" / "one.dcm", frames[1])
     notes = featx.load_dataset(tmp_path / "d").notes()
     assert any("multi-frame DICOM files: 1; featx reads the first frame of each" in n for n in notes)
+    assert any("DICOM files without a display window: 2" in n for n in notes)
 
 
 def test_a_jpeg_baseline_dicom_decodes(tmp_path):

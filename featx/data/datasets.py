@@ -135,11 +135,13 @@ def _read_headers(ds: Dataset, cache_dir: Path, use_groups: bool) -> None:
             if os.path.splitext(p)[1].lower() in DICOM_EXTENSIONS or not os.path.splitext(p)[1]]
     try:
         key = group_key(Path(cache_dir) / ds.key)
-        found, multi_frame = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
+        found, multi_frame, no_window = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
     except ImportError:
         return  # without pydicom the files cannot be read either; extraction says so per file
-    if multi_frame:
-        ds.group_note = f"multi-frame DICOM files: {multi_frame}; featx reads the first frame of each"
+    said = [f"multi-frame DICOM files: {multi_frame}; featx reads the first frame of each" if multi_frame else "",
+            f"DICOM files without a display window: {no_window}; their default window is the min-max of their "
+            "values" if no_window else ""]
+    ds.group_note = "; ".join(filter(None, said))
     if not use_groups:
         return
     found = [None if ds.groups[i] else g for i, g in zip(todo, found)]  # a manifest's group wins

@@ -175,23 +175,26 @@ GROUP_KEY_FILE = "dicom-group-key"  # beside the dataset's caches, never inside 
 HEADER_GROUP_TAGS = ("PatientID", "StudyInstanceUID")
 
 
-def header_groups(paths, key: bytes) -> tuple[list[str | None], int]:
+def header_groups(paths, key: bytes) -> tuple[list[str | None], int, int]:
     """Each DICOM file's patient: a keyed hash (HMAC-SHA256) of its PatientID, else of its
     StudyInstanceUID; None where the file has neither (or is not DICOM). The raw IDs are never
     returned: a cache, a split file or a log holds only these hashes, and without the key (kept
     in the cache folder, not in the files one shares) short IDs cannot be found by trying them all.
-    Also: how many files hold several frames (featx reads the first)."""
+    Also: how many files hold several frames (featx reads the first), and how many grayscale files
+    have no display window (the default window is then the min-max of their values)."""
     import pydicom
 
-    groups, multi_frame = [], 0
+    groups, multi_frame, no_window = [], 0, 0
     for path in paths:
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True,
-                                     specific_tags=[*HEADER_GROUP_TAGS, "NumberOfFrames"])
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+                *HEADER_GROUP_TAGS, "NumberOfFrames", "PhotometricInterpretation", "WindowCenter", "VOILUTSequence"])
         except Exception:  # not DICOM, or unreadable: its group falls back to the file name
             groups.append(None)
             continue
         multi_frame += int(header.get("NumberOfFrames", 1) or 1) > 1
+        gray = str(header.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME")
+        no_window += gray and "WindowCenter" not in header and "VOILUTSequence" not in header
         found = None
         for tag, kind in zip(HEADER_GROUP_TAGS, ("patient", "study")):
             value = str(header.get(tag, "") or "").strip()
@@ -199,7 +202,7 @@ def header_groups(paths, key: bytes) -> tuple[list[str | None], int]:
                 found = f"{kind}-{hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]}"
                 break
         groups.append(found)
-    return groups, multi_frame
+    return groups, multi_frame, no_window
 
 
 def group_key(folder: Path) -> bytes:
