@@ -141,6 +141,7 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
     workers = default_workers(job.device) if job.workers is None else job.workers
     job.log(f"extracting {len(todo)} of {store.n_rows} images with {job.bb.spec.name} ({job.bb.weights_source}) "
             f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.decode}"
+            + (f", DICOM window {job.dicom_window}" if job.ds.has_dicom else "")
             + (f", corrupted by {job.corruption[0]} at severity {job.corruption[1]}" if job.corruption else "")
             + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
     started = time.perf_counter()
