@@ -63,9 +63,8 @@ class Dataset:
 
     @property
     def has_dicom(self) -> bool:
-        """Whether any image is a DICOM file (listed by its extension, or extension-less by its preamble)."""
-        return any(os.path.splitext(p)[1].lower() in DICOM_EXTENSIONS or not os.path.splitext(p)[1]
-                   for p in self.paths)
+        """Whether any image is a DICOM file."""
+        return any(map(_dicom_path, self.paths))
 
     def absolute(self, relpath: str) -> Path:
         return self.root / relpath
@@ -130,9 +129,8 @@ def load_dataset(
 def _read_headers(ds: Dataset, cache_dir: Path, use_groups: bool) -> None:
     """DICOM files without a manifest group get their patient from the header (PatientID, else
     StudyInstanceUID), as a keyed hash (featx.data.dicom.header_groups), unless a --group-pattern
-    was given; multi-frame files are counted for the log."""
-    todo = [i for i, (p, g) in enumerate(zip(ds.paths, ds.groups))
-            if os.path.splitext(p)[1].lower() in DICOM_EXTENSIONS or not os.path.splitext(p)[1]]
+    was given; files with several frames or without a display window are counted for the log."""
+    todo = [i for i, p in enumerate(ds.paths) if _dicom_path(p)]
     try:
         key = group_key(Path(cache_dir) / ds.key)
         found, multi_frame, no_window = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
@@ -188,6 +186,12 @@ def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
             image = extension in IMAGE_EXTENSIONS or (not extension and _dicom_file(os.path.join(dirpath, name)))
             (found if image else ignored).append(_printable(rel))
     return found
+
+
+def _dicom_path(rel: str) -> bool:
+    """A listed DICOM file: by its extension, or extension-less (listed only with the DICOM preamble)."""
+    extension = os.path.splitext(rel)[1].lower()
+    return extension in DICOM_EXTENSIONS or not extension
 
 
 def _dicom_file(path: str) -> bool:

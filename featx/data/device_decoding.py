@@ -85,12 +85,7 @@ class DeviceDecoder:
     """Main-process side of device mode: a list of worker outputs -> one uint8 N×3×H×W batch on the device."""
 
     def __init__(self, data_config: dict, device: torch.device):
-        from timm.data.transforms import (
-            MaybePILToTensor,
-            MaybeToTensor,
-            ToNumpy,
-            ToTensor,
-        )
+        from timm.data.transforms import MaybePILToTensor, MaybeToTensor, ToNumpy, ToTensor
 
         self.device = device
         ops = EvalTransform(data_config).resize_crop.transforms
