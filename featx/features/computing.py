@@ -20,14 +20,8 @@ from .._core.errors import FeatxError
 from .._core.locks import exclusive_lock
 from .._core.options import check_batch_size, check_options
 from .._core.paths import file_safe
-from .._core.runtime import (
-    default_batch_size,
-    default_workers,
-    join_ranks,
-    precision_for,
-    resolve_device,
-    speaking,
-)
+from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
+                             speaking)
 from .._core.versions import package_versions
 from ..data.corruptions import corruption_policy
 from ..data.datasets import Dataset
@@ -81,9 +75,10 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, deco
     """(identity, config) of the cache: what must match to reuse it, and everything recorded in it.
     DICOM display rules and a corruption change the pixels as decoding does: both are part of the
     decode policy."""
+    decode = decode_policy(decode, device) + (dicom_policy(dicom_window) if ds.has_dicom else "") \
+        + corruption_policy(corruption)
     identity = cache_identity(bb.identity(), data_root=str(ds.root), precision=precision_for(device), tta=tta,
-                              dtype=dtype, decode=decode_policy(decode, device) + (dicom_policy(dicom_window) if ds.has_dicom else "")
-                              + corruption_policy(corruption))
+                              dtype=dtype, decode=decode)
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
               "backbone_options": bb.options(),
@@ -226,7 +221,8 @@ def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, path
 def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
                   batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
                   decode: str = "pil", corruption: tuple[str, int] | None = None, root=None,
-                  dicom_window: str = "default", progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
+                  dicom_window: str = "default",
+                  progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
 
     Returns (outputs with a NaN row per unreadable image, the reason or None per image, the sha1

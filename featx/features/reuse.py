@@ -40,8 +40,9 @@ def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind:
         return None
     return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
             **variant, **({"corruption": list(corruption)} if corruption else {}),
-            **({"dicom_window": dicom_window} if dicom_window != "default" else {}), "tta": tta, "decode": decode, "dtype": dtype, "device": device_kind, "data_root": str(ds.root),
-            "timm": installed_version("timm"), "torch": installed_version("torch")}
+            **({"dicom_window": dicom_window} if dicom_window != "default" else {}), "tta": tta, "decode": decode,
+            "dtype": dtype, "device": device_kind, "data_root": str(ds.root), "timm": installed_version("timm"),
+            "torch": installed_version("torch")}
 
 
 def request_hash(request: dict) -> str:
