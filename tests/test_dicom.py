@@ -260,3 +260,18 @@ def test_a_manifest_of_dicoms_takes_its_own_groups_first(tmp_path):
     ds = featx.load_dataset(tmp_path / "list.csv", cache_dir=tmp_path / "cache")
     assert ds.groups[:3] == ["site-a"] * 3 and ds.groups[3].startswith("patient-")
     assert featx.load_dataset(tmp_path / "list.csv", cache_dir=tmp_path / "cache").groups == ds.groups
+
+
+def test_rgb_pixels_stay_rgb_and_undecodable_pixel_data_is_a_reason(tmp_path):
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLSLossless
+
+    rgb = np.stack([full_range(7), full_range(8), full_range(9)], -1)
+    path = write_dicom(tmp_path / "rgb.dcm", rgb[..., 0], SamplesPerPixel=3, PhotometricInterpretation="RGB",
+                       PlanarConfiguration=0, Rows=rgb.shape[0], Columns=rgb.shape[1], pixel_data=rgb.tobytes())
+    shown = load_image(path)
+    assert shown.mode == "RGB" and np.array_equal(np.asarray(shown), rgb)
+    broken = write_dicom(tmp_path / "ls.dcm", full_range(1), syntax=JPEGLSLossless,
+                         pixel_data=encapsulate([b"\xff\xd8 not a JPEG-LS stream \xff\xd9"]))
+    with pytest.raises(ImageError, match="cannot decode the pixel data"):
+        load_image(broken)
