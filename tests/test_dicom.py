@@ -275,3 +275,20 @@ def test_rgb_pixels_stay_rgb_and_undecodable_pixel_data_is_a_reason(tmp_path):
                          pixel_data=encapsulate([b"\xff\xd8 not a JPEG-LS stream \xff\xd9"]))
     with pytest.raises(ImageError, match="cannot decode the pixel data"):
         load_image(broken)
+
+
+def test_headers_are_read_once_and_again_only_when_a_file_changes(tmp_path, monkeypatch):
+    from featx.data import dicom_headers
+
+    for k in range(4):
+        write_dicom(tmp_path / "d" / ("NORMAL", "PNEUMONIA")[k % 2] / f"s{k}.dcm", full_range(k), PatientID=f"P{k}")
+    read = []
+    real = dicom_headers.read_facts
+    monkeypatch.setattr(dicom_headers, "read_facts", lambda path, key: read.append(path) or real(path, key))
+    first = featx.load_dataset(tmp_path / "d", cache_dir=tmp_path / "c").groups
+    assert len(read) == 4
+    assert featx.load_dataset(tmp_path / "d", cache_dir=tmp_path / "c").groups == first and len(read) == 4
+    write_dicom(tmp_path / "d" / "NORMAL" / "s0.dcm", full_range(0), PatientID="P987")  # a new size, a new patient
+    again = featx.load_dataset(tmp_path / "d", cache_dir=tmp_path / "c").groups
+    assert len(read) == 5 and again[0] != first[0] and again[1:] == first[1:]
+    assert b"P987" not in (tmp_path / "c" / featx.load_dataset(tmp_path / "d").key / "dicom-headers.json").read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,8 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.options import CHOICES
 from .._core.paths import default_cache_dir
-from .dicom import DICOM_EXTENSIONS, group_key, has_dicom_preamble, header_groups, key_id
+from .dicom import DICOM_EXTENSIONS, has_dicom_preamble
+from .dicom_headers import header_facts, key_id
 from .splits import cut_split, read_split, reuse_split, split_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
@@ -127,22 +129,21 @@ def load_dataset(
 
 
 def _read_headers(ds: Dataset, cache_dir: Path, use_groups: bool) -> None:
-    """DICOM files without a manifest group get their patient from the header (PatientID, else
-    StudyInstanceUID), as a keyed hash (featx.data.dicom.header_groups), unless a --group-pattern
-    was given; files with several frames or without a display window are counted for the log."""
+    """DICOM files without a manifest group get their patient from the header as a keyed hash
+    (featx.data.dicom_headers), unless a --group-pattern was given; files with several frames or
+    without a display window are counted for the log."""
     todo = [i for i, p in enumerate(ds.paths) if _dicom_path(p)]
-    try:
-        key = group_key(Path(cache_dir) / ds.key)
-        found, multi_frame, no_window = header_groups([ds.absolute(ds.paths[i]) for i in todo], key)
-    except ImportError:
+    if importlib.util.find_spec("pydicom") is None:
         return  # without pydicom the files cannot be read either; extraction says so per file
+    facts, key = header_facts(ds.root, [ds.paths[i] for i in todo], Path(cache_dir) / ds.key)
+    multi_frame, no_window = sum(f.multi_frame for f in facts), sum(f.no_window for f in facts)
     said = [f"multi-frame DICOM files: {multi_frame}; featx reads the first frame of each" if multi_frame else "",
             f"DICOM files without a display window: {no_window}; their default window is the min-max of their "
             "values" if no_window else ""]
     ds.group_note = "; ".join(filter(None, said))
     if not use_groups:
         return
-    found = [None if ds.groups[i] else g for i, g in zip(todo, found)]  # a manifest's group wins
+    found = [None if ds.groups[i] else f.group for i, f in zip(todo, facts)]  # a manifest's group wins
     for i, group in zip(todo, found):
         ds.groups[i] = ds.groups[i] or group or ""
     hashed = sum(1 for g in found if g)

@@ -10,23 +10,17 @@ The pixel pipeline follows the order DICOM defines (PS3.3 C.11), with pydicom's 
    always does that; "C,W" applies that LINEAR window to every file;
 4. MONOCHROME1 inverted (its zero is white), so bone is bright as in every JPEG set;
 5. scaled to 0..255 from the window's own output range.
-Colour images (RGB, YBR_*, PALETTE COLOR) become 8-bit RGB. Nothing but pixels leaves the reader;
-the patient of each file (`header_groups`) leaves only as a keyed hash.
+Colour images (RGB, YBR_*, PALETTE COLOR) become 8-bit RGB. Nothing but pixels leaves the reader
+(headers: featx.data.dicom_headers).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import re
-import secrets
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .._core.atomic import write_text_atomic
 from .._core.errors import FeatxError
 
 DICOM_POLICY = "featx-dicom-1"  # bump when the pixels a DICOM file gives change: caches record it
@@ -167,54 +161,3 @@ def _colour(pixels: np.ndarray, ds, photometric: str) -> np.ndarray:
 def _short(exc: BaseException) -> str:
     text = re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
     return text[:160]
-
-
-# --- patient groups from the header ------------------------------------------------------------
-
-GROUP_KEY_FILE = "dicom-group-key"  # beside the dataset's caches, never inside a cache file
-HEADER_GROUP_TAGS = ("PatientID", "StudyInstanceUID")
-
-
-def header_groups(paths, key: bytes) -> tuple[list[str | None], int, int]:
-    """Each DICOM file's patient: a keyed hash (HMAC-SHA256) of its PatientID, else of its
-    StudyInstanceUID; None where the file has neither (or is not DICOM). The raw IDs are never
-    returned: a cache, a split file or a log holds only these hashes, and without the key (kept
-    in the cache folder, not in the files one shares) short IDs cannot be found by trying them all.
-    Also: how many files hold several frames (featx reads the first), and how many grayscale files
-    have no display window (the default window is then the min-max of their values)."""
-    import pydicom
-
-    groups, multi_frame, no_window = [], 0, 0
-    for path in paths:
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
-                *HEADER_GROUP_TAGS, "NumberOfFrames", "PhotometricInterpretation", "WindowCenter", "VOILUTSequence"])
-        except Exception:  # not DICOM, or unreadable: its group falls back to the file name
-            groups.append(None)
-            continue
-        multi_frame += int(header.get("NumberOfFrames", 1) or 1) > 1
-        gray = str(header.get("PhotometricInterpretation", "MONOCHROME2")).startswith("MONOCHROME")
-        no_window += gray and "WindowCenter" not in header and "VOILUTSequence" not in header
-        found = None
-        for tag, kind in zip(HEADER_GROUP_TAGS, ("patient", "study")):
-            value = str(header.get(tag, "") or "").strip()
-            if value:
-                found = f"{kind}-{hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:16]}"
-                break
-        groups.append(found)
-    return groups, multi_frame, no_window
-
-
-def group_key(folder: Path) -> bytes:
-    """The dataset's secret for hashing patient IDs, made once (random, 32 bytes) and kept in `folder`."""
-    path = Path(folder) / GROUP_KEY_FILE
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, secrets.token_hex(32))
-        os.chmod(path, 0o600)
-    return path.read_bytes().strip()
-
-
-def key_id(key: bytes) -> str:
-    """Names a key without revealing it, so that caches can say which key hashed their groups."""
-    return hashlib.sha256(b"featx-group-key:" + key).hexdigest()[:12]
