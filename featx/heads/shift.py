@@ -108,17 +108,17 @@ def _map_path(cache: Path, splits) -> Path:
     return Path(cache).with_suffix(f".shift-{'-'.join(splits)}.npz")
 
 
-def recorded_shift(cache, to_split: str) -> tuple[str, dict] | None:
+def recorded_shift(cache, to_split: str, with_map: bool = False) -> tuple[str, dict] | None:
     """(from split, record) of a shift measured into `to_split` on the cache at `cache`, or None. The
-    record has "auc", "ci" and, when measured by this featx, "counts", "per_class", "unlike" and
-    "embedding" (the map, read back from its file)."""
+    record has "auc", "ci" and, when measured by this featx, "counts", "per_class", "unlike", and with
+    `with_map` "embedding" (the map, read back from its file)."""
     path = _record_path(cache) if cache else None
     if path is None or not path.is_file():
         return None
     for key, found in json.loads(path.read_text()).items():
         start, _, end = key.partition("->")
         if end == to_split:
-            coordinates = path.with_name(found["map"]) if found.get("map") else None
+            coordinates = path.with_name(found["map"]) if with_map and found.get("map") else None
             if coordinates is not None and coordinates.is_file():
                 with np.load(coordinates, allow_pickle=False) as stored:
                     found["embedding"] = {k: stored[k] for k in stored.files}

@@ -201,14 +201,15 @@ def best_note(records: list[dict]) -> str:
     return BEST_NOTE.format(m=f"{compared} comparisons" if compared > 1 else "1 comparison") if compared else ""
 
 
-def ranked_shift(records: list[dict]) -> tuple[str, dict, dict] | None:
+def ranked_shift(records: list[dict], with_map: bool = False) -> tuple[str, dict, dict] | None:
     """(from split, shift record, compare record) of the shift `featx shift` measured into the compared
-    split, on the features of the best-ranked head that has one; None if none has."""
+    split, on the features of the best-ranked head that has one; None if none has. `with_map` also
+    reads the map's coordinates (for the report's figure)."""
     from ..heads.shift import recorded_shift
 
     for r in records:
         if r["ranked"] and r["kind"] == "head" and r.get("features_file"):
-            found = recorded_shift(r["features_file"], r["split"])
+            found = recorded_shift(r["features_file"], r["split"], with_map)
             if found:
                 return found[0], found[1], r
     return None

@@ -90,7 +90,7 @@ def _shift_and_robustness(plt, figures: dict, records, split: str, models_dir, c
     from .shift_figures import shift_figures
 
     ranked = [r for r in records if r["ranked"]]
-    found = ranked_shift(records)
+    found = ranked_shift(records, with_map=True)
     if found:
         start, score, r = found
         figures.update(shift_figures(plt, score, (start, split), r["classes"], r.get("data_root")))

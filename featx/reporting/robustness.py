@@ -156,6 +156,8 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
     run = _Run(data, split, images, cache_dir, dict(device=device, batch_size=batch_size, workers=workers,
                                                       progress=progress), log)
     rows = [_row(m.name, "none", 0, m.clean_y, m.clean_proba, m.model.threshold, n_boot, seed) for m in models]
+    order = sorted(range(len(models)), key=lambda i: -(rows[i]["roc_auc"] or 0))  # best clean first, as compare
+    models, rows = [models[i] for i in order], [rows[i] for i in order]
     started = time.perf_counter()
     for corruption in corruptions:
         for severity in severities:
@@ -195,8 +197,6 @@ def _models(found: list[tuple[Path, dict]], split: str) -> tuple[list[_Model], l
             models.append(_Model(name, load(path), p["y"], p["proba"], images_fingerprint(zip(p["path"], p["sha1"]))))
         except FeatxError as exc:
             notes.append(f"{name}: left out, {exc}")
-    models.sort(key=lambda m: -(_row(m.name, "none", 0, m.clean_y, m.clean_proba, m.model.threshold, 0, 0)["roc_auc"]
-                                or 0))  # best clean first, as compare ranks
     return models, notes
 
 
@@ -205,8 +205,7 @@ def _row(method: str, corruption: str, severity: int, y, proba, threshold, n_boo
     y, proba = np.asarray(y), np.asarray(proba)
     row = {"method": method, "corruption": corruption, "severity": severity, "n": int(len(y))}
     metrics = point_metrics(y, proba, threshold) if len(y) else {}
-    ci = bootstrap_auc_ci(y, proba, n_boot=n_boot, seed=seed) if n_boot and metrics.get("roc_auc") is not None \
-        else None
+    ci = bootstrap_auc_ci(y, proba, n_boot=n_boot, seed=seed) if metrics.get("roc_auc") is not None else None
     row.update(roc_auc=metrics.get("roc_auc"), roc_auc_low=ci[0] if ci else None, roc_auc_high=ci[1] if ci else None)
     row.update({k: metrics.get(k) for k in ("accuracy", "sensitivity", "specificity")})
     return row
