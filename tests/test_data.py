@@ -127,7 +127,7 @@ def test_a_custom_group_pattern_groups_as_asked(tmp_path):
     for p in range(12):
         for study in range(3):
             cls = "PNEUMONIA" if p % 2 else "NORMAL"
-            save(root / cls / f"P{p:03d}__S{study}.png", xray_like(p + study, size=(8, 8)))
+            save(root / cls / f"P{p:03d}__S{study}.png", xray_like(3 * p + study, size=(8, 8)))
     ds = load_dataset(root, group_pattern=r"^(P\d+)__", val_fraction=0.25, cache_dir=tmp_path / "c")
     assert sorted(set(ds.groups)) == [f"P{p:03d}" for p in range(12)]
     assert all(g == Path(p).name.split("__")[0] for p, g in zip(ds.paths, ds.groups))

@@ -117,11 +117,38 @@ def test_fit_killed_before_its_sidecar_leaves_nothing_loadable(tmp_path):
     store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
     args = ["fit", "--features", store.path, "--models", tmp_path / "m"]
     assert _killed_at("featx.artifacts.format", "write_text_atomic", 1, args, before=True) == -9
-    [orphan] = (tmp_path / "m").glob("*.joblib")
+    assert not list((tmp_path / "m").glob("*.joblib"))  # the new model waits as *.pending until its sidecar
+    [pending] = (tmp_path / "m").glob("*.joblib.pending")
+    artifact = pending.with_name(pending.name.removesuffix(".pending"))
     with pytest.raises(featx.FeatxError, match="no sidecar"):
-        featx.load(orphan)
+        featx.load(artifact)
     assert run(*args).exit_code == 0
-    assert featx.load(orphan).predict_proba(X[:2]).shape == (2, 2)
+    assert featx.load(artifact).predict_proba(X[:2]).shape == (2, 2)
+
+
+def test_a_refit_killed_or_out_of_space_at_its_sidecar_keeps_a_loadable_model(tmp_path, monkeypatch):
+    """Issue 23, item 5: the model file and its sidecar are replaced together or not at all."""
+    X, y = toy_features(90)
+    store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
+    args = ["fit", "--features", store.path, "--models", tmp_path / "m"]
+    assert run(*args).exit_code == 0
+    [artifact] = (tmp_path / "m").glob("*.joblib")
+    before = featx.load(artifact).predict_proba(X[:5])
+    write_store(store.path, X[::-1].copy(), y, three_way(90))  # other features of the same images: the same name
+    # A re-fit whose sidecar cannot be written: the previous model still loads, unchanged.
+    from pathlib import Path
+
+    monkeypatch.setattr(Path, "write_text", _no_space)  # the sidecar is the one text file fit writes
+    assert "no space left" in final_error(run(*args)).lower()
+    monkeypatch.undo()
+    assert np.array_equal(featx.load(artifact).predict_proba(X[:5]), before)
+    # Killed once the new sidecar is committed, before the new model takes its name: it loads, as the new one.
+    assert _killed_at("featx.artifacts.format", "_settle", 1, args, before=True) == -9
+    pending = tmp_path / "m" / (artifact.name + ".pending")
+    assert pending.exists()
+    after = featx.load(artifact).predict_proba(X[:5])
+    assert not pending.exists() and not np.allclose(after, before)
+    assert run(*args).exit_code == 0 and np.array_equal(featx.load(artifact).predict_proba(X[:5]), after)
 
 
 # --- a full disk -------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def test_val_fraction_takes_patients_of_every_size_not_the_largest_first(tmp_pat
     for patient, size in enumerate(sizes):
         for k in range(size):
             cls = "PNEUMONIA" if patient % 3 else "NORMAL"
-            save(root / cls / f"person{patient}_{cls}_{k}.png", xray_like(k, size=(8, 8)))
+            save(root / cls / f"person{patient}_{cls}_{k}.png", xray_like(10 * patient + k, size=(8, 8)))
     ds = featx.load_dataset(root, val_fraction=0.25, cache_dir=tmp_path / "c")
     per_patient = {split: [] for split in ("train", "val")}
     for group in set(ds.groups):
@@ -99,7 +99,7 @@ def test_val_fraction_gives_the_share_asked_for(tmp_path):
     root = tmp_path / "many"
     for i in range(600):
         cls = "PNEUMONIA" if i % 4 else "NORMAL"
-        save(root / cls / f"person{i // 2}_{cls}_{i}.png", xray_like(i % 5, size=(8, 8)))
+        save(root / cls / f"person{i // 2}_{cls}_{i}.png", xray_like(i, size=(8, 8)))
     for fraction in (0.1, 0.3, 0.45):
         ds = featx.load_dataset(root, val_fraction=fraction, cache_dir=tmp_path / f"c{fraction}")
         counts = ds.counts()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 
 
 def file_digest(path, algorithm: str = "sha256") -> str:
@@ -16,8 +18,11 @@ def file_digest(path, algorithm: str = "sha256") -> str:
 
 
 def file_sha1(path) -> str:
-    """sha1 of a file's bytes, the name featx gives an image's content; '' if it cannot be read."""
+    """sha1 of a file's bytes, the name featx gives an image's content; '' if it cannot be read or is
+    not a regular file (a FIFO would block the read forever)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return ""
         return file_digest(path, "sha1")
     except OSError:
         return ""

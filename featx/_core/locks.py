@@ -15,15 +15,16 @@ except ImportError:  # Windows: no advisory locks; concurrent writers are the us
 
 
 @contextlib.contextmanager
-def exclusive_lock(target):
-    """Hold `<target>.lock` exclusively, or refuse at once with a clear message."""
+def exclusive_lock(target, *, wait: bool = False):
+    """Hold `<target>.lock` exclusively, or refuse at once with a clear message; with `wait`, wait for
+    the holder to finish instead (for short critical sections, such as cutting a split)."""
     lock_path = Path(f"{target}.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path, "a+")
     try:
         if fcntl is not None:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 handle.seek(0)
                 owner = handle.read().strip() or "another process"

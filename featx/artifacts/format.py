@@ -6,13 +6,23 @@ file, checked before anything is unpickled (unpickling runs code: load only arti
 sources you trust), the exact backbone and preprocessing of its inputs, the classes and
 decision threshold, the metrics, versions and date; and a `.predictions.npz` with each
 split's per-image probabilities, which `featx compare` reads.
+
+Integrity: the sidecar carries a digest of its own content (`sidecar_sha256`, format 2), so an
+edited class list, threshold or recipe is refused like a replaced model file. A model is read
+once, its bytes checked and then used (never checked, then read again). A model, its predictions
+and its sidecar are replaced together or not at all: the new model and predictions are written
+beside the old ones as `*.pending`, the sidecar's atomic replacement commits them, and the pending
+files then take their names. Whoever finds a committed sidecar with its files still pending (a
+kill in between) completes the move.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,10 +31,12 @@ import numpy as np
 
 from .._core.atomic import atomic_path, write_text_atomic
 from .._core.errors import FeatxError
-from .._core.hashing import file_digest, lines_hash
+from .._core.hashing import file_digest, lines_hash, record_hash
 from .._core.versions import package_versions
 
-ARTIFACT_FORMAT = 1
+ARTIFACT_FORMAT = 2  # 2: the sidecar's own digest; 1 (older artifacts, still read) has none
+READ_FORMATS = (1, 2)
+SIDECAR_DIGEST = "sidecar_sha256"
 # Modules that held classes featx pickled into heads, and where those classes live now: a pickle
 # names a class by its module, so artifacts made before a move still load.
 MOVED_MODULES = {"featx.streaming": "featx.heads.out_of_core"}
@@ -55,38 +67,70 @@ def predictions_path(artifact) -> Path:
 
 
 def save_artifact(path, estimator, info: dict, predictions: dict | None = None) -> Path:
-    """A head from `featx fit`: its joblib file, its predictions, then its sidecar, each atomic.
+    """A head from `featx fit`: its joblib file, its predictions and its sidecar, replaced together.
 
-    A kill before the sidecar leaves a joblib file whose sidecar is missing or names another
-    hash, which `load` refuses: no half-written artifact is ever loadable.
+    A kill or a full disk before the sidecar is committed leaves the previous artifact as it was (or
+    none); after, the new one. No half-written artifact is ever loadable.
     """
     import joblib
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(pending_path(path)) as tmp:
         joblib.dump(estimator, tmp)
     return _finish(path, info, predictions)
 
 
 def save_checkpoint_artifact(path, state_dict: dict, info: dict, predictions: dict | None = None) -> Path:
     """A fine-tuned model: a torch state_dict (loadable with weights_only=True) and the same sidecar."""
-    import torch
-
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(state_dict, tmp)
+    with atomic_path(pending_path(path)) as tmp:
+        save_torch(state_dict, tmp)
     return _finish(path, info, predictions)
 
 
+def save_torch(obj, path) -> None:
+    """torch.save through a Python file object, so that a full disk raises OSError (ENOSPC), which
+    atomic_path turns into featx's one line, not the RuntimeError of torch's own zip writer."""
+    import torch
+
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+def pending_path(path) -> Path:
+    """Where a new version of a model file (or its predictions) waits until its sidecar commits it."""
+    return Path(path).with_name(Path(path).name + ".pending")
+
+
 def _finish(path: Path, info: dict, predictions: dict | None) -> Path:
-    info = {**info, "format": ARTIFACT_FORMAT, "file": path.name, "sha256": file_digest(path)}
+    """Write the predictions (pending), commit the sidecar, then move the pending files into place."""
+    info = {**info, "format": ARTIFACT_FORMAT, "file": path.name, "sha256": file_digest(pending_path(path))}
     if predictions:
         info["predictions"] = {"file": predictions_path(path).name,
-                               "sha256": _save_predictions(predictions_path(path), predictions)}
+                               "sha256": _save_predictions(pending_path(predictions_path(path)), predictions)}
         info["splits"] = {s: {"n": len(p["y"]), "images_sha256": images_fingerprint(zip(p["path"], p["sha1"]))}
                           for s, p in predictions.items()}
-    write_text_atomic(sidecar_path(path), json.dumps(info, indent=2, default=_json_default) + "\n")
+    info = json.loads(json.dumps(info, default=_json_default))  # plain JSON values: the digest is of what is read back
+    info[SIDECAR_DIGEST] = sidecar_digest(info)
+    write_text_atomic(sidecar_path(path), json.dumps(info, indent=2) + "\n")  # the commit
+    _settle(path, info)
     return path
+
+
+def sidecar_digest(info: dict) -> str:
+    """The digest of everything a sidecar says but the digest itself."""
+    return record_hash({k: v for k, v in info.items() if k != SIDECAR_DIGEST})
+
+
+def _settle(path: Path, info: dict) -> None:
+    """Give committed pending files their names: the model file, then its predictions."""
+    files = [path]
+    if info.get("predictions"):
+        files.append(path.with_name(info["predictions"]["file"]))
+    for final in files:
+        pending = pending_path(final)
+        if pending.exists():
+            os.replace(pending, final)
 
 
 def _save_predictions(path: Path, predictions: dict) -> str:
@@ -105,25 +149,45 @@ def _save_predictions(path: Path, predictions: dict) -> str:
 
 def load_predictions(artifact, info: dict | None = None) -> dict:
     """{split: {"path", "sha1", "y", "proba"}} as saved with an artifact (checked against its sidecar)."""
-    info = info or read_sidecar(artifact)
+    info = info or checked_sidecar(artifact)
     entry = info.get("predictions")
     if not entry:
         raise FeatxError(f"{artifact} has no saved predictions (made by an older featx); run featx fit or featx finetune again")
     path = Path(artifact).with_name(entry["file"])
-    if not path.is_file() or file_digest(path) != entry["sha256"]:
+    raw = verified_bytes(path, entry["sha256"])
+    if raw is None:
         raise FeatxError(f"{path} is missing or does not match its sidecar; fit or fine-tune the model again")
     out = {}
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(io.BytesIO(raw), allow_pickle=False) as data:
         for key in data.files:
             split, name = key.split("__")
             out.setdefault(split, {})[name] = data[key]
     return out
 
 
+def verified_bytes(path: Path, sha256: str) -> bytes | None:
+    """The bytes of `path` if their sha256 is the one recorded, read once (what is checked is what is
+    used); a committed version still pending is moved into place first. None if neither matches."""
+    import hashlib
+
+    for attempt in (path, pending_path(path)):
+        try:
+            raw = attempt.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(raw).hexdigest() == sha256:
+            if attempt != path:
+                with contextlib.suppress(OSError):
+                    os.replace(attempt, path)
+            return raw
+    return None
+
+
 def read_sidecar(path) -> dict:
+    """An artifact's sidecar as written, unchecked (`checked_sidecar` checks it)."""
     path = Path(path)
     side = sidecar_path(path)
-    if not path.is_file():
+    if not path.is_file() and not pending_path(path).is_file():
         raise FeatxError(f"model artifact not found: {path}")
     if not side.is_file():
         raise FeatxError(f"{path} has no sidecar {side.name}: it was not written completely by featx; refusing to load it")
@@ -133,39 +197,56 @@ def read_sidecar(path) -> dict:
         raise FeatxError(f"cannot read {side}: {exc}") from None
 
 
-def verified_sidecar(path) -> dict:
-    """The sidecar of an artifact whose file matches its recorded sha256 (refused otherwise)."""
-    path = Path(path)
-    info = read_sidecar(path)
-    if info.get("format") != ARTIFACT_FORMAT:
-        raise FeatxError(f"{path} has artifact format {info.get('format')}, this featx reads {ARTIFACT_FORMAT}")
-    if file_digest(path) != info.get("sha256"):
-        raise FeatxError(f"{path} does not match the sha256 in {sidecar_path(path).name} (tampered, replaced or "
-                         f"half-written); refusing to load it")
+def checked_sidecar(path, info: dict | None = None) -> dict:
+    """The sidecar of `path` (or `info`, read before), refused when it was edited since featx wrote it:
+    its classes, threshold and recipe decide what the model answers."""
+    info = read_sidecar(path) if info is None else info
+    if info.get("format") not in READ_FORMATS:
+        raise FeatxError(f"{path} has artifact format {info.get('format')}, this featx reads "
+                         f"{', '.join(map(str, READ_FORMATS))}")
+    if info["format"] >= 2 and info.get(SIDECAR_DIGEST) != sidecar_digest(info):
+        raise FeatxError(f"{sidecar_path(path)} was edited or damaged since featx wrote it (its classes, threshold or "
+                         "recipe may no longer be the model's); refusing to use it: fit or fine-tune the model again")
     return info
 
 
-def read_head(path) -> tuple[dict, object]:
-    """(sidecar, estimator) of a head artifact, unpickled only after its sha256 is checked."""
+def verified_sidecar(path) -> dict:
+    """The sidecar of an artifact whose sidecar is intact and whose file matches its recorded sha256."""
+    return read_verified(path)[0]
+
+
+def read_verified(path) -> tuple[dict, bytes]:
+    """(sidecar, the model file's bytes), both checked; the bytes are the ones to load."""
     path = Path(path)
-    info = verified_sidecar(path)
+    info = checked_sidecar(path)
+    raw = verified_bytes(path, info.get("sha256", ""))
+    if raw is None:
+        raise FeatxError(f"{path} does not match the sha256 in {sidecar_path(path).name} (tampered, replaced or "
+                         f"half-written); refusing to load it")
+    return info, raw
+
+
+def read_head(path) -> tuple[dict, object]:
+    """(sidecar, estimator) of a head artifact, unpickled only from bytes whose sha256 was checked."""
+    path = Path(path)
+    info, raw = read_verified(path)
     if info.get("kind") == "finetune":
         raise FeatxError(f"{path} is a fine-tuned network, not a head")
-    return info, unpickle_head(path, info)
+    return info, unpickle_head(path, info, raw)
 
 
-def unpickle_head(path: Path, info: dict):
-    """The estimator of a head whose sidecar `verified_sidecar` returned."""
+def unpickle_head(path: Path, info: dict, raw: bytes):
+    """The estimator in `raw`, the checked bytes of the head at `path`."""
     import joblib
 
     try:
         try:
-            return joblib.load(path)
+            return joblib.load(io.BytesIO(raw))
         except ModuleNotFoundError as exc:  # it names a class featx has moved since the head was saved
             if exc.name not in MOVED_MODULES:
                 raise
             with _moved_modules():
-                return joblib.load(path)
+                return joblib.load(io.BytesIO(raw))
     except Exception as exc:  # a file with the right hash that still fails is a version problem
         raise FeatxError(f"cannot unpickle {path}: {type(exc).__name__}: {exc} "
                          f"(made with scikit-learn {info.get('versions', {}).get('sklearn')})") from None

@@ -8,25 +8,27 @@ feed images exactly as they were fed in training: the same backbone, weights and
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from .._core.errors import FeatxError, first_line
 from ..features.identity import FEATURE_IDENTITY, differences
-from .format import unpickle_head, verified_sidecar
+from .format import read_verified, sidecar_path, unpickle_head, verified_bytes
 
 
 def load(path):
-    """Load an artifact after checking its sha256 against the sidecar (pickles run code when loaded).
+    """Load an artifact after checking its sidecar and its file's sha256 (pickles run code when loaded).
 
-    Returns an `ImageClassifier` (a head from `featx fit`) or a `FineTunedClassifier`.
+    Returns an `ImageClassifier` (a head from `featx fit`) or a `FineTunedClassifier`, whose weights are
+    checked again when they are read.
     """
     path = Path(path)
-    info = verified_sidecar(path)
+    info, raw = read_verified(path)
     if info.get("kind") == "finetune":
         return FineTunedClassifier(info, path)
-    return ImageClassifier(unpickle_head(path, info), info, path)
+    return ImageClassifier(unpickle_head(path, info, raw), info, path)
 
 
 class _SavedModel:
@@ -99,7 +101,7 @@ class ImageClassifier(_SavedModel):
     def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
                        workers=None, progress: bool = False):
         """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
-        from ..data.device_decoding import mode_of_policy
+        from ..data.images import mode_of_policy
         from ..data.dicom import window_of_policy
         from ..features.computing import compute_features
 
@@ -123,24 +125,9 @@ class ImageClassifier(_SavedModel):
     def extraction_recipe(self, weights: str = "auto") -> dict:
         """The `featx.extract` arguments that make this head's features again (e.g. from corrupted
         images); `weights` "auto": the recorded file or folder if it is still there, else imagenet."""
-        from ..data.device_decoding import mode_of_policy
-        from ..data.dicom import window_of_policy
+        from ..features.recipe import extraction_options
 
-        c = self.feature_config
-        if weights == "auto":
-            recorded = Path(c.get("weights_source", ""))
-            if c.get("weights_source", "").startswith("random"):
-                weights = "random"
-            elif recorded.is_absolute() and recorded.exists():  # a state_dict file or a Hugging Face folder
-                weights = str(recorded)
-            else:
-                weights = "imagenet"
-        options = c.get("backbone_options", {})
-        return {"backbone": c["backbone"], "weights": weights,
-                "layer": None if c.get("layer") in (None, "pooled") else c["layer"],
-                "image_size": options.get("image_size"), "pool": options.get("pool"), "layers": options.get("layers"),
-                "tta": c.get("tta", "none"), "decode": mode_of_policy(c.get("decode")),
-                "dicom_window": window_of_policy(c.get("decode")), "dtype": c.get("dtype", "float32")}
+        return extraction_options(self.feature_config, weights)
 
     def backbone(self, weights: str = "auto"):
         """Build the backbone the head was trained on, and check its weights are the same ones."""
@@ -150,7 +137,8 @@ class ImageClassifier(_SavedModel):
             return self._backbone
         c = self.feature_config
         recipe = self.extraction_recipe(weights)
-        bb = create_backbone(c["backbone"], recipe["weights"], layer=recipe["layer"], **c.get("backbone_options", {}))
+        bb = create_backbone(c["backbone"], recipe["weights"], layer=recipe["layer"], image_size=recipe["image_size"],
+                             pool=recipe["pool"], layers=recipe["layers"])
         if bb.weights_sha256 != c["weights_sha256"]:
             raise FeatxError(f"the {c['backbone']} weights found ({bb.weights_source}) differ from those this model "
                              f"was trained with ({c.get('weights_source')}); pass those with --weights PATH")
@@ -195,10 +183,14 @@ class FineTunedClassifier(_SavedModel):
 
         if self._net is None:
             c = self.feature_config
+            raw = verified_bytes(self.path, self.info["sha256"])  # checked as read: not swapped since load
+            if raw is None:
+                raise FeatxError(f"{self.path} no longer matches the sha256 in {sidecar_path(self.path).name} "
+                                 "(replaced since the model was loaded); refusing to use it")
             bb = create_backbone(c["backbone"], "random", image_size=self.info["params"].get("image_size"))
             net = FinetuneNetwork(bb.model, bb.num_features, len(self.classes_), self.info["params"].get("dropout", 0.0))
             try:
-                net.load_state_dict(torch.load(self.path, map_location="cpu", weights_only=True))
+                net.load_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
             except (RuntimeError, ValueError) as exc:
                 raise FeatxError(f"{self.path} does not fit the {c['backbone']} backbone: {first_line(exc)}") from None
             self._net = net.eval().requires_grad_(False)

@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from .._core.errors import FeatxError
+from .._core.locks import exclusive_lock
 from .._core.options import CHOICES
 from .._core.paths import default_cache_dir
 from .dicom import DICOM_EXTENSIONS, has_dicom_preamble
 from .dicom_headers import header_facts, key_id
+from .files import not_regular
+from .leakage import groups_across_splits, listed_twice
 from .splits import cut_split, read_split, reuse_split, split_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
@@ -51,13 +54,17 @@ class Dataset:
     problems: dict[str, str] = field(default_factory=dict)  # path -> why it cannot be read, known at listing
     group_source: str = ""  # where groups came from when not the manifest or the file names
     group_note: str = ""
+    listing_notes: list[str] = field(default_factory=list)  # repeated manifest rows, groups across given splits
+    copies_note: str = ""  # byte-identical copies within a split, once the files are hashed (data.leakage)
+    content: dict = field(default_factory=dict)  # path -> (size, mtime_ns, sha1) of files hashed while listing
+    source: str = ""  # the folder or manifest it was read from, as `--data` names it again
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def notes(self) -> list[str]:
         """What extraction says about the listing: the validation split, files that are not images."""
-        lines = [line for line in (self.group_note, self.split_note) if line]
+        lines = [line for line in (*self.listing_notes, self.group_note, self.split_note, self.copies_note) if line]
         if self.ignored:
             lines.append(f"ignored {len(self.ignored)} files that are not images by their extension "
                          f"({' '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {', '.join(self.ignored[:3])}")
@@ -85,6 +92,7 @@ class Dataset:
         paths = [self.paths[i] for i in keep]
         return replace(self, paths=paths, labels=self.labels[keep], splits=[self.splits[i] for i in keep],
                        groups=[self.groups[i] for i in keep], split_note="", group_note="", ignored=[],
+                       listing_notes=[], copies_note="",
                        problems={p: why for p, why in self.problems.items() if p in set(paths)})
 
 
@@ -106,6 +114,7 @@ def load_dataset(
         ds = _from_manifest(source.resolve())
     else:
         ds = _from_folders(source.resolve())
+    ds.source = str(source.resolve())
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     stored = read_split(cache_dir, ds)
     pattern = group_pattern or (stored or {}).get("group_pattern") or DEFAULT_GROUP_PATTERN
@@ -118,14 +127,27 @@ def load_dataset(
         _read_headers(ds, cache_dir, use_groups=group_pattern is None and pattern == DEFAULT_GROUP_PATTERN)
     ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
     _check_classes(ds)
+    ds.listing_notes += [note for note in [groups_across_splits(ds.groups, ds.splits)] if note]
     if "val" in ds.splits:
         if val_fraction is not None:
             raise FeatxError(f"{source} already has a validation split; drop --val-fraction")
     elif stored is not None:
         reuse_split(ds, stored, val_fraction, seed, group_pattern, split_file(cache_dir, ds))
     elif val_fraction is not None:
-        cut_split(ds, val_fraction, seed, split_file(cache_dir, ds))
+        _cut_once(ds, val_fraction, seed, group_pattern, cache_dir)
     return ds
+
+
+def _cut_once(ds: Dataset, val_fraction: float, seed: int, group_pattern, cache_dir: Path) -> None:
+    """Cut the validation split under a lock: of two first runs at once, the second waits, then reuses
+    the first's split (or refuses other options), so a cache's split and split.json always agree."""
+    path = split_file(cache_dir, ds)
+    with exclusive_lock(path, wait=True):
+        stored = read_split(cache_dir, ds)
+        if stored is not None:
+            reuse_split(ds, stored, val_fraction, seed, group_pattern, path)
+        else:
+            cut_split(ds, val_fraction, seed, path)
 
 
 def _read_headers(ds: Dataset, cache_dir: Path, use_groups: bool) -> None:
@@ -169,24 +191,51 @@ def _dataset_key(root: Path) -> str:
     return f"{root.stem}-{hashlib.sha1(str(root).encode()).hexdigest()[:6]}"
 
 
-def _list_images(folder: Path, root: Path, ignored: list[str]) -> list[str]:
-    """Image files under `folder`, sorted, relative to root; symlinked folders are not followed.
+def _list_images(folder: Path, root: Path, ignored: list[str], problems: dict | None = None) -> list[str]:
+    """Image files under `folder`, sorted (a folder's files, then its subfolders'), relative to root;
+    symlinked folders are not followed. FIFOs, sockets and devices named like images are listed with
+    their reason in `problems` (reading one would block), never opened.
 
-    Plain strings, not pathlib: listing 100k files stays well under a second.
+    Plain strings and os.scandir, not pathlib: listing 100k files stays well under a second.
     """
     found = []
     prefix = len(str(root)) + 1
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = dirpath[prefix:].replace(os.sep, "/")
-        for name in sorted(filenames):
-            if name.startswith("."):
+
+    def visit(directory: str) -> None:
+        with os.scandir(directory) as entries:
+            entries = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+        rel_dir = directory[prefix:].replace(os.sep, "/")
+        subfolders = []
+        for entry in entries:
+            is_dir, special = _entry_kind(entry)
+            if is_dir:
+                if not entry.is_symlink():
+                    subfolders.append(entry.path)
                 continue
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            extension = os.path.splitext(name)[1].lower()
-            image = extension in IMAGE_EXTENSIONS or (not extension and _dicom_file(os.path.join(dirpath, name)))
-            (found if image else ignored).append(_printable(rel))
+            rel = _printable(f"{rel_dir}/{entry.name}" if rel_dir else entry.name)
+            extension = os.path.splitext(entry.name)[1].lower()
+            image = extension in IMAGE_EXTENSIONS or (not extension and not special and _dicom_file(entry.path))
+            (found if image else ignored).append(rel)
+            if image and special and problems is not None:
+                problems[rel] = special
+        for sub in subfolders:
+            visit(sub)
+
+    visit(str(folder))
     return found
+
+
+def _entry_kind(entry: os.DirEntry) -> tuple[bool, str | None]:
+    """(a folder?, why it is not a readable file or None). Regular files cost no stat; a broken link or a
+    link loop is listed, and reading it gives the system's reason."""
+    try:
+        if entry.is_dir():
+            return True, None
+        if entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+            return False, None
+    except OSError:
+        return False, None
+    return False, not_regular(entry.path)
 
 
 def _dicom_path(rel: str) -> bool:
@@ -268,18 +317,18 @@ def _from_folders(root: Path) -> Dataset:
                 f"class folders differ across splits: {layout[split].name}/ lacks {', '.join(missing)} "
                 f"(classes: {', '.join(all_classes)})"
             )
-    paths, labels, splits, ignored = [], [], [], []
+    paths, labels, splits, ignored, problems = [], [], [], [], {}
     for split in SPLITS:
         if split not in layout:
             continue
         for class_name in classes_by_split[split]:
-            found = _list_images(layout[split] / class_name, root, ignored)
+            found = _list_images(layout[split] / class_name, root, ignored, problems)
             if not found:
                 raise FeatxError(f"class folder {(layout[split] / class_name)} has no images ({_extensions_hint()})")
             paths += found
             labels += [all_classes.index(class_name)] * len(found)
             splits += [split] * len(found)
-    problems = {p: BAD_NAME for p in paths if "\\x" in p and not (root / p).exists()}
+    problems.update({p: BAD_NAME for p in paths if "\\x" in p and not (root / p).exists()})
     return Dataset(root, _dataset_key(root), all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
                    [""] * len(paths), ignored=ignored, problems=problems)
 
@@ -294,11 +343,12 @@ def _from_manifest(csv_path: Path) -> Dataset:
         rows = [{k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     if not rows:
         raise FeatxError(f"{csv_path.name} lists no images")
-    paths, label_names, splits, groups, missing = [], [], [], [], []
+    entries, groups, missing, problems = [], [], [], {}
     for line, row in enumerate(rows, start=2):
         path = Path(row["path"])
         full = path if path.is_absolute() else root / path
-        if not full.is_file():
+        special = None if full.is_file() else not_regular(full)
+        if not full.is_file() and not special:
             missing.append(row["path"])
             continue
         split = SPLIT_ALIASES.get(row.get("split", "").lower() or "train")
@@ -306,15 +356,20 @@ def _from_manifest(csv_path: Path) -> Dataset:
             raise FeatxError(f"{csv_path.name} line {line}: split '{row['split']}' is not one of train, val, test")
         if not row["label"]:
             raise FeatxError(f"{csv_path.name} line {line}: empty label")
-        paths.append(os.path.relpath(full.resolve(), root).replace(os.sep, "/") if not path.is_absolute() else str(full))
-        label_names.append(row["label"])
-        splits.append(split)
+        rel = os.path.relpath(full.resolve(), root).replace(os.sep, "/") if not path.is_absolute() else str(full)
+        if special:
+            problems[rel] = special
+        entries.append((rel, row["label"], split, line))
         groups.append(row.get("group", ""))
     if missing:
         raise FeatxError(f"{csv_path.name}: {len(missing)} listed files do not exist (first: {missing[0]})")
+    repeated, note = listed_twice(entries, csv_path.name)
+    keep = [i for i in range(len(entries)) if i not in repeated]
+    paths, label_names, splits = ([entries[i][k] for i in keep] for k in range(3))
     classes = sorted(set(label_names))
     labels = np.asarray([classes.index(n) for n in label_names], dtype=np.int64)
-    return Dataset(root, _dataset_key(csv_path), classes, paths, labels, splits, groups)
+    return Dataset(root, _dataset_key(csv_path), classes, paths, labels, splits, [groups[i] for i in keep],
+                   problems=problems, listing_notes=[note] if note else [])
 
 
 def _check_classes(ds: Dataset) -> None:

@@ -42,17 +42,6 @@ def decode_policy(mode: str, device: torch.device) -> str:
     return f"{DECODE_POLICY}+torchvision-{device.type}"
 
 
-def mode_of_policy(policy: str | None) -> str:
-    """The decode mode a cache was made with (caches older than the modes mean pil; the DICOM rules
-    and a corruption a cache adds do not change the mode)."""
-    policy = (policy or "").split("+featx-")[0]  # less what DICOM reading and corruptions add
-    if policy == JPEG_DRAFT_POLICY:
-        return "pil-draft"
-    if policy and policy.startswith(f"{DECODE_POLICY}+torchvision-"):
-        return "device"
-    return "pil"
-
-
 def read_for_device(raw: bytes, dicom_window: str = "default") -> torch.Tensor:
     """Worker side of device mode: a plain JPEG's bytes as a 1-D uint8 tensor, anything else
     decoded by Pillow into a full-size C×H×W uint8 tensor (raises ImageError if unreadable)."""

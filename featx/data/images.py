@@ -27,6 +27,17 @@ DECODE_POLICY = "featx-decode-1"
 JPEG_DRAFT_POLICY = DECODE_POLICY + "+jpeg-draft"
 
 
+def mode_of_policy(policy: str | None) -> str:
+    """The decode mode a cache was made with (caches older than the modes mean pil; the DICOM rules
+    and a corruption a cache adds do not change the mode)."""
+    policy = (policy or "").split("+featx-")[0]  # less what DICOM reading and corruptions add
+    if policy == JPEG_DRAFT_POLICY:
+        return "pil-draft"
+    if policy and policy.startswith(f"{DECODE_POLICY}+torchvision-"):
+        return "device"
+    return "pil"
+
+
 class ImageError(Exception):
     """An image that cannot be read; its message is the reason recorded in the cache."""
 

@@ -17,6 +17,7 @@ from .._core.errors import FeatxError
 from .._core.hashing import bytes_sha1
 from .corruptions import corrupt
 from .device_decoding import read_for_device
+from .files import not_regular
 from .images import ImageError, load_image
 
 
@@ -43,10 +44,11 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, row: int):
         path = self.root / self.paths[row]
+        special = not_regular(path)
+        if special:  # a FIFO would block the read forever
+            return row, None, "", special
         try:
             raw = path.read_bytes()
-        except IsADirectoryError:
-            return row, None, "", "is a folder, not an image"
         except OSError as exc:
             return row, None, "", f"cannot read file: {exc.strerror or exc}"
         sha1 = bytes_sha1(raw)

@@ -54,10 +54,10 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
                                  dicom_window=dicom_window)
     path = Path(output) if output else \
         cache_folder(cache_dir, ds, corruption) / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
-    for line in ds.notes():
-        log(line)
     with exclusive_lock(path) if rank == 0 else contextlib.nullcontext():
         store = _open_cache(path, ds, identity, config, bb.num_features, dtype, rank, request, log)
+        for line in ds.notes():  # after the files are hashed: copies within a split are known then
+            log(line)
         done, skipped = store.row_status()
         if (done | skipped).all():
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
@@ -82,7 +82,7 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, deco
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
               "backbone_options": bb.options(),
-              "device": str(device), "compile": compile, "group_pattern": ds.group_pattern,
+              "device": str(device), "compile": compile, "group_pattern": ds.group_pattern, "data_source": ds.source,
               **({"group_source": ds.group_source} if ds.group_source else {}),
               **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
     return identity, config

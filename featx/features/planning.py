@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from .._core.errors import FeatxError
-from .._core.hashing import file_sha1
 from ..data.datasets import SPLITS, Dataset
+from ..data.files import sha1_of_files
+from ..data.leakage import check_copies
 from .store import FeatureStore, RowTable, StoreWriter, create_store
 
 
@@ -51,15 +51,19 @@ def same_files(held: RowTable, now: RowTable) -> bool:
 
 
 def row_table(ds: Dataset, held: RowTable | None) -> RowTable:
-    """Stat every file; hash the bytes only of files that are new or whose size or mtime changed."""
-    known = {}
+    """Stat every file; hash the bytes only of files that are new or whose size or mtime changed (never
+    a FIFO or device: ds.problems). The same image in two splits or with two labels is refused, and
+    copies within a split are noted on `ds` (data.leakage)."""
+    known = dict(ds.content)
     if held is not None:
-        known = {p: (s, m, h) for p, s, m, h in zip(held.path, held.size, held.mtime_ns, held.sha1)}
+        known.update({p: (s, m, h) for p, s, m, h in zip(held.path, held.size, held.mtime_ns, held.sha1)})
     n = len(ds)
     size, mtime = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
     sha1 = [""] * n
     to_hash = []
     for i, rel in enumerate(ds.paths):
+        if rel in ds.problems:
+            continue  # unreadable whatever happens; recorded as skipped
         try:
             st = os.stat(ds.absolute(rel))
         except OSError:
@@ -70,9 +74,9 @@ def row_table(ds: Dataset, held: RowTable | None) -> RowTable:
             sha1[i] = prev[2]
         else:
             to_hash.append(i)
-    with ThreadPoolExecutor(max_workers=8) as pool:  # hashlib releases the GIL; helps on network disks
-        for i, digest in zip(to_hash, pool.map(lambda i: file_sha1(ds.absolute(ds.paths[i])), to_hash)):
-            sha1[i] = digest
+    for i, digest in zip(to_hash, sha1_of_files(ds.absolute(ds.paths[i]) for i in to_hash)):
+        sha1[i] = digest
+    ds.copies_note = check_copies(ds.paths, ds.labels, ds.splits, sha1, ds.classes, str(ds.root))
     return RowTable(path=list(ds.paths), label=ds.labels.astype(np.int16),
                     split=np.array([SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),
                     sha1=sha1, size=size, mtime_ns=mtime)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from .._core.atomic import atomic_path, write_csv_atomic
 from .._core.errors import FeatxError
+from ..artifacts.format import save_torch
 
 
 def cpu_state(net: nn.Module) -> dict:
@@ -17,13 +19,26 @@ def cpu_state(net: nn.Module) -> dict:
 
 def save_weights(path: Path, net: nn.Module) -> None:
     with atomic_path(path) as tmp:
-        torch.save(cpu_state(net), tmp)
+        save_torch(cpu_state(net), tmp)
+
+
+def check_space(out: Path, net: nn.Module) -> None:
+    """Refuse to start a run whose checkpoints cannot fit on its disk: at the worst moment the folder
+    holds last.pt (weights and AdamW's two moments), best_weights.pt and a new last.pt being written,
+    about 7 copies of the weights, less what the folder holds already."""
+    weights = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    held = sum(f.stat().st_size for f in map(out.joinpath, ("last.pt", "best_weights.pt", "model.pt")) if f.is_file())
+    needed, free = 7 * weights - held, shutil.disk_usage(out).free
+    if needed > free:
+        raise FeatxError(f"no space left on the device for this run's checkpoints in {out}: about "
+                         f"{needed / 2**20:.0f} MiB needed (last.pt with the optimizer state, the best weights, "
+                         f"model.pt), {free / 2**20:.0f} MiB free; free space, or give --out on another disk")
 
 
 def save_last(path: Path, config_hash: str, training, state: dict) -> None:
     """Everything a resumed run needs: the network, optimizer, scheduler and scaler of `training`, and `state`."""
     with atomic_path(path) as tmp:
-        torch.save({"config_hash": config_hash, "model": cpu_state(training.net),
+        save_torch({"config_hash": config_hash, "model": cpu_state(training.net),
                     "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
                     "scaler": training.scaler.state_dict(), "state": state}, tmp)
 

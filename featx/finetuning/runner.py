@@ -41,6 +41,7 @@ from .._core.runtime import (default_batch_size, default_workers, join_ranks, pr
 from ..artifacts.format import build_sidecar, save_checkpoint_artifact
 from ..data.datasets import SPLITS, Dataset, load_dataset
 from ..data.dicom import dicom_policy
+from ..data.leakage import check_dataset_copies
 from ..data.images import DECODE_POLICY
 from ..data.loading import ImageFiles
 from ..data.transforms import EvalTransform, Normalize, TrainTransform
@@ -128,6 +129,7 @@ def finetune(
     if "val" not in ds.splits:
         raise FeatxError(f"{ds.root} has no validation split: fine-tuning selects its epoch on one; "
                          "add --val-fraction 0.2 (cut by patient) or a val/ folder")
+    check_dataset_copies(ds)
     rank, n_ranks, device = join_ranks(device, gpu_backend="nccl")
     log, progress = speaking(rank, log or log_line, progress)
     run = _set_up(config, ds, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir)
@@ -240,6 +242,7 @@ def _start(run: _Run, resume: bool, log) -> None:
     if not resume and last.exists():
         raise FeatxError(f"{run.out} already holds a run of this configuration; add --resume to continue it, "
                          "or delete the folder to start over")
+    checkpoints.check_space(run.out, run.training.net)  # every rank, so that all stop together
     if resume:
         run.state = checkpoints.resume(last, run.config_hash, run.training)
     c, t, bb = run.config, run.training, run.bb
@@ -249,8 +252,8 @@ def _start(run: _Run, resume: bool, log) -> None:
         f"unfreeze {c.unfreeze}" + (f", layer decay {c.layer_decay:g}" if c.layer_decay else "")
         + f", {c.epochs} epochs -> {run.out}"
         + (f"; resuming after epoch {run.state['epoch']}" if resume else ""))
-    if run.ds.split_note:
-        log(run.ds.split_note)
+    for line in run.ds.notes():
+        log(line)
     if run.rank == 0:
         write_text_atomic(run.out / "config.json",
                           json.dumps({**run.record, "config_hash": run.config_hash}, indent=2) + "\n")

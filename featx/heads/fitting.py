@@ -14,11 +14,13 @@ from .._core.errors import FeatxError, first_line
 from .._core.hashing import record_hash
 from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
-from ..artifacts.format import build_sidecar, save_artifact
+from ..artifacts.format import build_sidecar, images_fingerprint, save_artifact
 from ..data.datasets import SPLITS
 from ..evaluation.metrics import evaluate
 from ..evaluation.thresholds import check_threshold, resolve_threshold, rule_name
+from ..features.freshness import check_fresh
 from ..features.identity import FEATURE_IDENTITY
+from ..features.recipe import extract_command, extraction_options
 from ..features.store import FeatureStore, find_caches
 from ..models.registry import get_spec
 from ..models.weight_files import weights_fingerprint
@@ -65,7 +67,8 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     rule = check_threshold(threshold, len(store.classes))
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
-    key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver}
+    key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver,
+           "images": _learned_from(store)}
     results = []
     for name in names:
         try:
@@ -182,12 +185,16 @@ class _Streamed:
 
 def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: Path, log) -> FeatureStore:
     """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing);
-    `variant`: image_size, pool and layers, as for extract (None: the backbone's own)."""
+    `variant`: image_size, pool and layers, as for extract (None: the backbone's own). Either is
+    checked against its images (features.freshness): a stale cache is refused with the command
+    that updates it."""
     if features is not None:
         if data is not None or backbone is not None or any(v is not None for v in variant.values()):
             raise FeatxError("give either --features CACHE.h5 or --backbone with --data (and --image-size, --pool, "
                              "--layers), not both")
-        return features if isinstance(features, FeatureStore) else FeatureStore(features)
+        store = features if isinstance(features, FeatureStore) else FeatureStore(features)
+        check_fresh(store, None, _update_command(store))
+        return store
     if data is None or backbone is None:
         raise FeatxError("say which features to fit on: --features CACHE.h5, or --backbone NAME --data DIR")
     from ..data.datasets import load_dataset
@@ -201,15 +208,20 @@ def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: P
         listing = ", ".join(str(s.path) for s in found)
         raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
     if found:
-        store = found[0]
-        if sorted(store.row_table().path) != sorted(ds.paths):
-            raise FeatxError(f"the images in {ds.root} changed since {store.path} was made; "
-                             f"run `featx extract --backbone {backbone} --data {data}` first")
-        return store
+        update = extract_command(data, {"backbone": backbone, "weights": weights, **variant}, cache_dir=cache_dir)
+        check_fresh(found[0], ds, update)
+        return found[0]
     log(f"no {backbone} features cached for {ds.root} yet: extracting them first")
     from ..features.extraction import extract
 
     return extract(data, backbone, weights=weights, cache_dir=cache_dir, **variant)
+
+
+def _update_command(store: FeatureStore) -> str:
+    """The extract that updates a cache given by its file: the same options, into the same file."""
+    config = store.config
+    return extract_command(config.get("data_source") or config["data_root"], extraction_options(config),
+                           cache_dir=store.path.parent.parent, output=store.path)
 
 
 def _same_variant(config: dict, variant: dict) -> bool:
@@ -293,9 +305,17 @@ def _check_fits_in_memory(store: FeatureStore) -> None:
                          "add --out-of-core (logreg, lightgbm) to read them block by block")
 
 
+def _learned_from(store: FeatureStore) -> str:
+    """Names the images a head learns and is selected on (train and validation, paths and bytes): part of
+    its artifact's name, so that a re-fit after the data changed is saved beside the earlier model."""
+    return images_fingerprint((p, h) for split in ("train", "val")
+                              for p, h in zip(store.paths(split), store.sha1s(split)))[:16]
+
+
 def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
     record = {"features": store.config.get("config_hash"), "file": str(store.path.resolve()), "head": head,
-              "grid": HEADS[head].grid, "pca": key["pca"], "seed": key["seed"], "threshold": key["threshold"]}
+              "grid": HEADS[head].grid, "pca": key["pca"], "seed": key["seed"], "threshold": key["threshold"],
+              "images": key["images"]}
     if key["out_of_core"]:  # in-memory artifacts keep the names they had before out-of-core heads existed
         record["out_of_core"] = key["out_of_core"]
     return record_hash(record, 8)

@@ -1,0 +1,54 @@
+"""The `featx extract` options that make a cache's features again, read back from its recorded config,
+and the command line that says them: what a message suggests, and what `featx robustness` re-extracts
+with. Torch-free, so `featx fit` can say it."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from .._core.paths import default_cache_dir
+from ..data.dicom import window_of_policy
+from ..data.images import mode_of_policy
+
+# extract's defaults: an option is named on a command line only where it differs
+DEFAULTS = {"weights": "imagenet", "layer": None, "image_size": None, "pool": None, "layers": None, "tta": "none",
+            "decode": "pil", "dicom_window": "default", "dtype": "float32"}
+
+
+def extraction_options(config: dict, weights: str = "auto") -> dict:
+    """The extract arguments (backbone, weights, layer, image_size, pool, layers, tta, decode, dicom_window,
+    dtype) that make the features `config` records. `weights` "auto": the recorded file or folder if it is
+    still there, else imagenet. pool and layers are named only where the cache's identity names them
+    (token models pooled otherwise than their own way): a CNN is never asked for a pool."""
+    if weights == "auto":
+        source = config.get("weights_source", "")
+        recorded = Path(source)
+        if source.startswith("random"):
+            weights = "random"
+        elif recorded.is_absolute() and recorded.exists():  # a state_dict file or a Hugging Face folder
+            weights = str(recorded)
+        else:
+            weights = "imagenet"
+    options = config.get("backbone_options") or {}
+    own_pooling = config.get("pool") is None
+    return {"backbone": config["backbone"], "weights": weights,
+            "layer": None if config.get("layer") in (None, "pooled") else config["layer"],
+            "image_size": options.get("image_size"),
+            "pool": None if own_pooling else options.get("pool"), "layers": None if own_pooling else options.get("layers"),
+            "tta": config.get("tta", "none"), "decode": mode_of_policy(config.get("decode")),
+            "dicom_window": window_of_policy(config.get("decode")), "dtype": config.get("dtype", "float32")}
+
+
+def extract_command(data, options: dict, *, cache_dir=None, output=None, **given) -> str:
+    """`featx extract --data DATA --backbone B ...` naming every option of `options` (and `given`) that
+    differs from extract's defaults, and the cache folder when it is not the default one."""
+    words = ["featx", "extract", "--data", str(data), "--backbone", options["backbone"]]
+    for name, value in {**options, **given}.items():
+        if name != "backbone" and value is not None and value != DEFAULTS.get(name):
+            words += [f"--{name.replace('_', '-')}", str(value)]
+    if cache_dir is not None and Path(cache_dir) != default_cache_dir():
+        words += ["--cache", str(cache_dir)]
+    if output is not None:
+        words += ["--output", str(output)]
+    return shlex.join(words)
