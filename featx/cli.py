@@ -264,8 +264,10 @@ def predict_command(images, model_path, output, weights, device, batch_size):
     The artifact's sha256 is checked before it is unpickled: load only models from sources you trust.
     """
     from .artifacts.prediction import predict
+    from .artifacts.predictors import load
 
-    rows = predict(model_path, images, weights=weights, device=device, batch_size=batch_size, output=output)
+    model = load(model_path)
+    rows = predict(model, images, weights=weights, device=device, batch_size=batch_size, output=output)
     classes = [k.removeprefix("p_") for k in rows[0] if k.startswith("p_")]
     for row in rows:
         if row["error"]:
@@ -273,6 +275,7 @@ def predict_command(images, model_path, output, weights, device, batch_size):
         else:
             probs = "  ".join(f"{c}={row['p_' + c]:.4f}" for c in classes)
             click.echo(f"{row['path']}  {probs}  -> {row['predicted']}")
+    click.echo(model.decision_rule(), err=True)
     bad = sum(1 for r in rows if r["error"])
     if bad:
         click.echo(f"{bad} of {len(rows)} images could not be read and were skipped", err=True)

@@ -201,6 +201,55 @@ def test_full_disk_while_creating_a_cache_or_saving_a_model(tmp_path, monkeypatc
     assert featx.load(first.artifact).predict_proba(X[:1]).shape == (1, 2)  # the earlier model is untouched
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full, a device that is always full")
+def test_full_disk_while_fine_tuning_is_one_line_and_resumable(tmp_path):
+    """Issue 23, item 8: the checkpoint after an epoch is written into /dev/full, a real ENOSPC."""
+    root = make_folder(tmp_path / "d", 6)
+    out = tmp_path / "run"
+    args = ["finetune", "--data", root, "--backbone", TINY, "--weights", "random", "--workers", "0", "--no-progress",
+            "--image-size", "64", "--batch-size", "4", "--epochs", "2", "--val-fraction", "0.34", "--out", out]
+    out.mkdir()
+    full = out / f"best_weights.pt.tmp-{os.getpid()}"  # the temporary name atomic writes give in this process
+    full.symlink_to("/dev/full")
+    line = final_error(run(*args))
+    assert "no space left on the device writing" in line and "best_weights.pt" in line
+    assert not full.exists() and not (out / "model.pt").exists()
+    assert run(*args).exit_code == 0  # a new start once there is space
+
+
+def test_a_fine_tune_that_cannot_fit_its_checkpoints_is_refused_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 10**4))  # 10 kB
+    root = make_folder(tmp_path / "d", 6)
+    result = run("finetune", "--data", root, "--backbone", TINY, "--weights", "random", "--workers", "0",
+                 "--no-progress", "--image-size", "64", "--epochs", "1", "--val-fraction", "0.34", "--out", tmp_path / "r")
+    line = one_line_error(result)
+    assert "no space left on the device for this run's checkpoints" in line and "MiB needed" in line
+    assert "epoch 1" not in result.output
+
+
+def test_a_fifo_named_like_an_image_is_skipped_not_waited_on(tmp_path):
+    """Issue 23, item 9: reading a FIFO blocks forever; it is listed with its reason instead."""
+    root = make_folder(tmp_path / "d", 3)
+    os.mkfifo(root / "NORMAL" / "pipe.jpg")
+    done = subprocess.run([sys.executable, "-m", "featx", "extract", "--data", str(root), "--backbone", TINY,
+                           "--weights", "random", "--workers", "0", "--no-progress", "--cache", str(tmp_path / "c")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "NORMAL/pipe.jpg: not a regular file: a FIFO (named pipe)" in done.stderr
+    [cache] = (tmp_path / "c").rglob("*.h5")
+    assert dict(featx.FeatureStore(cache).skipped()) == {"NORMAL/pipe.jpg": "not a regular file: a FIFO (named pipe)"}
+    with pytest.raises(featx.FeatxError, match="a FIFO"):
+        featx.load(_toy_head(tmp_path)).predict_proba([root / "NORMAL" / "pipe.jpg"])
+
+
+def _toy_head(tmp_path):
+    """A logreg head on the tiny random backbone's features, fitted from generated images."""
+    store = featx.extract(make_folder(tmp_path / "toy", 8), TINY, val_fraction=0.25, **QUIET)
+    return featx.fit(store, head="logreg", models_dir=tmp_path / "m", log=lambda m: None)[0].artifact
+
+
 # --- concurrency -------------------------------------------------------------------------------------------
 
 def test_fit_during_extraction_sees_only_finished_rows(tmp_path):

@@ -45,6 +45,15 @@ class _SavedModel:
         """Class names, using the stored threshold on the second class for two-class models."""
         return self.decide(self.predict_proba(X, **kwargs))
 
+    def decision_rule(self) -> str:
+        """The decision this model applies, in words (`featx predict` says it before its rows)."""
+        if len(self.classes_) == 2 and self.threshold is not None:
+            positive, negative = self.classes_[1], self.classes_[0]
+            rule = self.info.get("threshold_rule", "fixed")
+            how = "fixed" if rule == "fixed" else f"chosen by {rule} on held-out predictions"
+            return f"decision: {positive} when p_{positive} >= {self.threshold:.4f}, else {negative} (threshold {how})"
+        return "decision: the most probable class"
+
     def decide(self, proba: np.ndarray) -> np.ndarray:
         if len(self.classes_) == 2 and self.threshold is not None:
             return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
@@ -87,15 +96,15 @@ class ImageClassifier(_SavedModel):
             self.check_features(X.config, str(X.path))
             return X.arrays(kwargs.get("split"))[0]
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
+            if not len(X):
+                raise FeatxError("no feature rows given: predict_proba needs at least one")
             width = self.info["features"]["num_features"]
             if X.shape[1] != width:
                 raise FeatxError(f"features have {X.shape[1]} columns; this model expects {width} "
                                  f"({self.feature_config['backbone']})")
             return X
-        from ..data.loading import refuse_unreadable
-
         feats, reasons, _ = self.image_features(X, **kwargs)
-        refuse_unreadable(X, reasons)
+        _every_image_read(X, reasons)
         return feats
 
     def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
@@ -105,8 +114,7 @@ class ImageClassifier(_SavedModel):
         from ..data.dicom import window_of_policy
         from ..features.computing import compute_features
 
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
+        paths = _image_paths(paths)
         bb = self.backbone(weights)
         policy = self.feature_config.get("decode")
         return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
@@ -202,8 +210,7 @@ class FineTunedClassifier(_SavedModel):
         `weights` is accepted for a head's signature; a fine-tune's weights are its own."""
         from ..features.computing import run_on_images
 
-        if isinstance(paths, (str, Path)):
-            paths = [paths]
+        paths = _image_paths(paths)
         logits, reasons, _ = run_on_images(self.network(), self.data_config, len(self.classes_), list(paths),
                                            device=device, batch_size=batch_size, workers=workers,
                                            dicom_window=self.dicom_window, progress=progress)
@@ -211,8 +218,25 @@ class FineTunedClassifier(_SavedModel):
         return shifted / shifted.sum(1, keepdims=True), reasons
 
     def predict_proba(self, paths, **kwargs) -> np.ndarray:
-        from ..data.loading import refuse_unreadable
-
+        """Class probabilities (columns follow `classes_`) of image paths, every one of which must be
+        readable; `image_proba` gives a row or a reason per image instead."""
         proba, reasons = self.image_proba(paths, **kwargs)
-        refuse_unreadable(paths, reasons)
+        _every_image_read(paths, reasons)
         return proba
+
+
+def _image_paths(paths) -> list:
+    """One path or several, as a list; none at all is refused (scikit-learn's raw ValueError otherwise)."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise FeatxError("no images given: predict_proba and image_proba need at least one image path")
+    return paths
+
+
+def _every_image_read(paths, reasons) -> None:
+    """predict_proba returns a row for every image or none: one line naming the unreadable ones, and the
+    call that keeps the others."""
+    bad = [f"{p}: {r}" for p, r in zip(_image_paths(paths), reasons) if r]
+    if bad:
+        raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}; model.image_proba(paths) returns a "
+                         "probability row or a reason per image instead")

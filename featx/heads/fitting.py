@@ -24,7 +24,7 @@ from ..features.recipe import extract_command, extraction_options
 from ..features.store import FeatureStore, find_caches
 from ..models.registry import get_spec
 from ..models.weight_files import weights_fingerprint
-from .selection import Selection, classes_missing, select_head
+from .selection import Selection, TooFewGroups, classes_missing, select_head
 from .specs import HEADS, head_names
 
 
@@ -115,10 +115,13 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
         + learner.note + ")")
     try:
         sel = learner.select(name)
+    except TooFewGroups:
+        raise FeatxError(_no_selection(store, learner)) from None
     except ValueError as exc:
         raise _CannotTrain(f"{name} cannot be trained on {len(labels['train'])} train images: {first_line(exc)}") \
             from None
-    sel.method += learner.fallback
+    if learner.val_lacks:
+        sel.method += f", as val has no {' or '.join(learner.val_lacks)} images"
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
     started = time.perf_counter()
     probas = {split: learner.predict_proba(sel.estimator, split) for split in labels}
@@ -134,11 +137,26 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
 
 
+def _no_selection(store: FeatureStore, learner) -> str:
+    """Why no hyperparameter can be chosen, and what to do: validation is absent or lacks a class, and
+    train has too few patient groups per class for group CV."""
+    groups, labels = np.asarray(store.groups("train")), store.labels("train")
+    per_class = ", ".join(f"{c} {len(set(groups[labels == i].tolist()))}" for i, c in enumerate(store.classes))
+    if learner.val_lacks:
+        why = f"the val split has no {' or '.join(learner.val_lacks)} images, so it cannot rank "
+    else:
+        why = "there is no validation split to rank "
+    fix = ("re-cut validation so that it holds every class (delete split.json, then a larger --val-fraction) or "
+           "give a val/ folder" if learner.val_lacks else "cut one with --val-fraction 0.2")
+    return (why + f"hyperparameters, and train has too few patient groups per class for group CV instead "
+            f"(patients per class: {per_class}; 2 of each are needed); {fix}, or add patients to train")
+
+
 class _InMemory:
     """Features loaded whole: featx's grid search (heads.selection)."""
 
     note = ""  # what fit's log line adds
-    fallback = ""  # why selection does not use the validation split, if it does not
+    val_lacks: list = []  # the classes validation lacks, so that selection cannot use it
 
     def __init__(self, store: FeatureStore, pca, seed: int, log):
         _check_fits_in_memory(store)
@@ -148,11 +166,11 @@ class _InMemory:
             raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
         self.pca, self.seed = pca, seed
         self.labels = {split: v[1] for split, v in self.splits.items()}
-        self.fallback = _validation_fallback(store, self.labels, log)
+        self.val_lacks = _classes_val_lacks(store, self.labels, log)
 
     def select(self, name: str) -> Selection:
         X, y, groups = self.splits["train"]
-        X_val, y_val, _ = self.splits.get("val", (None, None, None)) if not self.fallback else (None, None, None)
+        X_val, y_val, _ = self.splits.get("val", (None, None, None)) if not self.val_lacks else (None, None, None)
         return select_head(name, X, y, groups, X_val, y_val, pca=self.pca, seed=self.seed)
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
@@ -171,13 +189,13 @@ class _Streamed:
         _check_train(store, {s: self.cached.y[s] for s in self.cached.rows}, log)
         self.cached.check_finite()
         self.labels, self.seed, self.solver = self.cached.y, seed, solver
-        self.fallback = _validation_fallback(store, self.labels, log)
+        self.val_lacks = _classes_val_lacks(store, self.labels, log)
 
     def select(self, name: str) -> Selection:
         from .out_of_core import select_head as select_streamed
 
         return select_streamed(name, self.cached, seed=self.seed, solver=self.solver,
-                               on_validation=not self.fallback)
+                               on_validation=not self.val_lacks)
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
         return self.cached.predict_proba(estimator, split)
@@ -226,11 +244,13 @@ def _update_command(store: FeatureStore) -> str:
 
 def _same_variant(config: dict, variant: dict) -> bool:
     """Whether a cache holds the features asked for: the size, pool and layers given; those not given,
-    the backbone's own (caches older than these options hold only those)."""
+    the backbone's own (caches older than these options hold only those). A pool asked for matches only a
+    token model's cache: on a CNN, extraction refuses it."""
     made = config.get("backbone_options", {})
     own_pool = config.get("pool") is None  # the identity names pool and layers only when not the model's own
+    tokens = not own_pool or made.get("pool") != "avg"  # a CNN records avg, and no pool in its identity
     return (variant["image_size"] == made.get("image_size") and variant["layers"] == made.get("layers")
-            and (own_pool if variant["pool"] is None else variant["pool"] == made.get("pool")))
+            and (own_pool if variant["pool"] is None else tokens and variant["pool"] == made.get("pool")))
 
 
 def _same_weights(config: dict, weights: str, wanted: str | None) -> bool:
@@ -280,16 +300,15 @@ def _check_train(store: FeatureStore, labels: dict, log, counts: dict | None = N
         raise FeatxError(f"the train split has no images of class {', '.join(missing)}")
 
 
-def _validation_fallback(store: FeatureStore, labels: dict, log) -> str:
-    """"" when the validation split can score candidates; else why not, said once in the log."""
+def _classes_val_lacks(store: FeatureStore, labels: dict, log) -> list[str]:
+    """The classes the validation split has no image of (none: it can score candidates); said once in the log."""
     if "val" not in labels:
-        return ""
+        return []
     missing = [store.classes[c] for c in classes_missing(labels["train"], labels["val"])]
-    if not missing:
-        return ""
-    log(f"the val split has no {' or '.join(missing)} images, so ROC-AUC cannot rank candidates on it: "
-        "choosing hyperparameters and the threshold by group CV on train instead (val is still evaluated)")
-    return f", as val has no {' or '.join(missing)} images"
+    if missing:
+        log(f"the val split has no {' or '.join(missing)} images, so ROC-AUC cannot rank candidates on it: "
+            "choosing hyperparameters and the threshold by group CV on train instead (val is still evaluated)")
+    return missing
 
 
 def _check_fits_in_memory(store: FeatureStore) -> None:

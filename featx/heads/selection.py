@@ -122,13 +122,19 @@ def _feasible(candidates: list[dict], n_fit: int) -> list[dict]:
     return kept or [{**candidates[0], "clf__n_neighbors": n_fit}]
 
 
+class TooFewGroups(FeatxError):
+    """Group k-fold cannot cut two folds: a class has fewer than two patient groups."""
+
+
 def group_folds(y, groups, folds: int, seed: int) -> list:
     groups = np.asarray(groups if groups is not None else np.arange(len(y)))
     smallest_class = min(np.bincount(y)[np.bincount(y) > 0])
     k = min(folds, len(set(groups.tolist())), smallest_class)
-    if k < 2:
-        raise FeatxError("no validation split, and too few patient groups or images per class for "
-                         "cross-validation on train; re-extract with --val-fraction or add images")
+    fewest_groups = min(len(set(groups[y == c].tolist())) for c in np.unique(y))
+    if k < 2 or fewest_groups < 2:  # a class of one patient is never both trained on and held out
+        per_class = ", ".join(f"class {c}: {len(set(groups[y == c].tolist()))}" for c in np.unique(y))
+        raise TooFewGroups(f"too few patient groups per class for cross-validation ({per_class}; at least 2 "
+                           "of each are needed)")
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     return list(cv.split(np.zeros(len(y)), y, groups))
 

@@ -84,14 +84,16 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         W.load_into(model, state, classifier, source)
     data_config = _data_config(model, spec, size, W.folder_preprocessing(weights))
+    _check_patches(model, spec, data_config["input_size"][1])
     weights_sha256 = W.state_sha256(model)  # of the timm model: the same whichever tokens or layer are pooled
+    blocks = check_token_options(model, spec.name, pool or native_pool(model), layers) if pool or layers else None
     pool = pool or native_pool(model)
     width = getattr(model, "head_hidden_size", None) or model.num_features
     if layer:
         model = PooledLayer(model, layer)
         width = model.width(data_config["input_size"])
     elif layers or pool != native_pool(model):
-        model = TokenFeatures(model, pool, check_token_options(model, spec.name, pool, layers))
+        model = TokenFeatures(model, pool, blocks)
         width = model.width
     model.eval()
     if frozen:
@@ -131,6 +133,19 @@ def _create_model(spec: BackboneSpec, from_hub: bool, size: int | None) -> nn.Mo
             if not from_hub:
                 raise
             raise FeatxError(W.missing_weights_message(spec, first_line(exc))) from None
+
+
+def _check_patches(model: nn.Module, spec: BackboneSpec, size: int) -> None:
+    """A ViT cuts its input into square patches: a size that is not a multiple of the patch is refused
+    in one line (timm would stop on an assertion at the first image)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if not patch or getattr(model.patch_embed, "dynamic_img_pad", False):
+        return
+    side = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
+    if size % side:
+        below, above = size // side * side, (size // side + 1) * side
+        raise FeatxError(f"--image-size {size}: {spec.name} cuts images into {side}-px patches, so its input size must "
+                         f"be a multiple of {side} (e.g. {below or above} or {above})")
 
 
 def _data_config(model: nn.Module, spec: BackboneSpec, size: int | None, preprocessing: dict) -> dict:

@@ -33,15 +33,14 @@ def native_pool(model: nn.Module) -> str:
 
 
 def check_token_options(model: nn.Module, backbone: str, pool: str, layers: str | None) -> int | None:
-    """The number of blocks to pool, after refusing what does not apply to this model, in one line."""
+    """The number of blocks to pool, after refusing what does not apply to this model, in one line
+    (called only where a pool or blocks were asked for)."""
     check_choice("pool", pool)
     blocks = check_layers(layers)
-    if not is_token_model(model):
-        if pool != "avg" or blocks is not None:
-            option = f"--pool {pool}" if pool != "avg" else f"--layers {layers}"
-            raise FeatxError(f"{option} applies to token models (ViTs); {backbone} is a CNN, whose features are the "
-                             "average of its last feature map (--pool avg); use --layer NAME for an inner layer")
-        return None
+    if not is_token_model(model):  # asked for a pool or blocks at all: a CNN has neither to choose
+        option = f"--layers {layers}" if blocks is not None else f"--pool {pool}"
+        raise FeatxError(f"{option} applies to token models (ViTs); {backbone} is a CNN, whose features are always "
+                         "the average of its last feature map: leave it out, or use --layer NAME for an inner layer")
     if "cls" in pool and model.num_prefix_tokens < 1:
         raise FeatxError(f"--pool {pool}: {backbone} has no class token; use --pool avg")
     if blocks is not None and blocks > len(model.blocks):

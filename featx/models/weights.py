@@ -46,6 +46,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safetensors all raise their own types
+        if not _looks_like_weights(path):
+            raise FeatxError(f"{path} is not a PyTorch or safetensors file (it starts with {_start_of(path)}); "
+                             "--weights takes a state_dict (.pth, .pt, .bin), a .safetensors file or a Hugging Face "
+                             "model folder") from None
         raise FeatxError(f"cannot read weights file {path} ({type(exc).__name__}: {first_line(exc, 120)}); "
                          "a PyTorch state_dict (.pth, .pt, .bin) or a .safetensors file is expected") from None
     # Training checkpoints often wrap the weights; DDP prefixes every key with "module.".
@@ -59,6 +63,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if is_transformers_dinov2(state):
         state = dinov2_from_transformers(state, str(path))
     return state
+
+
+def _looks_like_weights(path: Path) -> bool:
+    """By its first bytes: a zip (torch.save since 1.6), a pickle (older torch.save), or safetensors (an
+    8-byte header length, then JSON)."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80" or (len(head) == 9 and head[8:9] == b"{")
+
+
+def _start_of(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    return repr(head.decode("utf-8", "replace")) if head else "nothing: it is empty"
 
 
 def folder_preprocessing(weights: str) -> dict:

@@ -19,7 +19,7 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
-from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
+from ..artifacts.format import checked_sidecar, images_fingerprint, load_predictions, read_sidecar
 from ..evaluation.significance import (
     BOOTSTRAP_METRICS,
     bootstrap_ci,
@@ -29,6 +29,11 @@ from ..evaluation.significance import (
     point_metrics,
 )
 from ..features.identity import variant_label
+
+
+LOOKED_FOR = "(looked for heads, *.joblib, and fine-tune run folders, */model.pt, each with its sidecar)"
+HOW_TO_INCLUDE = ("run featx fit or featx finetune first; a fine-tune saved with --out DIR is found with --models "
+                  "set to the folder that holds DIR")
 
 
 def find_artifacts(models_dir) -> list[Path]:
@@ -55,6 +60,7 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
     methods, apart = [], []
     for path, info in candidates:
         try:
+            checked_sidecar(path, info)
             preds = load_predictions(path, info)
         except FeatxError as exc:  # listed, with the reason, rather than failing the whole comparison
             apart.append(_record(path, info, None, split, note=str(exc)))
@@ -99,10 +105,10 @@ def artifacts_of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: P
         root = str(load_dataset(data, cache_dir=cache_dir).root)
         infos = [(p, i) for p, i in infos if i["features"]["config"].get("data_root") == root]
         if not infos:
-            raise FeatxError(f"no models of {root} in {models_dir}; run featx fit or featx finetune first")
+            raise FeatxError(f"no models of {root} in {models_dir} {LOOKED_FOR}; {HOW_TO_INCLUDE}")
         return infos
     if not infos:
-        raise FeatxError(f"no models in {models_dir}; run featx fit or featx finetune first")
+        raise FeatxError(f"no models in {models_dir} {LOOKED_FOR}; {HOW_TO_INCLUDE}")
     roots = sorted({i["features"]["config"].get("data_root") for _, i in infos})
     if len(roots) > 1:
         raise FeatxError(f"{models_dir} holds models of {len(roots)} datasets ({', '.join(roots)}); "

@@ -1,0 +1,100 @@
+"""A cache that no longer describes its images is refused, with the command that updates it (issue 23,
+items 4, 6 and 15): two first extractions at once, images deleted or changed since, a custom --cache."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+import featx
+from featx.cli import main
+
+from conftest import TINY, make_folder, one_line_error, save, xray_like
+
+QUIET = dict(weights="random", workers=0, progress=False, log=lambda m: None)
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _suggested(line: str) -> list[str]:
+    """The command a message suggests between backticks, as arguments for the CLI runner."""
+    command = shlex.split(line.split("`")[1])
+    assert command[:2] == ["featx", "extract"], line
+    return command[1:]
+
+
+def test_a_second_first_cut_waits_for_the_first_then_refuses_other_options(tmp_path):
+    """Two first runs with different --val-fraction at once: the split is cut under a lock, so the later
+    one reuses or refuses the stored cut instead of overwriting split.json under the first run's cache."""
+    data = make_folder(tmp_path / "data", 8)
+    cache = tmp_path / "cache"
+    slow_cut = textwrap.dedent(f"""
+        import sys, time
+        import featx.data.splits as splits
+        cut = splits._cut_groups
+        def slow(*args, **kwargs):
+            print("cutting", flush=True)
+            time.sleep(3)
+            return cut(*args, **kwargs)
+        splits._cut_groups = slow
+        import featx
+        featx.load_dataset({str(data)!r}, val_fraction=0.25, cache_dir={str(cache)!r})
+    """)
+    first = subprocess.Popen([sys.executable, "-c", slow_cut], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "cutting"
+        with pytest.raises(featx.FeatxError, match="was cut with val-fraction 0.25"):
+            featx.load_dataset(data, val_fraction=0.5, cache_dir=cache)
+    finally:
+        assert first.wait(timeout=60) == 0
+    assert featx.load_dataset(data, val_fraction=0.25, cache_dir=cache).split_note.startswith("validation split reused")
+
+
+def test_fit_refuses_a_cache_whose_split_is_not_the_stored_one(tmp_path):
+    data = make_folder(tmp_path / "data", 8)
+    cache = tmp_path / "my-cache"
+    store = featx.extract(data, TINY, val_fraction=0.25, cache_dir=cache, **QUIET)
+    (store.path.parent / "split.json").unlink()  # as if another run had cut it again meanwhile
+    featx.load_dataset(data, val_fraction=0.5, seed=3, cache_dir=cache)
+    line = one_line_error(run("fit", "--backbone", TINY, "--weights", "random", "--data", data, "--cache", cache))
+    assert "not in the split the stored validation split gives them" in line
+    assert "not in the split" in one_line_error(run("fit", "--features", store.path))
+    updated = run(*_suggested(line), "--no-progress", "--workers", "0")  # the command it suggests, as given
+    assert updated.exit_code == 0, updated.output
+    fitted = run("fit", "--backbone", TINY, "--weights", "random", "--data", data, "--cache", cache)
+    assert fitted.exit_code == 0, fitted.output
+    assert featx.load_dataset(data, cache_dir=cache).counts()["val"] == {"NORMAL": 4, "PNEUMONIA": 4}
+
+
+def test_fit_features_refuses_a_cache_whose_images_were_deleted_or_changed(tmp_path):
+    data = make_folder(tmp_path / "data", 8)
+    cache = tmp_path / "elsewhere"
+    store = featx.extract(data, TINY, val_fraction=0.25, cache_dir=cache, **QUIET)
+    names = sorted((data / "NORMAL").iterdir())
+    names[0].unlink()
+    save(names[1], xray_like(777), quality=90)  # new bytes under an old name
+    line = one_line_error(run("fit", "--features", store.path))
+    assert "out of date: 1 images deleted, 1 images changed" in line
+    command = _suggested(line)
+    assert ["--output", str(store.path)] == command[-2:] and ["--cache", str(cache)] == command[-4:-2]
+    assert "--weights" in command and "random" in command  # every option that made the cache
+    updated = run(*command, "--no-progress", "--workers", "0")
+    assert updated.exit_code == 0, updated.output
+    assert run("fit", "--features", store.path).exit_code == 0
+    assert len(featx.FeatureStore(store.path).paths()) == 15
+
+
+def test_fit_with_data_sees_changed_bytes_not_only_changed_names(tmp_path):
+    data = make_folder(tmp_path / "data", 6)
+    cache = tmp_path / "c"
+    featx.extract(data, TINY, cache_dir=cache, **QUIET)
+    save(sorted((data / "PNEUMONIA").iterdir())[0], xray_like(555, bright=True), quality=90)
+    line = one_line_error(run("fit", "--backbone", TINY, "--weights", "random", "--data", data, "--cache", cache))
+    assert "1 images changed" in line and f"--cache {cache}" in line
