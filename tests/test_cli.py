@@ -74,6 +74,12 @@ def test_weights_file_that_is_not_a_state_dict(folder, tmp_path):
     bogus = tmp_path / "w.pth"
     bogus.write_bytes(b"garbage")
     line = one_line_error(run("extract", "--data", folder, "--backbone", TINY, "--weights", bogus))
+    assert "is not a PyTorch or safetensors file (it starts with 'garbage')" in line
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, bogus)
+    bogus.write_bytes(bogus.read_bytes()[:60])  # a real torch.save file, cut short
+    line = one_line_error(run("extract", "--data", folder, "--backbone", TINY, "--weights", bogus))
     assert "cannot read weights file" in line and "state_dict (.pth, .pt, .bin) or a .safetensors file is expected" in line
 
 

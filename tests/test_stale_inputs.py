@@ -98,3 +98,18 @@ def test_fit_with_data_sees_changed_bytes_not_only_changed_names(tmp_path):
     save(sorted((data / "PNEUMONIA").iterdir())[0], xray_like(555, bright=True), quality=90)
     line = one_line_error(run("fit", "--backbone", TINY, "--weights", "random", "--data", data, "--cache", cache))
     assert "1 images changed" in line and f"--cache {cache}" in line
+
+
+def test_a_refit_on_changed_images_is_saved_beside_the_earlier_model(tmp_path):
+    """Issue 23, item 5: a model's name includes the images it learned from, so a re-fit after the data
+    changed does not replace the earlier model, whose metrics may already be in a comparison."""
+    data = make_folder(tmp_path / "data", 8)
+    store = featx.extract(data, TINY, val_fraction=0.25, **QUIET)
+    [first] = featx.fit(store, head="logreg", log=lambda m: None)
+    [again] = featx.fit(store, head="logreg", log=lambda m: None)
+    assert again.artifact == first.artifact  # the same images: the same model, the same name
+    save(data / "PNEUMONIA" / "person900_virus_1.jpeg", xray_like(321, bright=True), quality=90)
+    store = featx.extract(data, TINY, **QUIET)
+    [changed] = featx.fit(store, head="logreg", log=lambda m: None)
+    assert changed.artifact != first.artifact
+    assert featx.load(first.artifact).info["metrics"] == first.metrics

@@ -64,7 +64,7 @@ register(BackboneSpec("vit_b_16", "vit_base_patch16_224.augreg2_in21k_ft_in1k", 
 # Self-supervised foundation models: frozen, their features rival fine-tuning on small medical sets.
 _DINOV2_NOTE = ("DINOv2 checkpoints carry 518 px in their config; featx runs them at 224 px (Resize 256 + CenterCrop "
                 "224, DINOv2's linear-eval transform): at 518 px a ViT-S costs about 7x more on a CPU, for no gain "
-                "on 224-px images. --image-size N runs them at another size (a multiple of 14 uses every pixel).")
+                "on 224-px images. --image-size N runs them at another size, a multiple of their 14-px patch.")
 for _name, _timm, _what in (("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14, self-supervised"),
                             ("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14, self-supervised")):
     register(BackboneSpec(_name, _timm, f"{_what} (Oquab et al. 2023, LVD-142M)", image_size=224, crop_pct=0.875,
