@@ -8,13 +8,15 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 import featx
 from featx.cli import main
 
-from conftest import TINY, make_folder, one_line_error, save, xray_like
+from conftest import TINY, make_folder, one_line_error, save, three_way, toy_features, write_store, xray_like
 
 QUIET = dict(weights="random", workers=0, progress=False, log=lambda m: None)
 
@@ -113,3 +115,25 @@ def test_a_refit_on_changed_images_is_saved_beside_the_earlier_model(tmp_path):
     [changed] = featx.fit(store, head="logreg", log=lambda m: None)
     assert changed.artifact != first.artifact
     assert featx.load(first.artifact).info["metrics"] == first.metrics
+
+
+def test_a_leaky_cache_is_refused_even_without_its_images(tmp_path):
+    """A cache made before featx checked for copies, fitted from its file alone: its recorded sha1s tell."""
+    X, y = toy_features(60)
+    store = write_store(tmp_path / "old.h5", X, y, three_way(60))
+    with h5py.File(store.path, "r+") as f:  # row 0's file again as a test image
+        test_row = int(np.flatnonzero((f["split"][:] == 2) & (f["label"][:] == f["label"][0]))[0])
+        f["sha1"][test_row] = f["sha1"][0]
+        f["split"][0] = 0
+    line = one_line_error(run("fit", "--features", store.path, "--models", tmp_path / "m"))
+    assert "1 images have byte-identical copies in another split" in line
+
+
+def test_a_fine_tune_on_changed_images_never_resumes_the_old_run(tmp_path):
+    data = make_folder(tmp_path / "data", 6)
+    quick = dict(weights="random", workers=0, progress=False, log=lambda m: None, epochs=1, image_size=64,
+                 batch_size=4, val_fraction=0.34)
+    first = featx.finetune(data, TINY, **quick)
+    save(sorted((data / "NORMAL").iterdir())[0], xray_like(4321), quality=90)  # same names, other bytes
+    again = featx.finetune(data, TINY, **quick)
+    assert again.artifact.parent != first.artifact.parent and featx.load(first.artifact).info["metrics"]

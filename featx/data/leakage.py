@@ -68,15 +68,16 @@ def check_copies(paths: list[str], labels, splits: list[str], sha1s: list[str], 
             "cut by featx keeps copies on one side")
 
 
-def check_dataset_copies(ds) -> None:
+def check_dataset_copies(ds) -> list[str]:
     """`check_copies` over every image of a dataset, hashing those not hashed while it was listed; the
-    note on copies within a split goes to `ds.copies_note`."""
+    note on copies within a split goes to `ds.copies_note`. Returns each image's sha1 ('' if unreadable)."""
     from .files import sha1_of_files
 
     todo = [p for p in ds.paths if p not in ds.content and p not in ds.problems]
     hashed = dict(zip(todo, sha1_of_files(ds.absolute(p) for p in todo)))
     sha1s = [ds.content[p][2] if p in ds.content else hashed.get(p, "") for p in ds.paths]
     ds.copies_note = check_copies(ds.paths, ds.labels, ds.splits, sha1s, ds.classes, str(ds.root))
+    return sha1s
 
 
 def groups_across_splits(groups: list[str], splits: list[str]) -> str:

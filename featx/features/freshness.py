@@ -12,6 +12,7 @@ import numpy as np
 
 from .._core.errors import FeatxError
 from ..data.datasets import SPLITS, Dataset
+from ..data.leakage import check_copies
 from ..data.splits import SPLIT_FILE, read_split_file, stored_splits
 from .planning import row_table
 from .store import FeatureStore, RowTable
@@ -26,7 +27,9 @@ def check_fresh(store: FeatureStore, ds: Dataset | None, update: str) -> None:
     listed = ds is not None
     if ds is None:
         ds = _dataset_of(store, held)
-        if ds is None:
+        if ds is None:  # the images are not here: the cache's own record still tells copies apart
+            check_copies(held.path, held.label, [SPLITS[c] for c in held.split], held.sha1, store.classes,
+                         str(store.path))
             return
     now = row_table(ds, held)
     changes = _changes(held, now, ds.labels)

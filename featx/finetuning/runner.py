@@ -38,7 +38,7 @@ from .._core.options import check_options
 from .._core.paths import default_cache_dir, file_safe
 from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
                              speaking)
-from ..artifacts.format import build_sidecar, save_checkpoint_artifact
+from ..artifacts.format import build_sidecar, images_fingerprint, save_checkpoint_artifact
 from ..data.datasets import SPLITS, Dataset, load_dataset
 from ..data.dicom import dicom_policy
 from ..data.leakage import check_dataset_copies
@@ -129,10 +129,10 @@ def finetune(
     if "val" not in ds.splits:
         raise FeatxError(f"{ds.root} has no validation split: fine-tuning selects its epoch on one; "
                          "add --val-fraction 0.2 (cut by patient) or a val/ folder")
-    check_dataset_copies(ds)
+    sha1s = check_dataset_copies(ds)
     rank, n_ranks, device = join_ranks(device, gpu_backend="nccl")
     log, progress = speaking(rank, log or log_line, progress)
-    run = _set_up(config, ds, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir)
+    run = _set_up(config, ds, sha1s, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir)
     _start(run, resume, log)
     stopped = _train(run, progress, log)
     return _finish(run, stopped, threshold, log)
@@ -170,9 +170,10 @@ class _Run:
                           dicom_window=self.config.dicom_window)
 
 
-def _set_up(config: FinetuneConfig, ds: Dataset, device: torch.device, workers, rank: int, n_ranks: int,
-            out_dir, cache_dir: Path) -> _Run:
-    """Build the network, name the run folder, and set up its optimizer, schedule and loss."""
+def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch.device, workers, rank: int,
+            n_ranks: int, out_dir, cache_dir: Path) -> _Run:
+    """Build the network, name the run folder (by the configuration and the images' bytes, `sha1s`), and set
+    up its optimizer, schedule and loss."""
     batch_size = config.batch_size or default_batch_size(device)
     if batch_size < n_ranks:
         raise FeatxError(f"--batch-size is the global batch and must be at least the {n_ranks} processes, "
@@ -187,8 +188,9 @@ def _set_up(config: FinetuneConfig, ds: Dataset, device: torch.device, workers, 
     rows = _split_rows(ds, config)
     record = {**config.record(), "identity": {**bb.identity(), "data_config": bb.data_config},
               "classes": ds.classes, "data_root": str(ds.root), "train_rows": record_hash(rows["train"], 16),
-              "val_rows": record_hash(rows["val"], 16)}
-    config_hash = record_hash(record, 8)
+              "val_rows": record_hash(rows["val"], 16),
+              "images": images_fingerprint((ds.paths[i], sha1s[i]) for s in ("train", "val") for i in rows[s])[:16]}
+    config_hash = record_hash(record, 8)  # the images' bytes too: changed data never resumes an old run
     out = Path(out_dir) if out_dir else cache_dir / "models" / f"{file_safe(bb.spec.name)}-finetune-{config_hash}"
     out.mkdir(parents=True, exist_ok=True)
     training = _training(config, net, bb, ds.labels[rows["train"]], len(ds.classes), device, batch_size, workers,
