@@ -47,7 +47,7 @@ def extract_command(data, options: dict, *, cache_dir=None, output=None, **given
     for name, value in {**options, **given}.items():
         if name != "backbone" and value is not None and value != DEFAULTS.get(name):
             words += [f"--{name.replace('_', '-')}", str(value)]
-    if cache_dir is not None and Path(cache_dir) != default_cache_dir():
+    if cache_dir is not None and Path(cache_dir).resolve() != default_cache_dir().resolve():
         words += ["--cache", str(cache_dir)]
     if output is not None:
         words += ["--output", str(output)]

@@ -146,8 +146,8 @@ def _no_selection(store: FeatureStore, learner) -> str:
         why = f"the val split has no {' or '.join(learner.val_lacks)} images, so it cannot rank "
     else:
         why = "there is no validation split to rank "
-    fix = ("re-cut validation so that it holds every class (delete split.json, then a larger --val-fraction) or "
-           "give a val/ folder" if learner.val_lacks else "cut one with --val-fraction 0.2")
+    fix = ("give validation images of every class (a val/ folder, or a larger --val-fraction once split.json is "
+           "deleted)" if learner.val_lacks else "cut one with --val-fraction 0.2")
     return (why + f"hyperparameters, and train has too few patient groups per class for group CV instead "
             f"(patients per class: {per_class}; 2 of each are needed); {fix}, or add patients to train")
 
@@ -156,7 +156,7 @@ class _InMemory:
     """Features loaded whole: featx's grid search (heads.selection)."""
 
     note = ""  # what fit's log line adds
-    val_lacks: list = []  # the classes validation lacks, so that selection cannot use it
+    val_lacks: tuple = ()  # the classes validation lacks, so that selection cannot use it
 
     def __init__(self, store: FeatureStore, pca, seed: int, log):
         _check_fits_in_memory(store)
