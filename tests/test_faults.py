@@ -1,4 +1,6 @@
-"""Faults: kills at chosen moments, a full disk, concurrent runs, a corpus of bad files, fuzzed bytes.
+"""Faults: kills at chosen moments, a full disk (extract, fit, a re-fit's sidecar, fine-tuning's checkpoints, and a
+run refused before it starts when they cannot fit), concurrent runs, a corpus of bad files (a FIFO among them),
+fuzzed bytes.
 
 Kills are real SIGKILLs of a real `featx` process. The moment is chosen by a few lines that wrap
 one featx function in that process (see `_killed_at`), so no test hook lives in featx itself.
