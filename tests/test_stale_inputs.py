@@ -137,3 +137,13 @@ def test_a_fine_tune_on_changed_images_never_resumes_the_old_run(tmp_path):
     save(sorted((data / "NORMAL").iterdir())[0], xray_like(4321), quality=90)  # same names, other bytes
     again = featx.finetune(data, TINY, **quick)
     assert again.artifact.parent != first.artifact.parent and featx.load(first.artifact).info["metrics"]
+
+
+def test_a_manifest_listing_the_same_images_in_another_order_is_not_stale(tmp_path, folder):
+    rows = [f"data/{c}/{p.name},{c}" for c in ("NORMAL", "PNEUMONIA") for p in sorted((folder / c).iterdir())]
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    featx.extract(manifest, TINY, val_fraction=0.34, **QUIET)
+    manifest.write_text("path,label\n" + "\n".join(reversed(rows)) + "\n")
+    [result] = featx.fit(data=manifest, backbone=TINY, weights="random", head="logreg", log=lambda m: None)
+    assert result.metrics["val"]["n"] == 4

@@ -46,7 +46,7 @@ class _SavedModel:
         return self.decide(self.predict_proba(X, **kwargs))
 
     def decision_rule(self) -> str:
-        """The decision this model applies, in words (`featx predict` says it before its rows)."""
+        """The decision this model applies, in words (`featx predict` says it after its rows)."""
         if len(self.classes_) == 2 and self.threshold is not None:
             positive, negative = self.classes_[1], self.classes_[0]
             rule = self.info.get("threshold_rule", "fixed")
@@ -234,9 +234,8 @@ def _image_paths(paths) -> list:
 
 
 def _every_image_read(paths, reasons) -> None:
-    """predict_proba returns a row for every image or none: one line naming the unreadable ones, and the
-    call that keeps the others."""
-    bad = [f"{p}: {r}" for p, r in zip(_image_paths(paths), reasons) if r]
-    if bad:
-        raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}; model.image_proba(paths) returns a "
-                         "probability row or a reason per image instead")
+    """predict_proba returns a row for every image or none, and says which call keeps the others."""
+    from ..data.loading import refuse_unreadable
+
+    refuse_unreadable(_image_paths(paths), reasons,
+                      instead="model.image_proba(paths) returns a probability row or a reason per image instead")

@@ -97,9 +97,9 @@ def image_loader(dataset: ImageFiles, batches: list[list[int]], workers: int, de
                                        prefetch_factor=4 if workers > 0 else None)
 
 
-def refuse_unreadable(paths, reasons) -> None:
+def refuse_unreadable(paths, reasons, instead: str = "") -> None:
     """For callers that need every image (a feature matrix, a probability per path): one line naming
-    how many could not be read and the first of them."""
+    how many could not be read and the first of them, and `instead`, the call that keeps the others."""
     bad = [f"{p}: {r}" for p, r in zip(paths, reasons) if r]
     if bad:
-        raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}")
+        raise FeatxError(f"{len(bad)} unreadable image(s), e.g. {bad[0]}" + (f"; {instead}" if instead else ""))

@@ -7,7 +7,6 @@ the command that updates it, instead of being trained on without a word.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from .._core.errors import FeatxError
@@ -37,7 +36,8 @@ def check_fresh(store: FeatureStore, ds: Dataset | None, update: str) -> None:
         raise FeatxError(f"{store.path} is out of date: {changes} since it was made; run `{update}` to update it "
                          "(unchanged images keep their features)")
     cached = [SPLITS[c] for c in held.split]
-    expected = ds.splits if listed else _stored(store, held, cached)
+    split_now = dict(zip(ds.paths, ds.splits))  # by path: a manifest may list the same images in another order
+    expected = [split_now[p] for p in held.path] if listed else _stored(store, held, cached)
     moved = [i for i, (a, b) in enumerate(zip(cached, expected)) if a != b]
     if moved:
         i = moved[0]
