@@ -19,6 +19,7 @@ kill in between) completes the move.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import io
 import json
@@ -168,8 +169,6 @@ def load_predictions(artifact, info: dict | None = None) -> dict:
 def verified_bytes(path: Path, sha256: str) -> bytes | None:
     """The bytes of `path` if their sha256 is the one recorded, read once (what is checked is what is
     used); a committed version still pending is moved into place first. None if neither matches."""
-    import hashlib
-
     for attempt in (path, pending_path(path)):
         try:
             raw = attempt.read_bytes()

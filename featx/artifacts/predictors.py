@@ -45,9 +45,14 @@ class _SavedModel:
         """Class names, using the stored threshold on the second class for two-class models."""
         return self.decide(self.predict_proba(X, **kwargs))
 
+    @property
+    def _thresholded(self) -> bool:
+        """Two classes and a stored threshold on the second: otherwise the most probable class wins."""
+        return len(self.classes_) == 2 and self.threshold is not None
+
     def decision_rule(self) -> str:
         """The decision this model applies, in words (`featx predict` says it after its rows)."""
-        if len(self.classes_) == 2 and self.threshold is not None:
+        if self._thresholded:
             positive, negative = self.classes_[1], self.classes_[0]
             rule = self.info.get("threshold_rule", "fixed")
             how = "fixed" if rule == "fixed" else f"chosen by {rule} on held-out predictions"
@@ -55,7 +60,7 @@ class _SavedModel:
         return "decision: the most probable class"
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        if len(self.classes_) == 2 and self.threshold is not None:
+        if self._thresholded:
             return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
         return self.classes_[proba.argmax(1)]
 

@@ -71,11 +71,9 @@ def check_copies(paths: list[str], labels, splits: list[str], sha1s: list[str], 
 def check_dataset_copies(ds) -> list[str]:
     """`check_copies` over every image of a dataset, hashing those not hashed while it was listed; the
     note on copies within a split goes to `ds.copies_note`. Returns each image's sha1 ('' if unreadable)."""
-    from .files import sha1_of_files
+    from .files import file_contents
 
-    todo = [p for p in ds.paths if p not in ds.content and p not in ds.problems]
-    hashed = dict(zip(todo, sha1_of_files(ds.absolute(p) for p in todo)))
-    sha1s = [ds.content[p][2] if p in ds.content else hashed.get(p, "") for p in ds.paths]
+    _, _, sha1s = file_contents(ds.root, ds.paths, ds.content, skip=ds.problems)
     ds.copies_note = check_copies(ds.paths, ds.labels, ds.splits, sha1s, ds.classes, str(ds.root))
     return sha1s
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 
 from .._core.atomic import write_text_atomic
 from .._core.errors import FeatxError
-from .files import sha1_of_files
+from .files import file_contents
 from .leakage import EMPTY_SHA1
 
 
@@ -71,20 +70,13 @@ def cut_split(ds, fraction: float, seed: int, path: Path) -> None:
 
 
 def _train_contents(ds) -> dict[int, str]:
-    """sha1 of each train image's bytes, by row; kept in `ds.content` with the file's size and mtime
-    (stat first, so a file changed meanwhile is hashed again by extraction)."""
+    """sha1 of each train image's bytes, by row; kept in `ds.content` with the file's size and mtime, so
+    that extraction does not hash them again."""
     rows = [i for i, s in enumerate(ds.splits) if s == "train"]
-    stats = {}
-    for i in rows:
-        try:
-            stats[i] = os.stat(ds.absolute(ds.paths[i]))
-        except OSError:
-            continue
-    digests = dict(zip(stats, sha1_of_files(ds.absolute(ds.paths[i]) for i in stats)))
-    for i, digest in digests.items():
-        if digest:
-            ds.content[ds.paths[i]] = (stats[i].st_size, stats[i].st_mtime_ns, digest)
-    return digests
+    paths = [ds.paths[i] for i in rows]
+    size, mtime, sha1 = file_contents(ds.root, paths, ds.content, skip=ds.problems)
+    ds.content.update({p: (int(a), int(b), h) for p, a, b, h in zip(paths, size, mtime, sha1) if h})
+    return dict(zip(rows, sha1))
 
 
 def _share(ds, fraction: float) -> str:

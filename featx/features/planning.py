@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .._core.errors import FeatxError
 from ..data.datasets import SPLITS, Dataset
-from ..data.files import sha1_of_files
+from ..data.files import file_contents
 from ..data.leakage import check_copies
 from .store import FeatureStore, RowTable, StoreWriter, create_store
 
@@ -57,25 +56,7 @@ def row_table(ds: Dataset, held: RowTable | None) -> RowTable:
     known = dict(ds.content)
     if held is not None:
         known.update({p: (s, m, h) for p, s, m, h in zip(held.path, held.size, held.mtime_ns, held.sha1)})
-    n = len(ds)
-    size, mtime = np.full(n, -1, np.int64), np.full(n, -1, np.int64)
-    sha1 = [""] * n
-    to_hash = []
-    for i, rel in enumerate(ds.paths):
-        if rel in ds.problems:
-            continue  # unreadable whatever happens; recorded as skipped
-        try:
-            st = os.stat(ds.absolute(rel))
-        except OSError:
-            continue  # gone since listing: the row will be skipped with the reason when read
-        size[i], mtime[i] = st.st_size, st.st_mtime_ns
-        prev = known.get(rel)
-        if prev is not None and prev[0] == st.st_size and prev[1] == st.st_mtime_ns and prev[2]:
-            sha1[i] = prev[2]
-        else:
-            to_hash.append(i)
-    for i, digest in zip(to_hash, sha1_of_files(ds.absolute(ds.paths[i]) for i in to_hash)):
-        sha1[i] = digest
+    size, mtime, sha1 = file_contents(ds.root, ds.paths, known, skip=ds.problems)
     ds.copies_note = check_copies(ds.paths, ds.labels, ds.splits, sha1, ds.classes, str(ds.root))
     return RowTable(path=list(ds.paths), label=ds.labels.astype(np.int16),
                     split=np.array([SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),

@@ -115,8 +115,8 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
         + learner.note + ")")
     try:
         sel = learner.select(name)
-    except TooFewGroups:
-        raise FeatxError(_no_selection(store, learner)) from None
+    except TooFewGroups as exc:
+        raise FeatxError(_no_selection(store.classes, exc.per_class, learner.val_lacks)) from None
     except ValueError as exc:
         raise _CannotTrain(f"{name} cannot be trained on {len(labels['train'])} train images: {first_line(exc)}") \
             from None
@@ -137,19 +137,18 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
 
 
-def _no_selection(store: FeatureStore, learner) -> str:
-    """Why no hyperparameter can be chosen, and what to do: validation is absent or lacks a class, and
-    train has too few patient groups per class for group CV."""
-    groups, labels = np.asarray(store.groups("train")), store.labels("train")
-    per_class = ", ".join(f"{c} {len(set(groups[labels == i].tolist()))}" for i, c in enumerate(store.classes))
-    if learner.val_lacks:
-        why = f"the val split has no {' or '.join(learner.val_lacks)} images, so it cannot rank "
+def _no_selection(classes: list[str], per_class: dict[int, int], val_lacks) -> str:
+    """Why no hyperparameter can be chosen, and what to do: validation is absent or lacks a class
+    (`val_lacks`), and train has too few patient groups per class for group CV (`per_class`)."""
+    patients = ", ".join(f"{classes[c]} {n}" for c, n in per_class.items())
+    if val_lacks:
+        why = f"the val split has no {' or '.join(val_lacks)} images, so it cannot rank "
     else:
         why = "there is no validation split to rank "
     fix = ("give validation images of every class (a val/ folder, or a larger --val-fraction once split.json is "
-           "deleted)" if learner.val_lacks else "cut one with --val-fraction 0.2")
+           "deleted)" if val_lacks else "cut one with --val-fraction 0.2")
     return (why + f"hyperparameters, and train has too few patient groups per class for group CV instead "
-            f"(patients per class: {per_class}; 2 of each are needed); {fix}, or add patients to train")
+            f"(patients per class: {patients}; 2 of each are needed); {fix}, or add patients to train")
 
 
 class _InMemory:
