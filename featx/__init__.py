@@ -25,13 +25,13 @@ _API = {
     "extract": "features.extraction",
     "FeatureExtractor": "features.transformer",
     "evaluate": "evaluation.metrics", "choose_threshold": "evaluation.thresholds",
-    "fit": "heads.fitting", "FitResult": "heads.fitting", "shift": "heads.shift",
+    "fit": "heads.fitting", "FitResult": "heads.fitting", "shift": "studies.shift",
     "ImageClassifier": "artifacts.predictors", "FineTunedClassifier": "artifacts.predictors",
     "load": "artifacts.predictors",
     "predict": "artifacts.prediction",
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
     "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
-    "robustness": "reporting.robustness",
+    "robustness": "studies.robustness",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

@@ -232,7 +232,7 @@ def shift_command(data, backbone, features, weights, image_size, pool, layers, s
     score within each class, the images most unlike the first split, and a map of both.
     `featx compare` shows the score under its table, and the figures in its report.
     """
-    from .heads.shift import shift
+    from .studies.shift import shift
 
     result = shift(features, data=data, backbone=backbone, weights=weights, splits=tuple(splits.split(",")),
                    image_size=image_size, pool=pool, layers=layers, cache_dir=cache_dir, seed=seed, top=top,
@@ -393,7 +393,8 @@ def robustness_command(data, split, corruptions, severities, out, models_dir, ca
     severity and each method's relative drop; writes a CSV and a plot, and `featx compare`'s
     report shows them.
     """
-    from .reporting.robustness import robustness, write_outputs
+    from .reporting.robustness_plot import write_outputs
+    from .studies.robustness import robustness
 
     result = robustness(data, split=split, corruptions=corruptions, severities=severities, models_dir=models_dir,
                         cache_dir=cache_dir, device=device, batch_size=batch_size, workers=workers, n_boot=n_boot,

@@ -34,7 +34,7 @@ def test_extract_then_info(folder, tmp_path):
     assert path.endswith(".h5") and os.path.exists(path)
     info = run("info", path)
     assert info.exit_code == 0 and "160x160 bicubic" in info.output and "train" in info.output
-    assert "made      on cpu, fp32, decode featx-decode-1, tta none" in info.output
+    assert "made      on cpu, fp32, decode featx-decode-1+featx-dicom-2:default, tta none" in info.output
 
 
 def test_backbones_lists_sizes_and_offline_weights():
@@ -123,10 +123,10 @@ def test_killed_run_resumes_to_the_same_features(tmp_path):
         if target == 0:
             time.sleep(0.3)
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
         if out.exists():
             done_at_kill.append(_done(out))  # h5py must open it: no half-written metadata
-    final = subprocess.run(cmd + ["--output", str(out)], env=env, capture_output=True, text=True)
+    final = subprocess.run(cmd + ["--output", str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     with h5py.File(out, "r") as f, h5py.File(reference.path, "r") as g:
         assert f["done"][:].all()

@@ -109,7 +109,7 @@ def test_corrupted_extraction_has_its_own_deterministic_cache(folder, tmp_path):
                           **kw)
     again = featx.extract(folder, "timm:test_efficientnet", cache_dir=tmp_path / "b", corruption="gaussian_noise:5",
                           **kw)
-    assert noisy.path != clean.path and noisy.config["decode"] == "featx-decode-1+featx-corrupt-1:gaussian_noise:5"
+    assert noisy.path != clean.path and noisy.config["decode"] == "featx-decode-1+featx-dicom-2:default+featx-corrupt-1:gaussian_noise:5"
     (X, y), (Xn, yn), (Xa, _) = clean.arrays(), noisy.arrays(), again.arrays()
     assert np.array_equal(y, yn) and noisy.paths() == clean.paths()
     assert np.array_equal(Xn, Xa)  # the same draws for the same image paths, in any run

@@ -144,14 +144,15 @@ def test_extension_less_dicoms_are_listed_and_bad_ones_skipped_with_reasons(tmp_
     assert "without pixel data" in reasons["NORMAL/report.dcm"]
     assert "truncated.dcm" in " ".join(reasons) and "DICOMDIR" in reasons["PNEUMONIA/DICOMDIR"]
     assert store.counts()["train"]["done"] == 8
-    assert store.config["decode"] == "featx-decode-1+featx-dicom-1:default"
+    assert store.config["decode"] == "featx-decode-1+featx-dicom-2:default"
     with pytest.raises(ImageError, match="DICOMDIR"):
         load_image(data / "PNEUMONIA" / "DICOMDIR")
 
 
-def test_a_jpeg_dataset_keeps_its_decode_policy(folder):
+def test_a_jpeg_dataset_records_the_dicom_rules_too(folder):
+    """DICOM rules apply file by file: a folder without DICOM files has the same policy as one with them."""
     store = featx.extract(folder, TINY, weights="random", workers=0, progress=False, log=lambda m: None)
-    assert store.config["decode"] == "featx-decode-1"
+    assert store.config["decode"] == "featx-decode-1+featx-dicom-2:default"
 
 
 def _windowed_folder(root):
@@ -178,7 +179,7 @@ def test_the_window_is_chosen_recorded_and_used_again_by_predict(tmp_path):
     kw = dict(weights="random", workers=0, progress=False, log=lambda m: None)
     default = featx.extract(data, TINY, **kw)
     narrow = featx.extract(data, TINY, dicom_window="1500,1000", **kw)
-    assert narrow.path != default.path and narrow.config["decode"].endswith("featx-dicom-1:1500,1000")
+    assert narrow.path != default.path and narrow.config["decode"].endswith("featx-dicom-2:1500,1000")
     assert not np.allclose(narrow.arrays()[0], default.arrays()[0])
     first = np.asarray(load_image(data / "NORMAL" / "IM-0000-0001.dcm"))  # the first window of two
     assert np.array_equal(first, np.asarray(load_image(data / "NORMAL" / "IM-0000-0001.dcm", dicom_window="2048,3000")))

@@ -37,7 +37,8 @@ def test_device_decode_matches_pil_on_every_image_mode_and_skips_the_same_files(
     dev = featx.extract(mixed_folder, decode="device", **FAST)
 
     assert dev.path != pil.path
-    assert pil.config["decode"] == "featx-decode-1" and dev.config["decode"] == "featx-decode-1+torchvision-cpu"
+    assert pil.config["decode"] == "featx-decode-1+featx-dicom-2:default"
+    assert dev.config["decode"] == "featx-decode-1+torchvision-cpu+featx-dicom-2:default"
     assert dict(dev.skipped()).keys() == dict(pil.skipped()).keys()
     assert {"NORMAL/truncated.jpeg", "NORMAL/empty.jpg", "NORMAL/notes.jpg"} <= dict(dev.skipped()).keys()
     (X, _), (Y, _) = pil.arrays(), dev.arrays()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import featx
-from featx.features.identity import cache_identity, identity_hash
+from featx.artifacts.sidecar import Sidecar
+from featx.features.identity import FeatureRecipe
 
 LEGACY = Path(__file__).parent / "fixtures" / "legacy"
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())
@@ -31,13 +32,26 @@ def test_an_old_pickle_of_a_moved_class_loads():
                        EXPECTED["booster"]["proba"], atol=1e-9)
 
 
-def test_the_cache_identity_still_hashes_to_the_recorded_name():
-    recorded = EXPECTED["head"]["cache_identity"]
-    c = recorded["config"]
-    backbone = {k: c[k] for k in ("backbone", "timm_model", "numerics", "weights_sha256", "data_config", "layer")}
-    identity = cache_identity(backbone, data_root=c["data_root"], precision=c["precision"], tta=c["tta"],
-                              dtype=c["dtype"], decode=c["decode"])
-    assert identity_hash(identity) == recorded["config_hash"] == "b4828e9945"
+def test_an_old_cache_config_reads_as_the_recipe_the_backbone_gives_now():
+    """Caches were renamed once (no data folder in their identity): their recorded config still reads as the
+    recipe that building the same backbone gives today."""
+    from featx.data.decode_policy import DecodePolicy
+    from featx.models.backbones import create_backbone
+
+    recorded = FeatureRecipe.from_config(EXPECTED["head"]["cache_identity"]["config"])
+    built = create_backbone("timm:test_efficientnet", "random")
+    assert recorded == FeatureRecipe.of(built.identity(), tta="none", decode=DecodePolicy(dicom_rules=None))
+    assert recorded.decode.mode == "pil" and recorded.decode.dicom_rules is None
+
+
+@pytest.mark.parametrize("kind", ["head", "finetune", "booster"])
+def test_old_sidecars_read_as_typed_values(kind):
+    from featx.artifacts.format import read_sidecar
+
+    sidecar = Sidecar.from_json(read_sidecar(LEGACY / EXPECTED[kind]["artifact"]))
+    assert sidecar.finetuned == (kind == "finetune") and sidecar.recipe.decode.mode == "pil"
+    assert sidecar.method.label == {"head": "timm:test_efficientnet + logreg", "finetune": "timm:test_efficientnet fine-tune [64 px]",
+                                    "booster": "toy + lightgbm (out of core)"}[kind]
 
 
 def test_old_saved_predictions_are_read_for_compare():

@@ -12,7 +12,8 @@ from PIL import Image
 import featx
 from featx.cli import main
 from featx.evaluation.significance import bootstrap_auc_ci, bootstrap_ci, point_metrics
-from featx.reporting.robustness import COLUMNS
+from featx.data.decode_policy import DecodePolicy
+from featx.studies.robustness import COLUMNS
 
 from conftest import TINY, make_folder, one_line_error
 
@@ -23,17 +24,26 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-@pytest.fixture
-def models(tmp_path):
-    """A head and two tiny fine-tunes (plain, --augment corrupt) of one dataset with a test split."""
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A head and two tiny fine-tunes (plain, --augment corrupt) of one dataset with a test split, built
+    once for the module: the tests read them and add only corrupted caches and results of their own cells."""
+    root = tmp_path_factory.mktemp("robustness")
+    data, cache = root / "data", root / "cache"
     make_folder(data, 8, split="train")
     make_folder(data, 4, split="test", start=30)
-    featx.extract(data, TINY, val_fraction=0.25, **QUICK)
-    [head] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg", log=lambda m: None)
-    tuned = [featx.finetune(data, TINY, **QUICK, epochs=1, batch_size=4, image_size=64, augment=a).artifact
-             for a in ("xray", "corrupt")]
-    return data, head.artifact, tuned
+    featx.extract(data, TINY, val_fraction=0.25, cache_dir=cache, **QUICK)
+    [head] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg", cache_dir=cache, log=lambda m: None)
+    tuned = [featx.finetune(data, TINY, **QUICK, epochs=1, batch_size=4, image_size=64, augment=a,
+                            cache_dir=cache).artifact for a in ("xray", "corrupt")]
+    return data, cache, head.artifact, tuned
+
+
+@pytest.fixture
+def models(built, monkeypatch):
+    data, cache, head, tuned = built
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(cache))  # the commands find the models in the module's cache
+    return data, head, tuned
 
 
 def test_every_model_every_cell_in_the_csv_plot_and_report_and_a_rerun_computes_nothing(models, tmp_path):
@@ -99,7 +109,7 @@ def test_a_network_and_a_cache_see_the_same_corrupted_pixels(tmp_path):
     bb = create_backbone(TINY, "random")
     paths = store.paths()
     out, reasons, _ = run_on_images(bb.model, bb.data_config, bb.num_features, paths, root=data,
-                                    corruption=("motion_blur", 4), workers=0)
+                                    policy=DecodePolicy(corruption=("motion_blur", 4)), workers=0)
     assert reasons == [None] * len(paths)
     np.testing.assert_allclose(out, store.arrays()[0], atol=1e-5)
 

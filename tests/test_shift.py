@@ -6,7 +6,7 @@ from PIL import Image
 
 import featx
 from featx.cli import main
-from featx.heads.shift import measure_shift
+from featx.studies.shift import measure_shift
 
 from conftest import TINY, save, write_store, one_line_error, xray_like
 
@@ -55,7 +55,7 @@ def test_a_brighter_test_split_is_told_apart(tmp_path):
 
 
 def test_the_map_separates_shifted_splits_and_keeps_every_image():
-    from featx.heads.shift import embed_2d
+    from featx.studies.shift import embed_2d
 
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(size=(60, 20)), rng.normal(size=(60, 20)) + 4.0])

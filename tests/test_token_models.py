@@ -226,7 +226,8 @@ def _tiny_dinov2(folder: Path, **preprocessing):
 def test_transformers_dinov2_folder_equals_the_original(tmp_path):
     from timm.models.vision_transformer import VisionTransformer
 
-    from featx.models.weights import folder_preprocessing, read_state_dict
+    from featx.models.weight_files import folder_preprocessing
+    from featx.models.weights import read_state_dict
 
     original = _tiny_dinov2(tmp_path / "dinov2", image_mean=[0.53, 0.53, 0.53], image_std=[0.26, 0.26, 0.26])
     state = read_state_dict(tmp_path / "dinov2")  # the folder: model.safetensors inside, keys converted
@@ -238,7 +239,7 @@ def test_transformers_dinov2_folder_equals_the_original(tmp_path):
         expected = original(pixel_values=x).last_hidden_state
         got = vit.forward_features(x)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
-    assert folder_preprocessing(str(tmp_path / "dinov2")) == {"mean": [0.53] * 3, "std": [0.26] * 3}
+    assert folder_preprocessing(tmp_path / "dinov2") == {"mean": [0.53] * 3, "std": [0.26] * 3}
 
 
 def test_a_wrong_folder_or_foreign_keys_are_named(tmp_path):

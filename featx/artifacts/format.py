@@ -34,6 +34,7 @@ from .._core.atomic import atomic_path, write_text_atomic
 from .._core.errors import FeatxError
 from .._core.hashing import file_digest, lines_hash, record_hash
 from .._core.versions import package_versions
+from .sidecar import Sidecar
 
 ARTIFACT_FORMAT = 2  # 2: the sidecar's own digest; 1 (older artifacts, still read) has none
 READ_FORMATS = (1, 2)
@@ -229,7 +230,7 @@ def read_head(path) -> tuple[dict, object]:
     """(sidecar, estimator) of a head artifact, unpickled only from bytes whose sha256 was checked."""
     path = Path(path)
     info, raw = read_verified(path)
-    if info.get("kind") == "finetune":
+    if Sidecar.from_json(info).finetuned:
         raise FeatxError(f"{path} is a fine-tuned network, not a head")
     return info, unpickle_head(path, info, raw)
 

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from .._core.errors import FeatxError, first_line
-from ..features.identity import FEATURE_IDENTITY, differences
+from ..data.decode_policy import DecodePolicy
+from ..features.identity import FeatureRecipe
 from .format import read_verified, sidecar_path, unpickle_head, verified_bytes
+from .sidecar import Sidecar
 
 
 def load(path):
@@ -26,7 +28,7 @@ def load(path):
     """
     path = Path(path)
     info, raw = read_verified(path)
-    if info.get("kind") == "finetune":
+    if Sidecar.from_json(info).finetuned:
         return FineTunedClassifier(info, path)
     return ImageClassifier(unpickle_head(path, info, raw), info, path)
 
@@ -39,7 +41,14 @@ class _SavedModel:
         self.path = Path(path) if path else None
         self.classes_ = np.array(info["classes"])
         self.threshold = info.get("threshold")
-        self.feature_config: dict = info["features"]["config"]
+        self.sidecar = Sidecar.from_json(info)
+        self.feature_config: dict = info["features"]["config"]  # facts beside the recipe: weights, options
+        self.feature_recipe = self.sidecar.recipe
+
+    @property
+    def decode_policy(self) -> DecodePolicy:
+        """How its training images were decoded (mode, DICOM window), less any corruption."""
+        return self.feature_recipe.decode.clean()
 
     def predict(self, X, **kwargs) -> np.ndarray:
         """Class names, using the stored threshold on the second class for two-class models."""
@@ -81,14 +90,14 @@ class ImageClassifier(_SavedModel):
         return (f"ImageClassifier({self.info['head']} on {self.feature_config['backbone']}, "
                 f"classes={self.info['classes']}, threshold={self.threshold})")
 
-    def check_features(self, config: dict, source: str = "these features") -> None:
+    def check_features(self, made: FeatureRecipe, source: str = "these features") -> None:
         """Refuse features made by another backbone, weights or preprocessing."""
-        differs = differences(config, self.feature_config, FEATURE_IDENTITY)
+        differs = made.differences(self.feature_recipe)
         if differs:
             raise FeatxError(
                 f"{source} were made differently from the features this model was trained on "
                 f"({', '.join(differs)}: model {self.feature_config['backbone']}, "
-                f"features {config.get('backbone')}); use features of the same backbone and preprocessing")
+                f"features {made.backbone}); use features of the same backbone and preprocessing")
 
     def predict_proba(self, X, **kwargs) -> np.ndarray:
         """Class probabilities (columns follow `classes_`) for feature rows, a FeatureStore, or image paths."""
@@ -98,7 +107,7 @@ class ImageClassifier(_SavedModel):
         from ..features.store import FeatureStore
 
         if isinstance(X, FeatureStore):
-            self.check_features(X.config, str(X.path))
+            self.check_features(FeatureRecipe.from_config(X.config), str(X.path))
             return X.arrays(kwargs.get("split"))[0]
         if isinstance(X, np.ndarray) and X.ndim == 2 and X.dtype.kind == "f":
             if not len(X):
@@ -115,16 +124,13 @@ class ImageClassifier(_SavedModel):
     def image_features(self, paths, *, weights: str = "auto", device: str = "auto", batch_size=None,
                        workers=None, progress: bool = False):
         """(features, reason-or-None per image, sha1 per image), with this model's backbone."""
-        from ..data.images import mode_of_policy
-        from ..data.dicom import window_of_policy
         from ..features.computing import compute_features
 
         paths = _image_paths(paths)
         bb = self.backbone(weights)
-        policy = self.feature_config.get("decode")
         return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
-                                tta=self.feature_config.get("tta", "none"), decode=mode_of_policy(policy),
-                                dicom_window=window_of_policy(policy), progress=progress)
+                                tta=self.feature_recipe.tta, policy=self.decode_policy,
+                                progress=progress)
 
     def image_proba(self, paths, **kwargs) -> tuple[np.ndarray, list]:
         """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""
@@ -155,7 +161,8 @@ class ImageClassifier(_SavedModel):
         if bb.weights_sha256 != c["weights_sha256"]:
             raise FeatxError(f"the {c['backbone']} weights found ({bb.weights_source}) differ from those this model "
                              f"was trained with ({c.get('weights_source')}); pass those with --weights PATH")
-        self.check_features({**c, **bb.identity()}, f"features of {bb.weights_source}")
+        self.check_features(FeatureRecipe.of(bb.identity(), tta=self.feature_recipe.tta, decode=self.feature_recipe.decode),
+                            f"features of {bb.weights_source}")
         self._backbone = bb
         return bb
 
@@ -180,12 +187,6 @@ class FineTunedClassifier(_SavedModel):
         """How images are fed to the network: its size, interpolation, crop, mean and std."""
         return self.feature_config["data_config"]
 
-    @property
-    def dicom_window(self) -> str:
-        """How it was shown DICOM files in training (featx.data.dicom)."""
-        from ..data.dicom import window_of_policy
-
-        return window_of_policy(self.feature_config.get("decode"))
 
     def network(self):
         """The trained `FinetuneNetwork` (backbone -> dropout -> linear), in eval mode."""
@@ -200,7 +201,7 @@ class FineTunedClassifier(_SavedModel):
             if raw is None:
                 raise FeatxError(f"{self.path} no longer matches the sha256 in {sidecar_path(self.path).name} "
                                  "(replaced since the model was loaded); refusing to use it")
-            bb = create_backbone(c["backbone"], "random", image_size=self.info["params"].get("image_size"))
+            bb = create_backbone(c["backbone"], "random", image_size=self.sidecar.image_size)
             net = FinetuneNetwork(bb.model, bb.num_features, len(self.classes_), self.info["params"].get("dropout", 0.0))
             try:
                 net.load_state_dict(torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True))
@@ -218,7 +219,7 @@ class FineTunedClassifier(_SavedModel):
         paths = _image_paths(paths)
         logits, reasons, _ = run_on_images(self.network(), self.data_config, len(self.classes_), list(paths),
                                            device=device, batch_size=batch_size, workers=workers,
-                                           dicom_window=self.dicom_window, progress=progress)
+                                           policy=self.decode_policy, progress=progress)
         shifted = np.exp(logits - np.nanmax(logits, axis=1, keepdims=True))
         return shifted / shifted.sum(1, keepdims=True), reasons
 

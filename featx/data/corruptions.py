@@ -36,7 +36,6 @@ from PIL import Image
 
 from .._core.errors import FeatxError
 
-CORRUPTION_POLICY = "featx-corrupt-1"  # bump when a corruption's pixels change: caches record it
 SEVERITIES = (1, 2, 3, 4, 5)
 REFERENCE_SIDE = 224  # spatial parameters are given for an image of this shorter side
 
@@ -72,20 +71,6 @@ def parse_corruption(text: str | None) -> tuple[str, int] | None:
         raise FeatxError(f"--corruption must be NAME:SEVERITY (e.g. gaussian_noise:3), not {text!r}")
     check_corruption(name, int(severity))
     return None if int(severity) == 0 else (name, int(severity))
-
-
-def corruption_policy(corruption: tuple[str, int] | None) -> str:
-    """What a cache of corrupted images adds to its decode policy ("" for clean images)."""
-    return f"+{CORRUPTION_POLICY}:{corruption[0]}:{corruption[1]}" if corruption else ""
-
-
-def split_policy(policy: str | None) -> tuple[str | None, tuple[str, int] | None]:
-    """A cache's decode policy -> (the policy of decoding alone, the corruption added after it or None)."""
-    base, marker, rest = (policy or "").partition(f"+{CORRUPTION_POLICY}:")
-    if not marker:
-        return policy, None
-    name, _, severity = rest.partition(":")
-    return base, (name, int(severity))
 
 
 def corrupt(img: Image.Image, name: str, severity: int, key: str, side: int | None = None) -> Image.Image:

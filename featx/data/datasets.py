@@ -116,6 +116,7 @@ def load_dataset(
         ds = _from_folders(source.resolve())
     ds.source = str(source.resolve())
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    ds.key = dataset_key(source.resolve(), cache_dir)
     stored = read_split(cache_dir, ds)
     pattern = group_pattern or (stored or {}).get("group_pattern") or DEFAULT_GROUP_PATTERN
     try:
@@ -187,8 +188,11 @@ def group_of(relpath: str, regex: re.Pattern) -> str:
     return relpath
 
 
-def _dataset_key(root: Path) -> str:
-    return f"{root.stem}-{hashlib.sha1(str(root).encode()).hexdigest()[:6]}"
+def dataset_key(source: Path, cache_dir: Path) -> str:
+    """Names the dataset's folder in the cache: its name and where it lies seen from the cache folder,
+    so a project folder (data and cache) moved or copied elsewhere keeps its caches."""
+    where = os.path.relpath(source, Path(cache_dir).resolve())
+    return f"{source.stem}-{hashlib.sha1(where.encode()).hexdigest()[:6]}"
 
 
 def _list_images(folder: Path, root: Path, ignored: list[str], problems: dict | None = None) -> list[str]:
@@ -329,7 +333,7 @@ def _from_folders(root: Path) -> Dataset:
             labels += [all_classes.index(class_name)] * len(found)
             splits += [split] * len(found)
     problems.update({p: BAD_NAME for p in paths if "\\x" in p and not (root / p).exists()})
-    return Dataset(root, _dataset_key(root), all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
+    return Dataset(root, "", all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
                    [""] * len(paths), ignored=ignored, problems=problems)
 
 
@@ -368,7 +372,7 @@ def _from_manifest(csv_path: Path) -> Dataset:
     paths, label_names, splits = ([entries[i][k] for i in keep] for k in range(3))
     classes = sorted(set(label_names))
     labels = np.asarray([classes.index(n) for n in label_names], dtype=np.int64)
-    return Dataset(root, _dataset_key(csv_path), classes, paths, labels, splits, [groups[i] for i in keep],
+    return Dataset(root, "", classes, paths, labels, splits, [groups[i] for i in keep],
                    problems=problems, listing_notes=[note] if note else [])
 
 

@@ -13,7 +13,7 @@
   mode, on every device.
 
 Each mode gives slightly different pixels, so the mode (for device, with the device type) is
-part of every cache's identity (images.DECODE_POLICY plus a suffix).
+part of every cache's identity (featx.data.decode_policy).
 """
 
 from __future__ import annotations
@@ -25,21 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .._core.options import check_choice
-from .images import DECODE_POLICY, JPEG_DRAFT_POLICY, ImageError, load_image
+from .images import ImageError, load_image
 from .transforms import EvalTransform
 
 CHUNK = 32  # full-size images decoded on the device at once: bounds its memory (32 × 3k × 3k × 3 ≈ 0.9 GB)
-
-
-def decode_policy(mode: str, device: torch.device) -> str:
-    """The string a cache records for `mode` on `device`."""
-    check_choice("decode", mode)
-    if mode == "pil":
-        return DECODE_POLICY
-    if mode == "pil-draft":
-        return JPEG_DRAFT_POLICY
-    return f"{DECODE_POLICY}+torchvision-{device.type}"
 
 
 def read_for_device(raw: bytes, dicom_window: str = "default") -> torch.Tensor:

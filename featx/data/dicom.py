@@ -6,12 +6,15 @@ The pixel pipeline follows the order DICOM defines (PS3.3 C.11), with pydicom's 
 2. the Modality LUT: RescaleSlope/RescaleIntercept, or a Modality LUT Sequence;
 3. the display window (`window`): "default" applies the file's VOI LUT Sequence, else its first
    Window Center/Width with its VOILUTFunction (LINEAR, LINEAR_EXACT, SIGMOID); a file with
-   neither gets the min-max of its modality values, as featx does for 16-bit PNGs. "minmax"
-   always does that; "C,W" applies that LINEAR window to every file;
+   neither keeps 8-bit stored values without a Modality LUT as they are (they already are display
+   values, as an 8-bit PNG's are), and otherwise gets the min-max of its modality values, as featx
+   does for 16-bit PNGs. "minmax" always does the min-max; "C,W" applies that LINEAR window to every
+   file;
 4. MONOCHROME1 inverted (its zero is white), so bone is bright as in every JPEG set;
 5. scaled to 0..255 from the window's own output range.
 Colour images (RGB, YBR_*, PALETTE COLOR) become 8-bit RGB. Nothing but pixels leaves the reader
-(headers: featx.data.dicom_headers).
+(headers: featx.data.dicom_headers). The version of these rules is part of every decode policy
+(featx.data.decode_policy.DICOM_RULES).
 """
 
 from __future__ import annotations
@@ -21,42 +24,12 @@ import re
 import numpy as np
 from PIL import Image
 
-from .._core.errors import FeatxError
 
-DICOM_POLICY = "featx-dicom-1"  # bump when the pixels a DICOM file gives change: caches record it
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-WINDOWS = ("default", "minmax")
 
 
 class DicomError(Exception):
     """A DICOM file featx cannot show; the message is the reason recorded in the cache."""
-
-
-def check_window(window: str | None) -> str:
-    """"default", "minmax" or "C,W" (a centre and a positive width) -> the same text, checked."""
-    window = "default" if window is None else str(window).strip()
-    if window in WINDOWS:
-        return window
-    parts = window.split(",")
-    try:
-        centre, width = (float(p) for p in parts)
-    except ValueError:
-        raise FeatxError(f"--dicom-window takes default, minmax, or CENTRE,WIDTH (e.g. 1024,2048); not {window!r}") \
-            from None
-    if width <= 0:
-        raise FeatxError(f"--dicom-window width must be positive, not {width:g}")
-    return f"{centre:g},{width:g}"
-
-
-def dicom_policy(window: str = "default") -> str:
-    """What a cache of DICOM images adds to its decode policy."""
-    return f"+{DICOM_POLICY}:{check_window(window)}"
-
-
-def window_of_policy(policy: str | None) -> str:
-    """The display window a cache's decode policy records ("default" where it names none)."""
-    found = re.search(rf"\+{DICOM_POLICY}:([^+]+)", policy or "")
-    return found.group(1) if found else "default"
 
 
 def has_dicom_preamble(head: bytes) -> bool:
@@ -108,7 +81,9 @@ def _grayscale(pixels: np.ndarray, ds, window: str, inverted: bool) -> np.ndarra
         ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = centre, width, "LINEAR"
         ds.pop("VOILUTSequence", None)
     has_voi = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
-    if window == "minmax" or not has_voi:
+    if window == "default" and not has_voi and _display_values(pixels, ds):
+        scaled = pixels.astype(np.float64) / 255
+    elif window == "minmax" or not has_voi:
         scaled = _min_max(values)
     else:
         try:
@@ -120,6 +95,15 @@ def _grayscale(pixels: np.ndarray, ds, window: str, inverted: bool) -> np.ndarra
     if inverted:
         scaled = 1.0 - scaled
     return np.rint(scaled * 255).astype(np.uint8)
+
+
+def _display_values(pixels: np.ndarray, ds) -> bool:
+    """Stored values that already are 8-bit display values (BitsStored <= 8, unsigned, no Modality LUT),
+    as in the Secondary Captures many public sets ship: kept as they are, as an 8-bit PNG's are."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
+    rescaled = float(ds.get("RescaleSlope", 1) or 1) != 1 or float(ds.get("RescaleIntercept", 0) or 0) != 0
+    return (bits <= 8 and pixels.dtype.kind == "u" and pixels.dtype.itemsize == 1 and not rescaled
+            and "ModalityLUTSequence" not in ds)
 
 
 def _voi_range(values: np.ndarray, ds) -> tuple[float, float]:

@@ -1,6 +1,6 @@
 """Decode any image file into 8-bit grayscale or RGB, by one set of rules.
 
-Conversion rules (recorded in every cache as DECODE_POLICY):
+Conversion rules (their version is part of every decode policy, featx.data.decode_policy):
 - EXIF orientation is applied; multi-frame files (GIF, TIFF) use their first frame.
 - 1-bit and 8-bit grayscale stay one channel until after resizing, then become 3 equal channels
   (resizing one channel instead of three is pixel-identical and about twice as fast on X-rays).
@@ -23,21 +23,6 @@ from PIL import Image, ImageOps
 
 from .dicom import DicomError, has_dicom_preamble, read_dicom
 
-DECODE_POLICY = "featx-decode-1"
-JPEG_DRAFT_POLICY = DECODE_POLICY + "+jpeg-draft"
-
-
-def mode_of_policy(policy: str | None) -> str:
-    """The decode mode a cache was made with (caches older than the modes mean pil; the DICOM rules
-    and a corruption a cache adds do not change the mode)."""
-    policy = (policy or "").split("+featx-")[0]  # less what DICOM reading and corruptions add
-    if policy == JPEG_DRAFT_POLICY:
-        return "pil-draft"
-    if policy and policy.startswith(f"{DECODE_POLICY}+torchvision-"):
-        return "device"
-    return "pil"
-
-
 class ImageError(Exception):
     """An image that cannot be read; its message is the reason recorded in the cache."""
 
@@ -47,7 +32,7 @@ def load_image(path, draft_side: int | None = None, dicom_window: str = "default
 
     `draft_side`: let a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft
     mode) while its shorter side stays >= draft_side. Much faster on full-size X-rays, but the pixels
-    differ slightly from a full decode, so caches record it (JPEG_DRAFT_POLICY). `dicom_window`: how
+    differ slightly from a full decode, so caches record it (decode mode pil-draft). `dicom_window`: how
     DICOM files are displayed (featx.data.dicom: default, minmax or "C,W").
     """
     if is_dicom(path):

@@ -16,6 +16,7 @@ import torch
 from .._core.errors import FeatxError
 from .._core.hashing import bytes_sha1
 from .corruptions import corrupt
+from .decode_policy import DecodePolicy
 from .device_decoding import read_for_device
 from .files import not_regular
 from .images import ImageError, load_image
@@ -27,16 +28,16 @@ class ImageFiles(torch.utils.data.Dataset):
     The image is `transform`'s uint8 3×H×W tensor, or in decode mode "device" what
     device_decoding.read_for_device returns (a JPEG's bytes, or a full-size decoded tensor).
     With a `seed`, each image's random augmentation is seeded by (seed, epoch, row): the same in
-    any loader worker and any process, so neither number changes the result. With a `corruption`
-    (name, severity), each decoded image is corrupted first (featx.data.corruptions). DICOM files
-    are shown through `dicom_window` (featx.data.dicom).
+    any loader worker and any process, so neither number changes the result. `policy` says how
+    files become pixels (featx.data.decode_policy): the decode mode, the DICOM window, and a
+    corruption applied to each decoded image first (featx.data.corruptions).
     """
 
-    def __init__(self, root, paths: list[str], transform, *, decode: str = "pil", seed: int | None = None,
-                 corruption: tuple[str, int] | None = None, dicom_window: str = "default"):
-        self.root, self.paths, self.transform, self.decode, self.seed = Path(root), paths, transform, decode, seed
-        self.draft_side = transform.resize_side if decode == "pil-draft" else None
-        self.corruption, self.dicom_window = corruption, dicom_window
+    def __init__(self, root, paths: list[str], transform, *, policy: DecodePolicy | None = None,
+                 seed: int | None = None):
+        self.root, self.paths, self.transform, self.seed = Path(root), paths, transform, seed
+        self.policy = policy or DecodePolicy()
+        self.draft_side = transform.resize_side if self.policy.mode == "pil-draft" else None
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -60,11 +61,11 @@ class ImageFiles(torch.utils.data.Dataset):
             return row, None, sha1, str(exc)
 
     def _image(self, raw: bytes, row: int) -> torch.Tensor:
-        if self.decode == "device":
-            return read_for_device(raw, self.dicom_window)
-        image = load_image(io.BytesIO(raw), self.draft_side, self.dicom_window)
-        if self.corruption:
-            image = corrupt(image, *self.corruption, key=self.paths[row], side=self.transform.resize_side)
+        if self.policy.mode == "device":
+            return read_for_device(raw, self.policy.dicom_window)
+        image = load_image(io.BytesIO(raw), self.draft_side, self.policy.dicom_window)
+        if self.policy.corruption:
+            image = corrupt(image, *self.policy.corruption, key=self.paths[row], side=self.transform.resize_side)
         if self.seed is None:
             return self.transform(image)
         with torch.random.fork_rng(devices=[]):

@@ -6,6 +6,7 @@ same loader, decoding and frozen forward.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +24,15 @@ from .._core.paths import file_safe
 from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
                              speaking)
 from .._core.versions import package_versions
-from ..data.corruptions import corruption_policy
 from ..data.datasets import Dataset
-from ..data.device_decoding import DeviceDecoder, decode_policy
-from ..data.dicom import dicom_policy
+from ..data.decode_policy import DecodePolicy
+from ..data.device_decoding import DeviceDecoder
 from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import EvalTransform
 from ..models.backbones import Backbone, create_backbone
 from ..models.frozen import FrozenForward
 from . import sharding
-from .identity import cache_identity, identity_hash
+from .identity import FeatureRecipe, identity_hash
 from .planning import cache_folder, prepare_store, schedule, skip_known_problems
 from .reuse import extraction_request, remember_request
 from .store import FeatureStore, RowTable, StoreWriter
@@ -47,13 +47,13 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
     log, progress = speaking(rank, log, progress)
     torch_device = resolve_device(device)
     bb = create_backbone(backbone, weights, layer=layer, **variant)
-    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, decode=decode, compile=compile,
-                               corruption=corruption, dicom_window=dicom_window)
-    request = extraction_request(ds, backbone, weights=weights, device_kind=torch_device.type, layer=layer,
-                                 variant=variant, tta=tta, decode=decode, dtype=dtype, corruption=corruption,
-                                 dicom_window=dicom_window)
+    policy = DecodePolicy.for_run(decode, torch_device, dicom_window=dicom_window, corruption=corruption)
+    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, policy=policy, compile=compile)
+    request = extraction_request(backbone, weights=weights, device_kind=torch_device.type, layer=layer,
+                                 variant=variant, tta=tta, policy=policy, dtype=dtype)
     path = Path(output) if output else \
         cache_folder(cache_dir, ds, corruption) / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
+    config["data_relative"] = os.path.relpath(ds.root, path.parent.resolve())  # found again in a moved project
     with exclusive_lock(path) if rank == 0 else contextlib.nullcontext():
         store = _open_cache(path, ds, identity, config, bb.num_features, dtype, rank, request, log)
         for line in ds.notes():  # after the files are hashed: copies within a split are known then
@@ -62,26 +62,22 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
         if (done | skipped).all():
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
-        job = _Job(path, ds, bb, torch_device, config["precision"], tta, decode, dtype, workers, progress, log,
-                   corruption, dicom_window)
+        job = _Job(path, ds, bb, torch_device, config["precision"], tta, policy, dtype, workers, progress, log)
         done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, compile, rank,
                                                           n_ranks)
     _log_outcome(log, path, ds, done_now, skipped_now, seconds)
     return FeatureStore(path)
 
 
-def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, decode, compile,
-            corruption=None, dicom_window: str = "default") -> tuple[dict, dict]:
-    """(identity, config) of the cache: what must match to reuse it, and everything recorded in it.
-    DICOM display rules and a corruption change the pixels as decoding does: both are part of the
-    decode policy."""
-    decode = decode_policy(decode, device) + (dicom_policy(dicom_window) if ds.has_dicom else "") \
-        + corruption_policy(corruption)
-    identity = cache_identity(bb.identity(), data_root=str(ds.root), precision=precision_for(device), tta=tta,
-                              dtype=dtype, decode=decode)
+def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, policy: DecodePolicy,
+            compile) -> tuple[dict, dict]:
+    """(identity, config) of the cache: what must match to reuse it (the features' recipe, precision and
+    dtype), and everything recorded in it (where the data and weights are, for people and freshness)."""
+    identity = FeatureRecipe.of(bb.identity(), tta=tta, decode=policy).cache_identity(
+        precision=precision_for(device), dtype=dtype)
     versions = package_versions("torch", "timm")
-    config = {**identity, "config_hash": identity_hash(identity), "weights_source": bb.weights_source,
-              "backbone_options": bb.options(),
+    config = {**identity, "config_hash": identity_hash(identity), **bb.weights.record(),
+              "backbone_options": bb.options(), "data_root": str(ds.root), "dataset_key": ds.key,
               "device": str(device), "compile": compile, "group_pattern": ds.group_pattern, "data_source": ds.source,
               **({"group_source": ds.group_source} if ds.group_source else {}),
               **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
@@ -113,13 +109,11 @@ class _Job:
     device: torch.device
     precision: str
     tta: str
-    decode: str
+    policy: DecodePolicy
     dtype: str
     workers: int | None
     progress: bool
     log: Callable[[str], None]
-    corruption: tuple[str, int] | None = None
-    dicom_window: str = "default"
 
 
 def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: np.ndarray, batch_size,
@@ -135,9 +129,10 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
     todo, batches = schedule(done, skipped, batch_size)
     workers = default_workers(job.device) if job.workers is None else job.workers
     job.log(f"extracting {len(todo)} of {store.n_rows} images with {job.bb.spec.name} ({job.bb.weights_source}) "
-            f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.decode}"
-            + (f", DICOM window {job.dicom_window}" if job.ds.has_dicom else "")
-            + (f", corrupted by {job.corruption[0]} at severity {job.corruption[1]}" if job.corruption else "")
+            f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.policy.mode}"
+            + (f", DICOM window {job.policy.dicom_window}" if job.ds.has_dicom else "")
+            + (f", corrupted by {job.policy.corruption[0]} at severity {job.policy.corruption[1]}"
+               if job.policy.corruption else "")
             + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
     started = time.perf_counter()
     done_before = int(done.sum())  # the merged count minus this tells what the ranks did
@@ -173,8 +168,7 @@ def _write_rows(job: _Job, forward: FrozenForward, target: Path, rows: RowTable,
     done_now, skipped_now = 0, []
     with progress_bar(len(pending), job.progress, unit="img") as bar, StoreWriter(target) as writer:
         for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, job.bb.data_config, job.ds.root,
-                                                                       rows.path, batches, workers, job.decode,
-                                                                       job.corruption, job.dicom_window):
+                                                                       rows.path, batches, workers, job.policy):
             changed = [r for r, h in read_sha1 if h and rows.sha1[r] and h != rows.sha1[r]]
             problems += [(r, "file changed while featx was reading it; re-run to extract it") for r in changed]
             bad = {r for r, _ in problems}
@@ -202,11 +196,10 @@ def _log_outcome(log, path: Path, ds: Dataset, done_now: int, skipped_now: list,
 
 
 def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, paths: list[str], batches, workers,
-                     decode, corruption=None, dicom_window: str = "default"):
+                     policy: DecodePolicy):
     """Yield (rows, outputs or None, unreadable (row, reason) pairs, (row, sha1 of bytes read) pairs)."""
-    decoder = DeviceDecoder(data_config, forward.device) if decode == "device" else None
-    dataset = ImageFiles(root, paths, EvalTransform(data_config), decode=decode, corruption=corruption,
-                         dicom_window=dicom_window)
+    decoder = DeviceDecoder(data_config, forward.device) if policy.mode == "device" else None
+    dataset = ImageFiles(root, paths, EvalTransform(data_config), policy=policy)
     for batch_rows, images, problems, read_sha1 in image_loader(dataset, batches, workers, forward.device):
         feats = None
         if images is not None and decoder is not None:
@@ -220,18 +213,22 @@ def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, path
 
 def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
                   batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
-                  decode: str = "pil", corruption: tuple[str, int] | None = None, root=None,
-                  dicom_window: str = "default",
+                  policy: DecodePolicy | None = None, root=None,
                   progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
 
     Returns (outputs with a NaN row per unreadable image, the reason or None per image, the sha1
-    of each file's bytes). With `root`, `paths` are relative to it, as in a cache: a `corruption`
-    draws its randomness from the relative path, so a network and a cache see the same pixels.
+    of each file's bytes). `policy` (default: pil, the default DICOM window): how files become pixels;
+    its mode "device" decodes on `device`. With `root`, `paths` are relative to it, as in a cache: a
+    corruption draws its randomness from the relative path, so a network and a cache see the same pixels.
     """
-    check_options(tta=tta, decode=decode, device=device)
+    check_options(tta=tta, device=device)
     batch_size = check_batch_size(batch_size)
     torch_device = resolve_device(device)
+    policy = policy or DecodePolicy()
+    if policy.mode == "device":
+        policy = DecodePolicy.for_run("device", torch_device, dicom_window=policy.dicom_window,
+                                      corruption=policy.corruption)
     forward = FrozenForward(model, data_config, torch_device, precision_for(torch_device), tta)
     batch_size = _batch_size(forward, batch_size, silent)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
@@ -243,8 +240,7 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     batches = [list(range(i, min(i + batch_size, len(paths)))) for i in range(0, len(paths), batch_size)]
     with progress_bar(len(paths), progress, unit="img") as bar:
         for batch_rows, feats, problems, read_sha1 in _forward_batches(forward, data_config, Path(root), paths,
-                                                                       batches, workers, decode, corruption,
-                                                                       dicom_window):
+                                                                       batches, workers, policy):
             for r, why in problems:
                 reasons[r] = why
             for r, h in read_sha1:
@@ -257,5 +253,5 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
 
 def compute_features(bb: Backbone, paths, **options) -> tuple[np.ndarray, list[str | None], list[str]]:
     """Features of arbitrary image files with backbone `bb`, in memory, exactly as `extract` would compute
-    them (options as run_on_images: device, batch_size, workers, tta, decode, progress)."""
+    them (options as run_on_images: device, batch_size, workers, tta, policy, progress)."""
     return run_on_images(bb.model, bb.data_config, bb.num_features, paths, **options)

@@ -14,7 +14,7 @@ from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_options, feature_variant
 from .._core.paths import default_cache_dir
 from ..data.corruptions import parse_corruption
-from ..data.dicom import check_window
+from ..data.decode_policy import check_window
 from ..data.datasets import load_dataset
 from .reuse import finished_cache
 from .store import FeatureStore

@@ -8,8 +8,8 @@ import shlex
 from pathlib import Path
 
 from .._core.paths import default_cache_dir
-from ..data.dicom import window_of_policy
-from ..data.images import mode_of_policy
+from ..data.decode_policy import DecodePolicy
+from ..models.weight_files import recorded_kind
 
 # extract's defaults: an option is named on a command line only where it differs
 DEFAULTS = {"weights": "imagenet", "layer": None, "image_size": None, "pool": None, "layers": None, "tta": "none",
@@ -22,22 +22,22 @@ def extraction_options(config: dict, weights: str = "auto") -> dict:
     still there, else imagenet. pool and layers are named only where the cache's identity names them
     (token models pooled otherwise than their own way): a CNN is never asked for a pool."""
     if weights == "auto":
-        source = config.get("weights_source", "")
-        recorded = Path(source)
-        if source.startswith("random"):
+        kind, recorded = recorded_kind(config), Path(config.get("weights_source") or "")
+        if kind == "random":
             weights = "random"
-        elif recorded.is_absolute() and recorded.exists():  # a state_dict file or a Hugging Face folder
+        elif kind in ("file", "folder") and recorded.is_absolute() and recorded.exists():
             weights = str(recorded)
         else:
             weights = "imagenet"
+    policy = DecodePolicy.parse(config.get("decode"))
     options = config.get("backbone_options") or {}
     own_pooling = config.get("pool") is None
     return {"backbone": config["backbone"], "weights": weights,
             "layer": None if config.get("layer") in (None, "pooled") else config["layer"],
             "image_size": options.get("image_size"),
             "pool": None if own_pooling else options.get("pool"), "layers": None if own_pooling else options.get("layers"),
-            "tta": config.get("tta", "none"), "decode": mode_of_policy(config.get("decode")),
-            "dicom_window": window_of_policy(config.get("decode")), "dtype": config.get("dtype", "float32")}
+            "tta": config.get("tta", "none"), "decode": policy.mode, "dicom_window": policy.dicom_window,
+            "dtype": config.get("dtype", "float32")}
 
 
 def extract_command(data, options: dict, *, cache_dir=None, output=None, **given) -> str:

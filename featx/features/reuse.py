@@ -1,7 +1,7 @@
 """Deciding from the cache alone that an extraction has nothing left to do: no model, no torch.
 
-Every extraction records its *request* (backbone, weights fingerprint, layer, TTA, decode,
-dtype, device kind, data and library versions) in the cache's config. A re-run with the same
+Every extraction records its *request* (backbone, weights fingerprint, layer, TTA, decode policy,
+dtype, device kind and library versions) in the cache's config; the files are checked apart. A re-run with the same
 request finds that cache, checks the files (stat, and sha1 only of changed ones) and the row
 status, and returns it. Anything else, or any doubt (a GPU, weights only on the hub, a
 torchrun, a split to update, a shard to merge), goes the full way, which decides by the
@@ -20,29 +20,27 @@ from .._core.errors import FeatxError
 from .._core.hashing import record_hash
 from .._core.versions import installed_version
 from ..data.datasets import Dataset
+from ..data.decode_policy import DecodePolicy
 from ..models.registry import get_spec
-from ..models.weight_files import weights_fingerprint
+from ..models.weight_files import resolve_weights
 from .planning import cache_folder, row_table, same_files
 from .store import FeatureStore, StoreWriter, find_caches
 
 
-def extraction_request(ds: Dataset, backbone: str, *, weights: str, device_kind: str, layer: str | None,
-                       variant: dict, tta: str, decode: str, dtype: str, corruption=None,
-                       dicom_window: str = "default") -> dict | None:
-    """What a run was asked to compute, in terms known before building the model; None when the
-    weights cannot be fingerprinted without the hub."""
+def extraction_request(backbone: str, *, weights: str, device_kind: str, layer: str | None, variant: dict, tta: str,
+                       policy: DecodePolicy, dtype: str) -> dict | None:
+    """What a run was asked to compute, in terms known before building the model (no path: a copied
+    project keeps answering it); None when the weights cannot be fingerprinted without the hub."""
     try:
         spec = get_spec(backbone, check_timm=False)
-        fingerprint = weights_fingerprint(spec, weights)
+        fingerprint = resolve_weights(spec, weights).fingerprint
     except (FeatxError, OSError):
         return None
     if fingerprint is None:
         return None
     return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
-            **variant, **({"corruption": list(corruption)} if corruption else {}),
-            **({"dicom_window": dicom_window} if dicom_window != "default" else {}), "tta": tta, "decode": decode,
-            "dtype": dtype, "device": device_kind, "data_root": str(ds.root), "timm": installed_version("timm"),
-            "torch": installed_version("torch")}
+            **variant, "tta": tta, "decode": policy.format(), "dtype": dtype, "device": device_kind,
+            "timm": installed_version("timm"), "torch": installed_version("torch")}
 
 
 def request_hash(request: dict) -> str:
@@ -56,9 +54,9 @@ def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, lay
     `variant`: image_size, pool and layers as asked (None: the backbone's own)."""
     if distributed.world()[1] > 1 or not (device == "cpu" or (device == "auto" and surely_cpu_only())):
         return None
-    request = extraction_request(ds, backbone, weights=weights, device_kind="cpu", layer=layer, variant=variant,
-                                 tta=tta, decode=decode, dtype=dtype, corruption=corruption,
-                                 dicom_window=dicom_window)
+    policy = DecodePolicy.for_run(decode, "cpu", dicom_window=dicom_window, corruption=corruption)
+    request = extraction_request(backbone, weights=weights, device_kind="cpu", layer=layer, variant=variant,
+                                 tta=tta, policy=policy, dtype=dtype)
     if request is None:
         return None
     wanted = request_hash(request)

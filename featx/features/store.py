@@ -158,6 +158,13 @@ class FeatureStore:
 
     @property
     def data_root(self) -> Path:
+        """The data folder: where the cache says it lies relative to itself, when it is there (a project
+        folder moved or copied with its data), else the absolute path it recorded."""
+        relative = self.config.get("data_relative")
+        if relative:
+            moved = (self.path.parent.resolve() / relative).resolve()
+            if moved.is_dir():
+                return moved
         return Path(self.config["data_root"])
 
     def check_identity(self, identity: dict) -> None:

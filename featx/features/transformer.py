@@ -17,6 +17,7 @@ from .._core.errors import FeatxError
 from .._core.hashing import file_sha1
 from .._core.options import check_options, feature_variant
 from .._core.paths import default_cache_dir
+from ..data.decode_policy import check_window
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -29,8 +30,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __init__(self, backbone: str = "xception", *, weights: str = "imagenet", layer: str | None = None,
                  image_size: int | None = None, pool: str | None = None, layers: str | None = None,
-                 tta: str = "none", decode: str = "pil", cache="auto", device: str = "auto",
-                 batch_size: int | None = None):
+                 tta: str = "none", decode: str = "pil", dicom_window: str = "default", cache="auto",
+                 device: str = "auto", batch_size: int | None = None):
         self.backbone = backbone
         self.weights = weights
         self.layer = layer
@@ -39,6 +40,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.layers = layers
         self.tta = tta
         self.decode = decode
+        self.dicom_window = dicom_window
         self.cache = cache
         self.device = device
         self.batch_size = batch_size
@@ -52,6 +54,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """As scikit-learn does, at fit/transform rather than in __init__ (set_params bypasses __init__)."""
         check_options(tta=self.tta, decode=self.decode, device=self.device, batch_size=self.batch_size)
         feature_variant(self.image_size, self.pool, self.layers)
+        check_window(self.dicom_window)
+
+    def _policy(self):
+        """How files become pixels, as extract records it (DICOM rules included, whatever the files)."""
+        from .._core.runtime import resolve_device
+        from ..data.decode_policy import DecodePolicy
+
+        return DecodePolicy.for_run(self.decode, resolve_device(self.device), dicom_window=self.dicom_window)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -64,16 +74,16 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
         self._validate_options()
         paths = [str(Path(p).expanduser().absolute()) for p in _as_paths(X)]
-        bb = self._built()
+        bb, policy = self._built(), self._policy()
         out = np.full((len(paths), bb.num_features), np.nan, np.float32)
-        cached = self._from_cache(paths, bb)
+        cached = self._from_cache(paths, bb, policy)
         todo = [i for i in range(len(paths)) if i not in cached]
         for i, row in cached.items():
             out[i] = row
         if todo:
             feats, reasons, _ = compute_features(bb, [paths[i] for i in todo], device=self.device,
                                                  batch_size=self.batch_size,
-                                                 tta=self.tta, decode=self.decode)
+                                                 tta=self.tta, policy=policy)
             refuse_unreadable([paths[i] for i in todo], reasons)
             out[todo] = feats
         self.n_cached_ = len(cached)  # how many rows the last transform took from the cache
@@ -94,11 +104,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             self._backbone_key = key
         return self._backbone
 
-    def _from_cache(self, paths: list[str], bb) -> dict[int, np.ndarray]:
-        """Row index -> cached features, for files whose bytes a matching cache already holds."""
-        from .._core.runtime import resolve_device
-        from ..data.device_decoding import decode_policy
-        from .identity import feature_identity
+    def _from_cache(self, paths: list[str], bb, policy) -> dict[int, np.ndarray]:
+        """Row index -> cached features, for files whose bytes a cache of the same recipe already holds."""
+        from .identity import FeatureRecipe
         from .store import find_caches
 
         if self.cache is None:
@@ -106,9 +114,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         where = default_cache_dir() if self.cache == "auto" else Path(self.cache)
         if self.cache != "auto" and not where.exists():
             raise FeatxError(f"no feature cache at {where}")
-        identity = feature_identity(bb.identity(), tta=self.tta,
-                                    decode=decode_policy(self.decode, resolve_device(self.device)))
-        stores = find_caches(where, identity)
+        stores = find_caches(where, FeatureRecipe.of(bb.identity(), tta=self.tta, decode=policy).to_dict())
         found: dict[int, np.ndarray] = {}
         if stores:
             wanted: dict[str, list[int]] = {}

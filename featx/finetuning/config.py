@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_choice, check_image_size
-from ..data.dicom import check_window
+from ..data.decode_policy import check_window
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,5 @@ class FinetuneConfig:
         object.__setattr__(self, "dicom_window", check_window(self.dicom_window))
 
     def record(self) -> dict:
-        """The options as recorded in the run's config.json and the artifact's params (the DICOM window
-        only where it is not the default, so runs made before it keep their hash)."""
-        record = asdict(self)
-        if record["dicom_window"] == "default":
-            del record["dicom_window"]
-        return record
+        """The options as recorded in the run's config.json and the artifact's params, every one of them."""
+        return asdict(self)

@@ -8,6 +8,7 @@ import torch
 from .._core.errors import FeatxError
 from ..artifacts.format import read_head
 from ..artifacts.linear import linear_weights
+from ..artifacts.sidecar import Sidecar
 from ..models.backbones import Backbone
 from ..models.network import FinetuneNetwork
 
@@ -16,13 +17,14 @@ def load_probe_into_head(net: FinetuneNetwork, bb: Backbone, artifact, classes: 
     """Copy a `featx fit` logreg head on this backbone's pooled features (scaler and PCA folded in)
     into the network's linear layer, read through the artifact format and checked against its sidecar."""
     info, pipeline = read_head(artifact)
-    if info.get("head") != "logreg":
+    sidecar = Sidecar.from_json(info)
+    if sidecar.method.head != "logreg":
         raise FeatxError(f"--init-head-from needs a logreg artifact from featx fit, not {artifact}")
-    fc = info["features"]["config"]
-    made = (fc.get("backbone"), fc.get("weights_sha256"), fc.get("layer"), fc.get("pool"))
+    recipe = sidecar.recipe
+    made = (recipe.backbone, recipe.weights_sha256, recipe.layer, recipe.pool)
     if made != (bb.spec.name, bb.weights_sha256, "pooled", None):  # pool: the model's own, as fine-tuning pools
-        raise FeatxError(f"--init-head-from {artifact} was trained on other features ({fc.get('backbone')}, "
-                         f"weights {str(fc.get('weights_sha256'))[:12]}); fit a logreg head on this backbone's features")
+        raise FeatxError(f"--init-head-from {artifact} was trained on other features ({recipe.backbone}, "
+                         f"weights {recipe.weights_sha256[:12]}); fit a logreg head on this backbone's features")
     if list(info["classes"]) != list(classes):
         raise FeatxError(f"--init-head-from {artifact} has classes {list(info['classes'])}, the data has {classes}")
     coef, intercept = linear_weights(pipeline)

@@ -39,13 +39,14 @@ from .._core.paths import default_cache_dir, file_safe
 from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
                              speaking)
 from ..artifacts.format import build_sidecar, images_fingerprint, save_checkpoint_artifact
+from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS, Dataset, load_dataset
-from ..data.dicom import dicom_policy
 from ..data.leakage import check_dataset_copies
-from ..data.images import DECODE_POLICY
+from ..data.decode_policy import DecodePolicy
 from ..data.loading import ImageFiles
 from ..data.transforms import EvalTransform, Normalize, TrainTransform
 from ..evaluation.metrics import evaluate
+from ..features.identity import FeatureRecipe
 from ..evaluation.thresholds import parse_threshold, resolve_threshold, rule_name
 from ..models.backbones import Backbone, create_backbone
 from ..models.network import FinetuneNetwork
@@ -161,13 +162,20 @@ class _Run:
     def train_images(self) -> ImageFiles:
         """The dataset's images augmented for training, each seeded by (seed, epoch, row)."""
         transform = TrainTransform(self.bb.data_config, self.config.augment)
-        return ImageFiles(self.ds.root, self.ds.paths, transform, seed=self.config.seed,
-                          dicom_window=self.config.dicom_window)
+        return ImageFiles(self.ds.root, self.ds.paths, transform, seed=self.config.seed, policy=self.policy)
 
     def eval_images(self) -> ImageFiles:
         """The dataset's images through the checkpoint's eval transform, as extract feeds them."""
-        return ImageFiles(self.ds.root, self.ds.paths, EvalTransform(self.bb.data_config),
-                          dicom_window=self.config.dicom_window)
+        return ImageFiles(self.ds.root, self.ds.paths, EvalTransform(self.bb.data_config), policy=self.policy)
+
+    @property
+    def policy(self) -> DecodePolicy:
+        return _policy(self.config)
+
+
+def _policy(config: FinetuneConfig) -> DecodePolicy:
+    """How a fine-tune's files become pixels: Pillow, the DICOM window asked for."""
+    return DecodePolicy.for_run("pil", dicom_window=config.dicom_window)
 
 
 def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch.device, workers, rank: int,
@@ -186,8 +194,8 @@ def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch
     if config.init_head_from:
         load_probe_into_head(net, bb, config.init_head_from, ds.classes)
     rows = _split_rows(ds, config)
-    record = {**config.record(), "identity": {**bb.identity(), "data_config": bb.data_config},
-              "classes": ds.classes, "data_root": str(ds.root), "train_rows": record_hash(rows["train"], 16),
+    record = {**config.record(), "recipe": FeatureRecipe.of(bb.identity(), tta="none", decode=_policy(config)).to_dict(),
+              "classes": ds.classes, "train_rows": record_hash(rows["train"], 16),
               "val_rows": record_hash(rows["val"], 16),
               "images": images_fingerprint((ds.paths[i], sha1s[i]) for s in ("train", "val") for i in rows[s])[:16]}
     config_hash = record_hash(record, 8)  # the images' bytes too: changed data never resumes an old run
@@ -349,10 +357,11 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
     """The artifact (model.pt + model.json + predictions), curves.png and metrics.json; rank 0 only."""
     bb, state = run.bb, run.state
     write_curves(run.out, state["history"], log)
-    features = {"config": {**bb.identity(), "data_config": bb.data_config, "tta": "none",
-                           "decode": DECODE_POLICY + (dicom_policy(run.config.dicom_window) if run.ds.has_dicom else ""),
-                           "weights_source": bb.weights_source, "data_root": str(run.ds.root)},
-                "num_features": bb.num_features}
+    recipe = FeatureRecipe.of(bb.identity(), tta="none", decode=run.policy)
+    config = {**recipe.to_dict(), **bb.weights.record(), "backbone_options": bb.options(),
+              "precision": precision_for(run.training.device), "dtype": "float32", "data_root": str(run.ds.root),
+              "dataset_key": run.ds.key}
+    features = feature_record(config, num_features=bb.num_features)
     params = {k: v for k, v in run.config.record().items() if k not in ("backbone", "weights")}
     info = build_sidecar(kind="finetune", head="finetune", params=params, classes=run.ds.classes, threshold=cut,
                          threshold_rule=rule_name(threshold), features=features, metrics=metrics,

@@ -15,16 +15,16 @@ from .._core.hashing import record_hash
 from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
 from ..artifacts.format import build_sidecar, images_fingerprint, save_artifact
+from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS
+from ..evaluation.folds import TooFewGroups
 from ..evaluation.metrics import evaluate
 from ..evaluation.thresholds import check_threshold, resolve_threshold, rule_name
 from ..features.freshness import check_fresh
-from ..features.identity import FEATURE_IDENTITY
 from ..features.recipe import extract_command, extraction_options
-from ..features.store import FeatureStore, find_caches
-from ..models.registry import get_spec
-from ..models.weight_files import weights_fingerprint
-from .selection import Selection, TooFewGroups, classes_missing, select_head
+from ..features.lookup import dataset_caches
+from ..features.store import FeatureStore
+from .selection import Selection, classes_missing, select_head
 from .specs import HEADS, head_names
 
 
@@ -217,10 +217,7 @@ def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: P
     from ..data.datasets import load_dataset
 
     ds = load_dataset(data, cache_dir=cache_dir)
-    wanted = weights_fingerprint(get_spec(backbone, check_timm=False), weights)
-    found = [s for s in find_caches(cache_dir / ds.key, {"backbone": backbone, "data_root": str(ds.root)},
-                                    recursive=False)
-             if _same_weights(s.config, weights, wanted) and _same_variant(s.config, variant)]
+    found = dataset_caches(ds, backbone, weights, variant, cache_dir)
     if len(found) > 1:
         listing = ", ".join(str(s.path) for s in found)
         raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
@@ -239,29 +236,6 @@ def _update_command(store: FeatureStore) -> str:
     config = store.config
     return extract_command(config.get("data_source") or config["data_root"], extraction_options(config),
                            cache_dir=store.path.parent.parent, output=store.path)
-
-
-def _same_variant(config: dict, variant: dict) -> bool:
-    """Whether a cache holds the features asked for: the size, pool and layers given; those not given,
-    the backbone's own (caches older than these options hold only those). A pool asked for matches only a
-    token model's cache: on a CNN, extraction refuses it."""
-    made = config.get("backbone_options", {})
-    own_pool = config.get("pool") is None  # the identity names pool and layers only when not the model's own
-    tokens = not own_pool or made.get("pool") != "avg"  # a CNN records avg, and no pool in its identity
-    return (variant["image_size"] == made.get("image_size") and variant["layers"] == made.get("layers")
-            and (own_pool if variant["pool"] is None else tokens and variant["pool"] == made.get("pool")))
-
-
-def _same_weights(config: dict, weights: str, wanted: str | None) -> bool:
-    """Whether a cache was made from the weights asked for, judged from its record (no model built):
-    by the weights file's sha256 (`wanted`, models.weight_files.weights_fingerprint). Weights only
-    the hub has match caches made from the hub; a cache that predates fingerprints matches
-    nothing, and the extraction that follows finds it by its features' identity and records one."""
-    recorded = config.get("weights_fingerprint")
-    if wanted is not None:
-        return recorded == wanted
-    source = config.get("weights_source", "")
-    return weights == "imagenet" and source.startswith(("timm hub", "Hugging Face cache"))
 
 
 def _load_splits(store: FeatureStore, log) -> dict:
@@ -331,19 +305,16 @@ def _learned_from(store: FeatureStore) -> str:
 
 
 def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
-    record = {"features": store.config.get("config_hash"), "file": str(store.path.resolve()), "head": head,
+    record = {"features": store.config.get("config_hash"), "head": head,
               "grid": HEADS[head].grid, "pca": key["pca"], "seed": key["seed"], "threshold": key["threshold"],
-              "images": key["images"]}
-    if key["out_of_core"]:  # in-memory artifacts keep the names they had before out-of-core heads existed
-        record["out_of_core"] = key["out_of_core"]
+              "images": key["images"], "out_of_core": key["out_of_core"]}
     return record_hash(record, 8)
 
 
 def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, key: dict,
              predict_seconds: float) -> dict:
-    recorded = (*FEATURE_IDENTITY, "weights_source", "backbone_options", "precision", "dtype", "data_root")
-    features = {"file": str(store.path.resolve()), "config_hash": store.config.get("config_hash"),
-                "num_features": store.num_features, "config": {k: store.config.get(k) for k in recorded}}
+    features = feature_record(store.config, num_features=store.num_features, file=store.path.resolve(),
+                              config_hash=store.config.get("config_hash"))
     selection = {"method": sel.method, "metric": "roc_auc",
                  "candidates": [{"params": p, "roc_auc": v} for p, v in sel.scores]}
     return build_sidecar(kind="head", head=name, params=sel.params, classes=store.classes, threshold=cut,

@@ -31,12 +31,15 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._core.errors import FeatxError
 from .._core.options import check_choice
 from ..data.datasets import SPLITS
 from ..features.store import FeatureStore, read_rows
-from .selection import Selection, auc_score, best_index, early_stopping_rows, group_folds
+from ..evaluation.folds import group_folds
+from .selection import Selection, auc_score, best_index, early_stopping_rows
 from .specs import EARLY_STOPPING_ROUNDS, HEADS
 
 STREAM_HEADS = ("logreg", "lightgbm")
@@ -283,28 +286,45 @@ class BoosterClassifier(ClassifierMixin, BaseEstimator):
         self.num_leaves, self.learning_rate, self.n_estimators, self.seed = num_leaves, learning_rate, n_estimators, seed
 
     def fit(self, X, y, X_val=None, y_val=None):
-        y = np.asarray(y)
-        train = lightgbm.Dataset(np.asarray(X, np.float32), label=y, weight=compute_sample_weight("balanced", y),
+        """Learn from arrays; `classes_` are y's labels, whatever they are (predict_proba's columns follow them)."""
+        X, y = validate_data(self, X, y, dtype=np.float32, ensure_all_finite="allow-nan")
+        check_classification_targets(y)
+        classes, codes = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"BoosterClassifier needs samples of at least 2 classes in y; got 1 class ({classes[0]})")
+        train = lightgbm.Dataset(X, label=codes, weight=compute_sample_weight("balanced", codes),
                                  params={"max_bin": 63})
-        val = None if X_val is None else lightgbm.Dataset(np.asarray(X_val, np.float32), label=y_val, reference=train)
-        return self.train(train, len(np.unique(y)), val)
+        val = None
+        if X_val is not None:
+            val = lightgbm.Dataset(np.asarray(X_val, np.float32), label=np.searchsorted(classes, y_val), reference=train)
+        return self.train(train, len(classes), val, classes=classes)
 
-    def train(self, train_set, n_classes: int, val_set=None):
+    def train(self, train_set, n_classes: int, val_set=None, classes=None):
+        """Learn from a LightGBM Dataset labelled 0..n_classes-1 (featx --out-of-core streams one from a
+        cache); `classes`: the labels those codes stand for (default: the codes)."""
         callbacks = [lightgbm.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)] if val_set is not None else []
         self.booster_ = lightgbm.train(_lightgbm_params(self.num_leaves, self.learning_rate, n_classes, self.seed),
                                        train_set, num_boost_round=self.n_estimators,
                                        valid_sets=[val_set] if val_set is not None else None, callbacks=callbacks)
         self.best_iteration_ = self.booster_.best_iteration or self.n_estimators
-        self.classes_ = np.arange(n_classes)
+        self.classes_ = np.arange(n_classes) if classes is None else np.asarray(classes)
         self.n_features_in_ = self.booster_.num_feature()
         return self
 
     def predict_proba(self, X) -> np.ndarray:
-        p = self.booster_.predict(np.asarray(X, np.float32), num_iteration=self.best_iteration_)
+        check_is_fitted(self, "booster_")
+        X = validate_data(self, X, dtype=np.float32, ensure_all_finite="allow-nan", reset=False)
+        p = self.booster_.predict(X, num_iteration=self.best_iteration_)
         return np.column_stack([1 - p, p]) if p.ndim == 1 else p
 
     def predict(self, X) -> np.ndarray:
+        check_is_fitted(self, "booster_")
         return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True  # LightGBM learns where missing values go
+        return tags
 
 
 def _select_lightgbm(data: CachedSplits, seed: int, folds: int, on_validation: bool) -> Selection:

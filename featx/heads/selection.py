@@ -14,11 +14,12 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import ParameterGrid, StratifiedGroupKFold
+from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 from sklearn.utils.class_weight import compute_sample_weight
 
 from .._core.errors import FeatxError
+from ..evaluation.folds import group_folds
 from .specs import EARLY_STOPPING_ROUNDS, HEADS, HeadSpec, build_head, head_names, is_lightgbm, is_lightgbm_model
 
 
@@ -120,28 +121,6 @@ def _feasible(candidates: list[dict], n_fit: int) -> list[dict]:
     """Drop settings a small training set cannot support (kNN's k above the images it has)."""
     kept = [p for p in candidates if p.get("clf__n_neighbors", 0) <= n_fit]
     return kept or [{**candidates[0], "clf__n_neighbors": n_fit}]
-
-
-class TooFewGroups(FeatxError):
-    """Group k-fold cannot cut two folds: a class has fewer than two patient groups. `per_class`:
-    {class index: its number of groups}, for callers that name the classes."""
-
-    def __init__(self, per_class: dict[int, int]):
-        self.per_class = per_class
-        counts = ", ".join(f"class {c}: {n}" for c, n in per_class.items())
-        super().__init__(f"too few patient groups per class for cross-validation ({counts}; at least 2 of each "
-                         "are needed)")
-
-
-def group_folds(y, groups, folds: int, seed: int) -> list:
-    groups = np.asarray(groups if groups is not None else np.arange(len(y)))
-    smallest_class = min(np.bincount(y)[np.bincount(y) > 0])
-    k = min(folds, len(set(groups.tolist())), smallest_class)
-    per_class = {int(c): len(set(groups[y == c].tolist())) for c in np.unique(y)}
-    if k < 2 or min(per_class.values()) < 2:  # a class of one patient is never both trained on and held out
-        raise TooFewGroups(per_class)
-    cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(cv.split(np.zeros(len(y)), y, groups))
 
 
 def _cross_fit(model: Pipeline, fitter: "_Fitter", X, y, groups, splits, *, finish: bool):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 
 import timm
 import torch
@@ -18,6 +17,7 @@ from .._core.errors import FeatxError, first_line
 from .._core.options import check_image_size
 from . import weights as W
 from .registry import BackboneSpec, get_spec
+from .weight_files import ResolvedWeights, resolve_weights
 from .tokens import TokenFeatures, check_token_options, native_pool
 
 
@@ -29,8 +29,8 @@ class Backbone:
     model: nn.Module
     num_features: int
     data_config: dict
-    weights_source: str
-    weights_sha256: str
+    weights: ResolvedWeights
+    weights_sha256: str  # of the loaded tensors: the same weights from a file, a package or the hub are equal
     layer: str | None = None
     pool: str = "avg"  # how the features are pooled (models.tokens)
     layers: str | None = None  # last:K for token models
@@ -39,8 +39,8 @@ class Backbone:
     def identity(self) -> dict:
         """Everything about the backbone that changes the features it computes.
 
-        pool and layers appear only when they differ from the model's own pooling, so caches made
-        before those options existed keep their identity."""
+        pool and layers appear only for a model read out otherwise than by its own pooling: the
+        features of its own pooling need no word (FeatureRecipe records them as nulls)."""
         identity = {
             "backbone": self.spec.name,
             "timm_model": self.spec.timm_name,
@@ -52,6 +52,11 @@ class Backbone:
         if isinstance(self.model, TokenFeatures):
             identity.update(pool=self.pool, layers=self.layers or "last:1")
         return identity
+
+    @property
+    def weights_source(self) -> str:
+        """Where the weights came from, for people."""
+        return self.weights.label
 
     def options(self) -> dict:
         """The options that rebuild this backbone (recorded in caches and models, read back by predict)."""
@@ -72,18 +77,17 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
     if layer and (pool or layers):
         raise FeatxError("--layer NAME pools one inner layer; it cannot be combined with --pool or --layers")
     check_image_size(image_size)
-    state, source, from_hub = _weights(spec, weights)
+    state, resolved = W.load_state(spec, resolve_weights(spec, weights))
+    from_hub = resolved.kind == "hub" and state is None
     size = image_size or spec.image_size
     model = _create_model(spec, from_hub, size)
     if spec.numerics == "keras":
         _use_keras_numerics(model)
-    if from_hub:
-        source = f"timm hub ({spec.timm_name})"
-    elif state is not None:
+    if state is not None:
         classifier = model.pretrained_cfg.get("classifier") or ()
         classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-        W.load_into(model, state, classifier, source)
-    data_config = _data_config(model, spec, size, W.folder_preprocessing(weights))
+        W.load_into(model, state, classifier, resolved.label)
+    data_config = _data_config(model, spec, size, resolved.preprocessing)
     _check_patches(model, spec, data_config["input_size"][1])
     weights_sha256 = W.state_sha256(model)  # of the timm model: the same whichever tokens or layer are pooled
     blocks = check_token_options(model, spec.name, pool or native_pool(model), layers) if pool or layers else None
@@ -98,18 +102,7 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
     model.eval()
     if frozen:
         model.requires_grad_(False)
-    return Backbone(spec, model, int(width), data_config, source, weights_sha256, layer, pool, layers, image_size)
-
-
-def _weights(spec: BackboneSpec, weights: str) -> tuple[dict | None, str | None, bool]:
-    """(state_dict or None, where it came from, whether timm must download it)."""
-    if weights == "imagenet":
-        state, source = W.offline_imagenet_state(spec)
-        return state, source, state is None
-    if weights == "random":
-        return None, "random init (seed 0)", False
-    path = Path(weights).expanduser()
-    return W.read_state_dict(path), str(path.resolve()), False
+    return Backbone(spec, model, int(width), data_config, resolved, weights_sha256, layer, pool, layers, image_size)
 
 
 def _create_model(spec: BackboneSpec, from_hub: bool, size: int | None) -> nn.Module:

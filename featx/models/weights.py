@@ -9,7 +9,6 @@ anything is loaded, so a wrong file is named instead of silently half-loaded.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import socket
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 from .._core.errors import FeatxError, first_line
 from .converted import dinov2_from_transformers, is_transformers_dinov2
 from .weight_files import (
-    HF_PREPROCESSING,
     WEIGHTS_DIR_ENV,
+    ResolvedWeights,
     file_in_model_folder,
     find_in_weights_dir,
     pypi_weights_file,
@@ -77,22 +76,6 @@ def _start_of(path: Path) -> str:
     with open(path, "rb") as handle:
         head = handle.read(16)
     return repr(head.decode("utf-8", "replace")) if head else "nothing: it is empty"
-
-
-def folder_preprocessing(weights: str) -> dict:
-    """mean and std from a Hugging Face model folder's preprocessor_config.json (e.g. rad-dino's
-    X-ray statistics): the checkpoint's own, so they replace timm's; {} for anything else."""
-    if weights in ("imagenet", "random") or not (Path(weights).expanduser() / HF_PREPROCESSING).is_file():
-        return {}
-    config_path = Path(weights).expanduser() / HF_PREPROCESSING
-    try:
-        config = json.loads(config_path.read_text())
-        mean, std = [float(v) for v in config["image_mean"]], [float(v) for v in config["image_std"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FeatxError(f"{config_path}: cannot read image_mean and image_std ({first_line(exc, 80)})") from None
-    if len(mean) != 3 or len(std) != 3:
-        raise FeatxError(f"{config_path}: image_mean and image_std must hold 3 values each")
-    return {"mean": mean, "std": std}
 
 
 def rename_by_position(source: dict, target: dict, origin: str) -> dict:
@@ -175,22 +158,22 @@ def weights_available_offline(spec) -> str | None:
     return None
 
 
-def offline_imagenet_state(spec):
-    """Weights from $FEATX_WEIGHTS_DIR, a PyPI package or the hub cache; (None, None) means: download."""
-    local = find_in_weights_dir(spec)
-    if local is not None:
-        return read_state_dict(local), str(local.resolve())
-    path = pypi_weights_file(spec)
-    if path is not None:
+def load_state(spec, resolved: ResolvedWeights) -> tuple[dict | None, ResolvedWeights]:
+    """The one dispatch on where resolved weights come from: (state_dict in timm's keys, or None when
+    timm must download them or for random init; the weights with the label of where they were found)."""
+    if resolved.kind == "random":
+        return None, resolved
+    if resolved.kind in ("file", "folder"):
+        return read_state_dict(resolved.path), resolved
+    if resolved.kind == "pypi":
         template = timm.create_model(spec.timm_name, pretrained=False).state_dict()
-        origin = f"PyPI package {spec.pypi_package}"
-        return rename_by_position(read_state_dict(path), template, origin), f"{origin} ({path.name})"
+        return rename_by_position(read_state_dict(resolved.path), template, resolved.label), resolved
     host = _hub_host(spec)
     if host and _reachable(host):
-        return None, None
+        return None, resolved
     cached = _hub_cache_file(spec)
     if cached is not None:
-        return read_state_dict(cached), f"Hugging Face cache ({cached})"
+        return read_state_dict(cached), resolved.in_hub_cache(cached)
     raise FeatxError(missing_weights_message(spec, f"{host or 'the hub'} is unreachable"))
 
 

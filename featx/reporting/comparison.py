@@ -19,7 +19,7 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
-from ..artifacts.format import checked_sidecar, images_fingerprint, load_predictions, read_sidecar
+from ..artifacts.format import checked_sidecar, images_fingerprint, load_predictions
 from ..evaluation.significance import (
     BOOTSTRAP_METRICS,
     bootstrap_ci,
@@ -28,20 +28,8 @@ from ..evaluation.significance import (
     mcnemar_test,
     point_metrics,
 )
-from ..features.identity import variant_label
-
-
-LOOKED_FOR = "(looked for heads, *.joblib, and fine-tune run folders, */model.pt, each with its sidecar)"
-HOW_TO_INCLUDE = ("run featx fit or featx finetune first; a fine-tune saved with --out DIR is found with --models "
-                  "set to the folder that holds DIR")
-
-
-def find_artifacts(models_dir) -> list[Path]:
-    """Heads (`*.joblib`) and fine-tunes (`*/model.pt`) that have a sidecar."""
-    models_dir = Path(models_dir)
-    found = [p for p in sorted(models_dir.glob("*.joblib")) + sorted(models_dir.glob("*/model.pt"))
-             if p.with_suffix(".json").is_file()]
-    return found
+from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts
+from ..artifacts.sidecar import Sidecar
 
 
 def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, n_boot: int = 1000,
@@ -55,7 +43,7 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
     check_choice("split", split)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
-    candidates = artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
+    candidates, data_root = artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
 
     methods, apart = [], []
     for path, info in candidates:
@@ -91,48 +79,18 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
         for r, (_, info, p) in zip(records, ranked):
             r["predictions"] = p
             r["history"] = info.get("history")
-            r["data_root"] = info["features"]["config"].get("data_root")
+            r["data_root"] = data_root or info["features"]["config"].get("data_root")
     records.sort(key=lambda r: -(r["roc_auc"] if r["roc_auc"] is not None else r["balanced_accuracy"]))
     return records + apart
-
-
-def artifacts_of_dataset(paths: list[Path], data, cache_dir: Path, models_dir: Path) -> list[tuple[Path, dict]]:
-    """(path, sidecar) of the artifacts made on `data` (None: the only dataset they were made on)."""
-    infos = [(p, read_sidecar(p)) for p in paths]
-    if data is not None:
-        from ..data.datasets import load_dataset
-
-        root = str(load_dataset(data, cache_dir=cache_dir).root)
-        infos = [(p, i) for p, i in infos if i["features"]["config"].get("data_root") == root]
-        if not infos:
-            raise FeatxError(f"no models of {root} in {models_dir} {LOOKED_FOR}; {HOW_TO_INCLUDE}")
-        return infos
-    if not infos:
-        raise FeatxError(f"no models in {models_dir} {LOOKED_FOR}; {HOW_TO_INCLUDE}")
-    roots = sorted({i["features"]["config"].get("data_root") for _, i in infos})
-    if len(roots) > 1:
-        raise FeatxError(f"{models_dir} holds models of {len(roots)} datasets ({', '.join(roots)}); "
-                         "choose one with --data")
-    return infos
-
-
-def method_name(info: dict) -> str:
-    config = info["features"]["config"]
-    if info.get("kind") == "finetune":
-        params = info.get("params", {})
-        parts = [f"{params['image_size']} px"] if params.get("image_size") else []
-        if params.get("augment", "xray") != "xray":
-            parts.append(f"augment {params['augment']}")
-        return f"{config['backbone']} fine-tune" + (f" [{', '.join(parts)}]" if parts else "")
-    backbone = config["backbone"] + variant_label(config)
-    return f"{backbone} + {info['head']}" + (" (out of core)" if info.get("out_of_core") else "")
 
 
 def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", n_boot: int = 1000,
             seed: int = 0) -> dict:
     size = path.stat().st_size
+    sidecar = Sidecar.from_json(info)
     record = {
-        "method": method_name(info), "kind": info.get("kind", "head"), "artifact": str(path), "split": split,
+        "method": sidecar.method.label, "kind": sidecar.kind, "head": sidecar.method.head, "artifact": str(path),
+        "split": split,
         "ranked": not note, "note": note, "n": 0, "threshold": info.get("threshold"),
         "train_seconds": info.get("train_seconds"), "features_file": info["features"].get("file"),
         "predict_seconds_per_image": info.get("predict_seconds_per_image"), "size_bytes": size,
@@ -211,7 +169,7 @@ def ranked_shift(records: list[dict], with_map: bool = False) -> tuple[str, dict
     """(from split, shift record, compare record) of the shift `featx shift` measured into the compared
     split, on the features of the best-ranked head that has one; None if none has. `with_map` also
     reads the map's coordinates (for the report's figure)."""
-    from ..heads.shift import recorded_shift
+    from ..studies.shift import recorded_shift
 
     for r in records:
         if r["ranked"] and r["kind"] == "head" and r.get("features_file"):

@@ -85,7 +85,7 @@ def _shift_and_robustness(plt, figures: dict, records, split: str, models_dir, c
     """Add the figures of `featx shift` and `featx robustness` results for this split, where they exist;
     return the text blocks (title, text) that go with them."""
     from .._core.paths import default_cache_dir
-    from .robustness import saved_robustness
+    from ..studies.robustness import saved_robustness
     from .robustness_plot import plot_robustness
     from .shift_figures import shift_figures
 
@@ -240,7 +240,7 @@ def _heatmaps(plt, ranked, mistakes, limit: int, log):
         explain,
     )
 
-    usable = [r for r in ranked if r["kind"] == "finetune" or r["method"].split(" + ")[-1] in LINEAR_HEADS]
+    usable = [r for r in ranked if r["head"] == "finetune" or r["head"] in LINEAR_HEADS]
     reasons = []
     for r in usable:  # ranked is sorted best first; a linear head on ViT tokens has no exact map: the next one
         p = r["predictions"]

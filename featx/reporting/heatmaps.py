@@ -52,7 +52,7 @@ def explain(model, image, *, target: str | None = None, layer: str | None = None
         low, proba, t = _grad_cam(net, model.data_config, img, model, target, layer)
         method = f"Grad-CAM on {layer or 'the last feature map'}"
     elif isinstance(model, ImageClassifier):
-        if model.info["head"] not in LINEAR_HEADS:
+        if model.sidecar.method.head not in LINEAR_HEADS:
             raise FeatxError(f"explain needs a linear head ({', '.join(LINEAR_HEADS)}) or a fine-tuned model; "
                              f"{model.info['head']} has no exact class activation map")
         if layer:

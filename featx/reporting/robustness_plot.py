@@ -1,14 +1,19 @@
-"""The robustness figure: ROC-AUC against severity, one panel per corruption, one line per method."""
+"""What `featx robustness` writes: robustness.csv, and the figure of ROC-AUC against severity, one panel
+per corruption, one line per method."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from .._core.atomic import atomic_path, write_csv_atomic
+from ..studies.robustness import COLUMNS, Robustness
 from .figures import colours, png
 
 
 def plot_robustness(plt, result) -> bytes:
-    """PNG bytes of `result` (a reporting.robustness.Robustness): severity 0 is the clean split; the
+    """PNG bytes of `result` (a studies.robustness.Robustness): severity 0 is the clean split; the
     last panel is the mean over corruptions. Shaded bands (up to four methods): 95% intervals."""
     panels = [*result.corruptions, "mean over corruptions"]
     cols = min(4, len(panels))
@@ -62,3 +67,17 @@ def _curve(result, method: str, panel: str, severities: list[int]):
 def _n(result) -> str:
     counts = {r["n"] for r in result.rows if r["corruption"] == "none"}
     return str(counts.pop()) if len(counts) == 1 else "/".join(str(c) for c in sorted(counts))
+
+
+def write_outputs(result: Robustness, out) -> dict:
+    """robustness.csv (COLUMNS) and robustness.png (ROC-AUC against severity, a panel per corruption) in `out`."""
+    from .._core.plotting import pyplot
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"csv": out / "robustness.csv"}
+    write_csv_atomic(written["csv"], [{k: r[k] for k in COLUMNS} for r in result.rows])
+    png = plot_robustness(pyplot(), result)
+    with atomic_path(out / "robustness.png") as tmp:
+        Path(tmp).write_bytes(png)
+    written["png"] = out / "robustness.png"
+    return written

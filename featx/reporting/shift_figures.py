@@ -58,7 +58,7 @@ def unlike_grid(plt, root: Path, unlike, splits, limit: int = 8) -> bytes | None
 
 
 def shift_figures(plt, found: dict, splits, classes, root) -> dict:
-    """{file name: (caption, png)} for a recorded shift (`heads.shift.recorded_shift`'s record)."""
+    """{file name: (caption, png)} for a recorded shift (`studies.shift.recorded_shift`'s record)."""
     figures = {}
     tag = "-".join(splits)
     if found.get("embedding") is not None:
@@ -72,7 +72,7 @@ def shift_figures(plt, found: dict, splits, classes, root) -> dict:
 
 
 def write_shift_figures(plt, result, out) -> list[Path]:
-    """The map and the thumbnails of a `heads.shift.Shift` as PNG files in `out`."""
+    """The map and the thumbnails of a `studies.shift.Shift` as PNG files in `out`."""
     record = {**result.record(), "embedding": result.embedding}
     figures = shift_figures(plt, record, result.splits, result.classes, result.data_root)
     out = Path(out)

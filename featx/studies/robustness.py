@@ -12,30 +12,25 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from .._core.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from .._core.atomic import atomic_path, write_text_atomic
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions
-from ..artifacts.predictors import load
-from ..data.corruptions import (
-    CORRUPTION_POLICY,
-    CORRUPTIONS,
-    SEVERITIES,
-    check_corruption,
-    split_policy,
-)
+from ..artifacts.predictors import FineTunedClassifier, load
+from ..data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption
+from ..data.decode_policy import CORRUPTION_RULES
 from ..data.datasets import load_dataset
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
-from ..features.identity import FEATURE_IDENTITY, differences
-from .comparison import artifacts_of_dataset, find_artifacts, method_name
+from ..features.identity import FeatureRecipe
+from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts, method_name
 
 DEFAULT_SEVERITIES = (1, 3, 5)
 COLUMNS = ("method", "corruption", "severity", "n", "roc_auc", "roc_auc_low", "roc_auc_high", "accuracy",
@@ -139,7 +134,7 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
     """Evaluate every head and fine-tune of `data` on corrupted copies of its `split`.
 
     Returns the rows and saves them beside the models (`robustness-<split>.json`), where
-    `featx compare` finds them for its report; `write_outputs` writes the CSV and the plot.
+    `featx compare` finds them for its report; `reporting.robustness_plot.write_outputs` writes the CSV and the plot.
     """
     check_choice("split", split)
     log = log or log_line
@@ -150,7 +145,7 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
     if split not in ds.splits:
         raise FeatxError(f"{ds.root} has no {split} split; its splits: {', '.join(ds.counts())}")
     images = ds.subset([split])
-    models, notes = _models(artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir), split)
+    models, notes = _models(artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)[0], split)
     if not models:
         raise FeatxError(f"no model of {ds.root} was evaluated on its {split} split; run featx fit or featx finetune")
     run = _Run(data, split, images, cache_dir, dict(device=device, batch_size=batch_size, workers=workers,
@@ -229,7 +224,7 @@ class _Run:
             self._warned.add(m.name)
             self.notes.append(f"{m.name}: its clean row is from predictions saved on other {self.split} images "
                               "than the corrupted rows (the split changed since it was evaluated)")
-        if m.model.info.get("kind") == "finetune":
+        if isinstance(m.model, FineTunedClassifier):
             return self._network_outputs(m.model, corruption, severity)
         return self._head_outputs(m.model, corruption, severity)
 
@@ -239,12 +234,12 @@ class _Run:
         recipe = model.extraction_recipe()
         store = extract(self.data, **recipe, corruption=f"{corruption}:{severity}", splits=[self.split],
                         cache_dir=self.cache_dir, log=self._quiet, **self.compute)
-        made = store.config
-        decoded, corrupted = split_policy(made.get("decode"))
-        differs = differences({**made, "decode": decoded}, model.feature_config, FEATURE_IDENTITY)
-        if differs or corrupted != (corruption, severity):
+        made = FeatureRecipe.from_config(store.config)
+        differs = made.differences(replace(model.feature_recipe, decode=model.decode_policy.corrupted(
+            (corruption, severity))))
+        if differs:
             raise FeatxError(f"the corrupted features of {store.path} differ from those {model.path} was trained on "
-                             f"({', '.join(differs) or 'corruption'}); re-extract with the model's weights")
+                             f"({', '.join(differs)}); re-extract with the model's weights")
         X, y = store.arrays(self.split)
         return y, model.head.predict_proba(X)
 
@@ -252,15 +247,15 @@ class _Run:
         from ..features.computing import run_on_images
 
         kept = model.path.parent / "robustness" / f"{self.split}-{corruption}-{severity}.npz"
-        key = record_hash({"model": model.info["sha256"], "policy": CORRUPTION_POLICY, "images": self.fingerprint,
+        key = record_hash({"model": model.info["sha256"], "policy": CORRUPTION_RULES, "images": self.fingerprint,
                            "corruption": [corruption, severity]}, 16)
         if kept.is_file():
             with np.load(kept, allow_pickle=False) as found:
                 if str(found["key"]) == key:
                     return found["y"], found["proba"]
         logits, reasons, _ = run_on_images(model.network(), model.data_config, len(model.classes_),
-                                           self.images.paths, root=self.images.root, corruption=(corruption, severity),
-                                           dicom_window=model.dicom_window, **self.compute)
+                                           self.images.paths, root=self.images.root,
+                                           policy=model.decode_policy.corrupted((corruption, severity)), **self.compute)
         ok = np.array([r is None for r in reasons], bool)
         shifted = np.exp(logits[ok] - logits[ok].max(1, keepdims=True))
         y, proba = self.images.labels[ok], shifted / shifted.sum(1, keepdims=True)
@@ -290,19 +285,3 @@ def saved_robustness(models_dir, split: str, data_root: str | None) -> Robustnes
         return None
     result = Robustness(**json.loads(path.read_text()))
     return result if data_root is None or result.data_root == data_root else None
-
-
-def write_outputs(result: Robustness, out) -> dict:
-    """robustness.csv (COLUMNS) and robustness.png (ROC-AUC against severity, a panel per corruption) in `out`."""
-    from .._core.plotting import pyplot
-    from .robustness_plot import plot_robustness
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"csv": out / "robustness.csv"}
-    write_csv_atomic(written["csv"], [{k: r[k] for k in COLUMNS} for r in result.rows])
-    png = plot_robustness(pyplot(), result)
-    with atomic_path(out / "robustness.png") as tmp:
-        Path(tmp).write_bytes(png)
-    written["png"] = out / "robustness.png"
-    return written

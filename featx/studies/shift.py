@@ -28,9 +28,9 @@ from .._core.errors import FeatxError
 from .._core.options import feature_variant
 from .._core.paths import default_cache_dir
 from ..evaluation.significance import bootstrap_ci
+from ..evaluation.folds import group_folds
 from ..features.store import FeatureStore
-from .fitting import resolve_store
-from .selection import group_folds
+from ..heads.fitting import resolve_store
 
 
 @dataclass

@@ -1,0 +1,87 @@
+"""A sidecar as a value: which kind of model it describes, its method and the recipe of its features.
+
+Heads and fine-tunes record their features through one writer (`feature_record`), and every reader
+goes through `Sidecar.from_json`, which reads sidecars of every featx version. A method's name for
+people is derived from `MethodId`, never parsed back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
+
+KINDS = ("head", "finetune")
+# What a sidecar keeps of its features' config: the recipe, and facts for people and for rebuilding the backbone.
+RECORDED = (*FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "dtype", "data_root",
+            "dataset_key")
+
+
+def feature_record(config: dict, *, num_features: int, file=None, config_hash=None) -> dict:
+    """A sidecar's "features": from a cache's config (a head) or a backbone's record (a fine-tune)."""
+    return {"file": None if file is None else str(file), "config_hash": config_hash, "num_features": num_features,
+            "config": {k: config.get(k) for k in RECORDED}}
+
+
+@dataclass(frozen=True)
+class MethodId:
+    """What a method is, for tables and plots: backbone, how its features or training differ from the
+    default (e.g. ("cls+avg", "448 px")), the head ("finetune" for a fine-tune), out of core or not."""
+
+    backbone: str
+    head: str
+    variant: tuple[str, ...] = ()
+    out_of_core: bool = False
+
+    @property
+    def finetuned(self) -> bool:
+        return self.head == "finetune"
+
+    @property
+    def label(self) -> str:
+        shown = f" [{', '.join(self.variant)}]" if self.variant else ""
+        if self.finetuned:
+            return f"{self.backbone} fine-tune{shown}"
+        return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "")
+
+    def __str__(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """The typed face of a sidecar's JSON (`raw`, kept whole for the fields only one reader needs)."""
+
+    kind: str
+    method: MethodId
+    recipe: FeatureRecipe
+    classes: tuple[str, ...]
+    threshold: float | None
+    image_size: int | None
+    data_root: str | None
+    raw: dict
+
+    @classmethod
+    def from_json(cls, info: dict) -> Sidecar:
+        config = info["features"]["config"]
+        kind = info.get("kind") or "head"
+        recipe = FeatureRecipe.from_config(config)
+        params = info.get("params") or {}
+        # fine-tunes before one writer recorded their size only in params
+        image_size = (config.get("backbone_options") or {}).get("image_size") or \
+            (params.get("image_size") if kind == "finetune" else None)
+        if kind == "finetune":
+            variant = ([f"{image_size} px"] if image_size else []) + \
+                ([f"augment {params['augment']}"] if params.get("augment", "xray") != "xray" else [])
+            method = MethodId(config["backbone"], "finetune", tuple(variant))
+        else:
+            method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")))
+        return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,
+                   config.get("data_root"), info)
+
+    def to_json(self) -> dict:
+        return self.raw
+
+    @property
+    def finetuned(self) -> bool:
+        return self.kind == "finetune"
