@@ -13,7 +13,7 @@ from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
 
 KINDS = ("head", "finetune")
 # What a sidecar keeps of its features' config: the recipe, and facts for people and for rebuilding the backbone.
-RECORDED = (*FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "dtype", "data_root",
+RECORDED = ("recipe_version", *FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "dtype", "data_root",
             "dataset_key")
 
 

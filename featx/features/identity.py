@@ -51,10 +51,11 @@ class FeatureRecipe:
                    config.get("tta") or "none", DecodePolicy.parse(config.get("decode")))
 
     def to_dict(self) -> dict:
-        """The one serialisation: FEATURE_IDENTITY keys, nulls dropped, the decode policy as its text."""
+        """The one serialisation: FEATURE_IDENTITY keys, nulls dropped, the decode policy as its text, and
+        the version of these rules (`from_config` reads records with or without it)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["decode"] = self.decode.format()
-        return {k: v for k, v in out.items() if v is not None}
+        return {"recipe_version": RECIPE_VERSION, **{k: v for k, v in out.items() if v is not None}}
 
     def differences(self, other: FeatureRecipe) -> list[str]:
         """The fields on which two recipes differ (their features are interchangeable when there is none)."""
@@ -62,8 +63,7 @@ class FeatureRecipe:
 
     def cache_identity(self, *, precision: str, dtype: str) -> dict:
         """Everything that changes a cache's content: the recipe, the numeric precision and the stored dtype."""
-        return {"format_version": FORMAT_VERSION, "recipe_version": RECIPE_VERSION, **self.to_dict(),
-                "precision": precision, "dtype": dtype}
+        return {"format_version": FORMAT_VERSION, **self.to_dict(), "precision": precision, "dtype": dtype}
 
     def variant(self, image_size: int | None = None) -> tuple[str, ...]:
         """How these features differ from their backbone's own, for a method's name: () or e.g.

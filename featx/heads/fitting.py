@@ -234,8 +234,9 @@ def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: P
 def _update_command(store: FeatureStore) -> str:
     """The extract that updates a cache given by its file: the same options, into the same file."""
     config = store.config
-    return extract_command(config.get("data_source") or config["data_root"], extraction_options(config),
-                           cache_dir=store.path.parent.parent, output=store.path)
+    source = config.get("data_source")
+    data = source if source and Path(source).exists() else store.data_root  # a moved project: where its data is now
+    return extract_command(data, extraction_options(config), cache_dir=store.path.parent.parent, output=store.path)
 
 
 def _load_splits(store: FeatureStore, log) -> dict:
