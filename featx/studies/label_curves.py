@@ -1,0 +1,65 @@
+"""How a head's answer changes with the number of labels: a head chosen and fitted on each label budget of
+a cache's training pool (featx.data.budgets), and scored on an evaluation split that no choice sees.
+The heads-only core of `featx study` (#25), which will add the plan, units, fine-tunes and the report.
+
+Honest budgets: at n images a head sees only those n (hyperparameters by patient-grouped CV inside them,
+the threshold from those held-out predictions); the evaluation split never changes and never enters a
+choice, so shuffling its labels changes no chosen parameter and no threshold.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .._core.errors import FeatxError
+from ..data.budgets import label_budgets
+from ..evaluation.folds import TooFewGroups
+from ..evaluation.significance import bootstrap_auc_ci, point_metrics
+from ..evaluation.thresholds import check_threshold, resolve_threshold
+from ..features.store import FeatureStore
+from ..heads.selection import select_head
+from ..heads.specs import head_names
+
+COLUMNS = ("method", "n", "n_images", "repeat", "roc_auc", "roc_auc_low", "roc_auc_high", "balanced_accuracy",
+           "sensitivity", "specificity", "threshold", "params", "train_seconds")
+
+
+def head_learning_curve(store: FeatureStore, head: str = "logreg", sizes=(25, 50, 100, 250, 500, 1000, "all"), *,
+                        repeats: int = 3, seed: int = 0, pool: str = "train", evaluate_on: str = "test",
+                        threshold: str | float = "youden", n_boot: int = 1000) -> list[dict]:
+    """One record (COLUMNS) per size and repeat: `head` chosen and fitted on that budget of the `pool`
+    split, scored on `evaluate_on` with a stratified bootstrap 95% ROC-AUC interval."""
+    [name] = head_names(head)
+    rule = check_threshold(threshold, len(store.classes))
+    X, y, groups = _split(store, pool)
+    X_eval, y_eval, _ = _split(store, evaluate_on)
+    method = f"{store.config['backbone']} + {name}"
+    records = []
+    for budget in label_budgets(y, groups, sizes, repeats=repeats, seed=seed, classes=store.classes):
+        rows = budget.rows
+        started = time.perf_counter()
+        try:
+            sel = select_head(name, X[rows], y[rows], groups[rows], seed=seed)
+        except TooFewGroups as exc:
+            raise FeatxError(f"n={budget.n or 'all'}: {exc}") from None
+        cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
+        seconds = time.perf_counter() - started
+        proba = sel.estimator.predict_proba(X_eval)
+        metrics = point_metrics(y_eval, proba, cut)
+        ci = bootstrap_auc_ci(y_eval, proba, n_boot=n_boot, seed=seed) if metrics.get("roc_auc") is not None else None
+        records.append({"method": method, "n": budget.n or "all", "n_images": budget.n_images,
+                        "repeat": budget.repeat, "roc_auc": metrics.get("roc_auc"),
+                        "roc_auc_low": ci[0] if ci else None, "roc_auc_high": ci[1] if ci else None,
+                        "balanced_accuracy": metrics.get("balanced_accuracy"),
+                        "sensitivity": metrics.get("sensitivity"), "specificity": metrics.get("specificity"),
+                        "threshold": cut, "params": sel.params, "train_seconds": seconds})
+    return records
+
+
+def _split(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    X, y = store.arrays(split)
+    if not len(y):
+        raise FeatxError(f"{store.path} has no {split} images to {'learn from' if split == 'train' else 'evaluate on'}")
+    return X.astype(np.float32, copy=False), y, np.asarray(store.groups(split))
