@@ -31,7 +31,7 @@ _API = {
     "predict": "artifacts.prediction",
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
     "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
-    "robustness": "studies.robustness",
+    "robustness": "studies.robustness", "study": "studies.study",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

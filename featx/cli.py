@@ -366,6 +366,53 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
         click.echo(f"report: {result['html']} and {result['markdown']}; table with raw p-values: {result['csv']}")
 
 
+@main.command("study")
+@_data(True, "Image folder or CSV manifest, as for extract.")
+@click.option("--backbones", default="efficientnet_lite0", show_default=True, help="Comma-separated backbones.")
+@click.option("--heads", default="logreg", show_default=True, help="Comma-separated heads (or all).")
+@click.option("--train-sizes", default="25,50,100,250,500,1000,all", show_default=True,
+              help="Labelled training images per budget, comma-separated; all: the whole pool.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Budgets drawn per size, each with its own seed.")
+@click.option("--eval-split", default=None, type=click.Choice(["test", "val"]),
+              help="Split every unit is evaluated on [default: test, else val].")
+@VAL_FRACTION
+@click.option("--weights", default="imagenet", show_default=True, help="Backbone weights: imagenet, random or a PATH.")
+@click.option("--out", default="featx-study", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for study.csv, learning_curves.png and the finished units.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the budgets and the heads.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@CACHE
+@WORKERS
+def study_command(data, backbones, heads, train_sizes, repeats, eval_split, val_fraction, weights, out, seed, dry_run,
+                  cache_dir, workers):
+    """Frozen backbones x heads at every label budget: learning curves of ROC-AUC against the number of labels.
+
+    At n images a head sees only those n (chosen by patient-grouped CV inside them); budgets are whole
+    patients, stratified by class and nested; the evaluation split never enters a choice. Every unit is
+    saved as it finishes: a killed study resumes and a re-run computes nothing.
+    """
+    from .reporting.study_figures import study_lines, write_study_outputs
+    from .studies.study import study
+
+    sizes = [s.strip() if s.strip() == "all" else _size(s) for s in train_sizes.split(",") if s.strip()]
+    records = study(data, backbones=backbones, heads=heads, train_sizes=sizes, repeats=repeats, eval_split=eval_split,
+                    val_fraction=val_fraction, out=out, weights=weights, seed=seed, dry_run=dry_run,
+                    cache_dir=cache_dir, workers=workers, log=lambda m: click.echo(m, err=True))
+    if dry_run:
+        return
+    for line in study_lines(records):
+        click.echo(line)
+    click.echo(f"table: {out}/study.csv; curves: {write_study_outputs(records, out)}")
+
+
+def _size(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise click.UsageError(f"--train-sizes takes numbers of images or all, not {text!r}") from None
+
+
 @main.command("robustness")
 @_data(True, "The dataset whose saved models to test.")
 @_choice("split", "test", "Split whose images are corrupted.")

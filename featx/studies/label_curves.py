@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .._core.errors import FeatxError
-from ..data.budgets import label_budgets
+from ..data.budgets import Budget, label_budgets
 from ..evaluation.folds import TooFewGroups
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
 from ..evaluation.thresholds import check_threshold, resolve_threshold
@@ -31,31 +31,44 @@ def head_learning_curve(store: FeatureStore, head: str = "logreg", sizes=(25, 50
                         threshold: str | float = "youden", n_boot: int = 1000) -> list[dict]:
     """One record (COLUMNS) per size and repeat: `head` chosen and fitted on that budget of the `pool`
     split, scored on `evaluate_on` with a stratified bootstrap 95% ROC-AUC interval."""
-    [name] = head_names(head)
-    rule = check_threshold(threshold, len(store.classes))
-    X, y, groups = _split(store, pool)
-    X_eval, y_eval, _ = _split(store, evaluate_on)
-    method = f"{store.config['backbone']} + {name}"
-    records = []
-    for budget in label_budgets(y, groups, sizes, repeats=repeats, seed=seed, classes=store.classes):
+    curve = Curve(store, head, pool=pool, evaluate_on=evaluate_on, threshold=threshold, seed=seed, n_boot=n_boot)
+    return [curve.fit(budget) for budget in curve.budgets(sizes, repeats)]
+
+
+class Curve:
+    """One head on one cache: the pool and evaluation arrays read once, then one `fit` per budget."""
+
+    def __init__(self, store: FeatureStore, head: str, *, pool: str = "train", evaluate_on: str = "test",
+                 threshold: str | float = "youden", seed: int = 0, n_boot: int = 1000):
+        [self.name] = head_names(head)
+        self.store, self.seed, self.n_boot = store, seed, n_boot
+        self.rule = check_threshold(threshold, len(store.classes))
+        self.X, self.y, self.groups = _split(store, pool)
+        self.X_eval, self.y_eval, _ = _split(store, evaluate_on)
+        self.method = f"{store.config['backbone']} + {self.name}"
+
+    def budgets(self, sizes, repeats: int) -> list[Budget]:
+        return label_budgets(self.y, self.groups, sizes, repeats=repeats, seed=self.seed, classes=self.store.classes)
+
+    def fit(self, budget: Budget) -> dict:
+        """The head chosen and fitted on `budget`'s images alone, scored on the evaluation split (COLUMNS)."""
         rows = budget.rows
         started = time.perf_counter()
         try:
-            sel = select_head(name, X[rows], y[rows], groups[rows], seed=seed)
-        except TooFewGroups as exc:
-            raise FeatxError(f"n={budget.n or 'all'}: {exc}") from None
-        cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
+            sel = select_head(self.name, self.X[rows], self.y[rows], self.groups[rows], seed=self.seed)
+        except (TooFewGroups, FeatxError) as exc:  # e.g. folds of one class: the budget is too small
+            raise FeatxError(f"{self.method} at n={budget.n or 'all'} (repeat {budget.repeat}): {exc}") from None
+        cut = resolve_threshold(self.rule, sel.selection_y, sel.selection_proba, len(self.store.classes))
         seconds = time.perf_counter() - started
-        proba = sel.estimator.predict_proba(X_eval)
-        metrics = point_metrics(y_eval, proba, cut)
-        ci = bootstrap_auc_ci(y_eval, proba, n_boot=n_boot, seed=seed) if metrics.get("roc_auc") is not None else None
-        records.append({"method": method, "n": budget.n or "all", "n_images": budget.n_images,
-                        "repeat": budget.repeat, "roc_auc": metrics.get("roc_auc"),
-                        "roc_auc_low": ci[0] if ci else None, "roc_auc_high": ci[1] if ci else None,
-                        "balanced_accuracy": metrics.get("balanced_accuracy"),
-                        "sensitivity": metrics.get("sensitivity"), "specificity": metrics.get("specificity"),
-                        "threshold": cut, "params": sel.params, "train_seconds": seconds})
-    return records
+        proba = sel.estimator.predict_proba(self.X_eval)
+        metrics = point_metrics(self.y_eval, proba, cut)
+        ci = bootstrap_auc_ci(self.y_eval, proba, n_boot=self.n_boot, seed=self.seed) \
+            if metrics.get("roc_auc") is not None else None
+        return {"method": self.method, "n": budget.n or "all", "n_images": budget.n_images, "repeat": budget.repeat,
+                "roc_auc": metrics.get("roc_auc"), "roc_auc_low": ci[0] if ci else None,
+                "roc_auc_high": ci[1] if ci else None, "balanced_accuracy": metrics.get("balanced_accuracy"),
+                "sensitivity": metrics.get("sensitivity"), "specificity": metrics.get("specificity"),
+                "threshold": cut, "params": sel.params, "train_seconds": seconds}
 
 
 def _split(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
