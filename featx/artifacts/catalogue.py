@@ -32,22 +32,18 @@ def artifacts_of_dataset(paths: list[Path], data, cache_dir: Path,
         from ..data.datasets import load_dataset
 
         ds = load_dataset(data, cache_dir=cache_dir)
-        infos = [(p, i) for p, i in infos if _dataset_of(i) in (ds.key, str(ds.root))]
+        infos = [(p, i) for p, i in infos if Sidecar.from_json(i).dataset in (ds.key, str(ds.root))]
         if not infos:
             raise FeatxError(f"no models of {ds.root} in {models_dir} {LOOKED_FOR}; {HOW_TO_INCLUDE}")
         return infos, str(ds.root)
     if not infos:
         raise FeatxError(f"no models in {models_dir} {LOOKED_FOR}; {HOW_TO_INCLUDE}")
-    datasets = {_dataset_of(i): i["features"]["config"].get("data_root") for _, i in infos}
+    sidecars = [Sidecar.from_json(i) for _, i in infos]
+    datasets = {s.dataset: s.data_root for s in sidecars}
     if len(datasets) > 1:
         raise FeatxError(f"{models_dir} holds models of {len(datasets)} datasets "
                          f"({', '.join(sorted(map(str, datasets.values())))}); choose one with --data")
     return infos, None
-
-
-def _dataset_of(info: dict) -> str:
-    config = info["features"]["config"]
-    return config.get("dataset_key") or config.get("data_root")
 
 
 def method_name(info: dict) -> str:

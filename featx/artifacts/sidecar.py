@@ -59,6 +59,7 @@ class Sidecar:
     threshold: float | None
     image_size: int | None
     data_root: str | None
+    dataset: str | None  # the dataset's key (its place seen from the cache folder), or for older sidecars its folder
     raw: dict
 
     @classmethod
@@ -77,7 +78,7 @@ class Sidecar:
         else:
             method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")))
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,
-                   config.get("data_root"), info)
+                   config.get("data_root"), config.get("dataset_key") or config.get("data_root"), info)
 
     def to_json(self) -> dict:
         return self.raw

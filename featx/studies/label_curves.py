@@ -31,21 +31,30 @@ def head_learning_curve(store: FeatureStore, head: str = "logreg", sizes=(25, 50
                         threshold: str | float = "youden", n_boot: int = 1000) -> list[dict]:
     """One record (COLUMNS) per size and repeat: `head` chosen and fitted on that budget of the `pool`
     split, scored on `evaluate_on` with a stratified bootstrap 95% ROC-AUC interval."""
-    curve = Curve(store, head, pool=pool, evaluate_on=evaluate_on, threshold=threshold, seed=seed, n_boot=n_boot)
+    curve = Curve(Pool(store, pool, evaluate_on), head, threshold=threshold, seed=seed, n_boot=n_boot)
     return [curve.fit(budget) for budget in curve.budgets(sizes, repeats)]
 
 
-class Curve:
-    """One head on one cache: the pool and evaluation arrays read once, then one `fit` per budget."""
+class Pool:
+    """A cache's training pool and evaluation split, read once for every head fitted on them."""
 
-    def __init__(self, store: FeatureStore, head: str, *, pool: str = "train", evaluate_on: str = "test",
-                 threshold: str | float = "youden", seed: int = 0, n_boot: int = 1000):
-        [self.name] = head_names(head)
-        self.store, self.seed, self.n_boot = store, seed, n_boot
-        self.rule = check_threshold(threshold, len(store.classes))
+    def __init__(self, store: FeatureStore, pool: str = "train", evaluate_on: str = "test"):
+        self.store = store
         self.X, self.y, self.groups = _split(store, pool)
         self.X_eval, self.y_eval, _ = _split(store, evaluate_on)
-        self.method = f"{store.config['backbone']} + {self.name}"
+
+
+class Curve:
+    """One head on one pool: one `fit` per budget."""
+
+    def __init__(self, pool: Pool, head: str, *, threshold: str | float = "youden", seed: int = 0,
+                 n_boot: int = 1000):
+        [self.name] = head_names(head)
+        self.store, self.seed, self.n_boot = pool.store, seed, n_boot
+        self.rule = check_threshold(threshold, len(pool.store.classes))
+        self.X, self.y, self.groups = pool.X, pool.y, pool.groups
+        self.X_eval, self.y_eval = pool.X_eval, pool.y_eval
+        self.method = f"{pool.store.config['backbone']} + {self.name}"
 
     def budgets(self, sizes, repeats: int) -> list[Budget]:
         return label_budgets(self.y, self.groups, sizes, repeats=repeats, seed=self.seed, classes=self.store.classes)

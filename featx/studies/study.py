@@ -28,7 +28,7 @@ from ..features.lookup import dataset_caches
 from ..heads.specs import head_names
 from ..models.registry import get_spec
 from ..data.budgets import label_budgets
-from .label_curves import COLUMNS, Curve
+from .label_curves import COLUMNS, Curve, Pool
 
 DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
 
@@ -56,8 +56,9 @@ def study(data, *, backbones=("efficientnet_lite0",), heads=("logreg",), train_s
                         workers=workers, progress=False, log=log)
         images = images_fingerprint((p, h) for split in ("train", evaluate_on)
                                     for p, h in zip(store.paths(split), store.sha1s(split)))
+        pool = Pool(store, "train", evaluate_on)  # read once for every head
         for head in heads:
-            curve = Curve(store, head, evaluate_on=evaluate_on, threshold=threshold, seed=seed, n_boot=n_boot)
+            curve = Curve(pool, head, threshold=threshold, seed=seed, n_boot=n_boot)
             for budget in curve.budgets(train_sizes, repeats):
                 key = record_hash({"features": store.config["config_hash"], "images": images, "head": curve.name,
                                    "n": budget.n, "repeat": budget.repeat, "seed": seed, "eval": evaluate_on,
