@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import textwrap
+
 import click
 
 from ._core.errors import FeatxError
@@ -345,7 +347,9 @@ def finetune_command(data, backbone, **options):
 @click.option("--seed", default=0, type=int, help="Seed of the bootstrap.")
 @click.option("--heatmaps", default=4, type=click.IntRange(min=0), help="Heatmaps of the best explainable method in the report (0: none).")
 @click.option("--no-report", is_flag=True, help="Print the table only.")
-def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report):
+@click.option("--wide", is_flag=True, help="Print every column (every metric with its interval, both tests, every "
+              "cost) instead of a table that fits 100 columns.")
+def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report, wide):
     """Every head and fine-tune of a dataset side by side on one split, with 95% CIs and paired tests.
 
     Only models evaluated on exactly the same images (paths and bytes) are ranked together;
@@ -361,56 +365,104 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
         result = report(data, split=split, out=out, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot,
                         seed=seed, heatmaps=heatmaps, log=lambda m: click.echo(m, err=True))
         records = result["records"]
-    click.echo(format_table(records))
+    click.echo(format_table(records, wide=wide))
     if not no_report:
         click.echo(f"report: {result['html']} and {result['markdown']}; table with raw p-values: {result['csv']}")
 
 
 @main.command("study")
-@_data(True, "Image folder or CSV manifest, as for extract.")
-@click.option("--backbones", default="efficientnet_lite0", show_default=True, help="Comma-separated backbones.")
-@click.option("--heads", default="logreg", show_default=True, help="Comma-separated heads (or all).")
-@click.option("--train-sizes", default="25,50,100,250,500,1000,all", show_default=True,
+@_data(False, "Image folder or CSV manifest, as for extract [default: the study file's].")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None,
+              help="A study file (TOML; every study writes its own as OUT/study.toml); options given here override it.")
+@click.option("--backbones", default="efficientnet_lite0", help="Frozen backbones, comma-separated (none: no heads).")
+@click.option("--heads", default="logreg", help="Heads fitted on each backbone's features, comma-separated (or all).")
+@click.option("--finetune", "finetune", default="none", help="Backbones fine-tuned end to end at every size, "
+              "comma-separated (none: no fine-tunes).")
+@click.option("--finetune-epochs", default=None, type=click.IntRange(min=1), help="Epochs of each fine-tune "
+              "[default: featx finetune's 10, with early stopping].")
+@click.option("--finetune-image-size", default=None, type=int, help="Fine-tune at N x N px [default: the "
+              "checkpoint's own]; smaller is faster on a CPU.")
+@click.option("--train-sizes", default="25,50,100,250,500,1000,all",
               help="Labelled training images per budget, comma-separated; all: the whole pool.")
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1),
-              help="Budgets drawn per size, each with its own seed.")
+@click.option("--finetune-sizes", default=None, help="The train sizes fine-tuned [default: every one]; e.g. "
+              "25,50,100 where a CPU cannot afford the larger ones.")
+@click.option("--repeats", default=3, type=click.IntRange(min=1), help="Budgets drawn per size, each with its own seed.")
 @click.option("--eval-split", default=None, type=click.Choice(["test", "val"]),
               help="Split every unit is evaluated on [default: test, else val].")
 @VAL_FRACTION
-@click.option("--weights", default="imagenet", show_default=True, help="Backbone weights: imagenet, random or a PATH.")
-@click.option("--out", default="featx-study", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for study.csv, learning_curves.png and the finished units.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the budgets and the heads.")
+@click.option("--weights", default="imagenet", help="Backbone weights: imagenet, random or a PATH (one backbone; "
+              "for several offline, put their files in $FEATX_WEIGHTS_DIR).")
+@THRESHOLD
+@click.option("--seed", default=0, type=int, help="Seed of the budgets, the heads and the fine-tunes.")
+@click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
+@click.option("--out", default="featx-study", type=click.Path(file_okay=False),
+              help="Folder for study.csv, study.toml, the report, the curves and the finished units.")
+@click.option("--budget", "budget", default=None, help="Refuse a plan estimated over this time (e.g. 90m, 2h).")
+@click.option("--unit", "unit", default=None, type=click.IntRange(min=0),
+              help="Run only unit K of the plan (for a job array); a later run without --unit gathers.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--wide", is_flag=True, help="Print the full-size comparison with every column.")
 @CACHE
 @WORKERS
-def study_command(data, backbones, heads, train_sizes, repeats, eval_split, val_fraction, weights, out, seed, dry_run,
-                  cache_dir, workers):
-    """Frozen backbones x heads at every label budget: learning curves of ROC-AUC against the number of labels.
+@click.pass_context
+def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs, finetune_image_size, train_sizes,
+                  finetune_sizes, repeats, eval_split, val_fraction, weights, threshold, seed, n_boot, out, budget, unit,
+                  dry_run, wide, cache_dir, workers):
+    """Frozen backbones x heads, and fine-tunes, at every label budget: which wins, and with how many labels.
 
-    At n images a head sees only those n (chosen by patient-grouped CV inside them); budgets are whole
-    patients, stratified by class and nested; the evaluation split never enters a choice. Every unit is
-    saved as it finishes: a killed study resumes and a re-run computes nothing.
+    At n images a method sees only those n: a head chooses its parameters by patient-grouped CV inside
+    them, a fine-tune early-stops on a validation part cut from them by patient. Budgets are whole
+    patients, stratified by class, nested and seeded per repeat; the evaluation split never enters a
+    choice. The plan comes first; every unit is saved as it finishes, so a killed study resumes, a
+    re-run computes nothing, and added sizes or heads compute only what is new.
     """
-    from .reporting.study_figures import study_lines, write_study_outputs
+    from .studies.spec import StudySpec
     from .studies.study import study
 
-    sizes = [s.strip() if s.strip() == "all" else _size(s) for s in train_sizes.split(",") if s.strip()]
-    records = study(data, backbones=backbones, heads=heads, train_sizes=sizes, repeats=repeats, eval_split=eval_split,
-                    val_fraction=val_fraction, out=out, weights=weights, seed=seed, dry_run=dry_run,
-                    cache_dir=cache_dir, workers=workers, log=lambda m: click.echo(m, err=True))
-    if dry_run:
+    given = {name for name, value in ctx.params.items()
+             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    values = {"backbones": backbones, "heads": heads, "finetune": finetune, "repeats": repeats, "eval_split": eval_split,
+              "val_fraction": val_fraction, "weights": weights, "threshold": threshold, "seed": seed, "n_boot": n_boot,
+              "train_sizes": [s.strip() for s in train_sizes.split(",") if s.strip()], "finetune_sizes": finetune_sizes}
+    options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size)) if v is not None}
+    if config:
+        overrides = {k: v for k, v in values.items() if k in given}
+        if options:
+            overrides["finetune_options"] = {**StudySpec.from_toml(config).finetune_options, **options}
+        spec = StudySpec.from_toml(config, **({"data": data} if data else {}), **overrides)
+    else:
+        if not data:
+            raise click.UsageError("give --data DIR, or --config study.toml")
+        spec = StudySpec(data=data, finetune_options=options, **values)
+    records = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,
+                    budget_seconds=_seconds(budget) if budget else None, progress=True,
+                    log=lambda m: click.echo(m, err=True))
+    if not records:
         return
-    for line in study_lines(records):
-        click.echo(line)
-    click.echo(f"table: {out}/study.csv; curves: {write_study_outputs(records, out)}")
+    from .reporting.comparison import format_table
+    from .reporting.study_figures import full_size_records, study_lines, write_study_outputs
+    from .studies.verdict import verdict
+
+    said = verdict(records)
+    split = records[0]["eval_split"]
+    click.echo("\n".join(study_lines(records)))
+    full = full_size_records(records, split, n_boot=spec.n_boot)
+    if full:
+        click.echo("\nAt the largest size, as featx compare shows it:\n" + format_table(full, wide=wide))
+    click.echo("\n" + "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") for line in said))
+    written = write_study_outputs(records, full, out, split=split, verdict=said, title="featx study")
+    click.echo(f"\ntable: {out}/study.csv; curves: {written['curves']}; report: {written['html']}; "
+               f"re-run: featx study --config {out}/study.toml")
 
 
-def _size(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise click.UsageError(f"--train-sizes takes numbers of images or all, not {text!r}") from None
+def _seconds(text: str) -> float:
+    """90s, 45m, 2h or 1.5h as seconds; one line for anything else."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text.lower())
+    if not match:
+        raise FeatxError(f"--budget {text!r} is not a time such as 90m or 2h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 @main.command("robustness")

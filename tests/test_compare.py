@@ -120,10 +120,13 @@ def test_compare_ranks_with_intervals_and_tests_against_the_best(models):
         assert adjusted == pytest.approx([min(1, 2 * low), max(min(1, 2 * low), high)])
     from featx.reporting.comparison import format_table
 
-    table = format_table(records)
-    assert "p DeLong (Holm)" in table and "best*" in table and "over the 2 comparisons" in table
     shown = f"{records[1]['p_delong_holm']:.3f}" if records[1]["p_delong_holm"] >= 0.001 else "<0.001"
-    assert shown in table.splitlines()[2]
+    wide = format_table(records, wide=True)
+    assert "p DeLong (Holm)" in wide and "best*" in wide and "over the 2 comparisons" in wide
+    assert shown in wide.splitlines()[2] and "Predict ms/img" in wide
+    narrow = format_table(records)  # what the terminal shows: within 100 columns, the p-value still there
+    assert max(map(len, narrow.splitlines())) <= 100 < max(map(len, wide.splitlines()))
+    assert shown in narrow.splitlines()[2] and "ROC-AUC [95% CI]" in narrow and "Predict ms/img" not in narrow
 
 
 def test_models_evaluated_on_other_images_are_listed_apart(models, tmp_path):
@@ -134,7 +137,9 @@ def test_models_evaluated_on_other_images_are_listed_apart(models, tmp_path):
     apart = [r for r in records if not r["ranked"]]
     assert len(apart) == 1 and "other test images" in apart[0]["note"] and apart[0]["p_delong"] is None
     result = run("compare", "--split", "test", "--no-report", "--bootstrap", "200")
-    assert result.exit_code == 0 and "evaluated apart" in result.output
+    assert result.exit_code == 0 and "evaluated apart" in result.output and "Predict ms/img" not in result.output
+    wide = run("compare", "--split", "test", "--no-report", "--bootstrap", "200", "--wide")
+    assert "evaluated apart" in wide.output and "Predict ms/img" in wide.output
 
 
 def test_no_models_or_no_such_split_is_one_line(tmp_path, models):

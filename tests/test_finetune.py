@@ -244,3 +244,14 @@ def test_the_saved_model_is_the_best_epochs(data, tmp_path):
     at_best = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
     saved = torch.load(whole.artifact, weights_only=True)
     assert at_best.keys() == saved.keys() and all(torch.equal(at_best[k], saved[k]) for k in saved)
+
+
+@pytest.mark.parametrize("n", [20, 36, 37, 50, 16, 7])
+def test_an_epoch_sees_every_training_image_once(n):
+    """A short last batch joins the one before it; no batch is lost or doubled (before: with 3 batches, the
+    first was overwritten by the merged second, so its images were never trained on and others twice)."""
+    from featx.finetuning.training import epoch_batches
+
+    batches = epoch_batches(n, 16, seed=0, epoch=1)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    assert all(len(b) >= 8 for b in batches) or len(batches) == 1

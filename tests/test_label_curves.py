@@ -26,7 +26,7 @@ def test_every_size_and_repeat_is_a_row_of_the_head_chosen_inside_its_budget(tmp
     store = _store(tmp_path / "c.h5")
     rows = head_learning_curve(store, "logreg", [40, 80, "all"], repeats=2, n_boot=50)
     assert [(r["n"], r["repeat"]) for r in rows] == [(40, 0), (80, 0), ("all", 0), (40, 1), (80, 1), ("all", 1)]
-    assert all(tuple(r) == COLUMNS for r in rows)
+    assert all(set(r) == {*COLUMNS, "proba"} and r["proba"].shape == (80, 2) for r in rows)
     assert all(r["n_images"] <= (160 if r["n"] == "all" else r["n"]) for r in rows)
     assert all(r["roc_auc_low"] <= r["roc_auc"] <= r["roc_auc_high"] for r in rows)
 

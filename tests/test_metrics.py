@@ -73,3 +73,27 @@ def test_threshold_rules(rule):
 def test_bad_threshold_rule():
     with pytest.raises(FeatxError, match="--threshold must be"):
         choose_threshold([0, 1], [0.1, 0.9], "median")
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3, None])
+@pytest.mark.parametrize("ties", [False, True])
+def test_the_binary_bootstrap_gives_the_intervals_of_one_resample_at_a_time(threshold, ties):
+    """All resamples at once (counts, mid-ranks, step-wise average precision) = point_metrics on each."""
+    from featx.evaluation.significance import BOOTSTRAP_METRICS, bootstrap_ci, point_metrics
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 120)
+    score = rng.random(120) * 0.6 + 0.4 * y
+    score = np.round(score, 1) if ties else score
+    proba = np.column_stack([1 - score, score])
+    fast = bootstrap_ci(y, proba, threshold, n_boot=200, seed=5)
+    draws = np.random.default_rng(5)  # the same resamples, scored one by one
+    by_class = [np.flatnonzero(y == c) for c in (0, 1)]
+    samples = {m: [] for m in BOOTSTRAP_METRICS}
+    for _ in range(200):
+        rows = np.concatenate([draws.choice(r, size=len(r), replace=True) for r in by_class])
+        for name, value in point_metrics(y[rows], proba[rows], threshold).items():
+            samples[name].append(value)
+    for m in BOOTSTRAP_METRICS:
+        values = np.array([v for v in samples[m] if v is not None], float)
+        assert fast[m] == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)), abs=1e-12), m

@@ -115,3 +115,21 @@ def _check_holds_classes(labels: np.ndarray, groups: np.ndarray, pool_labels: np
             raise FeatxError(f"--train-sizes {n or 'all'}: a subset of {n or len(pool_labels)} images holds {patients} {name} patient(s); "
                              f"choosing a head by patient-grouped CV inside it needs at least {min_groups} "
                              "of each class: use a larger size")
+
+
+def held_out(budget: Budget, labels, groups, fraction: float = 0.2, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A budget's rows as (train, validation), the validation part whole patients of each class, about
+    `fraction` of the class's images and at least one patient: how a fine-tune on n labels early-stops
+    and chooses its threshold on images of those n, never on the evaluation split. Seeded by (seed, repeat, n)."""
+    labels, groups = np.asarray(labels)[budget.rows], np.asarray(groups).astype(str)[budget.rows]
+    rng = np.random.default_rng([seed, budget.repeat, budget.n or 0, 1])
+    val = np.zeros(len(budget.rows), bool)
+    for c in np.unique(labels):
+        names = rng.permutation(np.unique(groups[labels == c]))
+        want = fraction * np.sum(labels == c)
+        for name in names[:-1]:  # the last patient of a class always stays in train
+            val |= (groups == name) & (labels == c)
+            if np.sum(val & (labels == c)) >= want:
+                break
+    val |= np.isin(groups, groups[val])  # a patient with images of several classes stays whole
+    return budget.rows[~val], budget.rows[val]

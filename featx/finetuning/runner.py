@@ -103,6 +103,7 @@ def finetune(
     cache_dir=None,
     out_dir=None,
     resume: bool = False,
+    rows: dict[str, list[int]] | None = None,
     progress: bool = True,
     log=None,
 ) -> FinetuneResult:
@@ -114,6 +115,8 @@ def finetune(
     init_head_from: a featx logreg artifact on this backbone's features (linear probe, then
     fine-tune; Kumar et al. 2022). limit_train and image_size make quick CPU runs possible.
     dicom_window: how DICOM files are displayed (featx.data.dicom), as for extract.
+    rows: the dataset rows of each split to use instead of its own splits (`featx study` hands a label
+    budget's train and validation parts, and its evaluation split as "test").
     """
     config = FinetuneConfig(
         backbone=backbone, weights=weights, epochs=epochs, unfreeze=unfreeze, warmup_epochs=warmup_epochs,
@@ -127,13 +130,13 @@ def finetune(
     ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
     if config.dicom_window != "default" and not ds.has_dicom:
         raise FeatxError(f"--dicom-window applies to DICOM files, and {ds.root} has none")
-    if "val" not in ds.splits:
+    if "val" not in (rows or ds.splits):
         raise FeatxError(f"{ds.root} has no validation split: fine-tuning selects its epoch on one; "
                          "add --val-fraction 0.2 (cut by patient) or a val/ folder")
     sha1s = check_dataset_copies(ds)
     rank, n_ranks, device = join_ranks(device, gpu_backend="nccl")
     log, progress = speaking(rank, log or log_line, progress)
-    run = _set_up(config, ds, sha1s, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir)
+    run = _set_up(config, ds, sha1s, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir, rows)
     _start(run, resume, log)
     stopped = _train(run, progress, log)
     return _finish(run, stopped, threshold, log)
@@ -179,7 +182,7 @@ def _policy(config: FinetuneConfig) -> DecodePolicy:
 
 
 def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch.device, workers, rank: int,
-            n_ranks: int, out_dir, cache_dir: Path) -> _Run:
+            n_ranks: int, out_dir, cache_dir: Path, rows: dict[str, list[int]] | None = None) -> _Run:
     """Build the network, name the run folder (by the configuration and the images' bytes, `sha1s`), and set
     up its optimizer, schedule and loss."""
     batch_size = config.batch_size or default_batch_size(device)
@@ -193,7 +196,7 @@ def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch
     n_top = check_unfreeze(config.unfreeze, len(groups), config.backbone)
     if config.init_head_from:
         load_probe_into_head(net, bb, config.init_head_from, ds.classes)
-    rows = _split_rows(ds, config)
+    rows = {s: sorted(map(int, r)) for s, r in rows.items()} if rows else _split_rows(ds, config)
     record = {**config.record(), "recipe": FeatureRecipe.of(bb.identity(), tta="none", decode=_policy(config)).to_dict(),
               "classes": ds.classes, "train_rows": record_hash(rows["train"], 16),
               "val_rows": record_hash(rows["val"], 16),

@@ -61,7 +61,8 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
     batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     if len(batches) > 1 and len(batches[-1]) < batch_size / 2:
-        batches[-2] += batches.pop()
+        last = batches.pop()  # popped first: `batches[-2] += batches.pop()` would write over another batch
+        batches[-1] += last
     return batches
 
 

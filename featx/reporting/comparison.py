@@ -11,6 +11,7 @@ tested on, which no p-value here accounts for.
 
 from __future__ import annotations
 
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
                 apart[-1]["predictions"] = p
 
     records = [_record(path, info, p, split, n_boot=n_boot, seed=seed) for path, info, p in ranked]
-    _paired_tests(records, ranked)
+    paired_tests(records, [p for _, _, p in ranked])
     if keep_predictions:
         for r, (_, info, p) in zip(records, ranked):
             r["predictions"] = p
@@ -99,10 +100,15 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
     }
     if p is None:
         return record | {m: None for m in BOOTSTRAP_METRICS} | {f"{m}_ci": None for m in BOOTSTRAP_METRICS}
-    y, proba = p["y"], p["proba"]
-    threshold = info.get("threshold")
+    return scored(record, p["y"], p["proba"], n_boot=n_boot, seed=seed)
+
+
+def scored(record: dict, y, proba, *, n_boot: int = 1000, seed: int = 0) -> dict:
+    """`record` (method, classes, threshold, split, note, costs) with its metrics on (y, proba) and their 95%
+    intervals: what one row of the compare table shows."""
+    threshold, split = record["threshold"], record["split"]
     record["n"] = int(len(y))
-    record["counts"] = {c: int((y == i).sum()) for i, c in enumerate(info["classes"])}
+    record["counts"] = {c: int((y == i).sum()) for i, c in enumerate(record["classes"])}
     record.update(point_metrics(y, proba, threshold))
     cis = bootstrap_ci(y, proba, threshold, n_boot=n_boot, seed=seed)
     record.update({f"{m}_ci": cis[m] for m in BOOTSTRAP_METRICS})
@@ -113,23 +119,24 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
     return record
 
 
-def _paired_tests(records: list[dict], ranked: list) -> None:
-    """DeLong (ROC-AUC) and McNemar (accuracy at each stored threshold) against the best method,
-    raw and Holm-adjusted over the methods compared with it."""
-    if len(records) < 2:
+def paired_tests(records: list[dict], predictions: list[dict]) -> None:
+    """DeLong (ROC-AUC) and McNemar (accuracy at each stored threshold) against the best method, raw and
+    Holm-adjusted over the methods compared with it; `predictions[i]` ("y", "proba") are `records[i]`'s,
+    on the same images in the same order."""
+    if not records:
         return
     key = [r["roc_auc"] if r["roc_auc"] is not None else -1 for r in records]
     best = int(np.argmax(key))
-    y = ranked[best][2]["y"]
+    y = predictions[best]["y"]
     binary = len(records[best]["classes"]) == 2
     both = len(np.unique(y)) == 2
-    correct = [_correct(p["y"], p["proba"], r["threshold"]) for r, (_, _, p) in zip(records, ranked)]
-    for i, (r, (_, _, p)) in enumerate(zip(records, ranked)):
+    correct = [_correct(p["y"], p["proba"], r["threshold"]) for r, p in zip(records, predictions)]
+    for i, (r, p) in enumerate(zip(records, predictions)):
         r["best"] = i == best
         if i == best:
             continue
         if binary and both:
-            r["p_delong"] = delong_test(y, ranked[best][2]["proba"][:, 1], p["proba"][:, 1])["p_value"]
+            r["p_delong"] = delong_test(y, predictions[best]["proba"][:, 1], p["proba"][:, 1])["p_value"]
         r["p_mcnemar"] = mcnemar_test(correct[best], correct[i])["p_value"]
     for test in ("p_delong", "p_mcnemar"):
         for r, adjusted in zip(records, holm([r[test] for r in records])):
@@ -206,24 +213,46 @@ def csv_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
-def format_table(records: list[dict]) -> str:
-    """The compare table as text: ranked methods, then those evaluated on other images."""
-    groups = [(ranked, table_rows(records, ranked)) for ranked in (True, False)]
-    cells = [HEADER] + [row for _, rows in groups for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(HEADER))]
-    line = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
-    lines = [line(HEADER).rstrip()]
+WIDTH = 100  # a terminal's columns: the narrow table and its notes fit in them
+NARROW = (("roc_auc", "ROC-AUC [95% CI]"), ("balanced_accuracy", "Bal. acc. [95% CI]"))
+NARROW_HEADER = ["Method", "n", *[label for _, label in NARROW], "p DeLong", "Train s"]
+
+
+def format_table(records: list[dict], wide: bool = False) -> str:
+    """The compare table as text: ranked methods, then those evaluated on other images. Within 100 columns
+    (the headline metrics with intervals, the Holm-adjusted DeLong p, the training time; the rest is in
+    the CSV and the report), or every column (`wide`)."""
+    header = HEADER if wide else NARROW_HEADER
+    groups = [(ranked, table_rows(records, ranked) if wide else _narrow_rows(records, ranked))
+              for ranked in (True, False)]
+    cells = [header] + [row for _, rows in groups for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    if not wide:  # the method's name gives way
+        widths[0] = max(12, min(widths[0], WIDTH - sum(widths[1:]) - 2 * (len(header) - 1)))
+    def line(row) -> str:  # a name too long for its column gets a line of its own, the numbers under it
+        cells = "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                          enumerate(zip(["" if len(row[0]) > widths[0] else row[0], *row[1:]], widths)))
+        return (row[0] + "\n" + cells) if len(row[0]) > widths[0] else cells
+    lines = [line(header).rstrip()]
     notes = {r["method"]: r["note"] for r in records}
+    wrap = (lambda text, indent="": [text]) if wide else \
+        (lambda text, indent="": textwrap.wrap(text, WIDTH, subsequent_indent=indent))
     for ranked, rows in groups:
         if rows and not ranked:
             lines.append("evaluated apart (not comparable with the ranking above):")
-        for row in rows:
+        for row, record in zip(rows, [r for r in records if r["ranked"] == ranked]):
             lines.append(line(row))
-            if notes[row[0]]:
-                lines.append(f"  note: {notes[row[0]]}")
+            if notes[record["method"]]:
+                lines += wrap(f"  note: {notes[record['method']]}", "        ")
         if ranked:
-            lines += [note for note in (best_note(records), shift_note(records)) if note]
+            for note in (best_note(records), shift_note(records)):
+                lines += wrap(note, "  ") if note else []
     return "\n".join(lines)
+
+
+def _narrow_rows(records: list[dict], ranked: bool) -> list[list[str]]:
+    return [[r["method"], str(r["n"]), *[_cell(r, m) for m, _ in NARROW], _p(r["p_delong_holm"], r.get("best")),
+             _cost(r)[0]] for r in records if r["ranked"] == ranked]
 
 
 def _cell(r, metric) -> str:
@@ -244,4 +273,5 @@ def _p(value, is_best) -> str:
 def _cost(r) -> list[str]:
     per_image = r["predict_seconds_per_image"]
     return ["–" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
-            "–" if per_image is None else f"{per_image * 1000:.3f}", f"{r['size_bytes'] / 1e6:.2f}"]
+            "–" if per_image is None else f"{per_image * 1000:.3f}",
+            "–" if r.get("size_bytes") is None else f"{r['size_bytes'] / 1e6:.2f}"]

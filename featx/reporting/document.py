@@ -72,8 +72,8 @@ def report(data=None, *, split: str = "test", out="featx-report", models_dir=Non
             Path(tmp).write_bytes(image)
     write_csv_atomic(out / "comparison.csv", csv_rows(records))
     title = f"featx compare: {split} split of {ranked[0].get('data_root')}"
-    write_text_atomic(out / "report.md", _markdown(title, records, figures, blocks))
-    write_text_atomic(out / "report.html", _html(title, records, figures, blocks))
+    write_text_atomic(out / "report.md", markdown_document(title, records, figures, blocks))
+    write_text_atomic(out / "report.html", html_document(title, records, figures, blocks))
     for r in records:
         r.pop("predictions", None)
         r.pop("history", None)
@@ -279,7 +279,7 @@ FOOTNOTE = ("Metrics at each method's stored threshold, with stratified bootstra
             "fine-tunes. Size: the artifact file.")
 
 
-def _markdown(title: str, records, figures, blocks=()) -> str:
+def markdown_document(title: str, records, figures, blocks=()) -> str:
     lines = [f"# {title}", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(records, True)]
     lines += ["", best_note(records), "", shift_note(records), "", FOOTNOTE, ""]
@@ -298,7 +298,7 @@ def _markdown(title: str, records, figures, blocks=()) -> str:
     return "\n".join(lines)
 
 
-def _html(title: str, records, figures, blocks=()) -> str:
+def html_document(title: str, records, figures, blocks=()) -> str:
     esc = html.escape
 
     def cell(text: str) -> str:

@@ -1,5 +1,6 @@
-"""What `featx study` shows: a summary table that fits a terminal, and the learning curves (ROC-AUC and
-balanced accuracy against the number of labelled images, log axis, one line per method)."""
+"""What `featx study` shows: a table of every size that fits a terminal, the learning curves (ROC-AUC and
+balanced accuracy against the number of labelled images, log axis, one line per method), the full-size
+comparison as `featx compare` shows it, and a report (report.html, report.md) holding them with the verdict."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .._core.atomic import atomic_path
+from .._core.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from .comparison import csv_rows, format_table, paired_tests, scored
+from .document import html_document, markdown_document
 from .figures import colours, png
 
 
 def by_method(records: list[dict]) -> dict[str, list[tuple]]:
     """method -> [(mean images, mean AUC, band low, band high, mean balanced accuracy, its min, its max,
-    mean fit seconds, repeats)] by size, ascending. The AUC band spans every repeat's 95% bootstrap interval,
+    mean training seconds, mean training images/s, repeats)] by size, ascending. The AUC band spans every repeat's 95% bootstrap interval,
     so it holds both which images were drawn and which were evaluated."""
     cells = defaultdict(list)
     for r in records:
@@ -28,18 +31,46 @@ def by_method(records: list[dict]) -> dict[str, list[tuple]]:
         out[method].append((float(np.mean([r["n_images"] for r in rows])), np.mean(auc) if auc else None,
                             min(low) if low else None, max(high) if high else None, float(np.mean(bal)),
                             float(min(bal)), float(max(bal)), float(np.mean([r["train_seconds"] for r in rows])),
-                            len(rows)))
+                            float(np.mean([r.get("images_per_second") or r["n_images"] / max(r["train_seconds"], 1e-9)
+                                           for r in rows])), len(rows)))
     return {m: sorted(v) for m, v in out.items()}
 
 
 def study_lines(records: list[dict]) -> list[str]:
-    """One row per method and size, within 100 columns."""
-    lines = [f"{'method':<36} {'images':>7} {'ROC-AUC (band over repeats)':>29} {'bal. acc':>9} {'fit s':>6}"]
+    """One row per method and size, within 100 columns: the mean over repeats, the band, the cost."""
+    lines = [f"{'method':<34} {'images':>6} {'ROC-AUC (band over repeats)':>27} {'bal. acc':>8} {'train s':>7} "
+             f"{'img/s':>7}"]
     for method, rows in by_method(records).items():
-        for images, auc, low, high, bal, *_, seconds, repeats in rows:
+        for images, auc, low, high, bal, *_, seconds, rate, repeats in rows:
             shown = "–" if auc is None else f"{auc:.3f} [{low:.3f}, {high:.3f}]"
-            lines.append(f"{method[:36]:<36} {images:>7.0f} {shown:>29} {bal:>9.3f} {seconds:>6.1f}")
+            name = method if len(method) <= 34 else method[:33] + "…"
+            lines.append(f"{name:<34} {images:>6.0f} {shown:>27} {bal:>8.3f} {seconds:>7.1f} {rate:>7.0f}")
     return lines
+
+
+def full_size_records(records: list[dict], split: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """The largest size's first repeat as `featx compare` records (metrics with intervals, DeLong and McNemar
+    against the best, Holm-adjusted), best first; methods evaluated on other images are listed apart."""
+    largest = max((r["n"] for r in records), key=lambda n: (n == "all", n if n != "all" else 0), default=None)
+    rows = [r for r in records if r["n"] == largest and r["repeat"] == 0]
+    if not rows:
+        return []
+    main = max({r["eval_images"] for r in rows}, key=[r["eval_images"] for r in rows].count)
+    out, predictions = [], []
+    for r in rows:
+        y, proba = np.asarray(r["y"]), np.asarray(r["proba"])
+        ranked = r["eval_images"] == main
+        base = {"method": r["method"], "kind": "finetune" if r["method"].endswith("+ finetune") else "head",
+                "split": split, "ranked": ranked, "note": "" if ranked else "evaluated on other images",
+                "threshold": r["threshold"], "classes": r["classes"], "train_seconds": r["train_seconds"],
+                "predict_seconds_per_image": None, "size_bytes": None, "artifact": r.get("artifact", ""),
+                "p_delong": None, "p_mcnemar": None,
+                "p_delong_holm": None, "p_mcnemar_holm": None}
+        out.append(scored(base, y, proba, n_boot=n_boot, seed=seed))
+        predictions.append({"y": y, "proba": proba})
+    ranked = [i for i, r in enumerate(out) if r["ranked"]]
+    paired_tests([out[i] for i in ranked], [predictions[i] for i in ranked])
+    return sorted(out, key=lambda r: (not r["ranked"], -(r["roc_auc"] if r["roc_auc"] is not None else -1)))
 
 
 def plot_learning_curves(plt, records: list[dict]) -> bytes:
@@ -68,11 +99,23 @@ def plot_learning_curves(plt, records: list[dict]) -> bytes:
     return png(fig, plt)
 
 
-def write_study_outputs(records: list[dict], out) -> Path:
-    """learning_curves.png beside study.csv in `out`."""
+def write_study_outputs(records: list[dict], full: list[dict], out, *, split: str, verdict: list[str],
+                        title: str) -> dict[str, Path]:
+    """learning_curves.png, report.html, report.md and the full-size comparison.csv (`full`: full_size_records)
+    beside study.csv in `out`."""
     from .._core.plotting import pyplot
 
-    target = Path(out) / "learning_curves.png"
-    with atomic_path(target) as tmp:
-        Path(tmp).write_bytes(plot_learning_curves(pyplot(), records))
-    return target
+    out = Path(out)
+    curves = plot_learning_curves(pyplot(), records)
+    with atomic_path(out / "learning_curves.png") as tmp:
+        Path(tmp).write_bytes(curves)
+    largest = full[0]["n"] if full else 0
+    figures = {"learning_curves.png": ("Learning curves: ROC-AUC and balanced accuracy against the labelled "
+                                       "training images (mean over repeats)", curves)}
+    blocks = [("Verdict", "\n".join(verdict)), ("Every size (study.csv holds every metric and repeat)",
+                                                "\n".join(study_lines(records)))]
+    title = f"{title}: the full pool, evaluated on the {largest} {split} images"
+    write_csv_atomic(out / "comparison.csv", csv_rows(full))
+    write_text_atomic(out / "report.md", markdown_document(title, full, figures, blocks))
+    write_text_atomic(out / "report.html", html_document(title, full, figures, blocks))
+    return {"curves": out / "learning_curves.png", "html": out / "report.html", "markdown": out / "report.md"}

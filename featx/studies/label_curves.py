@@ -1,6 +1,6 @@
 """How a head's answer changes with the number of labels: a head chosen and fitted on each label budget of
-a cache's training pool (featx.data.budgets), and scored on an evaluation split that no choice sees.
-The heads-only core of `featx study` (#25), which will add the plan, units, fine-tunes and the report.
+a cache's training pool (featx.data.budgets), and scored on an evaluation split that no choice sees:
+the fit units of `featx study` (studies.study).
 
 Honest budgets: at n images a head sees only those n (hyperparameters by patient-grouped CV inside them,
 the threshold from those held-out predictions); the evaluation split never changes and never enters a
@@ -23,14 +23,15 @@ from ..heads.selection import select_head
 from ..heads.specs import head_names
 
 COLUMNS = ("method", "n", "n_images", "repeat", "roc_auc", "roc_auc_low", "roc_auc_high", "balanced_accuracy",
-           "sensitivity", "specificity", "threshold", "params", "train_seconds")
+           "sensitivity", "specificity", "accuracy", "f1", "pr_auc", "threshold", "params", "train_seconds",
+           "images_per_second")
 
 
 def head_learning_curve(store: FeatureStore, head: str = "logreg", sizes=(25, 50, 100, 250, 500, 1000, "all"), *,
                         repeats: int = 3, seed: int = 0, pool: str = "train", evaluate_on: str = "test",
                         threshold: str | float = "youden", n_boot: int = 1000) -> list[dict]:
-    """One record (COLUMNS) per size and repeat: `head` chosen and fitted on that budget of the `pool`
-    split, scored on `evaluate_on` with a stratified bootstrap 95% ROC-AUC interval."""
+    """One record (COLUMNS, and the evaluation split's "proba") per size and repeat: `head` chosen and fitted
+    on that budget of the `pool` split, scored on `evaluate_on` with a stratified bootstrap 95% ROC-AUC interval."""
     curve = Curve(Pool(store, pool, evaluate_on), head, threshold=threshold, seed=seed, n_boot=n_boot)
     return [curve.fit(budget) for budget in curve.budgets(sizes, repeats)]
 
@@ -70,14 +71,21 @@ class Curve:
         cut = resolve_threshold(self.rule, sel.selection_y, sel.selection_proba, len(self.store.classes))
         seconds = time.perf_counter() - started
         proba = sel.estimator.predict_proba(self.X_eval)
-        metrics = point_metrics(self.y_eval, proba, cut)
-        ci = bootstrap_auc_ci(self.y_eval, proba, n_boot=self.n_boot, seed=self.seed) \
-            if metrics.get("roc_auc") is not None else None
-        return {"method": self.method, "n": budget.n or "all", "n_images": budget.n_images, "repeat": budget.repeat,
-                "roc_auc": metrics.get("roc_auc"), "roc_auc_low": ci[0] if ci else None,
-                "roc_auc_high": ci[1] if ci else None, "balanced_accuracy": metrics.get("balanced_accuracy"),
-                "sensitivity": metrics.get("sensitivity"), "specificity": metrics.get("specificity"),
-                "threshold": cut, "params": sel.params, "train_seconds": seconds}
+        return unit_record(self.method, budget.n, budget.n_images, budget.repeat, self.y_eval, proba, cut,
+                           sel.params, seconds, n_boot=self.n_boot, seed=self.seed)
+
+
+def unit_record(method: str, n, n_images: int, repeat: int, y, proba, threshold, params: dict, seconds: float, *,
+                images_per_second: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """One study row (COLUMNS, and "proba"): a method's metrics on the evaluation split at `threshold`, with
+    a stratified bootstrap 95% ROC-AUC interval; `n` None is the whole pool. `images_per_second`: the
+    training throughput (a fine-tune's images per second over its epochs; a head's, its images over its fit)."""
+    metrics = point_metrics(np.asarray(y), np.asarray(proba), threshold)
+    ci = bootstrap_auc_ci(y, proba, n_boot=n_boot, seed=seed) if metrics.get("roc_auc") is not None else None
+    return {"method": method, "n": n or "all", "n_images": n_images, "repeat": repeat, **metrics,
+            "roc_auc_low": ci[0] if ci else None, "roc_auc_high": ci[1] if ci else None,
+            "threshold": threshold, "params": params, "train_seconds": seconds,
+            "images_per_second": images_per_second or n_images / max(seconds, 1e-9), "proba": proba}
 
 
 def _split(store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,89 +1,350 @@
-"""`featx study`, heads so far (#25): frozen backbones x heads x label budgets x repeats in one command.
+"""`featx study`: frozen backbones x heads, and fine-tunes, at every label budget, in one command.
 
-Each backbone's features are extracted once (extract reuses its cache). Every fit unit, one head on one
-budget of one repeat (featx.studies.label_curves), is saved as it finishes under `out/units/`, named by
-what it is made of: the cache's identity, the images' bytes, the head, n, the repeat, the seed, the
-evaluation split and the threshold rule. A killed study resumes, a re-run computes nothing, and adding a
-size or a head computes only that. The plan is printed before any work; `dry_run` stops there.
+A study is a list of units, numbered in one order: one extraction per frozen backbone, then one fit per
+head x budget, then one fine-tune per backbone x budget (a budget: n labelled images of one repeat,
+featx.data.budgets). Each fit or fine-tune is saved as it finishes under `out/units/`, named by what it is
+made of (the features' identity or the fine-tune's recipe, the images' bytes, the method, n, the repeat,
+the evaluation split, the seed and the threshold rule). A killed study resumes (a fine-tune from its last
+epoch), a re-run computes nothing, adding a size or a head computes only that, and `unit=K` runs unit K
+alone, so that a scheduler can spread a study over machines; a run with every unit done only gathers.
 
-The evaluation split is `test` when the data has one, else the validation split cut once from train
+The plan is printed before any work, with what is done and the estimated time of the rest
+(studies.estimates); `dry_run` stops there, and a plan over `budget_seconds` is refused. The
+evaluation split is `test` when the data has one, else the validation split cut once from train
 (`val_fraction`), which then leaves the pool; no choice of any unit sees it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from .._core.atomic import write_csv_atomic, write_text_atomic
-from .._core.console import log_line
+from .._core.console import log_line, progress_bar
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
 from .._core.paths import default_cache_dir
-from ..artifacts.format import images_fingerprint
-from ..data.datasets import load_dataset
-from ..features.extraction import extract
-from ..features.lookup import dataset_caches
-from ..heads.specs import head_names
-from ..models.registry import get_spec
-from ..data.budgets import label_budgets
-from .label_curves import COLUMNS, Curve, Pool
+from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
+from ..data.budgets import Budget, held_out, label_budgets
+from ..data.datasets import Dataset, load_dataset
+from ..data.leakage import check_dataset_copies
+from ..evaluation.significance import point_metrics
+from ..features.reuse import finished_cache
+from .estimates import Throughput
+from .label_curves import COLUMNS, Curve, Pool, unit_record
+from .spec import StudySpec
 
-DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a study's work; `index` is its number for `--unit`."""
+
+    index: int
+    kind: str                      # "extract", "fit" or "finetune"
+    backbone: str
+    head: str | None = None
+    budget: Budget | None = None
+    key: str | None = None         # names its saved record; None until its features exist (fits)
+    done: bool = False
+    seconds: float | None = None   # estimated time left; None: not estimated
+
+    @property
+    def method(self) -> str:
+        return f"{self.backbone} + {self.head or 'finetune'}"
+
+    def describe(self) -> str:
+        if self.kind == "extract":
+            return f"extract {self.backbone}"
+        return f"{self.kind} {self.method} n={self.budget.n or 'all'} repeat {self.budget.repeat}"
 
 
-def study(data, *, backbones=("efficientnet_lite0",), heads=("logreg",), train_sizes=DEFAULT_SIZES, repeats: int = 3,
-          eval_split: str | None = None, val_fraction: float | None = None, out="featx-study", weights="imagenet",
-          seed: int = 0, threshold=0.5, n_boot: int = 1000, cache_dir=None, dry_run: bool = False,
-          workers=None, log=None) -> list[dict]:
-    """Every (backbone + head, n, repeat) record (label_curves.COLUMNS), also written to `out/study.csv`."""
+def study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_dir=None, dry_run: bool = False,
+          unit: int | None = None, budget_seconds: float | None = None, workers=None, progress: bool = False,
+          log=None, **options) -> list[dict]:
+    """Every (method, n, repeat) record (label_curves.COLUMNS plus the evaluation predictions), also written
+    to `out/study.csv`, with `out/study.toml`. `options`: StudySpec's fields (backbones, heads, finetune,
+    train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold, n_boot, finetune_options)."""
     log = log or log_line
-    backbones, heads = _checked(backbones, heads)
+    spec = spec or StudySpec(data=data, **options)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    ds = load_dataset(data, val_fraction=val_fraction, cache_dir=cache_dir)
-    evaluate_on = _evaluation_split(ds, eval_split)
-    pool = [i for i, s in enumerate(ds.splits) if s == "train"]
-    label_budgets(ds.labels[pool], [ds.groups[i] for i in pool], train_sizes, repeats=repeats, seed=seed,
-                  classes=ds.classes)  # every size checked before any work
-    units_dir = Path(out) / "units"
-    _say_plan(ds, backbones, heads, train_sizes, repeats, evaluate_on, cache_dir, weights, log)
+    out = Path(out)
+    plan = Plan(spec, cache_dir, out, workers)
+    chosen = plan.unit(unit) if unit is not None else None  # a unit it does not have: refused before the plan
+    plan.say(log)
+    if budget_seconds is not None:
+        plan.check_budget(budget_seconds)
     if dry_run:
         return []
-    records, computed, started = [], 0, time.perf_counter()
-    for backbone in backbones:
-        store = extract(data, backbone, weights=weights, val_fraction=val_fraction, cache_dir=cache_dir,
-                        workers=workers, progress=False, log=log)
-        images = images_fingerprint((p, h) for split in ("train", evaluate_on)
-                                    for p, h in zip(store.paths(split), store.sha1s(split)))
-        pool = Pool(store, "train", evaluate_on)  # read once for every head
-        for head in heads:
-            curve = Curve(pool, head, threshold=threshold, seed=seed, n_boot=n_boot)
-            for budget in curve.budgets(train_sizes, repeats):
-                key = record_hash({"features": store.config["config_hash"], "images": images, "head": curve.name,
-                                   "n": budget.n, "repeat": budget.repeat, "seed": seed, "eval": evaluate_on,
-                                   "threshold": str(threshold), "n_boot": n_boot}, 16)
-                record, fresh = _unit(units_dir / f"{key}.json", curve, budget)
-                records.append(record)
-                computed += fresh
-    log(f"study: {computed} of {len(records)} fits computed now ({time.perf_counter() - started:.1f} s), "
-        f"the others read from {units_dir}")
-    write_csv_atomic(Path(out) / "study.csv", [{k: _cell(r[k]) for k in COLUMNS} for r in records])
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "study.toml", spec.to_toml(relative_to=out))
+    todo = [chosen] if chosen is not None else [u for u in plan.units if not u.done]
+    started = time.perf_counter()
+    computed = plan.run(todo, progress, log)
+    if unit is not None:
+        left = sum(not u.done for u in plan.units)
+        log(f"unit {unit} done ({time.perf_counter() - started:.1f} s); {left} of {len(plan.units)} units left")
+        return []
+    records = plan.gather()
+    log(f"study: {computed} of {sum(u.kind != 'extract' for u in plan.units)} units computed now "
+        f"({time.perf_counter() - started:.1f} s), the others read from {out / 'units'}")
+    write_csv_atomic(out / "study.csv", [{k: _cell(r[k]) for k in COLUMNS} for r in records])
     return records
 
 
-def _checked(backbones, heads) -> tuple[list[str], list[str]]:
-    """Names as lists, each known (one line naming the first unknown one)."""
-    backbones = [b.strip() for b in (backbones.split(",") if isinstance(backbones, str) else backbones) if b.strip()]
-    heads = [h.strip() for h in (heads.split(",") if isinstance(heads, str) else heads) if h.strip()]
-    if not backbones or not heads:
-        raise FeatxError("a study needs at least one backbone and one head")
-    for backbone in backbones:
-        get_spec(backbone, check_timm=False)
-    return backbones, [name for head in heads for name in head_names(head)]
+class Plan:
+    """A study's units in order, what of them is done, and how long the rest should take."""
+
+    def __init__(self, spec: StudySpec, cache_dir: Path, out: Path, workers):
+        self.spec, self.cache_dir, self.out, self.workers = spec, cache_dir, out, workers
+        self.ds = load_dataset(spec.data, val_fraction=spec.val_fraction, seed=spec.seed, cache_dir=cache_dir)
+        self.evaluate_on = _evaluation_split(self.ds, spec.eval_split)
+        self.pool = np.array([i for i, s in enumerate(self.ds.splits) if s == "train"])
+        self.eval_rows = [i for i, s in enumerate(self.ds.splits) if s == self.evaluate_on]
+        self.budgets = sorted(label_budgets(self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
+                                            spec.train_sizes, repeats=spec.repeats, seed=spec.seed,
+                                            classes=self.ds.classes),
+                              key=lambda b: (b.n is None, b.n or 0, b.repeat))  # every size checked before any work
+        self.budgets = [b for b in self.budgets if b.n is not None or b.repeat == 0]  # the whole pool: one draw
+        self.throughput = Throughput(cache_dir)
+        self.units = self._units()
+
+    # -- the plan --------------------------------------------------------------------------------------
+    def _units(self) -> list[Unit]:
+        units = [Unit(i, "extract", b) for i, b in enumerate(self.spec.backbones if self.spec.heads else ())]
+        stores = {}
+        for u in list(units):
+            stores[u.backbone] = self._finished(u.backbone)
+            units[u.index] = replace(u, done=stores[u.backbone] is not None,
+                                     seconds=None if stores[u.backbone] else self._extract_seconds(u.backbone))
+        for backbone in (self.spec.backbones if self.spec.heads else ()):
+            store = stores[backbone]
+            images = _store_images(store, self.evaluate_on) if store else None
+            for head in self.spec.heads:
+                for budget in self.budgets:
+                    key = self.fit_key(store, images, head, budget) if store else None
+                    done = key is not None and (self.out / "units" / f"{key}.json").is_file()
+                    seconds = None if done else self.throughput.fit_seconds(head, budget.n_images)
+                    units.append(Unit(len(units), "fit", backbone, head, budget, key, done, seconds))
+        if self.spec.finetune:
+            sha1s = check_dataset_copies(self.ds)
+            images = images_fingerprint((self.ds.paths[i], sha1s[i]) for i in [*self.pool, *self.eval_rows])
+        sizes = self.spec.finetune_sizes or self.spec.train_sizes
+        for backbone in self.spec.finetune:
+            for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
+                key = self.finetune_key(backbone, images, budget)
+                done = (self.out / "units" / f"{key}.json").is_file()
+                units.append(Unit(len(units), "finetune", backbone, None, budget, key, done,
+                                  None if done else self._finetune_seconds(backbone, budget)))
+        return units
+
+    def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
+        return record_hash({"features": store.config["config_hash"], "images": images, "head": head,
+                            "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on, **self.spec.record}, 16)
+
+    def finetune_key(self, backbone: str, images: str, budget: Budget) -> str:
+        return record_hash({"finetune": backbone, "weights": self.spec.weights, "options": self.spec.finetune_options,
+                            "images": images, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
+                            **self.spec.record}, 16)
+
+    def _finished(self, backbone: str):
+        return finished_cache(self.ds, backbone, weights=self.spec.weights, device="cpu", layer=None,
+                              variant=dict.fromkeys(("image_size", "pool", "layers")), tta="none", decode="pil",
+                              dtype="float32", cache_dir=self.cache_dir)
+
+    def _extract_seconds(self, backbone: str) -> float:
+        return len(self.ds) / self.throughput.images_per_second("extract", backbone)
+
+    def _finetune_seconds(self, backbone: str, budget: Budget) -> float:
+        """An upper bound: every epoch run (early stopping only shortens it), then every image predicted."""
+        size = self.spec.finetune_options.get("image_size")
+        train = self.throughput.images_per_second("train", backbone, size)
+        evaluate = self.throughput.images_per_second("eval", backbone, size)
+        epochs = self.spec.finetune_options.get("epochs", 10)
+        n_val = int(round(0.2 * budget.n_images))
+        return epochs * ((budget.n_images - n_val) / train + n_val / evaluate) + \
+            (budget.n_images + len(self.eval_rows)) / evaluate
+
+    def unit(self, index: int) -> Unit:
+        if not 0 <= index < len(self.units):
+            raise FeatxError(f"--unit {index}: this study has units 0 to {len(self.units) - 1} "
+                             "(featx study --dry-run lists them)")
+        return self.units[index]
+
+    def seconds_left(self, units=None) -> tuple[float, int]:
+        """(estimated seconds of the units not done, how many of them have no estimate)."""
+        units = [u for u in (self.units if units is None else units) if not u.done]
+        return sum(u.seconds or 0.0 for u in units), sum(u.seconds is None for u in units)
+
+    def say(self, log) -> None:
+        """The plan: each unit, grouped by method and size (their numbers for --unit), what is done, the time."""
+        ds, pool = self.ds, len(self.pool)
+        log(f"study of {ds.root}: budgets drawn from the {pool} train images ({', '.join(self._sizes())}; "
+            f"{self.spec.repeats} repeats), every unit evaluated on the {len(self.eval_rows)} {self.evaluate_on} "
+            "images")
+        groups: dict[tuple, list[Unit]] = {}
+        for u in self.units:
+            groups.setdefault((u.kind, u.method if u.kind != "extract" else u.backbone,
+                               u.budget.n if u.budget else None), []).append(u)
+        for (kind, name, n), units in groups.items():
+            numbers = f"{units[0].index}" + (f"-{units[-1].index}" if len(units) > 1 else "")
+            done = sum(u.done for u in units)
+            seconds, unknown = self.seconds_left(units)
+            what = f"{kind} {name}" + ("" if kind == "extract" else f" n={n or 'all'} x{len(units)}")
+            state = "done" if done == len(units) else (f"{done}/{len(units)} done, " if done else "") + \
+                ("~?" if unknown and not seconds else f"~{_duration(seconds)}")
+            log(f"  unit {numbers:<9} {what:<58} {state}")
+        seconds, unknown = self.seconds_left()
+        timed = sorted({k.split("|")[2] for k in self.throughput.timed})
+        log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count('extract')} "
+            f"extraction(s), {self._count('fit')} fits, {self._count('finetune')} fine-tunes; "
+            f"the rest ~{_duration(seconds)}"
+            + (f" (+{unknown} units not yet measured on this machine)" if unknown else "")
+            + (f"; {', '.join(timed)} timed on a few batches, decoding not included" if timed else ""))
+
+    def _count(self, kind: str) -> int:
+        return sum(u.kind == kind for u in self.units)
+
+    def _sizes(self) -> list[str]:
+        return [str(n or "all") for n in dict.fromkeys(b.n for b in self.budgets)]
+
+    def check_budget(self, seconds: float) -> None:
+        """Refuse a plan estimated over `seconds`, naming the units that fit in it (in order)."""
+        need, _ = self.seconds_left()
+        if need <= seconds:
+            return
+        fit, total = [], 0.0
+        for u in self.units:
+            if u.done:
+                continue
+            if total + (u.seconds or 0.0) > seconds:
+                break
+            total += u.seconds or 0.0
+            fit.append(u.index)
+        within = f"units {fit[0]}-{fit[-1]} fit within it (--unit K for each)" if fit else "no unit fits within it"
+        raise FeatxError(f"the plan's estimate is {_duration(need)}, over --budget {_duration(seconds)}: {within}; "
+                         "or drop sizes, repeats or methods")
+
+    # -- the work --------------------------------------------------------------------------------------
+    def run(self, units: list[Unit], progress: bool, log) -> int:
+        """Compute `units` (fits after their backbone's extraction); returns how many were computed."""
+        computed, pools = 0, {}
+        total, _ = self.seconds_left(units)
+        bar = progress_bar(len(units), progress, desc="study", position=0)
+        for u in units:
+            bar.set_postfix_str(f"~{_duration(self.seconds_left(units)[0])} left" if total else "")
+            if u.kind == "finetune":
+                computed += self._finetune(u, progress, log)
+            elif u.kind == "fit":
+                if u.backbone not in pools:
+                    pools[u.backbone] = self._pool(u.backbone, log)
+                computed += self._fit(u, pools[u.backbone])
+            else:
+                pools[u.backbone] = self._pool(u.backbone, log, progress)
+            self.units[u.index] = replace(self.units[u.index], done=True, seconds=0.0)
+            bar.update(1)
+        bar.close()
+        return computed
+
+    def _pool(self, backbone: str, log, progress: bool = False) -> Pool:
+        """The backbone's cache (extracted when needed, its rate recorded), read once for all its fits."""
+        from ..features.extraction import extract
+
+        before = self._finished(backbone)
+        started = time.perf_counter()
+        store = extract(self.spec.data, backbone, weights=self.spec.weights, val_fraction=self.spec.val_fraction,
+                        seed=self.spec.seed, cache_dir=self.cache_dir, workers=self.workers, progress=progress,
+                        log=log)
+        if before is None and store.n_rows >= 32:
+            self.throughput.record(self.throughput.key("extract", backbone),
+                                   store.n_rows / (time.perf_counter() - started))
+        pool = Pool(store, "train", self.evaluate_on)
+        pool.images = _store_images(store, self.evaluate_on)
+        pool.index = {p: i for i, p in enumerate(store.paths("train"))}
+        return pool
+
+    def _fit(self, u: Unit, pool: Pool) -> int:
+        key = u.key or self.fit_key(pool.store, pool.images, u.head, u.budget)
+        path = self.out / "units" / f"{key}.json"
+        if path.is_file():
+            return 0
+        curve = Curve(pool, u.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
+        rows = np.array([pool.index[p] for p in self._paths(u.budget.rows) if p in pool.index], int)
+        record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
+        record.update(_eval_predictions(pool.store.paths(self.evaluate_on), curve.y_eval, record.pop("proba")),
+                      classes=list(pool.store.classes), eval_split=self.evaluate_on)
+        self.throughput.record(self.throughput.key("fit", u.head), (len(rows), record["train_seconds"]))
+        _save(path, record)
+        return 1
+
+    def _finetune(self, u: Unit, progress: bool, log) -> int:
+        """A fine-tune on the budget alone: its validation cut from the budget by patient, the evaluation
+        split as its test; resumed from its last epoch when a killed study left one."""
+        from ..finetuning.runner import finetune  # torch: only when a fine-tune runs
+
+        path = self.out / "units" / f"{u.key}.json"
+        if path.is_file():
+            return 0
+        train, val = held_out(u.budget, self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
+                              seed=self.spec.seed)
+        rows = {"train": self.pool[train].tolist(), "val": self.pool[val].tolist(), "test": self.eval_rows}
+        folder = self.out / "finetunes" / u.key
+        folder.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(folder / "budget.json", json.dumps(
+            {s: [self.ds.paths[i] for i in r] for s, r in rows.items() if s != "test"}, indent=0) + "\n")
+        options = {**self.spec.finetune_options}
+        result = finetune(self.spec.data, u.backbone, weights=self.spec.weights, seed=self.spec.seed,
+                          threshold=self.spec.threshold, val_fraction=self.spec.val_fraction,
+                          cache_dir=self.cache_dir, out_dir=folder, resume=(folder / "last.pt").exists(),
+                          rows=rows, workers=self.workers, progress=progress, log=log, **options)
+        info = read_sidecar(result.artifact)
+        test = load_predictions(result.artifact, info)["test"]
+        history = result.history
+        rate = sum(h["images_per_second"] * h["seconds"] for h in history) / max(sum(h["seconds"] for h in history),
+                                                                                1e-9)
+        record = unit_record(u.method, u.budget.n, len(train) + len(val), u.budget.repeat, test["y"], test["proba"],
+                             result.threshold, {"best_epoch": result.best_epoch, "epochs_run": len(history), **options},
+                             result.train_seconds, images_per_second=rate, n_boot=self.spec.n_boot,
+                             seed=self.spec.seed)
+        record.update(_eval_predictions(list(test["path"]), test["y"], record.pop("proba")),
+                      artifact=os.path.relpath(result.artifact, self.out), classes=list(self.ds.classes),
+                      eval_split=self.evaluate_on)
+        size = options.get("image_size")
+        self.throughput.record(self.throughput.key("train", u.backbone, size), rate)
+        if info.get("predict_seconds_per_image"):
+            self.throughput.record(self.throughput.key("eval", u.backbone, size), 1 / info["predict_seconds_per_image"])
+        _save(path, record)
+        (folder / "last.pt").unlink(missing_ok=True)  # done: model.pt is the unit's network, no resume is left
+        return 1
+
+    def _paths(self, pool_rows) -> list[str]:
+        return [self.ds.paths[i] for i in self.pool[np.asarray(pool_rows, int)]]
+
+    # -- the answer ------------------------------------------------------------------------------------
+    def gather(self) -> list[dict]:
+        """The saved record of every fit and fine-tune, in plan order (keys of fits known once extracted)."""
+        records, pools = [], {}
+        for u in self.units:
+            if u.kind == "extract":
+                continue
+            key = u.key
+            if key is None:  # planned before its features existed
+                if u.backbone not in pools:
+                    store = self._finished(u.backbone)
+                    pools[u.backbone] = (store, _store_images(store, self.evaluate_on))
+                key = self.fit_key(*pools[u.backbone], u.head, u.budget)
+            path = self.out / "units" / f"{key}.json"
+            if not path.is_file():
+                raise FeatxError(f"unit {u.index} ({u.describe()}) is not done: run featx study without --unit")
+            records.append(_completed(json.loads(path.read_text())))
+        return records
 
 
-def _evaluation_split(ds, asked: str | None) -> str:
+def _evaluation_split(ds: Dataset, asked: str | None) -> str:
     present = set(ds.splits)
     chosen = asked or ("test" if "test" in present else "val")
     if chosen == "train":
@@ -94,26 +355,41 @@ def _evaluation_split(ds, asked: str | None) -> str:
     return chosen
 
 
-def _say_plan(ds, backbones, heads, sizes, repeats, evaluate_on, cache_dir, weights, log) -> None:
-    pool = sum(s == "train" for s in ds.splits)
-    extracted = [b for b in backbones if any(s.complete for s in
-                                             dataset_caches(ds, b, weights, dict.fromkeys(("image_size", "pool",
-                                                                                          "layers")), cache_dir))]
-    n_sizes = len(set(sizes))
-    log(f"plan: {len(backbones)} extractions ({len(extracted)} cached: {', '.join(extracted) or 'none'}); "
-        f"{len(backbones)} backbones x {len(heads)} heads x {n_sizes} sizes x {repeats} repeats = "
-        f"{len(backbones) * len(heads) * n_sizes * repeats} fits on budgets of the {pool} train images, "
-        f"each evaluated on the {sum(s == evaluate_on for s in ds.splits)} {evaluate_on} images")
+def _store_images(store, evaluate_on: str) -> str:
+    return images_fingerprint((p, h) for split in ("train", evaluate_on)
+                              for p, h in zip(store.paths(split), store.sha1s(split)))
 
 
-def _unit(path: Path, curve: Curve, budget) -> tuple[dict, bool]:
-    """A unit's record: read back when a previous run saved it, else fitted now and saved atomically."""
-    if path.is_file():
-        return json.loads(path.read_text()), False
-    record = curve.fit(budget)
+def _eval_predictions(paths, y, proba) -> dict:
+    """The evaluation split's labels and probabilities in path order, and the fingerprint of those paths:
+    the verdict pairs two methods only on the same images."""
+    order = np.argsort(np.asarray(paths), kind="stable")
+    proba = np.asarray(proba, float)[order]
+    return {"eval_images": record_hash(sorted(map(str, paths)), 16), "y": np.asarray(y)[order].tolist(),
+            "proba": np.round(proba, 7).tolist()}
+
+
+def _completed(record: dict) -> dict:
+    """A saved unit with every column: one saved before a metric was added gets it from its predictions."""
+    missing = [c for c in COLUMNS if c not in record]
+    if missing:
+        y, proba = np.asarray(record["y"]), np.asarray(record["proba"])
+        record = {**point_metrics(y, proba, record["threshold"]), **record}
+        record.setdefault("images_per_second", record["n_images"] / max(record["train_seconds"], 1e-9))
+    return record
+
+
+def _save(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, default=float) + "\n")
-    return json.loads(path.read_text()), True
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _cell(value):

@@ -1,0 +1,145 @@
+"""What a study asks, as one typed value: `featx study`'s options, a study file (`--config study.toml`) and
+the `study.toml` every study writes back into its folder, so that it can be re-run exactly.
+
+Only this module reads or writes a study file. Names are checked here, before any work: an unknown
+backbone, head or fine-tune option is refused in one line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .._core.errors import FeatxError
+from ..heads.specs import head_names
+from ..models.registry import get_spec
+
+DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
+# What a study may set on its fine-tunes (finetune's own options; the budget sets the data and seed).
+FINETUNE_OPTIONS = ("epochs", "unfreeze", "warmup_epochs", "lr", "layer_decay", "head_lr", "weight_decay", "schedule",
+                    "clip_grad", "label_smoothing", "class_weight", "dropout", "patience", "augment", "image_size",
+                    "batch_size", "dicom_window")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """One study: which methods, at which label budgets, evaluated where."""
+
+    data: str
+    backbones: tuple[str, ...] = ("efficientnet_lite0",)
+    heads: tuple[str, ...] = ("logreg",)
+    finetune: tuple[str, ...] = ()
+    train_sizes: tuple = DEFAULT_SIZES
+    finetune_sizes: tuple | None = None  # the sizes fine-tuned (a costly method may stop earlier); None: all
+    repeats: int = 3
+    eval_split: str | None = None
+    val_fraction: float | None = None
+    weights: str = "imagenet"
+    seed: int = 0
+    threshold: str | float = 0.5
+    n_boot: int = 1000
+    finetune_options: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("data", str(self.data))
+        set_("backbones", _names(self.backbones))
+        set_("finetune", _names(self.finetune))
+        heads = _names(self.heads)
+        set_("heads", tuple(dict.fromkeys(name for head in heads for name in head_names(head))))
+        if not (self.backbones and self.heads) and not self.finetune:
+            raise FeatxError("a study needs a backbone and a head, or a fine-tune (--finetune BACKBONE)")
+        for backbone in {*self.backbones, *self.finetune}:
+            get_spec(backbone, check_timm=False)
+        set_("train_sizes", tuple(_size(s) for s in self.train_sizes))
+        if self.finetune_sizes is not None:
+            set_("finetune_sizes", tuple(_size(s) for s in _names(self.finetune_sizes)))
+            extra = [s for s in self.finetune_sizes if s not in self.train_sizes]
+            if extra:
+                raise FeatxError(f"--finetune-sizes {extra[0]} is not one of --train-sizes "
+                                 f"({', '.join(map(str, self.train_sizes))})")
+        if self.repeats < 1:
+            raise FeatxError(f"--repeats must be at least 1, not {self.repeats}")
+        unknown = sorted(set(self.finetune_options) - set(FINETUNE_OPTIONS))
+        if unknown:
+            raise FeatxError(f"unknown fine-tune option {unknown[0]!r} in the study: choose among "
+                             f"{', '.join(FINETUNE_OPTIONS)}")
+        set_("finetune_options", dict(sorted(self.finetune_options.items())))
+
+    @classmethod
+    def from_toml(cls, path, **overrides) -> "StudySpec":
+        """A study file, with `overrides` (the options given on the command line) on top."""
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise FeatxError(f"study file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise FeatxError(f"{path} is not a valid TOML study file: {exc}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise FeatxError(f"{path}: unknown study key {unknown[0]!r}; the keys are {', '.join(sorted(known))}")
+        values = {**values, **overrides}
+        if "data" not in values:
+            raise FeatxError(f"{path} names no data (data = \"DIR\"), and --data was not given")
+        data = Path(values["data"])
+        if not data.is_absolute() and "data" not in overrides:  # relative to the study file, as written back
+            values["data"] = str((path.parent / data).resolve())
+        return cls(**values)
+
+    def to_toml(self, relative_to: Path | None = None) -> str:
+        """The study as a TOML file: `featx study --config` on it runs this same study."""
+        values = asdict(self)
+        if relative_to is not None:
+            values["data"] = _relative(Path(self.data), relative_to)
+        lines = ["# featx study: re-run with  featx study --config study.toml"]
+        options = values.pop("finetune_options")
+        lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
+        if options:
+            lines += ["", "[finetune_options]", *[f"{key} = {_toml(value)}" for key, value in options.items()]]
+        return "\n".join(lines) + "\n"
+
+    @property
+    def record(self) -> dict:
+        """What every unit's name is taken over, besides its own method and budget."""
+        return {"seed": self.seed, "threshold": str(self.threshold), "n_boot": self.n_boot}
+
+
+def _names(value) -> tuple[str, ...]:
+    """Names from a list or a comma-separated text; "none" names none (a study of fine-tunes only)."""
+    if value in (None, "none"):
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(dict.fromkeys(str(v).strip() for v in items if str(v).strip()))
+
+
+def _size(size):
+    if size in (None, "all"):
+        return "all"
+    if isinstance(size, str) and size.strip().isdigit() and int(size) > 0:
+        return int(size)
+    if isinstance(size, int) and not isinstance(size, bool):
+        return size
+    raise FeatxError(f"--train-sizes takes positive numbers of images or 'all', not {size!r}")
+
+
+def _relative(path: Path, folder: Path) -> str:
+    import os
+
+    try:
+        return os.path.relpath(path.resolve(), folder.resolve())
+    except ValueError:  # another drive
+        return str(path)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
