@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -111,3 +114,18 @@ def test_val_fraction_gives_the_share_asked_for(tmp_path):
         assert f"{n_val} of 600 train images" in ds.split_note and f"asked {fraction:.1%}" in ds.split_note
         val_groups = {g for g, s in zip(ds.groups, ds.splits) if s == "val"}
         assert not val_groups & {g for g, s in zip(ds.groups, ds.splits) if s == "train"}
+
+
+def test_lightgbm_splits_on_a_small_budget():
+    """On 24 images LightGBM's 20 rows per leaf allow no split: every tree was a constant and ROC-AUC 0.5
+    (featx study showed it at n = 25 and 50). Its leaves now hold what the rows allow, and it says so."""
+    from featx.studies.label_curves import head_learning_curve
+
+    from conftest import toy_features, write_store
+
+    X, y = toy_features(n=240, signal=2.0)
+    store = write_store(Path(tempfile.mkdtemp()) / "c.h5", X, y, np.array(["train"] * 160 + ["test"] * 80))
+    [small] = head_learning_curve(store, "lightgbm", [24], repeats=1, n_boot=50)
+    assert small["roc_auc"] > 0.8 and small["params"]["min_child_samples"] < 20
+    [full] = head_learning_curve(store, "lightgbm", ["all"], repeats=1, n_boot=50)
+    assert "min_child_samples" not in full["params"]  # LightGBM's own default wherever it can split

@@ -117,10 +117,24 @@ def _selection(estimator, candidates, scores, best: int, method: str, held_proba
                      method, held_proba, np.asarray(held_y))
 
 
+# How heads are chosen and fitted; what a saved result made by other rules would not match (featx study's
+# units are named by it). 2: LightGBM's leaves fit a training set too small for 20 rows per leaf.
+SELECTION_RULES = "featx-select-2"
+LIGHTGBM_MIN_CHILD = 20  # LightGBM's own min_child_samples, kept wherever the training set allows a split
+
+
 def _feasible(candidates: list[dict], n_fit: int) -> list[dict]:
-    """Drop settings a small training set cannot support (kNN's k above the images it has)."""
-    kept = [p for p in candidates if p.get("clf__n_neighbors", 0) <= n_fit]
-    return kept or [{**candidates[0], "clf__n_neighbors": n_fit}]
+    """Drop or adapt settings a small training set cannot support: kNN's k above the images it has, and
+    LightGBM's 20 rows per leaf, which on fewer than 40 rows (after early stopping takes a fifth) allow no
+    split at all, so every tree is a constant and ROC-AUC is 0.5. There the leaves may hold an eighth of
+    the rows (at least 2), and the chosen parameters say so."""
+    kept = [p for p in candidates if p.get("clf__n_neighbors", 0) <= n_fit] or \
+        [{**candidates[0], "clf__n_neighbors": n_fit}]
+    rows = int(0.8 * n_fit)  # what a tree is grown on, early stopping's fifth aside
+    if rows < 2 * LIGHTGBM_MIN_CHILD:
+        leaf = max(2, rows // 8)
+        kept = [{**p, "clf__min_child_samples": leaf} if "clf__num_leaves" in p else p for p in kept]
+    return kept
 
 
 def _cross_fit(model: Pipeline, fitter: "_Fitter", X, y, groups, splits, *, finish: bool):

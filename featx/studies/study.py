@@ -35,6 +35,7 @@ from ..data.datasets import Dataset, load_dataset
 from ..data.leakage import check_dataset_copies
 from ..evaluation.significance import point_metrics
 from ..features.reuse import finished_cache
+from ..heads.selection import SELECTION_RULES
 from .estimates import Throughput
 from .label_curves import COLUMNS, Curve, Pool, unit_record
 from .spec import StudySpec
@@ -144,7 +145,8 @@ class Plan:
 
     def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
         return record_hash({"features": store.config["config_hash"], "images": images, "head": head,
-                            "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on, **self.spec.record}, 16)
+                            "rules": SELECTION_RULES, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
+                            **self.spec.record}, 16)
 
     def finetune_key(self, backbone: str, images: str, budget: Budget) -> str:
         return record_hash({"finetune": backbone, "weights": self.spec.weights, "options": self.spec.finetune_options,
