@@ -27,16 +27,18 @@ class Throughput:
         self.path = Path(cache_dir) / FILE
         self.device = device
         self.rates = _read(self.path)
-        self.timed: set[str] = set()  # keys estimated from a few batches in this process, not measured
+        self.timed: set[tuple] = set()  # (kind, name, size) estimated from a few batches here, not measured
 
-    def key(self, kind: str, name: str, size=None) -> str:
+    def _key(self, kind: str, name: str, size=None) -> str:
+        """The file's key for one rate (written, never read apart)."""
         return f"{self.device}|{kind}|{name}" + (f"@{size}" if size else "")
 
-    def record(self, key: str, value) -> None:
-        """Add one measurement under `key` (rates: the newest wins; fits: (images, seconds) pairs kept)."""
+    def record(self, kind: str, name: str, value, size=None) -> None:
+        """Add one measurement (rates: the newest wins; fits, `value` (images, seconds): the pairs are kept)."""
+        key = self._key(kind, name, size)
         with exclusive_lock(self.path, wait=True):
             rates = _read(self.path)
-            if key.split("|")[1] == "fit":
+            if kind == "fit":
                 pairs = {int(n): s for n, s in rates.get(key, [])}
                 pairs[int(value[0])] = float(value[1])
                 value = sorted(pairs.items())[-32:]
@@ -44,21 +46,22 @@ class Throughput:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.path, json.dumps(rates, indent=1, sort_keys=True) + "\n")
             self.rates = rates
-        self.timed.discard(key)
+        self.timed.discard((kind, name, size))
 
     def images_per_second(self, kind: str, backbone: str, size=None) -> float:
         """Extraction ("extract"), or fine-tune training ("train") and evaluation ("eval") images/s."""
-        key = self.key(kind, backbone, size)
+        key = self._key(kind, backbone, size)
         if key not in self.rates:
             forward, train = _timed(backbone, size)
             for k, v in (("extract", forward), ("eval", forward), ("train", train)):
-                self.rates.setdefault(self.key(k, backbone, size), v)
-                self.timed.add(self.key(k, backbone, size))
+                if self._key(k, backbone, size) not in self.rates:
+                    self.rates[self._key(k, backbone, size)] = v
+                    self.timed.add((k, backbone, size))
         return float(self.rates[key])
 
     def fit_seconds(self, head: str, images: int) -> float | None:
         """Seconds for one fit of `head` (selection included) on `images` images; None when never measured."""
-        pairs = self.rates.get(self.key("fit", head))
+        pairs = self.rates.get(self._key("fit", head))
         if not pairs:
             return None
         below = [s for n, s in pairs if n <= images]

@@ -201,7 +201,7 @@ class Plan:
                 ("~?" if unknown and not seconds else f"~{_duration(seconds)}")
             log(f"  unit {numbers:<9} {what:<58} {state}")
         seconds, unknown = self.seconds_left()
-        timed = sorted({k.split("|")[2] for k in self.throughput.timed})
+        timed = sorted({name + (f"@{size}" if size else "") for _, name, size in self.throughput.timed})
         log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count('extract')} "
             f"extraction(s), {self._count('fit')} fits, {self._count('finetune')} fine-tunes; "
             f"the rest ~{_duration(seconds)}"
@@ -262,8 +262,7 @@ class Plan:
                         seed=self.spec.seed, cache_dir=self.cache_dir, workers=self.workers, progress=progress,
                         log=log)
         if before is None and store.n_rows >= 32:
-            self.throughput.record(self.throughput.key("extract", backbone),
-                                   store.n_rows / (time.perf_counter() - started))
+            self.throughput.record("extract", backbone, store.n_rows / (time.perf_counter() - started))
         pool = Pool(store, "train", self.evaluate_on)
         pool.images = _store_images(store, self.evaluate_on)
         pool.index = {p: i for i, p in enumerate(store.paths("train"))}
@@ -279,7 +278,7 @@ class Plan:
         record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
         record.update(_eval_predictions(pool.store.paths(self.evaluate_on), curve.y_eval, record.pop("proba")),
                       classes=list(pool.store.classes), eval_split=self.evaluate_on)
-        self.throughput.record(self.throughput.key("fit", u.head), (len(rows), record["train_seconds"]))
+        self.throughput.record("fit", u.head, (len(rows), record["train_seconds"]))
         _save(path, record)
         return 1
 
@@ -316,9 +315,9 @@ class Plan:
                       artifact=os.path.relpath(result.artifact, self.out), classes=list(self.ds.classes),
                       eval_split=self.evaluate_on)
         size = options.get("image_size")
-        self.throughput.record(self.throughput.key("train", u.backbone, size), rate)
+        self.throughput.record("train", u.backbone, rate, size)
         if info.get("predict_seconds_per_image"):
-            self.throughput.record(self.throughput.key("eval", u.backbone, size), 1 / info["predict_seconds_per_image"])
+            self.throughput.record("eval", u.backbone, 1 / info["predict_seconds_per_image"], size)
         _save(path, record)
         (folder / "last.pt").unlink(missing_ok=True)  # done: model.pt is the unit's network, no resume is left
         return 1
