@@ -117,7 +117,7 @@ class Plan:
     # -- the plan --------------------------------------------------------------------------------------
     def _units(self) -> list[Unit]:
         units = [Unit(i, "extract", b) for i, b in enumerate(self.spec.backbones if self.spec.heads else ())]
-        stores = {}
+        self.finished = stores = {}  # backbone -> its complete cache when planned, else None
         for u in list(units):
             stores[u.backbone] = self._finished(u.backbone)
             units[u.index] = replace(u, done=stores[u.backbone] is not None,
@@ -256,7 +256,7 @@ class Plan:
         """The backbone's cache (extracted when needed, its rate recorded), read once for all its fits."""
         from ..features.extraction import extract
 
-        before = self._finished(backbone)
+        before = self.finished.get(backbone)  # as planned: the files were checked once, there
         started = time.perf_counter()
         store = extract(self.spec.data, backbone, weights=self.spec.weights, val_fraction=self.spec.val_fraction,
                         seed=self.spec.seed, cache_dir=self.cache_dir, workers=self.workers, progress=progress,
