@@ -27,11 +27,12 @@ _API = {
     "evaluate": "evaluation.metrics", "choose_threshold": "evaluation.thresholds",
     "fit": "heads.fitting", "FitResult": "heads.fitting", "shift": "studies.shift",
     "ImageClassifier": "artifacts.predictors", "FineTunedClassifier": "artifacts.predictors",
-    "load": "artifacts.predictors",
+    "load": "artifacts.predictors", "convert_artifact": "artifacts.conversion",
     "predict": "artifacts.prediction",
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
     "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
     "robustness": "studies.robustness", "study": "studies.study",
+    "export": "exporting.onnx_export", "refresh_card": "exporting.cards",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

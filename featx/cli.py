@@ -56,6 +56,11 @@ CACHE = click.option("--cache", "cache_dir", type=click.Path(file_okay=False), d
 MODELS = click.option("--models", "models_dir", type=click.Path(file_okay=False), default=None,
                       help="Folder of model artifacts [default: <cache>/models].")
 DEVICE = click.option("--device", default="auto", type=_Device(), help="Where the model runs.")
+MODEL = click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False),
+                     help="A .skops head from featx fit, or a model.pt from featx finetune.")
+TRUST_PICKLE = click.option("--trust-pickle", is_flag=True,
+                            help="Also load a head saved as a joblib pickle (featx before format 3): unpickling runs "
+                                 "any code the file holds, so only for files from a source you trust.")
 WORKERS = click.option("--workers", default=None, type=click.IntRange(min=0),
                        help="Decoding processes [default: 1 on CPU, up to 8 on GPU; 0 for fine-tuning on CPU].")
 VAL_FRACTION = click.option("--val-fraction", default=None, type=float,
@@ -177,7 +182,7 @@ def fit_command(head, features, backbone, data, weights, image_size, pool, layer
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
 
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
-    Each head is saved as a joblib artifact with a JSON sidecar holding its metrics.
+    Each head is saved as a skops artifact (loading it runs no code) with a JSON sidecar and a model card.
     """
     from .heads.fitting import fit
 
@@ -255,20 +260,22 @@ def shift_command(data, backbone, features, weights, image_size, pool, layers, s
 
 @main.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="A .joblib artifact from featx fit, or a model.pt from featx finetune.")
+@MODEL
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="Also write the predictions as CSV.")
 @click.option("--weights", default="auto", help="Backbone weights: auto (as recorded in the model), imagenet, or a PATH.")
 @DEVICE
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per forward pass.")
-def predict_command(images, model_path, output, weights, device, batch_size):
+@TRUST_PICKLE
+def predict_command(images, model_path, output, weights, device, batch_size, trust_pickle):
     """Class probabilities of each image (or every image under a folder), with the model's own backbone.
 
-    The artifact's sha256 is checked before it is unpickled: load only models from sources you trust.
+    The artifact's sha256 and its sidecar are checked first; loading it runs no code from it
+    (a head saved before featx's format 3 is a pickle: see featx convert).
     """
     from .artifacts.prediction import predict
     from .artifacts.predictors import load
 
-    model = load(model_path)
+    model = load(model_path, trust_pickle=trust_pickle)
     rows = predict(model, images, weights=weights, device=device, batch_size=batch_size, output=output)
     classes = [k.removeprefix("p_") for k in rows[0] if k.startswith("p_")]
     for row in rows:
@@ -285,6 +292,56 @@ def predict_command(images, model_path, output, weights, device, batch_size):
         click.echo(f"wrote {output}", err=True)
     if bad == len(rows):
         raise click.ClickException("no image could be read")
+
+
+@main.command("convert")
+@MODEL
+@TRUST_PICKLE
+def convert_command(model_path, trust_pickle):
+    """Rewrite a head saved as a joblib pickle (featx before format 3) as a skops file, once.
+
+    Reading the pickle runs any code it holds: pass --trust-pickle only for a file from a source
+    you trust. The new head keeps its name, sidecar facts and predictions, and loads without it.
+    """
+    from .artifacts.conversion import convert_artifact
+
+    click.echo(str(convert_artifact(model_path, trust_pickle=trust_pickle)))
+
+
+@main.command("export")
+@MODEL
+@click.option("--format", "fmt", default="onnx", show_default=True, help="The file format: onnx.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The ONNX file to write [default: beside the model, .onnx].")
+@TRUST_PICKLE
+def export_command(model_path, fmt, out, trust_pickle):
+    """One ONNX file, uint8 RGB images in and class probabilities out, that runs without featx.
+
+    Normalisation (and any hflip TTA) is inside the graph; the decode, resize and centre crop of
+    the model's own eval transform are written beside it (<out>.preprocess.json), with its model
+    card (<out>.md). Prints how closely onnxruntime reproduces featx and an example to run it.
+    """
+    from .exporting.onnx_export import export
+
+    done = export(model_path, format=fmt, out=out, trust_pickle=trust_pickle)
+    click.echo(f"wrote {done.path}, {done.recipe}" + (f", {done.card}" if done.card else ""))
+    if done.max_difference is None:
+        click.echo("onnxruntime is not installed: the export was not run (pip install onnxruntime)", err=True)
+    else:
+        click.echo(f"onnxruntime vs featx on 2 generated images: max |difference in probability| {done.max_difference:.1e}")
+    click.echo("\nrun it with onnxruntime (python example.py IMAGE):\n")
+    click.echo(done.example)
+
+
+@main.command("card")
+@MODEL
+@click.option("--intended-use", default=None, help="Who the model is for and what it may be used for (kept for later cards).")
+@click.option("--limitations", default=None, help="What it was not tested on, e.g. 'pediatric X-rays from one centre' (kept).")
+def card_command(model_path, intended_use, limitations):
+    """Write the model card (<model>.md) again, with robustness and shift results featx has saved."""
+    from .exporting.cards import refresh_card
+
+    click.echo(str(refresh_card(model_path, intended_use=intended_use, limitations=limitations)))
 
 
 @main.command("finetune")

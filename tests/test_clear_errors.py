@@ -60,7 +60,7 @@ def test_compare_says_where_it_looked_and_how_to_include_a_run_saved_elsewhere(t
                 "--val-fraction", "0.34", "--out", run_folder)
     assert tuned.exit_code == 0, tuned.output
     line = one_line_error(run("compare", "--data", data, "--split", "val", "--no-report"))
-    assert "looked for heads, *.joblib, and fine-tune run folders, */model.pt" in line
+    assert "looked for heads, *.skops or *.joblib, and fine-tune run folders, */model.pt" in line
     assert "--models set to the folder that holds DIR" in line
     found = run("compare", "--data", data, "--split", "val", "--no-report", "--models", run_folder.parent)
     assert found.exit_code == 0 and "fine-tune" in found.output

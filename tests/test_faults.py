@@ -119,8 +119,8 @@ def test_fit_killed_before_its_sidecar_leaves_nothing_loadable(tmp_path):
     store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
     args = ["fit", "--features", store.path, "--models", tmp_path / "m"]
     assert _killed_at("featx.artifacts.format", "write_text_atomic", 1, args, before=True) == -9
-    assert not list((tmp_path / "m").glob("*.joblib"))  # the new model waits as *.pending until its sidecar
-    [pending] = (tmp_path / "m").glob("*.joblib.pending")
+    assert not list((tmp_path / "m").glob("*.skops"))  # the new model waits as *.pending until its sidecar
+    [pending] = (tmp_path / "m").glob("*.skops.pending")
     artifact = pending.with_name(pending.name.removesuffix(".pending"))
     with pytest.raises(featx.FeatxError, match="no sidecar"):
         featx.load(artifact)
@@ -134,7 +134,7 @@ def test_a_refit_killed_or_out_of_space_at_its_sidecar_keeps_a_loadable_model(tm
     store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
     args = ["fit", "--features", store.path, "--models", tmp_path / "m"]
     assert run(*args).exit_code == 0
-    [artifact] = (tmp_path / "m").glob("*.joblib")
+    [artifact] = (tmp_path / "m").glob("*.skops")
     before = featx.load(artifact).predict_proba(X[:5])
     write_store(store.path, X[::-1].copy(), y, three_way(90))  # other features of the same images: the same name
     # A re-fit whose sidecar cannot be written: the previous model still loads, unchanged.
@@ -196,9 +196,7 @@ def test_full_disk_while_creating_a_cache_or_saving_a_model(tmp_path, monkeypatc
     X, y = toy_features(90)
     store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
     [first] = featx.fit(store, head="logreg", models_dir=tmp_path / "m")
-    import joblib
-
-    monkeypatch.setattr(joblib, "dump", _no_space)
+    monkeypatch.setattr(featx.artifacts.portable, "dump", _no_space)
     assert "no space left" in final_error(run("fit", "--features", store.path, "--models", tmp_path / "m")).lower()
     assert featx.load(first.artifact).predict_proba(X[:1]).shape == (1, 2)  # the earlier model is untouched
 

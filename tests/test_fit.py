@@ -162,11 +162,11 @@ def test_tampered_or_incomplete_artifact_is_refused(store, tmp_path):
     path = result.artifact
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    tampered = tmp_path / "tampered.joblib"
+    tampered = tmp_path / "tampered.skops"
     tampered.write_bytes(bytes(data))
     shutil.copy(path.with_suffix(".json"), tampered.with_suffix(".json"))
     assert "sha256" in one_line_error(run("predict", "--model", tampered, tmp_path))
-    orphan = tmp_path / "orphan.joblib"
+    orphan = tmp_path / "orphan.skops"
     shutil.copy(path, orphan)  # as if killed before the sidecar was written
     assert "no sidecar" in one_line_error(run("predict", "--model", orphan, tmp_path))
 
@@ -193,7 +193,7 @@ def test_fit_from_backbone_and_data_then_predict_images(tmp_path):
                  "--threshold", "youden")
     assert fitted.exit_code == 0, fitted.output
     artifact = fitted.stdout.strip().splitlines()[-1]
-    assert "logreg" in fitted.stdout and "val" in fitted.stdout and artifact.endswith(".joblib")
+    assert "logreg" in fitted.stdout and "val" in fitted.stdout and artifact.endswith(".skops")
 
     (data / "PNEUMONIA" / "broken.jpeg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "preds.csv"
@@ -294,4 +294,4 @@ def test_a_head_that_cannot_train_on_so_few_images_is_one_line_and_all_goes_on(t
     every = runner.invoke(main, ["fit", "--features", str(path), "--head", "all", "--models", str(tmp_path / "m")])
     assert every.exit_code == 0, every.output
     assert "skipped mlp cannot be trained" in every.output
-    assert len(list((tmp_path / "m").glob("*.joblib"))) == len(HEAD_NAMES) - 1
+    assert len(list((tmp_path / "m").glob("*.skops"))) == len(HEAD_NAMES) - 1

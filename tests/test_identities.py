@@ -125,7 +125,7 @@ def test_a_copied_project_keeps_its_caches_and_models(tmp_path, monkeypatch):
     model = fitted.strip().splitlines()[-1].split("-> ")[-1]
     refit = _cli(copy, monkeypatch, "fit", "--backbone", TINY, "--data", "data", "--weights", "random",
                  "--head", "logreg")
-    assert model.endswith(".joblib") and refit.strip().splitlines()[-1].endswith(f"-> {model}")  # the same model
+    assert model.endswith(".skops") and refit.strip().splitlines()[-1].endswith(f"-> {model}")  # the same model
     compared = _cli(copy, monkeypatch, "compare", "--data", "data", "--split", "val", "--no-report")
     assert f"{TINY} + logreg" in compared
     predicted = _cli(copy, monkeypatch, "predict", "data/NORMAL", "--model", model)

@@ -96,5 +96,5 @@ def test_toy_heads_still_predict_from_feature_rows(tmp_path):
     X, y = toy_features(90)
     store = write_store(tmp_path / "toy.h5", X, y, three_way(90))
     [result] = featx.fit(store, head="logreg", models_dir=tmp_path / "m", log=lambda m: None)
-    assert json.loads(result.artifact.with_suffix(".json").read_text())["format"] == 2
+    assert json.loads(result.artifact.with_suffix(".json").read_text())["format"] == 3
     assert featx.load(result.artifact).predict_proba(X[:3]).shape == (3, 2)

@@ -1,4 +1,6 @@
-"""Artifacts written before the layered redesign still load and predict the same (tests/fixtures/legacy)."""
+"""Artifacts written before the layered redesign still load and predict the same (tests/fixtures/legacy).
+
+Their heads are joblib pickles: they load only with trust_pickle=True (tests/test_portable.py shows the refusal)."""
 
 from __future__ import annotations
 
@@ -19,14 +21,14 @@ IMAGES = [LEGACY / "images" / p for p in EXPECTED["images"]]
 
 @pytest.mark.parametrize("kind", ["head", "finetune"])
 def test_old_image_models_give_the_same_probabilities(kind):
-    model = featx.load(LEGACY / EXPECTED[kind]["artifact"])
+    model = featx.load(LEGACY / EXPECTED[kind]["artifact"], trust_pickle=True)
     proba, reasons = model.image_proba(IMAGES, device="cpu")
     assert not any(reasons)
     assert np.allclose(proba, EXPECTED[kind]["proba"], atol=1e-6)
 
 
 def test_an_old_pickle_of_a_moved_class_loads():
-    model = featx.load(LEGACY / EXPECTED["booster"]["artifact"])
+    model = featx.load(LEGACY / EXPECTED["booster"]["artifact"], trust_pickle=True)
     assert type(model.head).__module__ == "featx.heads.out_of_core"
     assert np.allclose(model.predict_proba(np.array(EXPECTED["booster"]["X"], np.float32)),
                        EXPECTED["booster"]["proba"], atol=1e-9)

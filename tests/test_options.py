@@ -75,4 +75,4 @@ def test_device_accepts_a_gpu_index(folder):
         pytest.skip("this machine has a second GPU")
     line = cli("extract", "--data", folder, "--backbone", TINY, "--weights", "random", "--device", "cuda:1")
     assert line.startswith("--device cuda:1 asked for, but PyTorch sees")
-    assert api(lambda: featx.predict("nowhere.joblib", [folder], device="cuda:2x")).startswith("--device must be")
+    assert api(lambda: featx.predict("nowhere.skops", [folder], device="cuda:2x")).startswith("--device must be")

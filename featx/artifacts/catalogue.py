@@ -1,25 +1,38 @@
-"""Which saved models there are: heads (`*.joblib`) and fine-tunes (`*/model.pt`) with a sidecar, and
+"""Which saved models there are: heads (`*.skops`, or `*.joblib` before format 3) and fine-tunes (`*/model.pt`) with a sidecar, and
 those of one dataset. compare, robustness and the report all find models here."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .._core.errors import FeatxError
-from .format import read_sidecar
+from .format import described_beside, read_sidecar
 from .sidecar import Sidecar
 
-LOOKED_FOR = "(looked for heads, *.joblib, and fine-tune run folders, */model.pt, each with its sidecar)"
+LOOKED_FOR = "(looked for heads, *.skops or *.joblib, and fine-tune run folders, */model.pt, each with its sidecar)"
 HOW_TO_INCLUDE = ("run featx fit or featx finetune first; a fine-tune saved with --out DIR is found with --models "
                   "set to the folder that holds DIR")
 
 
 def find_artifacts(models_dir) -> list[Path]:
-    """Heads (`*.joblib`) and fine-tunes (`*/model.pt`) that have a sidecar."""
+    """Heads (`*.skops`, `*.joblib`) and fine-tunes (`*/model.pt`) whose sidecar describes them (a
+    pickle left beside its converted head, by a kill in between, is not a second model)."""
     models_dir = Path(models_dir)
-    found = [p for p in sorted(models_dir.glob("*.joblib")) + sorted(models_dir.glob("*/model.pt"))
-             if p.with_suffix(".json").is_file()]
-    return found
+    candidates = [*sorted(models_dir.glob("*.skops")), *sorted(models_dir.glob("*.joblib")),
+                  *sorted(models_dir.glob("*/model.pt"))]
+    return [p for p in candidates if _describes(p)]
+
+
+def _describes(path: Path) -> bool:
+    """Whether `path` is the model its sidecar describes (not a pickle left beside its converted head by
+    a kill in between); a sidecar that cannot be read is kept, so that its reader says why."""
+    side = path.with_suffix(".json")
+    try:
+        info = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return side.is_file()
+    return not isinstance(info, dict) or described_beside(path, info) is None
 
 
 def artifacts_of_dataset(paths: list[Path], data, cache_dir: Path,

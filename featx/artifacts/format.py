@@ -1,11 +1,13 @@
 """The artifact format: a model file plus a JSON sidecar that says how to trust and use it.
 
-A head from `featx fit` is a joblib file; a fine-tune from `featx finetune` is a torch
-state_dict (`model.pt`). Both get the same sidecar (`build_sidecar`): the sha256 of the model
-file, checked before anything is unpickled (unpickling runs code: load only artifacts from
-sources you trust), the exact backbone and preprocessing of its inputs, the classes and
-decision threshold, the metrics, versions and date; and a `.predictions.npz` with each
-split's per-image probabilities, which `featx compare` reads.
+A head from `featx fit` is a skops file (`*.skops`: loading it runs no code from it, see
+artifacts.portable); a fine-tune from `featx finetune` is a torch state_dict (`model.pt`, read with
+weights_only=True). Heads saved before format 3 are joblib pickles, which run code when loaded:
+they load only when the caller says it trusts them (`trust_pickle=True`), and `convert_artifact`
+rewrites one as a skops file once. Every artifact gets the same sidecar (`build_sidecar`): the
+sha256 of the model file, checked before it is read, the exact backbone and preprocessing of its
+inputs, the classes and decision threshold, the metrics, versions and date; and a
+`.predictions.npz` with each split's per-image probabilities, which `featx compare` reads.
 
 Integrity: the sidecar carries a digest of its own content (`sidecar_sha256`, format 2), so an
 edited class list, threshold or recipe is refused like a replaced model file. A model is read
@@ -34,10 +36,11 @@ from .._core.atomic import atomic_path, write_text_atomic
 from .._core.errors import FeatxError
 from .._core.hashing import file_digest, lines_hash, record_hash
 from .._core.versions import package_versions
+from . import portable
 from .sidecar import Sidecar
 
-ARTIFACT_FORMAT = 2  # 2: the sidecar's own digest; 1 (older artifacts, still read) has none
-READ_FORMATS = (1, 2)
+ARTIFACT_FORMAT = 3  # 3: heads in skops files; 2: the sidecar's own digest; 1 has none (both still read)
+READ_FORMATS = (1, 2, 3)
 SIDECAR_DIGEST = "sidecar_sha256"
 # Modules that held classes featx pickled into heads, and where those classes live now: a pickle
 # names a class by its module, so artifacts made before a move still load.
@@ -69,17 +72,15 @@ def predictions_path(artifact) -> Path:
 
 
 def save_artifact(path, estimator, info: dict, predictions: dict | None = None) -> Path:
-    """A head from `featx fit`: its joblib file, its predictions and its sidecar, replaced together.
+    """A head from `featx fit`: its skops file, its predictions and its sidecar, replaced together.
 
     A kill or a full disk before the sidecar is committed leaves the previous artifact as it was (or
     none); after, the new one. No half-written artifact is ever loadable.
     """
-    import joblib
-
     path = Path(path)
     with atomic_path(pending_path(path)) as tmp:
-        joblib.dump(estimator, tmp)
-    return _finish(path, info, predictions)
+        portable.dump(estimator, tmp)
+    return _finish(path, {**info, "serialization": "skops"}, predictions)
 
 
 def save_checkpoint_artifact(path, state_dict: dict, info: dict, predictions: dict | None = None) -> Path:
@@ -87,7 +88,7 @@ def save_checkpoint_artifact(path, state_dict: dict, info: dict, predictions: di
     path = Path(path)
     with atomic_path(pending_path(path)) as tmp:
         save_torch(state_dict, tmp)
-    return _finish(path, info, predictions)
+    return _finish(path, {**info, "serialization": "torch"}, predictions)
 
 
 def save_torch(obj, path) -> None:
@@ -219,6 +220,9 @@ def read_verified(path) -> tuple[dict, bytes]:
     """(sidecar, the model file's bytes), both checked; the bytes are the ones to load."""
     path = Path(path)
     info = checked_sidecar(path)
+    other = described_beside(path, info)
+    if other:
+        raise FeatxError(f"{path} is not the file its sidecar describes; that is {other} (e.g. after featx convert)")
     raw = verified_bytes(path, info.get("sha256", ""))
     if raw is None:
         raise FeatxError(f"{path} does not match the sha256 in {sidecar_path(path).name} (tampered, replaced or "
@@ -226,17 +230,43 @@ def read_verified(path) -> tuple[dict, bytes]:
     return info, raw
 
 
-def read_head(path) -> tuple[dict, object]:
-    """(sidecar, estimator) of a head artifact, unpickled only from bytes whose sha256 was checked."""
+def serialization(info: dict) -> str:
+    """How the model file is stored: "skops", "torch", or "joblib" (a pickle: heads before format 3)."""
+    return info.get("serialization") or ("torch" if Sidecar.from_json(info).finetuned else "joblib")
+
+
+def described_beside(path: Path, info: dict) -> Path | None:
+    """The other file beside `path` that its sidecar describes, if there is one: a pickle left by a kill
+    just after `featx convert` committed its skops file. (A renamed pair describes no file beside it.)"""
+    name = info.get("file")
+    if not name or name == path.name:
+        return None
+    other = path.with_name(name)
+    return other if other.exists() or pending_path(other).exists() else None
+
+
+def read_head(path, *, trust_pickle: bool = False) -> tuple[dict, object]:
+    """(sidecar, estimator) of a head artifact, read only from bytes whose sha256 was checked."""
     path = Path(path)
     info, raw = read_verified(path)
     if Sidecar.from_json(info).finetuned:
         raise FeatxError(f"{path} is a fine-tuned network, not a head")
-    return info, unpickle_head(path, info, raw)
+    return info, head_from_bytes(path, info, raw, trust_pickle=trust_pickle)
 
 
-def unpickle_head(path: Path, info: dict, raw: bytes):
-    """The estimator in `raw`, the checked bytes of the head at `path`."""
+def head_from_bytes(path: Path, info: dict, raw: bytes, *, trust_pickle: bool = False):
+    """The estimator in `raw`, the checked bytes of the head at `path`: a skops file, or an older joblib
+    pickle only when `trust_pickle` (unpickling runs whatever code the file holds)."""
+    if serialization(info) == "skops":
+        return portable.loads(raw, path)
+    if not trust_pickle:
+        raise FeatxError(f"{path} is a pickle (a head saved by featx before format 3): loading it runs any code it "
+                         f"holds. If you trust where it came from, convert it once with featx convert --model {path} "
+                         "--trust-pickle (or pass trust_pickle=True / --trust-pickle)")
+    return _unpickle(path, info, raw)
+
+
+def _unpickle(path: Path, info: dict, raw: bytes):
     import joblib
 
     try:

@@ -16,21 +16,23 @@ import numpy as np
 from .._core.errors import FeatxError, first_line
 from ..data.decode_policy import DecodePolicy
 from ..features.identity import FeatureRecipe
-from .format import read_verified, sidecar_path, unpickle_head, verified_bytes
+from .format import head_from_bytes, read_verified, sidecar_path, verified_bytes
 from .sidecar import Sidecar
 
 
-def load(path):
-    """Load an artifact after checking its sidecar and its file's sha256 (pickles run code when loaded).
+def load(path, *, trust_pickle: bool = False):
+    """Load an artifact after checking its sidecar and its file's sha256; loading runs no code from it.
 
-    Returns an `ImageClassifier` (a head from `featx fit`) or a `FineTunedClassifier`, whose weights are
-    checked again when they are read.
+    Returns an `ImageClassifier` (a head from `featx fit`, a skops file) or a `FineTunedClassifier`
+    (a state_dict, read with weights_only=True when first used, checked again then). A head saved by
+    featx before format 3 is a joblib pickle, which runs any code it holds: it loads only with
+    `trust_pickle=True`; `featx.convert_artifact` rewrites it without pickle once.
     """
     path = Path(path)
     info, raw = read_verified(path)
     if Sidecar.from_json(info).finetuned:
         return FineTunedClassifier(info, path)
-    return ImageClassifier(unpickle_head(path, info, raw), info, path)
+    return ImageClassifier(head_from_bytes(path, info, raw, trust_pickle=trust_pickle), info, path)
 
 
 class _SavedModel:

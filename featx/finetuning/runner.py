@@ -39,6 +39,7 @@ from .._core.paths import default_cache_dir, file_safe
 from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
                              speaking)
 from ..artifacts.format import build_sidecar, images_fingerprint, save_checkpoint_artifact
+from ..artifacts.model_card import write_model_card
 from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS, Dataset, load_dataset
 from ..data.leakage import check_dataset_copies
@@ -363,7 +364,7 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
     recipe = FeatureRecipe.of(bb.identity(), tta="none", decode=run.policy)
     config = {**recipe.to_dict(), **bb.weights.record(), "backbone_options": bb.options(),
               "precision": precision_for(run.training.device), "dtype": "float32", "data_root": str(run.ds.root),
-              "dataset_key": run.ds.key}
+              "dataset_key": run.ds.key, "group_pattern": run.ds.group_pattern, "group_source": run.ds.group_source}
     features = feature_record(config, num_features=bb.num_features)
     params = {k: v for k, v in run.config.record().items() if k not in ("backbone", "weights")}
     info = build_sidecar(kind="finetune", head="finetune", params=params, classes=run.ds.classes, threshold=cut,
@@ -374,6 +375,7 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
     artifact = save_checkpoint_artifact(run.out / "model.pt", checkpoints.cpu_state(run.training.net), info,
                                         predictions)
     (run.out / "best_weights.pt").unlink(missing_ok=True)  # model.pt now holds the same weights
+    write_model_card(artifact)
     write_text_atomic(run.out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     if run.skipped:
         log(f"skipped {len(run.skipped)} unreadable images: "

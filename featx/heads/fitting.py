@@ -14,6 +14,8 @@ from .._core.errors import FeatxError, first_line
 from .._core.hashing import record_hash
 from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
+from ..artifacts import portable
+from ..artifacts.model_card import write_model_card
 from ..artifacts.format import build_sidecar, images_fingerprint, save_artifact
 from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS
@@ -131,8 +133,9 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": labels[split], "proba": p}
                    for split, p in probas.items()}
     info = _sidecar(name, store, sel, rule, cut, metrics, key, predict_seconds)
-    path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, key)}.joblib"
+    path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, key)}{portable.SUFFIX}"
     save_artifact(path, sel.estimator, info, predictions)
+    write_model_card(path)
     log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
     return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
 
@@ -321,5 +324,5 @@ def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics:
     return build_sidecar(kind="head", head=name, params=sel.params, classes=store.classes, threshold=cut,
                          threshold_rule=rule_name(rule), features=features, metrics=metrics,
                          train_seconds=sel.train_seconds, predict_seconds_per_image=predict_seconds,
-                         packages=("sklearn", "joblib", "numpy", *(("lightgbm",) if name == "lightgbm" else ())),
+                         packages=("sklearn", "skops", "numpy", *(("lightgbm",) if name == "lightgbm" else ())),
                          pca=key["pca"], seed=key["seed"], selection=selection, out_of_core=bool(key["out_of_core"]))

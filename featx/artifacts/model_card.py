@@ -1,0 +1,193 @@
+"""A model card beside every artifact (`<model>.md`): Hugging Face's layout, YAML front matter first.
+
+Everything on it is read from the checked sidecar and the saved predictions: the data (fingerprint,
+counts by class and split, how patients were grouped), the recipe (backbone, weights, preprocessing,
+head and its chosen parameters), metrics with bootstrap intervals on each evaluated split, the
+threshold and how it was chosen, and, when a caller passes them, robustness and shift results and
+the intended use. The card is for people; the sidecar stays the record featx trusts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .._core.atomic import write_text_atomic
+from ..evaluation.significance import bootstrap_ci, point_metrics
+from .format import checked_sidecar, load_predictions
+from .sidecar import Sidecar
+
+SHOWN = (("roc_auc", "ROC-AUC"), ("balanced_accuracy", "Balanced accuracy"), ("sensitivity", "Sensitivity"),
+         ("specificity", "Specificity"))
+N_BOOT = 1000
+DEFAULT_USE = ("Research on the images described under Training data. Not a medical device: not for diagnosis "
+               "or treatment decisions.")
+DEFAULT_LIMITS = ("Tested only on held-out images of the same dataset and centre(s) as its training images; "
+                  "other scanners, populations, ages or protocols may give different results. Check the model on "
+                  "your own data (featx shift, featx robustness) before relying on it.")
+
+
+def card_path(artifact) -> Path:
+    return Path(artifact).with_suffix(".md")
+
+
+def use_path(artifact) -> Path:
+    """Where the intended use and limitations someone wrote for a model are kept between cards."""
+    return Path(artifact).with_suffix(".use.json")
+
+
+def write_model_card(artifact, *, robustness: list[dict] | None = None, shift: list[str] | None = None,
+                     intended_use: str | None = None, limitations: str | None = None) -> Path:
+    """Write `<model>.md` for the artifact at `artifact` (atomically) and return its path. Intended use
+    and limitations given once are kept (`<model>.use.json`) for every later card of the model."""
+    info = checked_sidecar(artifact)
+    kept = json.loads(use_path(artifact).read_text()) if use_path(artifact).is_file() else {}
+    if intended_use or limitations:
+        kept = {**kept, **{k: v for k, v in (("intended_use", intended_use), ("limitations", limitations)) if v}}
+        write_text_atomic(use_path(artifact), json.dumps(kept, indent=2) + "\n")
+    intended_use, limitations = kept.get("intended_use"), kept.get("limitations")
+    predictions = load_predictions(artifact, info) if info.get("predictions") else {}
+    text = model_card(info, predictions, robustness=robustness, shift=shift, intended_use=intended_use,
+                      limitations=limitations)
+    path = card_path(artifact)
+    write_text_atomic(path, text)
+    return path
+
+
+def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, intended_use=None,
+               limitations=None) -> str:
+    """The card's Markdown: front matter, then details, data, evaluation, threshold, use."""
+    sidecar = Sidecar.from_json(info)
+    scores = {split: _scores(p, info.get("threshold")) for split, p in predictions.items()}
+    sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
+                "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
+                _evaluation(scores), _threshold(info, sidecar)]
+    if robustness:
+        sections.append(_robustness(robustness))
+    if shift:
+        sections.append("## Split shift\n\n" + "\n".join(f"- {line.strip()}" for line in shift) + "\n")
+    sections.append(f"## Intended use\n\n{intended_use or DEFAULT_USE}\n\n## Limitations\n\n{limitations or DEFAULT_LIMITS}\n")
+    return "\n".join(sections)
+
+
+def _scores(p: dict, threshold) -> dict:
+    """Point metrics and 95% intervals of one split (intervals only where the split has both classes)."""
+    y, proba = np.asarray(p["y"]), np.asarray(p["proba"])
+    point = point_metrics(y, proba, threshold if threshold is not None else 0.5)
+    ci = bootstrap_ci(y, proba, threshold if threshold is not None else 0.5, n_boot=N_BOOT) if len(np.unique(y)) > 1 \
+        else {}
+    return {"n": len(y), "point": point, "ci": ci}
+
+
+def _front_matter(info: dict, sidecar: Sidecar, scores: dict) -> str:
+    """YAML the Hub reads: library, tags, dataset, and a model-index with each split's metrics."""
+    split = "test" if "test" in scores else ("val" if "val" in scores else None)
+    lines = ["---", "library_name: featx", "pipeline_tag: image-classification",
+             f"tags: [featx, image-classification, {_yaml(sidecar.method.backbone)}, {_yaml(sidecar.method.head)}]"]
+    if sidecar.dataset:
+        lines.append(f"datasets: [{_yaml(sidecar.dataset)}]")
+    lines += ["model-index:", f"- name: {_yaml(sidecar.method.label)}", "  results:"]
+    for name in [s for s in ("test", "val") if s in scores]:
+        lines += ["  - task: {type: image-classification}",
+                  f"    dataset: {{name: {_yaml(sidecar.dataset or 'images')}, type: featx-folder, split: {name}}}",
+                  "    metrics:"]
+        for key, label in SHOWN:
+            value = scores[name]["point"].get(key)
+            if value is not None:
+                lines.append(f"    - {{type: {key}, value: {value:.4f}, name: {_yaml(label)}}}")
+    if split is None:
+        lines.append("  - {task: {type: image-classification}, metrics: []}")
+    lines.append("---\n")
+    return "\n".join(lines)
+
+
+def _yaml(text) -> str:
+    return json.dumps(str(text))  # a JSON string is a YAML string
+
+
+def _details(info: dict, sidecar: Sidecar) -> str:
+    c = info["features"]["config"]
+    data_config = c.get("data_config") or {}
+    size = data_config.get("input_size") or [None, None, None]
+    rows = [("Kind", "fine-tuned network" if sidecar.finetuned else "classical head on frozen backbone features"),
+            ("Backbone", f"{c.get('backbone')} (timm `{c.get('timm_model')}`)"),
+            ("Weights", f"{c.get('weights_source')}, sha256 `{str(c.get('weights_sha256'))[:16]}…`"),
+            ("Preprocessing", f"{size[1]}x{size[2]} px, {data_config.get('interpolation')} resize, crop_pct "
+                              f"{data_config.get('crop_pct')}, mean {data_config.get('mean')}, std {data_config.get('std')}; "
+                              f"decode {sidecar.recipe.decode}; TTA {sidecar.recipe.tta}"),
+            ("Head" if not sidecar.finetuned else "Training",
+             f"{info['head']}, {_params(info.get('params') or {})}" +
+             (f" (chosen by {info['selection']['method']})" if info.get("selection") else "")),
+            ("File", f"`{info.get('file')}` ({info.get('serialization', 'joblib')}), sha256 `{str(info.get('sha256'))[:16]}…`"),
+            ("Made", f"{info.get('created')} with featx {c.get('featx_version') or info.get('versions', {}).get('featx', '?')}"),
+            ]
+    if info.get("converted_from"):
+        rows.append(("Converted from", f"`{info['converted_from']['file']}` (a pickle)"))
+    return "## Model details\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in rows) + "\n"
+
+
+def _params(params: dict) -> str:
+    shown = {k: v for k, v in params.items() if v is not None and not isinstance(v, (dict, list))}
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) or "defaults"
+
+
+def _data(info: dict, sidecar: Sidecar, predictions: dict) -> str:
+    classes = list(info["classes"])
+    c = info["features"]["config"]
+    lines = ["## Training data\n", f"- **Dataset**: `{sidecar.dataset}` (found at `{sidecar.data_root}` when trained)"]
+    pattern = c.get("group_pattern")
+    if pattern or c.get("group_source"):
+        lines.append(f"- **Patients**: images grouped by {c.get('group_source') or f'the pattern `{pattern}` on file names'}; "
+                     "a patient's images are never on both sides of a split")
+    lines += ["", "| split | images | " + " | ".join(classes) + " | images fingerprint |",
+              "|---|---:|" + "---:|" * len(classes) + "---|"]
+    for split, p in predictions.items():
+        counts = np.bincount(np.asarray(p["y"]), minlength=len(classes))
+        fingerprint = (info.get("splits") or {}).get(split, {}).get("images_sha256", "")
+        lines.append(f"| {split} | {len(p['y'])} | " + " | ".join(str(int(n)) for n in counts) +
+                     f" | `{fingerprint[:16]}` |")
+    return "\n".join(lines) + "\n"
+
+
+def _evaluation(scores: dict) -> str:
+    lines = ["## Evaluation\n", "Bootstrap 95% intervals (1,000 resamples, stratified by class). Train is shown "
+             "for reference only; the test split, when there is one, was never used for any choice.\n",
+             "| split | n | " + " | ".join(label for _, label in SHOWN) + " |", "|---|---:|" + "---|" * len(SHOWN)]
+    for split, s in scores.items():
+        cells = []
+        for key, _ in SHOWN:
+            value, ci = s["point"].get(key), s["ci"].get(key)
+            cells.append("–" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and split != "train" else ""))
+        lines.append(f"| {split} | {s['n']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _threshold(info: dict, sidecar: Sidecar) -> str:
+    threshold, rule = info.get("threshold"), info.get("threshold_rule", "fixed")
+    if threshold is None or len(sidecar.classes) != 2:
+        return "## Decision\n\nThe most probable class.\n"
+    how = "fixed" if rule == "fixed" else f"chosen by {rule} on held-out predictions (validation split or CV on train, never test)"
+    positive, negative = sidecar.classes[1], sidecar.classes[0]
+    return (f"## Decision threshold\n\n{positive} when p({positive}) >= {threshold:.4f}, else {negative}; "
+            f"threshold {how}.\n")
+
+
+def _robustness(rows: list[dict]) -> str:
+    """ROC-AUC per corruption (rows) and severity (columns), per evaluated split."""
+    out = ["## Robustness (featx robustness)\n"]
+    for split in dict.fromkeys(r.get("split", "test") for r in rows):
+        mine = [r for r in rows if r.get("split", "test") == split]
+        severities = sorted({r["severity"] for r in mine if r["severity"] > 0})
+        clean = next((r for r in mine if r["severity"] == 0), None)
+        out.append(f"ROC-AUC on corrupted copies of the {split} split" +
+                   (f" (clean: {clean['roc_auc']:.3f})" if clean and clean.get("roc_auc") is not None else "") + ":\n")
+        out += ["| corruption | " + " | ".join(f"severity {s}" for s in severities) + " |",
+                "|---|" + "---:|" * len(severities)]
+        for corruption in dict.fromkeys(r["corruption"] for r in mine if r["severity"] > 0):
+            cells = {r["severity"]: r.get("roc_auc") for r in mine if r["corruption"] == corruption}
+            out.append(f"| {corruption} | " + " | ".join("–" if cells.get(s) is None else f"{cells[s]:.3f}"
+                                                       for s in severities) + " |")
+        out.append("")
+    return "\n".join(out)

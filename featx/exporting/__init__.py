@@ -1,0 +1,1 @@
+"""Models leaving featx: ONNX graphs with their preprocessing recipe and model card."""

@@ -1,0 +1,184 @@
+"""`featx export`: a saved model as one ONNX file that any onnxruntime (C#, Java, C++, Python) can run.
+
+The graph takes a batch of uint8 RGB images at the model's input size (N×H×W×3) and returns class
+probabilities; normalisation and any hflip TTA are inside. What stays outside (decoding, the resize
+and the centre crop of the checkpoint's own eval transform) is written as a small JSON recipe next to
+it, with the classes and the threshold; the graph's metadata says the same. Before it returns, the
+exported file is run by onnxruntime on two generated images beside featx's own prediction, and the
+largest difference is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._core.atomic import atomic_path, write_text_atomic
+from .._core.errors import FeatxError
+from .._core.versions import featx_version
+from ..artifacts.predictors import FineTunedClassifier, load
+from . import graphs
+
+FORMATS = ("onnx",)
+
+
+@dataclass
+class Exported:
+    """What `export` wrote, the onnxruntime example for it, and how closely it reproduces featx."""
+
+    path: Path
+    recipe: Path
+    card: Path | None
+    example: str
+    max_difference: float | None  # onnxruntime vs featx on generated images (None: onnxruntime not installed)
+
+
+def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False, check: bool = True) -> Exported:
+    """Write `model` (a head or fine-tune artifact) as `out` (default: beside it, `.onnx`), its recipe
+    (`<out>.preprocess.json`) and its model card (`<out>.md`)."""
+    if format not in FORMATS:
+        raise FeatxError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    graphs.require("onnx")
+    source = Path(model)
+    loaded = load(source, trust_pickle=trust_pickle)
+    recipe = input_recipe(loaded)
+    graph = _graph(loaded)
+    _describe(graph, loaded, recipe)
+    out = Path(out) if out else _default_out(source)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(graph.SerializeToString())
+    recipe_path = out.with_name(out.stem + ".preprocess.json")
+    write_text_atomic(recipe_path, json.dumps({**recipe, "model": out.name}, indent=2) + "\n")
+    card = _copy_card(source, out)
+    example = onnxruntime_example(out, recipe_path, recipe)
+    difference = _check(loaded, out, recipe) if check else None
+    return Exported(out, recipe_path, card, example, difference)
+
+
+def _default_out(source: Path) -> Path:
+    return source.with_suffix(".onnx")
+
+
+def _graph(loaded):
+    """The whole model as one ONNX graph: images -> probabilities."""
+    c = loaded.feature_config
+    if isinstance(loaded, FineTunedClassifier):
+        module = graphs.image_module(loaded.network(), loaded.data_config, softmax=True)
+        return graphs.torch_graph(module, loaded.data_config["input_size"], graphs.OUTPUT)
+    bb = loaded.backbone()
+    module = graphs.image_module(bb.model, bb.data_config, tta=loaded.feature_recipe.tta)
+    backbone = graphs.torch_graph(module, bb.data_config["input_size"], graphs.FEATURES)
+    head = graphs.head_graph(loaded.head, c.get("num_features") or loaded.info["features"]["num_features"])
+    return graphs.merge(backbone, head, "backbone_", "head_")
+
+
+def input_recipe(loaded) -> dict:
+    """How an image file becomes the graph's input, from the checkpoint's own eval transform."""
+    from ..data.transforms import EvalTransform
+
+    config = loaded.data_config if isinstance(loaded, FineTunedClassifier) else loaded.backbone().data_config
+    steps = list(EvalTransform(config).resize_crop.transforms)
+    names = [type(s).__name__ for s in steps]
+    if names[:2] != ["Resize", "CenterCrop"] or not isinstance(steps[0].size, int):
+        raise FeatxError(f"featx exports models whose eval transform is resize then centre crop; this one is "
+                         f"{' -> '.join(names)}")
+    crop_h, crop_w = steps[1].size
+    threshold = loaded.threshold if len(loaded.classes_) == 2 else None
+    return {"featx_version": featx_version(), "method": loaded.sidecar.method.label,
+            "input": {"name": graphs.INPUT, "dtype": "uint8", "layout": "NHWC", "height": crop_h, "width": crop_w,
+                      "channels": "RGB"},
+            "decode": {"policy": str(loaded.decode_policy),
+                       "steps": "apply the EXIF orientation; 8-bit grayscale or colour to RGB (a grayscale image "
+                                "repeats in all three channels); featx.data.images.load_image reads 16-bit, "
+                                "RGBA and DICOM files as training did"},
+            "resize": {"shorter_side": int(steps[0].size), "interpolation": steps[0].interpolation.value,
+                       "rounding": "the longer side is int(side * long / short), as torchvision's Resize"},
+            "crop": {"kind": "center", "height": crop_h, "width": crop_w,
+                     "offsets": "top = int(round((h - height) / 2)), left = int(round((w - width) / 2))"},
+            "output": {"name": graphs.OUTPUT, "classes": [str(c) for c in loaded.classes_]},
+            "threshold": threshold, "threshold_rule": loaded.info.get("threshold_rule"),
+            "decision": loaded.decision_rule()}
+
+
+def _describe(graph, loaded, recipe: dict) -> None:
+    """featx's facts in the graph's metadata, readable by any ONNX runtime."""
+    from onnx import helper
+
+    props = {"featx_version": featx_version(), "featx_method": recipe["method"],
+             "classes": json.dumps(recipe["output"]["classes"]), "threshold": json.dumps(recipe["threshold"]),
+             "threshold_rule": str(recipe["threshold_rule"]), "decision": recipe["decision"],
+             "preprocessing": json.dumps({k: recipe[k] for k in ("input", "decode", "resize", "crop")}),
+             "featx_model_sha256": loaded.info["sha256"], "featx_sidecar_sha256": str(loaded.info.get("sidecar_sha256"))}
+    helper.set_model_props(graph, props)
+    graph.producer_name, graph.producer_version = "featx", featx_version()
+    graph.doc_string = f"{recipe['method']}: uint8 RGB images N x {recipe['input']['height']} x " \
+                       f"{recipe['input']['width']} x 3 -> class probabilities ({', '.join(recipe['output']['classes'])})"
+
+
+def _copy_card(source: Path, out: Path) -> Path | None:
+    """The artifact's model card (written again now, with what featx knows of it) beside the ONNX file."""
+    from .cards import refresh_card
+
+    card = refresh_card(source)
+    target = out.with_suffix(".md")
+    if card.resolve() != target.resolve():
+        shutil.copyfile(card, target)
+    return target
+
+
+def onnxruntime_example(onnx_path: Path, recipe_path: Path, recipe: dict) -> str:
+    """Ten lines of Python that read one image as featx does and print the model's answer."""
+    decide = 'int(p[1] >= r["threshold"])' if recipe["threshold"] is not None else "int(p.argmax())"
+    last = f'print({{c: float(v) for c, v in zip(r["output"]["classes"], p)}}, "->", r["output"]["classes"][{decide}])'
+    return "\n".join([
+        "import json, sys, numpy as np, onnxruntime as ort",
+        "from PIL import Image, ImageOps",
+        f'r = json.load(open("{recipe_path}"))',
+        'img = ImageOps.exif_transpose(Image.open(sys.argv[1])).convert("RGB"); w, h = img.size',
+        's = r["resize"]["shorter_side"]; size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)',
+        'img = img.resize(size, Image.Resampling[r["resize"]["interpolation"].upper()])',
+        'ch, cw = r["crop"]["height"], r["crop"]["width"]; top, left = int(round((size[1] - ch) / 2)), int(round((size[0] - cw) / 2))',
+        'x = np.asarray(img.crop((left, top, left + cw, top + ch)), np.uint8)[None]',
+        f'p = ort.InferenceSession("{onnx_path}").run(["probabilities"], {{"image": x}})[0][0]',
+        last])
+
+
+def onnx_input(path, recipe: dict) -> np.ndarray:
+    """One image file as the graph's input (1×H×W×3 uint8), exactly as the printed example reads it."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    w, h = img.size
+    s = recipe["resize"]["shorter_side"]
+    size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+    img = img.resize(size, Image.Resampling[recipe["resize"]["interpolation"].upper()])
+    ch, cw = recipe["crop"]["height"], recipe["crop"]["width"]
+    top, left = int(round((size[1] - ch) / 2)), int(round((size[0] - cw) / 2))
+    return np.asarray(img.crop((left, top, left + cw, top + ch)), np.uint8)[None]
+
+
+def _check(loaded, out: Path, recipe: dict) -> float | None:
+    """Largest |p_onnx - p_featx| on two generated images (None when onnxruntime is not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return None
+    import onnxruntime as ort
+    from PIL import Image
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for i, (w, h) in enumerate([(300, 260), (240, 320)]):
+            paths.append(Path(folder) / f"check{i}.png")
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+        featx_p, _ = loaded.image_proba(paths, device="cpu")
+        onnx_p = np.concatenate([session.run([graphs.OUTPUT], {graphs.INPUT: onnx_input(p, recipe)})[0] for p in paths])
+    return float(np.abs(onnx_p - featx_p).max())
+
