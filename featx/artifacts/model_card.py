@@ -153,7 +153,8 @@ def _data(info: dict, sidecar: Sidecar, predictions: dict) -> str:
 
 def _evaluation(scores: dict) -> str:
     lines = ["## Evaluation\n", "Bootstrap 95% intervals (1,000 resamples, stratified by class). Train is shown "
-             "for reference only; the test split, when there is one, was never used for any choice.\n",
+             "for reference only, and the validation split chose the hyperparameters, epoch or threshold, so both "
+             "read optimistic; the test split, when there is one, was never used for any choice.\n",
              "| split | n | " + " | ".join(label for _, label in SHOWN) + " |", "|---|---:|" + "---|" * len(SHOWN)]
     for split, s in scores.items():
         cells = []
