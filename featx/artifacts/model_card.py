@@ -60,7 +60,7 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
                limitations=None) -> str:
     """The card's Markdown: front matter, then details, data, evaluation, threshold, use."""
     sidecar = Sidecar.from_json(info)
-    scores = {split: _scores(p, info.get("threshold")) for split, p in predictions.items()}
+    scores = {split: _scores(p, info.get("threshold"), intervals=split != "train") for split, p in predictions.items()}
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
                 _evaluation(scores), _threshold(info, sidecar)]
@@ -72,12 +72,12 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
     return "\n".join(sections)
 
 
-def _scores(p: dict, threshold) -> dict:
-    """Point metrics and 95% intervals of one split (intervals only where the split has both classes)."""
+def _scores(p: dict, threshold, intervals: bool) -> dict:
+    """Point metrics and 95% intervals of one split (intervals only where asked and the split has both classes)."""
     y, proba = np.asarray(p["y"]), np.asarray(p["proba"])
     point = point_metrics(y, proba, threshold if threshold is not None else 0.5)
-    ci = bootstrap_ci(y, proba, threshold if threshold is not None else 0.5, n_boot=N_BOOT) if len(np.unique(y)) > 1 \
-        else {}
+    ci = bootstrap_ci(y, proba, threshold if threshold is not None else 0.5, n_boot=N_BOOT) \
+        if intervals and len(np.unique(y)) > 1 else {}
     return {"n": len(y), "point": point, "ci": ci}
 
 
@@ -160,7 +160,7 @@ def _evaluation(scores: dict) -> str:
         cells = []
         for key, _ in SHOWN:
             value, ci = s["point"].get(key), s["ci"].get(key)
-            cells.append("–" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and split != "train" else ""))
+            cells.append("–" if value is None else f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
         lines.append(f"| {split} | {s['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

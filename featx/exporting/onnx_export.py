@@ -66,14 +66,13 @@ def _default_out(source: Path) -> Path:
 
 def _graph(loaded):
     """The whole model as one ONNX graph: images -> probabilities."""
-    c = loaded.feature_config
     if isinstance(loaded, FineTunedClassifier):
         module = graphs.image_module(loaded.network(), loaded.data_config, softmax=True)
         return graphs.torch_graph(module, loaded.data_config["input_size"], graphs.OUTPUT)
     bb = loaded.backbone()
     module = graphs.image_module(bb.model, bb.data_config, tta=loaded.feature_recipe.tta)
     backbone = graphs.torch_graph(module, bb.data_config["input_size"], graphs.FEATURES)
-    head = graphs.head_graph(loaded.head, c.get("num_features") or loaded.info["features"]["num_features"])
+    head = graphs.head_graph(loaded.head, loaded.info["features"]["num_features"])
     return graphs.merge(backbone, head, "backbone_", "head_")
 
 
