@@ -559,6 +559,10 @@ def robustness_command(data, split, corruptions, severities, out, models_dir, ca
         click.echo(line)
     written = write_outputs(result, out)
     click.echo(f"table: {written['csv']}; plot: {written['png']}")
+    from .exporting.cards import refresh_cards
+
+    cards = refresh_cards(data, models_dir=models_dir, cache_dir=cache_dir)
+    click.echo(f"model cards updated with these results: {len(cards)}", err=True)
 
 
 @main.command("explain")

@@ -62,6 +62,9 @@ def test_every_model_every_cell_in_the_csv_plot_and_report_and_a_rerun_computes_
     assert all((m, "none", "0") in cells for m in methods) and all(int(r["n"]) == 8 for r in rows)
     assert "relative drop" in first.output and "[3]" in first.output
     assert Image.open(tmp_path / "out" / "robustness.png").size[0] > 600
+    for card in (head.with_suffix(".md"), tuned[0].with_suffix(".md"), tuned[1].with_suffix(".md")):
+        text = card.read_text()  # every model's card now shows its own rows
+        assert "## Robustness" in text and "| zoom |" in text and "gaussian_noise" in text
 
     # the clean row is what compare ranks
     clean = {r["method"]: float(r["roc_auc"]) for r in rows if r["corruption"] == "none"}

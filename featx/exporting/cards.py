@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._core.paths import default_cache_dir
+from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts
 from ..artifacts.format import checked_sidecar
 from ..artifacts.model_card import write_model_card
 from ..artifacts.sidecar import Sidecar
@@ -21,7 +23,7 @@ def refresh_card(artifact, *, intended_use: str | None = None, limitations: str 
         for split in ("test", "val"):
             saved = saved_robustness(models_dir, split, sidecar.data_root)
             if saved and not any(r.get("split") == split for r in rows):
-                rows += [{**r, "split": split} for r in saved.rows if r["method"] == sidecar.method.label]
+                rows += [{**r, "split": split} for r in saved.rows if r["method"] in _names(artifact, sidecar)]
     shift = None
     cache = sidecar.raw["features"].get("file")
     for split in ("test", "val"):
@@ -34,3 +36,17 @@ def refresh_card(artifact, *, intended_use: str | None = None, limitations: str 
             break
     return write_model_card(artifact, robustness=rows or None, shift=shift, intended_use=intended_use,
                             limitations=limitations)
+
+
+def _names(artifact: Path, sidecar: Sidecar) -> tuple[str, str]:
+    """The names `featx robustness` gives this model: its method, or with its file when two share one."""
+    label = sidecar.method.label
+    return label, f"{label} ({artifact.parent.name if artifact.name == 'model.pt' else artifact.stem})"
+
+
+def refresh_cards(data, *, models_dir=None, cache_dir=None) -> list[Path]:
+    """The cards of every model of `data` written again (after `featx robustness`)."""
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+    found, _ = artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
+    return [refresh_card(path) for path, _ in found]
