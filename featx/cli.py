@@ -344,6 +344,27 @@ def card_command(model_path, intended_use, limitations):
     click.echo(str(refresh_card(model_path, intended_use=intended_use, limitations=limitations)))
 
 
+@main.command("demo")
+@click.option("--model", "model_paths", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="A head (.skops) or fine-tune (model.pt); repeat to show several side by side.")
+@click.option("--host", default="127.0.0.1", help="Address to serve on; the default keeps the page on this computer.")
+@click.option("--port", default=7860, type=click.IntRange(1, 65535), help="Port to serve on.")
+@TRUST_PICKLE
+def demo_command(model_paths, host, port, trust_pickle):
+    """A local web page: drop an X-ray, see each model's probabilities, decision and heatmap.
+
+    Also a batch tab (a table, least sure first, and featx predict's CSV) and the model cards.
+    Needs pip install 'featx[demo]'. Research use, not a medical device.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise click.ClickException("featx demo needs Gradio: pip install 'featx[demo]'")
+    from .demo.app import launch
+
+    launch(list(model_paths), host=host, port=port, trust_pickle=trust_pickle, log=lambda m: click.echo(m, err=True))
+
+
 @main.command("finetune")
 @_data(True, "Image folder or CSV manifest, as for extract.")
 @click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")

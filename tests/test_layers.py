@@ -16,7 +16,8 @@ PACKAGE = Path(featx.__file__).parent
 
 # Lowest first; a module may import its own subpackage and the floors below it, never beside or above.
 FLOORS = {"_core": 0, "data": 1, "evaluation": 1, "models": 2, "features": 3, "artifacts": 4, "heads": 5,
-          "finetuning": 5, "studies": 6, "reporting": 7, "exporting": 7, "cli": 8, "__init__": 8, "__main__": 9}
+          "finetuning": 5, "studies": 6, "reporting": 7, "exporting": 7, "demo": 8, "cli": 9, "__init__": 9,
+          "__main__": 10}
 LONGEST_FUNCTION = 80
 
 
