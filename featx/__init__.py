@@ -3,7 +3,7 @@
 Names are imported on first use, so commands that only read cached features (`featx fit`,
 `featx info`, `featx compare`) start without loading torch and timm. The layers, lowest first
 (a layer imports only the ones below it; README: "How featx is built"):
-_core < data, evaluation < models < features < artifacts < heads, finetuning < reporting < cli.
+_core < data, evaluation < models < features < artifacts < heads, finetuning < studies < reporting, exporting < demo < cli.
 """
 
 from importlib import import_module
