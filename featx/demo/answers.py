@@ -76,7 +76,8 @@ def answer(m: DemoModel, image, *, heatmap: bool = True) -> Answer:
         return Answer(None, f"**Could not read this file**: {row['error']}", None)
     classes = [str(c) for c in m.model.classes_]
     probabilities = {c: row[f"p_{c}"] for c in classes}
-    decision = f"**{row['predicted']}**. {_rule(m)}"
+    rule = m.model.decision_rule().removeprefix("decision: ")  # the rule featx predict states
+    decision = f"**{row['predicted']}**. {rule[:1].upper() + rule[1:]}."
     if not heatmap:
         return Answer(probabilities, decision, None)
     if not m.explainable:
@@ -87,17 +88,6 @@ def answer(m: DemoModel, image, *, heatmap: bool = True) -> Answer:
         return Answer(probabilities, decision, None, f"No heatmap: {first_line(exc)}")
     return Answer(probabilities, decision, overlay_array(image, result),
                   f"Evidence for {result['target']}: {result['method']}.")
-
-
-def _rule(m: DemoModel) -> str:
-    """The decision rule with its threshold, as the page states it."""
-    model = m.model
-    if len(model.classes_) == 2 and model.threshold is not None:
-        positive, negative = model.classes_[1], model.classes_[0]
-        rule = model.info.get("threshold_rule", "fixed")
-        how = "fixed" if rule == "fixed" else f"chosen by {rule} on held-out predictions, never on test"
-        return f"{positive} when p({positive}) ≥ {model.threshold:.3f}, else {negative} (threshold {how})."
-    return "The most probable class."
 
 
 def overlay_array(image, result: dict, alpha: float = 0.35) -> np.ndarray:

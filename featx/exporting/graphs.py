@@ -146,9 +146,9 @@ def _knn(step):
     if step.weights == "distance":
         nodes += [node("Equal", ["near", "zero"], ["exact"]), node("Cast", ["exact"], ["exact_w"], to=TensorProto.DOUBLE),
                   node("ReduceMax", ["exact_w"], ["any_exact"], axes=[1], keepdims=1),
+                  node("Cast", ["any_exact"], ["any_exact_b"], to=TensorProto.BOOL),
                   node("Max", ["near", "tiny"], ["safe"]), node("Reciprocal", ["safe"], ["inverse"]),
-                  node("Where", ["any_exact_b", "exact_w", "inverse"], ["w"]),
-                  node("Cast", ["any_exact"], ["any_exact_b"], to=TensorProto.BOOL)]
+                  node("Where", ["any_exact_b", "exact_w", "inverse"], ["w"])]
         const["tiny"] = np.array(1e-300)
     elif step.weights == "uniform":
         nodes += [node("Mul", ["near", "zero"], ["nz"]), node("Add", ["nz", "one"], ["w"])]
@@ -160,7 +160,6 @@ def _knn(step):
               node("ReduceSum", ["per_class", "axes1"], ["total"], keepdims=1),
               node("Div", ["per_class", "total"], ["share"]), node("Cast", ["share"], [OUTPUT], to=TensorProto.FLOAT)]
     const.update(axes1=np.array([1], np.int64), axes2=np.array([2], np.int64))
-    nodes = _in_dependency_order(nodes)
     graph = helper.make_graph(
         nodes, "knn", [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [None, train.shape[1]])],
         [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [None, len(step.classes_)])],
@@ -168,25 +167,6 @@ def _knn(step):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     onnx.checker.check_model(model)
     return model
-
-
-def _in_dependency_order(nodes):
-    """Nodes sorted so that each comes after the nodes that make its inputs (ONNX requires it)."""
-    made = {o: n for n in nodes for o in n.output}
-    done, ordered = set(), []
-
-    def visit(n):
-        if id(n) in done:
-            return
-        done.add(id(n))
-        for i in n.input:
-            if i in made:
-                visit(made[i])
-        ordered.append(n)
-
-    for n in nodes:
-        visit(n)
-    return ordered
 
 
 def _only_output(graph, keep: str, name: str):

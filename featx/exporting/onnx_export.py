@@ -49,7 +49,7 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
     recipe = input_recipe(loaded)
     graph = _graph(loaded)
     _describe(graph, loaded, recipe)
-    out = Path(out) if out else _default_out(source)
+    out = Path(out) if out else source.with_suffix(".onnx")
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(graph.SerializeToString())
     recipe_path = out.with_name(out.stem + ".preprocess.json")
@@ -58,10 +58,6 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
     example = onnxruntime_example(out, recipe_path, recipe)
     difference = _check(loaded, out, recipe) if check else None
     return Exported(out, recipe_path, card, example, difference)
-
-
-def _default_out(source: Path) -> Path:
-    return source.with_suffix(".onnx")
 
 
 def _graph(loaded):
