@@ -368,7 +368,9 @@ def demo_command(model_paths, host, port, trust_pickle):
 @main.command("finetune")
 @_data(True, "Image folder or CSV manifest, as for extract.")
 @click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")
-@click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, or a state_dict PATH.")
+@click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, a state_dict PATH, or a featx "
+              "fine-tune of this backbone (its model.pt or run folder) to continue from; its head is kept when the "
+              "classes are the same.")
 @click.option("--epochs", default=10, type=click.IntRange(min=1), help="Most epochs to train.")
 @click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks of a ViT, stages of a CNN).")
 @click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
@@ -382,8 +384,15 @@ def demo_command(model_paths, host, port, trust_pickle):
 @click.option("--label-smoothing", default=0.0, type=float, help="Label smoothing of the cross-entropy.")
 @_choice("class_weight", "balanced", "Weight the loss by inverse class frequency.")
 @click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
-@click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs without a lower validation loss.")
-@_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them; corrupt applies one of featx's corruptions (noise, blur, JPEG, contrast, brightness, rotation, zoom, shear, the Keras set) at a random severity per image.")
+@click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs in which the selection metric did not improve.")
+@_choice("select", "loss", "Select the epoch by validation loss (lowest) or ROC-AUC (highest, macro over classes; ties to the lower loss).")
+@click.option("--ema", default=None, type=float, help="Keep a moving average of the weights with this decay (e.g. 0.999; timm's ModelEmaV3 with warm-up), "
+              "scored every epoch beside the raw weights; the average is selected and saved [default: off].")
+@_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them; randaugment and trivialaugment are torchvision's (no flips); corrupt applies one of featx's corruptions (noise, blur, JPEG, contrast, brightness, rotation, zoom, shear, the Keras set) at a random severity per image.")
+@click.option("--drop-path", default=None, type=float, help="Stochastic depth rate (timm's drop_path_rate), for architectures that have it [default: the checkpoint's].")
+@click.option("--mixup", default=0.0, type=float, help="Mixup alpha (timm's Mixup; 0: off).")
+@click.option("--cutmix", default=0.0, type=float, help="CutMix alpha (timm's Mixup; 0: off).")
+@_choice("tta", "none", "Evaluate (and predict) with the mean logits of the image and its mirror (hflip), as extract --tta.")
 @click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the backbone's (quick CPU runs).")
 @click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
 @DICOM_WINDOW
@@ -399,7 +408,7 @@ def demo_command(model_paths, host, port, trust_pickle):
 @click.option("--resume", is_flag=True, help="Continue the run of these options from its last checkpoint.")
 @PROGRESS
 def finetune_command(data, backbone, **options):
-    """Train the backbone end to end with a dropout+linear head; select the epoch on validation loss.
+    """Train the backbone end to end with a dropout+linear head; select the epoch on validation loss or AUC.
 
     Same backbone code, preprocessing, splits, metrics and artifact format as featx fit, so the
     two are comparable. Writes model.pt (+ model.json), last.pt, history.csv, curves.png and
@@ -519,9 +528,10 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
         return
     from .reporting.comparison import format_table
     from .reporting.study_figures import full_size_records, study_lines, write_study_outputs
+    from .studies.recipes import gain_lines, recipe_gains
     from .studies.verdict import verdict
 
-    said = verdict(records)
+    said = verdict(records) + gain_lines(recipe_gains(records))
     split = records[0]["eval_split"]
     click.echo("\n".join(study_lines(records)))
     full = full_size_records(records, split, n_boot=spec.n_boot)

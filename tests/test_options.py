@@ -47,7 +47,7 @@ def test_feature_extractor_checks_its_options_when_used(folder, option, value):
 
 
 @pytest.mark.parametrize("option, value, expected", [
-    ("augment", "mirror", "--augment must be one of xray, natural, corrupt, none, not 'mirror'"),
+    ("augment", "mirror", "--augment must be one of xray, natural, randaugment, trivialaugment, corrupt, none, not 'mirror'"),
     ("schedule", "step", "--schedule must be one of cosine, onecycle, not 'step'"),
     ("class_weight", "inverse", "--class-weight must be one of balanced, none, not 'inverse'"),
 ])

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import featx
 from featx.cli import main
 from featx.studies.label_curves import COLUMNS
+from featx.studies.recipes import gain_lines, recipe_gains
 
 from conftest import TINY, final_error, make_folder, one_line_error
 
@@ -173,3 +174,53 @@ def test_bad_input_is_one_line(data, tmp_path):
     over = run("study", "--data", data, *ARGS, *TUNE, "--train-sizes", "16", "--out", tmp_path / "s", "--budget", "0.01s")
     assert "over --budget 0 s" in final_error(over) and not (tmp_path / "s").exists()  # after the plan
     assert "not a time" in one_line_error(run("study", "--data", data, *ARGS, "--budget", "soon"))
+
+
+def test_fine_tune_recipes_are_methods_whose_gains_have_intervals(data, tmp_path):
+    """Named recipes are one method each; a unit is named by its options, so the plain study's fine-tune is
+    the recipe study's 'plain' unit (computed once); the gain of each recipe over the first has an interval."""
+    common = dict(backbones=[], heads=[], finetune=[TINY], train_sizes=["all"], repeats=1, weights="random",
+                  finetune_options={"epochs": 2, "image_size": 64}, workers=0, n_boot=100, out=tmp_path / "s",
+                  cache_dir=tmp_path / "cache")
+    featx.study(data, **common, **QUIET)
+    said = []
+    records = featx.study(data, **common, finetune_recipes={"plain": {}, "ema": {"ema": 0.9}}, log=said.append)
+    assert [r["method"] for r in records] == [f"{TINY} + finetune [plain]", f"{TINY} + finetune [ema]"]
+    assert any("1 of 2 units computed now" in line for line in said)
+    assert records[1]["params"]["ema"] == 0.9
+    out_toml = tmp_path / "s" / "study.toml"
+    assert "[finetune_recipes.ema]\nema = 0.9" in out_toml.read_text()
+
+    [gain] = recipe_gains(records)
+    assert gain["recipe"].endswith("[ema]") and gain["baseline"].endswith("[plain]")
+    assert gain["gain"] == pytest.approx(records[1]["roc_auc"] - records[0]["roc_auc"])
+    assert gain["low"] <= gain["gain"] <= gain["high"]
+    assert gain_lines([gain])[0].startswith(f"n=all: {TINY} + finetune [ema] vs {TINY} + finetune [plain]: ROC-AUC")
+    cli = run("study", "--config", out_toml, "--out", tmp_path / "s", "--cache", tmp_path / "cache", "--workers", "0")
+    assert cli.exit_code == 0 and "0 of 2 units computed now" in cli.output, cli.output
+    assert gain_lines([gain])[0].split(" [")[0] in cli.output  # the gain is in the study's verdict
+
+
+def test_a_bad_recipe_is_one_line(data, tmp_path):
+    toml = tmp_path / "s.toml"
+    toml.write_text(f'data = "{data}"\nfinetune = ["{TINY}"]\n\n[finetune_recipes.fast]\nepoch = 1\n')
+    assert "unknown fine-tune option 'epoch' in recipe 'fast'" in one_line_error(run("study", "--config", toml))
+
+
+def test_a_recipe_gain_interval_excludes_zero_only_for_a_real_gain():
+    """Synthetic scores on 400 shared images, 3 repeats: a recipe that adds signal gains with an interval
+    above zero; one that only adds noise of the same size does not, and its interval holds its gain."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+
+    def unit(method, repeat, signal):
+        score = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(0, 1, 400))))
+        auc = float(np.mean([(a > b) for a in score[y == 1] for b in score[y == 0]]))
+        return {"method": method, "n": 100, "repeat": repeat, "roc_auc": auc, "train_seconds": 1.0,
+                "eval_images": "same", "y": y.tolist(), "proba": np.c_[1 - score, score].tolist()}
+
+    base, better, same = (f"{TINY} + finetune [{name}]" for name in ("base", "better", "same"))
+    records = [unit(m, k, s) for k in range(3) for m, s in ((base, 0.5), (better, 1.5), (same, 0.5))]
+    gains = {g["recipe"]: g for g in recipe_gains(records)}
+    assert gains[better]["low"] > 0.1
+    assert gains[same]["low"] < gains[same]["gain"] < gains[same]["high"] and gains[same]["low"] < 0 < gains[same]["high"]

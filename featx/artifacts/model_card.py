@@ -123,6 +123,12 @@ def _details(info: dict, sidecar: Sidecar) -> str:
             ("File", f"`{info.get('file')}` ({info.get('serialization', 'joblib')}), sha256 `{str(info.get('sha256'))[:16]}…`"),
             ("Made", f"{info.get('created')} with featx {c.get('featx_version') or info.get('versions', {}).get('featx', '?')}"),
             ]
+    if info.get("selected_by"):
+        rows.append(("Epoch", f"{info.get('best_epoch')} of {len(info.get('history') or [])}, selected by "
+                              f"{info['selected_by']} ({info.get('stopped')})"))
+    if info.get("started_from"):
+        rows.append(("Started from", f"the featx fine-tune `{info['started_from']['path']}`, sha256 "
+                                     f"`{info['started_from']['sha256'][:16]}…`"))
     if info.get("converted_from"):
         rows.append(("Converted from", f"`{info['converted_from']['file']}` (a pickle)"))
     return "## Model details\n\n" + "\n".join(f"- **{k}**: {v}" for k, v in rows) + "\n"

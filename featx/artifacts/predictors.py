@@ -221,7 +221,8 @@ class FineTunedClassifier(_SavedModel):
         paths = _image_paths(paths)
         logits, reasons, _ = run_on_images(self.network(), self.data_config, len(self.classes_), list(paths),
                                            device=device, batch_size=batch_size, workers=workers,
-                                           policy=self.decode_policy, progress=progress)
+                                           tta=self.feature_recipe.tta, policy=self.decode_policy,
+                                           progress=progress)
         shifted = np.exp(logits - np.nanmax(logits, axis=1, keepdims=True))
         return shifted / shifted.sum(1, keepdims=True), reasons
 

@@ -8,6 +8,7 @@ people is derived from `MethodId`, never parsed back.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
 
@@ -48,6 +49,20 @@ class MethodId:
         return self.label
 
 
+def finetune_variant(params: dict, started_from: dict | None) -> list[str]:
+    """How a fine-tune's recipe differs from the plain one, in words, and the fine-tune it started from
+    (its run folder's name): its lineage, as compare and the study show it."""
+    words = [f"EMA {params['ema']:g}"] if params.get("ema") else []
+    words += ["select auc"] if params.get("select") == "auc" else []
+    words += ["tta hflip"] if params.get("tta", "none") != "none" else []
+    words += [f"drop-path {params['drop_path']:g}"] if params.get("drop_path") else []
+    words += [f"mixup {params['mixup']:g}"] if params.get("mixup") else []
+    words += [f"cutmix {params['cutmix']:g}"] if params.get("cutmix") else []
+    if started_from:
+        words.append(f"from {Path(started_from['path']).parent.name}")
+    return words
+
+
 @dataclass(frozen=True)
 class Sidecar:
     """The typed face of a sidecar's JSON (`raw`, kept whole for the fields only one reader needs)."""
@@ -73,7 +88,8 @@ class Sidecar:
             (params.get("image_size") if kind == "finetune" else None)
         if kind == "finetune":
             variant = ([f"{image_size} px"] if image_size else []) + \
-                ([f"augment {params['augment']}"] if params.get("augment", "xray") != "xray" else [])
+                ([f"augment {params['augment']}"] if params.get("augment", "xray") != "xray" else []) + \
+                finetune_variant(params, info.get("started_from"))
             method = MethodId(config["backbone"], "finetune", tuple(variant))
         else:
             method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")))

@@ -37,7 +37,8 @@ class TrainTransform:
 
     xray: small rotations (+-10 deg) and shifts (5%), random resized crop (scale 0.8-1),
     brightness and contrast jitter (20%), and no horizontal flip (anatomy is not mirror
-    symmetric). natural adds the flip. corrupt applies one of featx.data.corruptions at a random
+    symmetric). natural adds the flip. randaugment and trivialaugment: the resize and crop of xray, then
+    torchvision's RandAugment (2 ops, magnitude 9) or TrivialAugmentWide; neither flips. corrupt applies one of featx.data.corruptions at a random
     severity 1-5 per image (as `featx robustness` tests), then the eval transform. none is the eval
     transform. Images are first resized to the eval resize side, so rotating (or blurring) a
     3k-pixel X-ray costs no more than a small one. Random draws come from torch's generator, so a
@@ -53,10 +54,13 @@ class TrainTransform:
         self.augment = augment
         size = tuple(data_config["input_size"][1:])
         mode = InterpolationMode(data_config.get("interpolation", "bilinear").replace("random", "bilinear"))
+        crop = T.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), interpolation=mode, antialias=True)
         ops = [T.Resize(self.eval.resize_side, interpolation=mode, antialias=True),
                T.RandomAffine(degrees=10, translate=(0.05, 0.05), interpolation=InterpolationMode.BILINEAR),
-               T.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), interpolation=mode, antialias=True),
-               T.ColorJitter(brightness=0.2, contrast=0.2)]
+               crop, T.ColorJitter(brightness=0.2, contrast=0.2)]
+        if augment in ("randaugment", "trivialaugment"):
+            policy = T.RandAugment(num_ops=2, magnitude=9) if augment == "randaugment" else T.TrivialAugmentWide()
+            ops = [ops[0], crop, policy]
         if augment == "natural":
             ops.append(T.RandomHorizontalFlip())
         self.ops = T.Compose([*ops, T.PILToTensor()])

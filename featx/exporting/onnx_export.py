@@ -63,7 +63,8 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
 def _graph(loaded):
     """The whole model as one ONNX graph: images -> probabilities."""
     if isinstance(loaded, FineTunedClassifier):
-        module = graphs.image_module(loaded.network(), loaded.data_config, softmax=True)
+        module = graphs.image_module(loaded.network(), loaded.data_config, tta=loaded.feature_recipe.tta,
+                                     softmax=True)
         return graphs.torch_graph(module, loaded.data_config["input_size"], graphs.OUTPUT)
     bb = loaded.backbone()
     module = graphs.image_module(bb.model, bb.data_config, tta=loaded.feature_recipe.tta)

@@ -40,7 +40,8 @@ def save_last(path: Path, config_hash: str, training, state: dict) -> None:
     with atomic_path(path) as tmp:
         save_torch({"config_hash": config_hash, "model": cpu_state(training.net),
                     "optimizer": training.optimizer.state_dict(), "scheduler": training.scheduler.state_dict(),
-                    "scaler": training.scaler.state_dict(), "state": state}, tmp)
+                    "scaler": training.scaler.state_dict(), "state": state,
+                    **({"average": training.average.state_dict()} if training.average is not None else {})}, tmp)
 
 
 def resume(path: Path, config_hash: str, training) -> dict:
@@ -58,7 +59,12 @@ def resume(path: Path, config_hash: str, training) -> dict:
     training.optimizer.load_state_dict(saved["optimizer"])
     training.scheduler.load_state_dict(saved["scheduler"])
     training.scaler.load_state_dict(saved["scaler"])
-    return saved["state"]
+    if training.average is not None:
+        training.average.load_state_dict(saved["average"])
+    state = saved["state"]
+    if state.get("best_score") is None and state.get("best_epoch"):  # saved before selection by score
+        state["best_score"] = [-state["best_val_loss"]]
+    return state
 
 
 def write_history(out: Path, history: list[dict]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_choice, check_image_size
@@ -35,13 +35,19 @@ class FinetuneConfig:
     batch_size: int | None = None
     seed: int = 0
     dicom_window: str = "default"
+    ema: float | None = None
+    select: str = "loss"
+    drop_path: float | None = None
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    tta: str = "none"
 
     def __post_init__(self):
         if self.init_head_from is not None:
             object.__setattr__(self, "init_head_from", str(self.init_head_from))
         if self.epochs < 1:
             raise FeatxError(f"--epochs must be at least 1, got {self.epochs}")
-        for name in ("schedule", "augment", "class_weight"):
+        for name in ("schedule", "augment", "class_weight", "select", "tta"):
             check_choice(name, getattr(self, name))
         for name in ("lr", "head_lr", "weight_decay", "clip_grad", "label_smoothing", "dropout"):
             if getattr(self, name) < 0:
@@ -54,8 +60,27 @@ class FinetuneConfig:
         if self.limit_train is not None and self.limit_train < 2:
             raise FeatxError(f"--limit-train must be at least 2, got {self.limit_train}")
         check_batch_size(self.batch_size, auto=False)
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise FeatxError(f"--ema is the decay of the weight average and must lie in (0, 1), e.g. 0.999; "
+                             f"got {self.ema}")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise FeatxError(f"--drop-path is a rate and must lie in [0, 1), got {self.drop_path}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise FeatxError(f"--mixup and --cutmix are Beta(alpha, alpha) parameters and must not be negative, "
+                             f"got {self.mixup} and {self.cutmix}")
         object.__setattr__(self, "dicom_window", check_window(self.dicom_window))
 
     def record(self) -> dict:
-        """The options as recorded in the run's config.json and the artifact's params, every one of them."""
+        """The options as recorded in the artifact's params, every one of them."""
         return asdict(self)
+
+    def hashed(self) -> dict:
+        """The options the run's hash is taken over (and its config.json records): every one, except that an
+        option added later (ADDED_LATER) enters only when set away from the behaviour that came before it,
+        so a run folder named before it existed keeps its name and resumes."""
+        return {f.name: v for f, v in zip(fields(self), asdict(self).values())
+                if f.name not in ADDED_LATER or v != ADDED_LATER[f.name]}
+
+
+# Options added after the first fine-tunes, at the values that reproduce what came before them.
+ADDED_LATER = {"ema": None, "select": "loss", "drop_path": None, "mixup": 0.0, "cutmix": 0.0, "tta": "none"}

@@ -51,11 +51,16 @@ from ..features.identity import FeatureRecipe
 from ..evaluation.thresholds import parse_threshold, resolve_threshold, rule_name
 from ..models.backbones import Backbone, create_backbone
 from ..models.network import FinetuneNetwork
+from ..models.weight_files import ResolvedWeights
+from ..models.weights import state_sha256
 from . import checkpoints
+from .averaging import WeightAverage
 from .config import FinetuneConfig
 from .curves import write_curves
 from .freezing import backbone_groups, check_unfreeze, freeze, parameter_groups
 from .head_init import load_probe_into_head
+from .mixing import Mixing
+from .starting import Parent, fine_tune_named, load_parent, read_parent
 from .training import (Training, WeightedLoss, class_weights, epoch_batches, make_scheduler, predict_rows,
                        train_epoch, wrap_for_ranks)
 
@@ -95,6 +100,12 @@ def finetune(
     limit_train: int | None = None,
     batch_size: int | None = None,
     dicom_window: str = "default",
+    ema: float | None = None,
+    select: str = "loss",
+    drop_path: float | None = None,
+    mixup: float = 0.0,
+    cutmix: float = 0.0,
+    tta: str = "none",
     threshold: str | float = 0.5,
     seed: int = 0,
     device: str = "auto",
@@ -108,14 +119,18 @@ def finetune(
     progress: bool = True,
     log=None,
 ) -> FinetuneResult:
-    """Fine-tune `backbone` on `data`, select the epoch on validation loss, evaluate every split.
+    """Fine-tune `backbone` on `data`, select the epoch on validation loss (or ROC-AUC), evaluate every split.
 
+    weights: "imagenet", "random", a weights file, or a featx fine-tune of this backbone (finetuning.starting).
     unfreeze: "all", "none" (a linear probe trained by SGD), or "last:N" (the top N of timm's
     coarse parameter groups: blocks of a ViT, stages of a CNN). layer_decay: each layer below the
     top learns at this fraction of the one above (0.75 for ViTs). warmup_epochs trains the head alone first.
     init_head_from: a featx logreg artifact on this backbone's features (linear probe, then
     fine-tune; Kumar et al. 2022). limit_train and image_size make quick CPU runs possible.
     dicom_window: how DICOM files are displayed (featx.data.dicom), as for extract.
+    ema: decay of a weight average (finetuning.averaging), scored beside the raw weights, selected and saved.
+    select: "loss" or "auc" (macro; ties to the lower loss). drop_path: stochastic depth rate. mixup, cutmix:
+    timm's Mixup alphas (0: off). tta: "hflip" evaluates the mean logits of both views.
     rows: the dataset rows of each split to use instead of its own splits (`featx study` hands a label
     budget's train and validation parts, and its evaluation split as "test").
     """
@@ -124,7 +139,8 @@ def finetune(
         init_head_from=init_head_from, lr=lr, layer_decay=layer_decay, head_lr=head_lr, weight_decay=weight_decay, schedule=schedule,
         clip_grad=clip_grad, label_smoothing=label_smoothing, class_weight=class_weight, dropout=dropout,
         patience=patience, augment=augment, image_size=image_size, limit_train=limit_train, batch_size=batch_size,
-        seed=seed, dicom_window=dicom_window)
+        seed=seed, dicom_window=dicom_window, ema=ema, select=select, drop_path=drop_path, mixup=mixup,
+        cutmix=cutmix, tta=tta)
     parse_threshold(threshold)
     check_options(device=device)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -137,10 +153,9 @@ def finetune(
     sha1s = check_dataset_copies(ds)
     rank, n_ranks, device = join_ranks(device, gpu_backend="nccl")
     log, progress = speaking(rank, log or log_line, progress)
-    run = _set_up(config, ds, sha1s, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir, rows)
+    run = _set_up(config, ds, sha1s, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir, rows, log)
     _start(run, resume, log)
-    stopped = _train(run, progress, log)
-    return _finish(run, stopped, threshold, log)
+    return _finish(run, _train(run, progress, log), threshold, log)
 
 
 @dataclass
@@ -159,8 +174,9 @@ class _Run:
     n_top: int                     # how many of them --unfreeze trains
     rank: int
     n_ranks: int
+    parent: Parent | None = None   # the fine-tune it started from (--weights)
     state: dict = field(default_factory=lambda: {"epoch": 0, "history": [], "best_val_loss": math.inf,
-                                                 "best_epoch": 0, "bad_epochs": 0})
+                                                 "best_score": None, "best_epoch": 0, "bad_epochs": 0})
     skipped: dict = field(default_factory=dict)  # path -> why it could not be read
 
     def train_images(self) -> ImageFiles:
@@ -183,7 +199,7 @@ def _policy(config: FinetuneConfig) -> DecodePolicy:
 
 
 def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch.device, workers, rank: int,
-            n_ranks: int, out_dir, cache_dir: Path, rows: dict[str, list[int]] | None = None) -> _Run:
+            n_ranks: int, out_dir, cache_dir: Path, rows: dict[str, list[int]] | None = None, log=None) -> _Run:
     """Build the network, name the run folder (by the configuration and the images' bytes, `sha1s`), and set
     up its optimizer, schedule and loss."""
     batch_size = config.batch_size or default_batch_size(device)
@@ -192,31 +208,51 @@ def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch
                          f"got {batch_size}")
     if workers is None:  # on a CPU a decode process competes with training for cores: 0.79x vs 1.02x of bare
         workers = 0 if device.type == "cpu" else default_workers(device)
-    bb, net = _network(config, ds.classes)
+    bb, net, parent = _network(config, ds.classes, log or log_line)
     groups = parameter_groups(bb.model)
     n_top = check_unfreeze(config.unfreeze, len(groups), config.backbone)
     if config.init_head_from:
         load_probe_into_head(net, bb, config.init_head_from, ds.classes)
     rows = {s: sorted(map(int, r)) for s, r in rows.items()} if rows else _split_rows(ds, config)
-    record = {**config.record(), "recipe": FeatureRecipe.of(bb.identity(), tta="none", decode=_policy(config)).to_dict(),
+    record = {**config.hashed(), "recipe": _recipe(bb, config).to_dict(),
               "classes": ds.classes, "train_rows": record_hash(rows["train"], 16),
               "val_rows": record_hash(rows["val"], 16),
               "images": images_fingerprint((ds.paths[i], sha1s[i]) for s in ("train", "val") for i in rows[s])[:16]}
+    if parent is not None:
+        record["started_from"] = parent.record()
     config_hash = record_hash(record, 8)  # the images' bytes too: changed data never resumes an old run
     out = Path(out_dir) if out_dir else cache_dir / "models" / f"{file_safe(bb.spec.name)}-finetune-{config_hash}"
     out.mkdir(parents=True, exist_ok=True)
     training = _training(config, net, bb, ds.labels[rows["train"]], len(ds.classes), device, batch_size, workers,
                          len(rows["train"]), n_ranks)
-    return _Run(config, ds, bb, rows, record, config_hash, out, training, groups, n_top, rank, n_ranks)
+    return _Run(config, ds, bb, rows, record, config_hash, out, training, groups, n_top, rank, n_ranks, parent)
 
 
-def _network(config: FinetuneConfig, classes: list[str]) -> tuple[Backbone, FinetuneNetwork]:
-    """The registry's backbone, built as extract builds it (trainable), with a seeded dropout+linear head."""
-    bb = create_backbone(config.backbone, config.weights, image_size=config.image_size, frozen=False)
+def _recipe(bb: Backbone, config: FinetuneConfig) -> FeatureRecipe:
+    """How the network sees an image: the backbone's identity, the evaluation TTA, the decoding."""
+    return FeatureRecipe.of(bb.identity(), tta=config.tta, decode=_policy(config))
+
+
+def _network(config: FinetuneConfig, classes: list[str], log) -> tuple[Backbone, FinetuneNetwork, Parent | None]:
+    """The registry's backbone, built as extract builds it (trainable), with a seeded dropout+linear head;
+    from a featx fine-tune named by --weights, its weights loaded (head too when the classes match)."""
+    named = fine_tune_named(config.weights)
+    parent = read_parent(named, config.backbone) if named else None
+    if parent is not None and config.image_size not in (None, parent.image_size):
+        raise FeatxError(f"--weights {parent.path} was fine-tuned at {parent.image_size or 'its native'} px; "
+                         f"continue it at that size (drop --image-size {config.image_size})")
+    bb = create_backbone(config.backbone, "random" if parent else config.weights,
+                         image_size=parent.image_size if parent else config.image_size, frozen=False,
+                         drop_path=config.drop_path)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = FinetuneNetwork(bb.model, bb.num_features, len(classes), config.dropout)
-    return bb, net
+    if parent is not None:
+        load_parent(net, parent, classes, log)
+        bb.data_config = parent.data_config  # as the parent was fed
+        bb.weights = ResolvedWeights("finetune", parent.path, parent.sha256, {}, f"featx fine-tune {parent.path}")
+        bb.weights_sha256 = state_sha256(bb.model)
+    return bb, net, parent
 
 
 def _split_rows(ds: Dataset, config: FinetuneConfig) -> dict[str, list[int]]:
@@ -245,9 +281,11 @@ def _training(config: FinetuneConfig, net: FinetuneNetwork, bb: Backbone, train_
                                [g["lr"] for g in optimizer.param_groups])
     precision = precision_for(device)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp-fp16")
+    average = WeightAverage(net, config.ema) if config.ema else None
+    mixing = Mixing(config.mixup, config.cutmix, config.label_smoothing, k) if config.mixup or config.cutmix else None
     return Training(net, optimizer, scheduler, scaler, WeightedLoss(weight.to(device), config.label_smoothing),
                     Normalize(bb.data_config).to(device), device, precision, batch_size, workers, config.seed,
-                    config.clip_grad, trainer=net)
+                    config.clip_grad, trainer=net, average=average, mixing=mixing, tta=config.tta)
 
 
 def _start(run: _Run, resume: bool, log) -> None:
@@ -264,7 +302,7 @@ def _start(run: _Run, resume: bool, log) -> None:
         + (f" x {run.n_ranks} processes" if run.n_ranks > 1 else "") + f": {len(run.rows['train'])} train / "
         f"{len(run.rows['val'])} val images, {bb.data_config['input_size'][1]} px, batch {t.batch_size}, "
         f"unfreeze {c.unfreeze}" + (f", layer decay {c.layer_decay:g}" if c.layer_decay else "")
-        + f", {c.epochs} epochs -> {run.out}"
+        + f", {c.epochs} epochs, selected by {selection(c)} -> {run.out}"
         + (f"; resuming after epoch {run.state['epoch']}" if resume else ""))
     for line in run.ds.notes():
         log(line)
@@ -284,7 +322,7 @@ def _train(run: _Run, progress: bool, log) -> str:
             run.training.trainer, trains = wrap_for_ranks(run.training.net, run.training.device), now
         _epoch(run, epoch, head_only, train_images, val_images, progress, log)
         if run.state["bad_epochs"] >= run.config.patience and epoch + 1 < run.config.epochs:
-            return f"early stop: validation loss did not improve for {run.config.patience} epochs"
+            return f"early stop: {selection(run.config)} did not improve for {run.config.patience} epochs"
     return f"ran all {run.config.epochs} epochs"
 
 
@@ -304,29 +342,59 @@ def _epoch(run: _Run, epoch: int, head_only: bool, train_images: ImageFiles, val
             "no checkpoint was kept"
         raise FeatxError(f"the training loss became {train_loss} in epoch {epoch + 1}; stopped. Lower --lr or "
                          f"--head-lr; {best}")
-    val_proba, val_y, _, _ = predict_rows(t, val_images, run.rows["val"], run.ds.labels, run.skipped)
-    val = evaluate(val_y, val_proba, run.ds.classes)
+    started = time.perf_counter()
+    val = _validate(run, val_images, t.net)
+    entry = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val["log_loss"],
+             "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"]}
+    chosen, selected_net = val, t.net
+    if t.average is not None:  # the averaged weights, scored beside the raw ones; they are the ones selected
+        chosen, selected_net = _validate(run, val_images, t.average.module), t.average.module
+        entry.update(ema_val_loss=chosen["log_loss"], ema_val_accuracy=chosen["accuracy"],
+                     ema_val_roc_auc=chosen["roc_auc"])
     state["history"].append({
-        "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val["log_loss"],
-        "val_accuracy": val["accuracy"], "val_roc_auc": val["roc_auc"],
-        "lr_backbone": max(g["lr"] for g in t.optimizer.param_groups[:-1]), "lr_head": t.optimizer.param_groups[-1]["lr"],
-        "seconds": seconds, "images_per_second": seen / max(seconds, 1e-9),
+        **entry, "lr_backbone": max(g["lr"] for g in t.optimizer.param_groups[:-1]),
+        "lr_head": t.optimizer.param_groups[-1]["lr"], "seconds": seconds,
+        "images_per_second": seen / max(seconds, 1e-9), "val_seconds": time.perf_counter() - started,
         "phase": "head only" if head_only else f"unfreeze {c.unfreeze}"})
-    improved = val["log_loss"] < state["best_val_loss"]
+    score = selection_score(c.select, chosen["log_loss"], chosen["roc_auc"])
+    improved = state.get("best_score") is None or score > state["best_score"]
     if improved:
-        state.update(best_val_loss=val["log_loss"], best_epoch=epoch + 1, bad_epochs=0)
+        state.update(best_score=score, best_val_loss=chosen["log_loss"], best_epoch=epoch + 1, bad_epochs=0)
         if run.rank == 0:
-            checkpoints.save_weights(run.out / "best_weights.pt", t.net)
+            checkpoints.save_weights(run.out / "best_weights.pt", selected_net)
     else:
         state["bad_epochs"] += 1
     state["epoch"] = epoch + 1
     if run.rank == 0:
         checkpoints.save_last(run.out / "last.pt", run.config_hash, t, state)
         checkpoints.write_history(run.out, state["history"])
-    auc = "-" if val["roc_auc"] is None else f"{val['roc_auc']:.3f}"
-    log(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, val loss {val['log_loss']:.4f}, "
-        f"val acc {val['accuracy']:.3f}, val AUC {auc}, {state['history'][-1]['images_per_second']:.1f} img/s"
-        + (" (best)" if improved else ""))
+    log(f"epoch {epoch + 1}/{epochs}: train loss {train_loss:.4f}, {_scores('val', val)}"
+        + (f"; {_scores('EMA', chosen)}" if t.average is not None else "")
+        + f", {state['history'][-1]['images_per_second']:.1f} img/s" + (" (best)" if improved else ""))
+
+
+def _validate(run: _Run, val_images: ImageFiles, net: nn.Module) -> dict:
+    proba, y, _, _ = predict_rows(run.training, val_images, run.rows["val"], run.ds.labels, run.skipped, net)
+    return evaluate(y, proba, run.ds.classes)
+
+
+def _scores(name: str, metrics: dict) -> str:
+    auc = "-" if metrics["roc_auc"] is None else f"{metrics['roc_auc']:.3f}"
+    return f"{name} loss {metrics['log_loss']:.4f}, {name} acc {metrics['accuracy']:.3f}, {name} AUC {auc}"
+
+
+def selection_score(select: str, loss: float, auc: float | None) -> list[float]:
+    """What an epoch is selected by, larger better: [-loss], or [ROC-AUC, -loss] (ties to the lower loss;
+    an epoch without an AUC, a validation split of one class, ranks below any with one)."""
+    if select == "auc":
+        return [-math.inf if auc is None else float(auc), -float(loss)]
+    return [-float(loss)]
+
+
+def selection(config: FinetuneConfig) -> str:
+    """The selection rule in words, as the sidecar and the log say it."""
+    weights = "the weight average (EMA %g)" % config.ema if config.ema else "the trained weights"
+    return f"validation {'ROC-AUC' if config.select == 'auc' else 'loss'} of {weights}"
 
 
 def _finish(run: _Run, stopped: str, threshold, log) -> FinetuneResult:
@@ -360,8 +428,8 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
           predict_seconds: float, stopped: str, log) -> None:
     """The artifact (model.pt + model.json + predictions), curves.png and metrics.json; rank 0 only."""
     bb, state = run.bb, run.state
-    write_curves(run.out, state["history"], log)
-    recipe = FeatureRecipe.of(bb.identity(), tta="none", decode=run.policy)
+    write_curves(run.out, state["history"], log, state["best_epoch"])
+    recipe = _recipe(bb, run.config)
     config = {**recipe.to_dict(), **bb.weights.record(), "backbone_options": bb.options(),
               "precision": precision_for(run.training.device), "dtype": "float32", "data_root": str(run.ds.root),
               "dataset_key": run.ds.key, "group_pattern": run.ds.group_pattern, "group_source": run.ds.group_source}
@@ -371,7 +439,9 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
                          threshold_rule=rule_name(threshold), features=features, metrics=metrics,
                          train_seconds=train_seconds, predict_seconds_per_image=predict_seconds,  # decoding included
                          packages=("torch", "timm", "numpy"), best_epoch=state["best_epoch"], stopped=stopped,
-                         history=state["history"], config_hash=run.config_hash, skipped=run.skipped)
+                         history=state["history"], config_hash=run.config_hash, skipped=run.skipped,
+                         selected_by=selection(run.config),
+                         started_from=run.parent.record() if run.parent else None)
     artifact = save_checkpoint_artifact(run.out / "model.pt", checkpoints.cpu_state(run.training.net), info,
                                         predictions)
     (run.out / "best_weights.pt").unlink(missing_ok=True)  # model.pt now holds the same weights

@@ -24,7 +24,9 @@ from .._core.runtime import autocast
 from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import Normalize
 from ..models.network import FinetuneNetwork
+from .averaging import WeightAverage
 from .freezing import train_mode
+from .mixing import Mixing
 
 
 class WeightedLoss:
@@ -34,8 +36,12 @@ class WeightedLoss:
     def __init__(self, weight: torch.Tensor, label_smoothing: float):
         self.weight, self.label_smoothing = weight, label_smoothing
 
-    def parts(self, logits, y):
-        """(summed weighted loss, summed weight) of these images."""
+    def parts(self, logits, y, soft=None):
+        """(summed weighted loss, summed weight) of these images; `soft`: mixed targets (mixup, cutmix), each
+        image weighted by its mixture of class weights (one-hot targets give the hard-label loss)."""
+        if soft is not None:
+            weighted = soft * self.weight
+            return -(weighted * F.log_softmax(logits.float(), 1)).sum(), weighted.sum()
         losses = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=self.label_smoothing,
                                  reduction="none")
         return losses.sum(), self.weight[y].sum()
@@ -83,6 +89,9 @@ class Training:
     seed: int
     clip_grad: float
     trainer: nn.Module | None = None  # `net`, or `net` in DistributedDataParallel
+    average: WeightAverage | None = None  # --ema: updated after every step
+    mixing: Mixing | None = None          # --mixup / --cutmix
+    tta: str = "none"                     # hflip: evaluation averages the logits of both views
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """A uint8 batch as the network's input on the device (channels_last on CUDA)."""
@@ -107,6 +116,8 @@ def train_epoch(t: Training, images: ImageFiles, rows: list[int], labels: np.nda
     """
     rank, size, _ = distributed.world()
     torch.manual_seed(t.seed * 100_003 + epoch + 7919 * rank)  # dropout: its own stream per process
+    if t.mixing is not None:  # timm's Mixup draws from NumPy's global generator
+        np.random.seed((t.seed * 100_003 + epoch + 7919 * rank) % 2**32)
     batches = [[rows[i] for i in batch[rank::size]] for batch in epoch_batches(len(rows), t.batch_size, t.seed, epoch)]
     images.epoch = epoch
     train_mode(t.net)
@@ -140,9 +151,12 @@ def _forward(t: Training, batch, labels: np.ndarray):
     if batch.images is None:
         return torch.zeros((), device=t.device), 0.0, 0
     y = torch.as_tensor(labels[batch.rows], dtype=torch.long).to(t.device)
+    x, soft = t.inputs(batch.images), None
+    if t.mixing is not None:
+        x, soft = t.mixing(x, y)
     with autocast(t.device, t.precision):
-        logits = t.trainer(t.inputs(batch.images))
-    loss_sum, weight_sum = t.loss.parts(logits, y)
+        logits = t.trainer(x)
+    loss_sum, weight_sum = t.loss.parts(logits, y, soft)
     return loss_sum, weight_sum, int((logits.argmax(1) == y).sum())
 
 
@@ -154,22 +168,31 @@ def _step(t: Training, loss: torch.Tensor, params: list) -> None:
     t.scaler.step(t.optimizer)
     t.scaler.update()
     t.scheduler.step()
+    if t.average is not None:
+        t.average.update(t.net)
 
 
-def predict_rows(t: Training, images: ImageFiles, rows: list[int], labels: np.ndarray, skipped: dict):
+def predict_rows(t: Training, images: ImageFiles, rows: list[int], labels: np.ndarray, skipped: dict,
+                 net: nn.Module | None = None):
     """(softmax probabilities, labels, rows, sha1 of the bytes read) of the readable images among `rows`,
-    in the order of `rows`. Under torchrun each process predicts its share and every process gets the whole."""
+    in the order of `rows`, by `net` (default: the network being trained; the weight average is another),
+    under hflip TTA the mean logits of both views. Under torchrun each process predicts its share and every
+    process gets the whole."""
     rank, size, _ = distributed.world()
     mine = rows[rank::size]
     batch_size = t.batch_size * 2  # no gradients: twice the training batch fits
-    t.net.eval()
+    net = (net or t.net).eval()
     probas, done, sha1 = [], [], []
     batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
     with torch.inference_mode(), autocast(t.device, t.precision):
         for batch in image_loader(images, batches, t.workers, t.device):
             skipped.update((images.paths[row], reason) for row, reason in batch.problems)
             if batch.images is not None:
-                probas.append(torch.softmax(t.net(t.inputs(batch.images)).float(), 1).cpu().numpy())
+                x = t.inputs(batch.images)
+                logits = net(x)
+                if t.tta == "hflip":
+                    logits = (logits + net(torch.flip(x, dims=[3]))) / 2
+                probas.append(torch.softmax(logits.float(), 1).cpu().numpy())
                 read = dict(batch.read_sha1)
                 done += batch.rows
                 sha1 += [read[row] for row in batch.rows]

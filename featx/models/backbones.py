@@ -64,14 +64,16 @@ class Backbone:
 
 
 def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None = None, image_size: int | None = None,
-                    pool: str | None = None, layers: str | None = None, frozen: bool = True) -> Backbone:
+                    pool: str | None = None, layers: str | None = None, frozen: bool = True,
+                    drop_path: float | None = None) -> Backbone:
     """Build a backbone by registry name with `weights` = "imagenet", "random", a state_dict file or a
     Hugging Face model folder.
 
     The model has no classifier (timm's num_classes=0): it outputs the pooled penultimate features,
     the globally pooled output of `layer` when one is named, or for token models the tokens `pool`
     says from the last `layers` blocks. `image_size` runs it at another size than the checkpoint's
-    (ViTs resample their position table); the resize keeps the checkpoint's crop ratio.
+    (ViTs resample their position table); the resize keeps the checkpoint's crop ratio. `drop_path`:
+    timm's stochastic depth rate, for training (refused for an architecture without it).
     """
     spec = get_spec(name)
     if layer and (pool or layers):
@@ -80,7 +82,7 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
     state, resolved = W.load_state(spec, resolve_weights(spec, weights))
     from_hub = resolved.kind == "hub" and state is None
     size = image_size or spec.image_size
-    model = _create_model(spec, from_hub, size)
+    model = _create_model(spec, from_hub, size, {} if drop_path is None else {"drop_path_rate": drop_path})
     if spec.numerics == "keras":
         _use_keras_numerics(model)
     if state is not None:
@@ -105,10 +107,19 @@ def create_backbone(name: str, weights: str = "imagenet", *, layer: str | None =
     return Backbone(spec, model, int(width), data_config, resolved, weights_sha256, layer, pool, layers, image_size)
 
 
-def _create_model(spec: BackboneSpec, from_hub: bool, size: int | None) -> nn.Module:
+def _create_model(spec: BackboneSpec, from_hub: bool, size: int | None, extra: dict) -> nn.Module:
     """timm's model without classifier; at another size than the checkpoint's, ViTs resample their
     position table on the fly (dynamic_img_size), CNNs need nothing. Random init is seeded so that
-    every process asking for "random" builds the same backbone."""
+    every process asking for "random" builds the same backbone. `extra`: more timm arguments."""
+    try:
+        return _timm_model(spec, from_hub, size, extra)
+    except TypeError as exc:
+        if "drop_path_rate" in extra and "drop_path_rate" in str(exc):
+            raise FeatxError(f"--drop-path: {spec.name} ({spec.timm_name}) has no stochastic depth") from None
+        raise
+
+
+def _timm_model(spec: BackboneSpec, from_hub: bool, size: int | None, extra: dict) -> nn.Module:
     native = timm.models.get_pretrained_cfg(spec.timm_name)
     resized = size is not None and (native is None or tuple(native.input_size[1:]) != (size, size))
     with torch.random.fork_rng(devices=[]):
@@ -116,12 +127,15 @@ def _create_model(spec: BackboneSpec, from_hub: bool, size: int | None) -> nn.Mo
         try:
             if resized:
                 try:
-                    return timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0, dynamic_img_size=True)
+                    return timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0, dynamic_img_size=True,
+                                             **extra)
                 except TypeError as exc:  # CNNs take any input size and have no such argument
                     if "dynamic_img_size" not in str(exc):
                         raise
                     torch.manual_seed(0)
-            return timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0)
+            return timm.create_model(spec.timm_name, pretrained=from_hub, num_classes=0, **extra)
+        except TypeError:
+            raise
         except Exception as exc:  # the hub raises many types; without it this is a bug and re-raised
             if not from_hub:
                 raise

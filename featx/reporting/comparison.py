@@ -80,6 +80,7 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
         for r, (_, info, p) in zip(records, ranked):
             r["predictions"] = p
             r["history"] = info.get("history")
+            r["best_epoch"] = info.get("best_epoch")
             r["data_root"] = data_root or info["features"]["config"].get("data_root")
     records.sort(key=lambda r: -(r["roc_auc"] if r["roc_auc"] is not None else r["balanced_accuracy"]))
     return records + apart

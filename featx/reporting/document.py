@@ -56,7 +56,7 @@ def report(data=None, *, split: str = "test", out="featx-report", models_dir=Non
     for r in ranked:
         if r.get("history"):
             name = f"training-{_slug(r['method'])}.png"
-            figures[name] = (f"Fine-tuning curves: {r['method']}", _history(plt, r["history"]))
+            figures[name] = (f"Fine-tuning curves: {r['method']}", _history(plt, r["history"], r.get("best_epoch")))
     best = next(r for r in ranked if r.get("best", len(ranked) == 1))
     mistakes = _mistakes(best)
     if mistakes:
@@ -191,8 +191,8 @@ def _confusion(plt, ranked) -> bytes:
     return png(fig, plt)
 
 
-def _history(plt, history) -> bytes:
-    return png(plot_history(plt, history), plt)
+def _history(plt, history, best_epoch=None) -> bytes:
+    return png(plot_history(plt, history, best_epoch), plt)
 
 
 def _mistakes(record, limit: int = 8) -> list[int]:

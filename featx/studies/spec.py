@@ -7,6 +7,7 @@ backbone, head or fine-tune option is refused in one line.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
 # What a study may set on its fine-tunes (finetune's own options; the budget sets the data and seed).
 FINETUNE_OPTIONS = ("epochs", "unfreeze", "warmup_epochs", "lr", "layer_decay", "head_lr", "weight_decay", "schedule",
                     "clip_grad", "label_smoothing", "class_weight", "dropout", "patience", "augment", "image_size",
-                    "batch_size", "dicom_window")
+                    "batch_size", "dicom_window", "ema", "select", "drop_path", "mixup", "cutmix", "tta")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class StudySpec:
     threshold: str | float = 0.5
     n_boot: int = 1000
     finetune_options: dict = field(default_factory=dict)
+    # name -> fine-tune options over finetune_options: one fine-tune method per recipe (e.g. {"default": {},
+    # "ema": {"ema": 0.999}}); none: the one recipe finetune_options makes
+    finetune_recipes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -61,11 +65,15 @@ class StudySpec:
                                  f"({', '.join(map(str, self.train_sizes))})")
         if self.repeats < 1:
             raise FeatxError(f"--repeats must be at least 1, not {self.repeats}")
-        unknown = sorted(set(self.finetune_options) - set(FINETUNE_OPTIONS))
-        if unknown:
-            raise FeatxError(f"unknown fine-tune option {unknown[0]!r} in the study: choose among "
-                             f"{', '.join(FINETUNE_OPTIONS)}")
-        set_("finetune_options", dict(sorted(self.finetune_options.items())))
+        set_("finetune_options", _options(self.finetune_options, "the study"))
+        recipes = {}
+        for name, options in dict(self.finetune_recipes).items():
+            if not _RECIPE_NAME.fullmatch(str(name)):
+                raise FeatxError(f"fine-tune recipe name {name!r}: use letters, digits, - and _")
+            if not isinstance(options, dict):
+                raise FeatxError(f"finetune_recipes.{name} must be a table of fine-tune options, not {options!r}")
+            recipes[str(name)] = _options(options, f"recipe {name!r}")
+        set_("finetune_recipes", recipes)
 
     @classmethod
     def from_toml(cls, path, **overrides) -> "StudySpec":
@@ -95,16 +103,37 @@ class StudySpec:
         if relative_to is not None:
             values["data"] = _relative(Path(self.data), relative_to)
         lines = ["# featx study: re-run with  featx study --config study.toml"]
-        options = values.pop("finetune_options")
+        options, recipes = values.pop("finetune_options"), values.pop("finetune_recipes")
         lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
         if options:
             lines += ["", "[finetune_options]", *[f"{key} = {_toml(value)}" for key, value in options.items()]]
+        for name, recipe in recipes.items():
+            lines += ["", f"[finetune_recipes.{name}]", *[f"{key} = {_toml(value)}" for key, value in recipe.items()]]
         return "\n".join(lines) + "\n"
+
+    def recipes(self) -> dict[str | None, dict]:
+        """Each fine-tune recipe's name (None: the study's only one, unnamed) and its whole options."""
+        if not self.finetune_recipes:
+            return {None: dict(self.finetune_options)}
+        return {name: dict(sorted({**self.finetune_options, **options}.items()))
+                for name, options in self.finetune_recipes.items()}
 
     @property
     def record(self) -> dict:
         """What every unit's name is taken over, besides its own method and budget."""
         return {"seed": self.seed, "threshold": str(self.threshold), "n_boot": self.n_boot}
+
+
+_RECIPE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _options(options: dict, where: str) -> dict:
+    """Fine-tune options, sorted, every name one finetune takes (checked here, before any work)."""
+    unknown = sorted(set(options) - set(FINETUNE_OPTIONS))
+    if unknown:
+        raise FeatxError(f"unknown fine-tune option {unknown[0]!r} in {where}: choose among "
+                         f"{', '.join(FINETUNE_OPTIONS)}")
+    return dict(sorted(options.items()))
 
 
 def _names(value) -> tuple[str, ...]:

@@ -53,10 +53,11 @@ class Unit:
     key: str | None = None         # names its saved record; None until its features exist (fits)
     done: bool = False
     seconds: float | None = None   # estimated time left; None: not estimated
+    recipe: str | None = None      # a fine-tune's recipe name, when the study names several
 
     @property
     def method(self) -> str:
-        return f"{self.backbone} + {self.head or 'finetune'}"
+        return f"{self.backbone} + {self.head or 'finetune'}" + (f" [{self.recipe}]" if self.recipe else "")
 
     def describe(self) -> str:
         if self.kind == "extract":
@@ -69,7 +70,8 @@ def study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_
           log=None, **options) -> list[dict]:
     """Every (method, n, repeat) record (label_curves.COLUMNS plus the evaluation predictions), also written
     to `out/study.csv`, with `out/study.toml`. `options`: StudySpec's fields (backbones, heads, finetune,
-    train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold, n_boot, finetune_options)."""
+    train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold, n_boot, finetune_options,
+    finetune_recipes)."""
     log = log or log_line
     spec = spec or StudySpec(data=data, **options)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -136,11 +138,12 @@ class Plan:
             images = images_fingerprint((self.ds.paths[i], sha1s[i]) for i in [*self.pool, *self.eval_rows])
         sizes = self.spec.finetune_sizes or self.spec.train_sizes
         for backbone in self.spec.finetune:
-            for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
-                key = self.finetune_key(backbone, images, budget)
-                done = (self.out / "units" / f"{key}.json").is_file()
-                units.append(Unit(len(units), "finetune", backbone, None, budget, key, done,
-                                  None if done else self._finetune_seconds(backbone, budget)))
+            for recipe, options in self.spec.recipes().items():
+                for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
+                    key = self.finetune_key(backbone, images, budget, options)
+                    done = (self.out / "units" / f"{key}.json").is_file()
+                    units.append(Unit(len(units), "finetune", backbone, None, budget, key, done,
+                                      None if done else self._finetune_seconds(backbone, budget, options), recipe))
         return units
 
     def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
@@ -148,8 +151,10 @@ class Plan:
                             "rules": SELECTION_RULES, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
                             **self.spec.record}, 16)
 
-    def finetune_key(self, backbone: str, images: str, budget: Budget) -> str:
-        return record_hash({"finetune": backbone, "weights": self.spec.weights, "options": self.spec.finetune_options,
+    def finetune_key(self, backbone: str, images: str, budget: Budget, options: dict) -> str:
+        """Named by what the fine-tune is made of, not by its recipe's name: two studies (or two names) asking
+        the same options share the unit."""
+        return record_hash({"finetune": backbone, "weights": self.spec.weights, "options": options,
                             "images": images, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
                             **self.spec.record}, 16)
 
@@ -161,12 +166,12 @@ class Plan:
     def _extract_seconds(self, backbone: str) -> float:
         return len(self.ds) / self.throughput.images_per_second("extract", backbone)
 
-    def _finetune_seconds(self, backbone: str, budget: Budget) -> float:
+    def _finetune_seconds(self, backbone: str, budget: Budget, options: dict) -> float:
         """An upper bound: every epoch run (early stopping only shortens it), then every image predicted."""
-        size = self.spec.finetune_options.get("image_size")
+        size = options.get("image_size")
         train = self.throughput.images_per_second("train", backbone, size)
         evaluate = self.throughput.images_per_second("eval", backbone, size)
-        epochs = self.spec.finetune_options.get("epochs", 10)
+        epochs = options.get("epochs", 10)
         n_val = int(round(0.2 * budget.n_images))
         return epochs * ((budget.n_images - n_val) / train + n_val / evaluate) + \
             (budget.n_images + len(self.eval_rows)) / evaluate
@@ -297,7 +302,7 @@ class Plan:
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / "budget.json", json.dumps(
             {s: [self.ds.paths[i] for i in r] for s, r in rows.items() if s != "test"}, indent=0) + "\n")
-        options = {**self.spec.finetune_options}
+        options = self.spec.recipes()[u.recipe]
         result = finetune(self.spec.data, u.backbone, weights=self.spec.weights, seed=self.spec.seed,
                           threshold=self.spec.threshold, val_fraction=self.spec.val_fraction,
                           cache_dir=self.cache_dir, out_dir=folder, resume=(folder / "last.pt").exists(),
@@ -341,7 +346,10 @@ class Plan:
             path = self.out / "units" / f"{key}.json"
             if not path.is_file():
                 raise FeatxError(f"unit {u.index} ({u.describe()}) is not done: run featx study without --unit")
-            records.append(_completed(json.loads(path.read_text())))
+            record = _completed(json.loads(path.read_text()))
+            if u.kind == "finetune":  # named by this study: a unit is shared by the recipes (or studies) asking it
+                record["method"] = u.method
+            records.append(record)
         return records
 
 
