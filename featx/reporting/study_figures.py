@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.atomic import atomic_path, write_csv_atomic, write_text_atomic
-from .comparison import csv_rows, format_table, paired_tests, scored
+from .comparison import csv_rows, paired_tests, scored
 from .document import html_document, markdown_document
 from .figures import colours, png
 
