@@ -162,7 +162,8 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 
 
 @main.command("fit")
-@click.option("--head", default="logreg", help="logreg, linsvm, knn, rf, lightgbm, mlp, or all.")
+@click.option("--head", default="logreg", help="logreg, linsvm, knn, rf, lightgbm, mlp, several separated by commas "
+              "(logreg,knn), or all.")
 @click.option("--features", type=click.Path(dir_okay=False), default=None, help="Feature cache (.h5) to train on.")
 @click.option("--backbone", default=None, help="Or: the backbone whose cached features of --data to use (extracted first if missing).")
 @_data(False, "The dataset, with --backbone.")
@@ -349,8 +350,10 @@ def card_command(model_path, intended_use, limitations):
               help="A head (.skops) or fine-tune (model.pt); repeat to show several side by side.")
 @click.option("--host", default="127.0.0.1", help="Address to serve on; the default keeps the page on this computer.")
 @click.option("--port", default=7860, type=click.IntRange(1, 65535), help="Port to serve on.")
+@click.option("--allow-folder", default=None, type=click.Path(file_okay=False),
+              help="Let the batch tab read folders under this one on this computer [default: off, uploads only].")
 @TRUST_PICKLE
-def demo_command(model_paths, host, port, trust_pickle):
+def demo_command(model_paths, host, port, allow_folder, trust_pickle):
     """A local web page: drop an X-ray, see each model's probabilities, decision and heatmap.
 
     Also a batch tab (a table, least sure first, and featx predict's CSV) and the model cards.
@@ -362,7 +365,8 @@ def demo_command(model_paths, host, port, trust_pickle):
         raise click.ClickException("featx demo needs Gradio: pip install 'featx[demo]'")
     from .demo.app import launch
 
-    launch(list(model_paths), host=host, port=port, trust_pickle=trust_pickle, log=lambda m: click.echo(m, err=True))
+    launch(list(model_paths), host=host, port=port, trust_pickle=trust_pickle, allow_folder=allow_folder,
+           log=lambda m: click.echo(m, err=True))
 
 
 @main.command("finetune")
@@ -469,19 +473,20 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
               "[default: featx finetune's 10, with early stopping].")
 @click.option("--finetune-image-size", default=None, type=int, help="Fine-tune at N x N px [default: the "
               "checkpoint's own]; smaller is faster on a CPU.")
-@click.option("--train-sizes", default="25,50,100,250,500,1000,all",
-              help="Labelled training images per budget, comma-separated; all: the whole pool.")
+@click.option("--train-sizes", default=None, help="Labelled training images per budget, comma-separated; all: the "
+              "whole pool [default: those of 25,50,100,250,500,1000 below the pool's size, and all].")
 @click.option("--finetune-sizes", default=None, help="The train sizes fine-tuned [default: every one]; e.g. "
               "25,50,100 where a CPU cannot afford the larger ones.")
-@click.option("--repeats", default=3, type=click.IntRange(min=1), help="Budgets drawn per size, each with its own seed.")
+@click.option("--repeats", default=3, type=int, help="Budgets drawn per size, each with its own seed.")
 @click.option("--eval-split", default=None, type=click.Choice(["test", "val"]),
               help="Split every unit is evaluated on [default: test, else val].")
 @VAL_FRACTION
+@GROUP_PATTERN
 @click.option("--weights", default="imagenet", help="Backbone weights: imagenet, random or a PATH (one backbone; "
               "for several offline, put their files in $FEATX_WEIGHTS_DIR).")
 @THRESHOLD
 @click.option("--seed", default=0, type=int, help="Seed of the budgets, the heads and the fine-tunes.")
-@click.option("--bootstrap", "n_boot", default=1000, type=click.IntRange(min=100), help="Bootstrap resamples per interval.")
+@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap resamples per interval (100 or more).")
 @click.option("--out", default="featx-study", type=click.Path(file_okay=False),
               help="Folder for study.csv, study.toml, the report, the curves and the finished units.")
 @click.option("--budget", "budget", default=None, help="Refuse a plan estimated over this time (e.g. 90m, 2h).")
@@ -493,8 +498,8 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
 @WORKERS
 @click.pass_context
 def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs, finetune_image_size, train_sizes,
-                  finetune_sizes, repeats, eval_split, val_fraction, weights, threshold, seed, n_boot, out, budget, unit,
-                  dry_run, wide, cache_dir, workers):
+                  finetune_sizes, repeats, eval_split, val_fraction, group_pattern, weights, threshold, seed, n_boot, out,
+                  budget, unit, dry_run, wide, cache_dir, workers):
     """Frozen backbones x heads, and fine-tunes, at every label budget: which wins, and with how many labels.
 
     At n images a method sees only those n: a head chooses its parameters by patient-grouped CV inside
@@ -509,8 +514,8 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
     given = {name for name, value in ctx.params.items()
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     values = {"backbones": backbones, "heads": heads, "finetune": finetune, "repeats": repeats, "eval_split": eval_split,
-              "val_fraction": val_fraction, "weights": weights, "threshold": threshold, "seed": seed, "n_boot": n_boot,
-              "train_sizes": [s.strip() for s in train_sizes.split(",") if s.strip()], "finetune_sizes": finetune_sizes}
+              "val_fraction": val_fraction, "group_pattern": group_pattern, "weights": weights, "threshold": threshold,
+              "seed": seed, "n_boot": n_boot, "train_sizes": train_sizes, "finetune_sizes": finetune_sizes}
     options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size)) if v is not None}
     if config:
         overrides = {k: v for k, v in values.items() if k in given}
@@ -544,13 +549,14 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
 
 
 def _seconds(text: str) -> float:
-    """90s, 45m, 2h or 1.5h as seconds; one line for anything else."""
+    """90s, 45m, 2h, 1.5h or 1h30m as seconds; one line for anything else."""
     import re
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text.lower())
-    if not match:
-        raise FeatxError(f"--budget {text!r} is not a time such as 90m or 2h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    compact = text.lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", compact)
+    if not parts or "".join(a + b for a, b in parts) != compact or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise FeatxError(f"--budget {text!r} is not a time such as 90m, 2h or 1h30m")
+    return sum(float(a) * {"": 1, "s": 1, "m": 60, "h": 3600}[u] for a, u in parts)
 
 
 @main.command("robustness")

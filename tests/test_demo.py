@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
 import socket
+import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
@@ -50,7 +53,7 @@ def served(tmp_path_factory):
                 "--batch-size", "4", "--epochs", "1", "--val-fraction", "0.3", "--out", root / "run", *common)
     assert tuned.exit_code == 0, tuned.output
     models.append(root / "run" / "model.pt")
-    page, url = launch(models, port=_free_port(), block=False, log=lambda m: None)
+    page, url = launch(models, port=_free_port(), block=False, allow_folder=data, log=lambda m: None)
     yield data, models, url, gradio_client.Client(url, verbose=False)
     page.close()
 
@@ -115,6 +118,44 @@ def test_the_batch_csv_is_featx_predicts(served, tmp_path):
     for name in {r[0] for r in table["data"]}:  # each model's rows, least sure first
         margins = [r[-1] for r in table["data"] if r[0] == name]
         assert margins == sorted(margins) and len(margins) == len(want)
+
+
+def test_folders_only_under_the_allowed_one_and_nothing_left_behind(served, tmp_path):
+    """A client cannot list a folder outside --allow-folder (nor anywhere without it); uploads and each
+    batch's folder (its CSV holds the server's paths) are removed once the answer is out."""
+    data, models, _, client = served
+    private = tmp_path / "private_scans"
+    private.mkdir()
+    shutil.copy(sorted((data / "NORMAL").iterdir())[0], private / "JOHN_DOE_1961-02-03.jpeg")
+    for folder in (private, data / ".." / private.name, data / "NORMAL" / ".." / ".." / ".."):
+        status, table, csvs = client.predict([], str(folder), api_name="/batch")
+        assert status.startswith("**Only folders under") and not csvs and "JOHN_DOE" not in str(table)
+    before = set(Path(tempfile.gettempdir()).glob("featx-demo-*"))
+    image = sorted((data / "PNEUMONIA").iterdir())[0]
+    status, _, csvs = client.predict([gradio_client.handle_file(str(image))], "", api_name="/batch")
+    assert status.startswith("1 files") and csvs
+    client.predict(gradio_client.handle_file(str(image)), False, api_name="/predict")
+    from gradio.utils import get_upload_folder
+
+    for _ in range(50):  # the clean-up runs right after each answer
+        left = set(Path(tempfile.gettempdir()).glob("featx-demo-*")) - before
+        uploads = [p for p in Path(get_upload_folder()).rglob(image.name)]
+        if not left and not uploads:
+            break
+        time.sleep(0.1)
+    assert not left and not uploads and image.is_file()
+
+
+def test_folders_are_off_unless_allowed(served):
+    from featx.demo.app import launch
+
+    data, models, _, _ = served
+    page, url = launch(models[:1], port=_free_port(), block=False, log=lambda m: None)
+    try:
+        status, _, csvs = gradio_client.Client(url, verbose=False).predict([], str(data), api_name="/batch")
+    finally:
+        page.close()
+    assert status.startswith("**Folders are off") and not csvs
 
 
 def test_the_page_and_its_styles_ask_no_other_host(served):

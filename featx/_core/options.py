@@ -86,6 +86,27 @@ def feature_variant(image_size=None, pool=None, layers=None) -> dict:
     return {"image_size": image_size, "pool": pool, "layers": layers}
 
 
+def check_number(name: str, value, *, integer: bool = False, low=None, high=None, open_low: bool = False,
+                 open_high: bool = False, optional: bool = False):
+    """`value` if it is a number (a whole one where `integer`) within its bounds; one line naming the option
+    and what it takes otherwise. Booleans and text are not numbers, whatever they spell."""
+    if value is None and optional:
+        return value
+    kind = "a whole number" if integer else "a number"
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'above' if open_low else 'at least'} {low}")
+    if high is not None:
+        bounds.append(f"{'below' if open_high else 'at most'} {high}")
+    wanted = kind + (" " + " and ".join(bounds) if bounds else "")
+    numeric = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not numeric or \
+            (low is not None and (value <= low if open_low else value < low)) or \
+            (high is not None and (value >= high if open_high else value > high)):
+        raise FeatxError(f"{flag(name)} must be {wanted}, not {value!r}")
+    return value
+
+
 def check_options(**values) -> None:
     """Check each named option by its rule: the CHOICES vocabularies, device, batch_size."""
     for name, value in values.items():

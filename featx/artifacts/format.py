@@ -208,7 +208,20 @@ def checked_sidecar(path, info: dict | None = None) -> dict:
     if info["format"] >= 2 and info.get(SIDECAR_DIGEST) != sidecar_digest(info):
         raise FeatxError(f"{sidecar_path(path)} was edited or damaged since featx wrote it (its classes, threshold or "
                          "recipe may no longer be the model's); refusing to use it: fit or fine-tune the model again")
+    if info["format"] < ARTIFACT_FORMAT and (info.get("serialization") == "skops" or
+                                             Path(path).suffix == portable.SUFFIX):
+        raise FeatxError(f"{sidecar_path(path)} says artifact format {info['format']}, which never described a skops "
+                         "file (skops heads came with format 3): the sidecar was edited; fit the model again")
+    for name in (info.get("file"), (info.get("predictions") or {}).get("file")):
+        if name is not None and (not isinstance(name, str) or not _plain_name(name)):
+            raise FeatxError(f"{sidecar_path(path)} names the file {name!r}: a sidecar names only plain files in its "
+                             "own folder; refusing it")
     return info
+
+
+def _plain_name(name: str) -> bool:
+    """A file name with no folder in it (no separator, not . or ..)."""
+    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 def verified_sidecar(path) -> dict:

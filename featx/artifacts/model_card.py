@@ -64,10 +64,10 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
                 _evaluation(scores), _threshold(info, sidecar)]
-    if robustness:
-        sections.append(_robustness(robustness))
-    if shift:
-        sections.append("## Split shift\n\n" + "\n".join(f"- {line.strip()}" for line in shift) + "\n")
+    sections.append(_robustness(robustness) if robustness else
+                    "## Robustness (featx robustness)\n\nNot measured for this model.\n")
+    sections.append("## Split shift\n\n" + ("\n".join(f"- {line.strip()}" for line in shift) if shift else
+                                              "Not measured on this model's features and images.") + "\n")
     sections.append(f"## Intended use\n\n{intended_use or DEFAULT_USE}\n\n## Limitations\n\n{limitations or DEFAULT_LIMITS}\n")
     return "\n".join(sections)
 
@@ -143,10 +143,7 @@ def _data(info: dict, sidecar: Sidecar, predictions: dict) -> str:
     classes = list(info["classes"])
     c = info["features"]["config"]
     lines = ["## Training data\n", f"- **Dataset**: `{sidecar.dataset}` (found at `{sidecar.data_root}` when trained)"]
-    pattern = c.get("group_pattern")
-    if pattern or c.get("group_source"):
-        lines.append(f"- **Patients**: images grouped by {c.get('group_source') or f'the pattern `{pattern}` on file names'}; "
-                     "a patient's images are never on both sides of a split")
+    lines.append(f"- **Patients**: {_patients(c.get('patients'))}")
     lines += ["", "| split | images | " + " | ".join(classes) + " | images fingerprint |",
               "|---|---:|" + "---:|" * len(classes) + "---|"]
     for split, p in predictions.items():
@@ -155,6 +152,25 @@ def _data(info: dict, sidecar: Sidecar, predictions: dict) -> str:
         lines.append(f"| {split} | {len(p['y'])} | " + " | ".join(str(int(n)) for n in counts) +
                      f" | `{fingerprint[:16]}` |")
     return "\n".join(lines) + "\n"
+
+
+def _patients(facts: dict | None) -> str:
+    """What is true of the model's patient groups, as recorded when its features or run were made."""
+    if not facts:
+        return "how images were grouped into patients was not recorded (made by an older featx)"
+    words = [f"grouped by {facts['source']}: {facts['groups']} patients"]
+    if facts["named"] < facts["images"]:
+        words.append(f"{facts['images'] - facts['named']} of {facts['images']} images matched no patient and are "
+                     "each their own")
+    words.append({"cut": "the validation split was cut from train by featx, whole patients on one side",
+                  "given": "the validation split came from the user (folders or manifest)",
+                  "none": "no validation split"}.get(facts["validation"], "validation split of unknown origin"))
+    if facts["across_splits"]:
+        words.append(f"**{facts['across_splits']} patients have images in two splits** (e.g. {facts['example']}), so "
+                     "their evaluation is not independent of training")
+    else:
+        words.append("no patient has images in two splits")
+    return "; ".join(words)
 
 
 def _evaluation(scores: dict) -> str:

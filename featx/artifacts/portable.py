@@ -81,12 +81,16 @@ def loads(raw: bytes, source) -> object:
         types = requested(raw)
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise FeatxError(f"{source} is not a skops file featx can read: {first_line(exc)}") from None
+    except RecursionError:
+        raise FeatxError(f"{source} is not a skops file featx can read: its schema is nested too deeply") from None
     refused = untrusted(types)
     if refused:
         raise FeatxError(f"{source} asks to load {', '.join(refused)}, which featx does not trust; refusing it "
                          "(no code from the file has run)")
     try:
         return sio.loads(raw, trusted=sorted(t for t, _ in types))
+    except RecursionError:
+        raise FeatxError(f"{source} is not a skops file featx can read: its objects are nested too deeply") from None
     except Exception as exc:  # a trusted file that still fails: a version of scikit-learn or skops
         raise FeatxError(f"cannot load {source}: {type(exc).__name__}: {first_line(exc)}") from None
 

@@ -15,7 +15,7 @@ from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
 KINDS = ("head", "finetune")
 # What a sidecar keeps of its features' config: the recipe, and facts for people and for rebuilding the backbone.
 RECORDED = ("recipe_version", *FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "dtype", "data_root",
-            "dataset_key", "group_pattern", "group_source")  # groups: how patients were kept together (model cards)
+            "dataset_key", "group_pattern", "group_source", "patients")  # groups: how patients were kept together (model cards)
 
 
 def feature_record(config: dict, *, num_features: int, file=None, config_hash=None) -> dict:

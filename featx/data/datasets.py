@@ -24,7 +24,7 @@ from .._core.paths import default_cache_dir
 from .dicom import DICOM_EXTENSIONS, has_dicom_preamble
 from .dicom_headers import header_facts, key_id
 from .files import not_regular
-from .leakage import groups_across_splits, listed_twice
+from .leakage import groups_across_splits, groups_in_two_classes, listed_twice
 from .splits import cut_split, read_split, reuse_split, split_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
@@ -58,9 +58,30 @@ class Dataset:
     copies_note: str = ""  # byte-identical copies within a split, once the files are hashed (data.leakage)
     content: dict = field(default_factory=dict)  # path -> (size, mtime_ns, sha1) of files hashed while listing
     source: str = ""  # the folder or manifest it was read from, as `--data` names it again
+    given_groups: int = 0  # images whose group the manifest or a DICOM header gave (not the file name)
+    validation: str = "none"  # "cut" by featx by patient, "given" by the user, or "none"
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def patients(self, rows: dict[str, list[int]] | None = None, validation: str | None = None) -> dict:
+        """What is true of this dataset's patient groups, as sidecars record it for model cards: where the
+        groups came from, how many images found a patient (the others are each their own), the groups,
+        who made the validation split, and the groups with images in two splits (with one example).
+        `rows`: split -> rows, where a run uses other splits than the dataset's (a study's budget)."""
+        pairs = zip(self.groups, self.splits) if rows is None else \
+            ((self.groups[i], split) for split, found in rows.items() for i in found)
+        named = sum(g != p for g, p in zip(self.groups, self.paths))
+        where: dict[str, set] = {}
+        for group, split in pairs:
+            where.setdefault(group, set()).add(split)
+        across = sorted(g for g, s in where.items() if len(s) > 1)
+        return {"source": self.group_source or ("the manifest's group column" if self.given_groups else
+                                                f"the pattern {self.group_pattern!r} on file names"),
+                "images": len(self.paths), "named": named, "groups": len(where),
+                "validation": validation or self.validation,
+                "across_splits": len(across),
+                "example": f"{across[0]}: {', '.join(s for s in SPLITS if s in where[across[0]])}" if across else None}
 
     def notes(self) -> list[str]:
         """What extraction says about the listing: the validation split, files that are not images."""
@@ -103,8 +124,10 @@ def load_dataset(
     group_pattern: str | None = None,
     seed: int = 0,
     cache_dir=None,
+    store_split: bool = True,
 ) -> Dataset:
-    """Read a folder or CSV manifest; cut (or reuse) a group-aware validation split if asked."""
+    """Read a folder or CSV manifest; cut (or reuse) a group-aware validation split if asked.
+    `store_split` False: a split cut now is not stored (a dry run fixes nothing)."""
     source = Path(source).expanduser()
     if not source.exists():
         raise FeatxError(f"data not found: {source}")
@@ -126,17 +149,51 @@ def load_dataset(
     ds.group_pattern = pattern
     if ds.has_dicom:
         _read_headers(ds, cache_dir, use_groups=group_pattern is None and pattern == DEFAULT_GROUP_PATTERN)
+    ds.given_groups = sum(1 for g in ds.groups if g)
     ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
     _check_classes(ds)
-    ds.listing_notes += [note for note in [groups_across_splits(ds.groups, ds.splits)] if note]
+    ds.listing_notes += [note for note in [groups_across_splits(ds.groups, ds.splits), _few_groups(ds),
+                                           groups_in_two_classes(ds.groups, ds.labels, ds.classes)] if note]
     if "val" in ds.splits:
+        ds.validation = "given"
         if val_fraction is not None:
             raise FeatxError(f"{source} already has a validation split; drop --val-fraction")
     elif stored is not None:
         reuse_split(ds, stored, val_fraction, seed, group_pattern, split_file(cache_dir, ds))
+        ds.validation = "cut"
     elif val_fraction is not None:
-        _cut_once(ds, val_fraction, seed, group_pattern, cache_dir)
+        if store_split:
+            _cut_once(ds, val_fraction, seed, group_pattern, cache_dir)
+        else:
+            cut_split(ds, val_fraction, seed, None)
+        ds.validation = "cut"
     return ds
+
+
+def _few_groups(ds: Dataset) -> str:
+    """One line when the group pattern found a patient in under half of the file names it was asked about:
+    those images are each their own patient, so one patient's images may land on both sides of a split."""
+    asked = [p for p, given in zip(ds.paths, ds.groups) if given == p]
+    from_names = len(ds.paths) - ds.given_groups
+    if not from_names or len(asked) <= from_names / 2:
+        return ""
+    example = Path(asked[0]).name
+    hint = _pattern_hint([Path(p).name for p in asked])
+    return (f"the group pattern {ds.group_pattern!r} found no patient in {len(asked)} of {from_names} file names "
+            f"(e.g. {example}): each of those images is its own patient, so one patient's images may fall on both "
+            f"sides of a split; give --group-pattern REGEX whose first group names the patient"
+            + (f" (these names suggest {hint!r})" if hint else ""))
+
+
+def _pattern_hint(names: list[str]) -> str | None:
+    """A pattern for names that start with a patient id before '_' or '-' (e.g. 00001280_004.png), when such
+    prefixes repeat (several images per prefix); None otherwise."""
+    for sep in ("_", "-"):
+        prefixes = [n.split(sep, 1)[0] for n in names if sep in n]
+        if len(prefixes) == len(names) and len(set(prefixes)) < 0.9 * len(names):
+            digits = all(p.isdigit() for p in prefixes) and len({len(p) for p in prefixes}) == 1
+            return rf"^(\d{{{len(prefixes[0])}}}){sep}" if digits else rf"^([^{sep}]+){sep}"
+    return None
 
 
 def _cut_once(ds: Dataset, val_fraction: float, seed: int, group_pattern, cache_dir: Path) -> None:

@@ -91,6 +91,20 @@ def groups_across_splits(groups: list[str], splits: list[str]) -> str:
             "the same patients, the evaluation is not independent of training")
 
 
+def groups_in_two_classes(groups: list[str], labels, classes) -> str:
+    """A note when one patient group has images of two classes ("" if none): possible for a patient seen
+    twice, and a hint that the groups or the labels are not what they seem."""
+    seen = defaultdict(set)
+    for group, label in zip(groups, labels):
+        seen[group].add(int(label))
+    mixed = sorted(g for g, found in seen.items() if len(found) > 1)
+    if not mixed:
+        return ""
+    return (f"{len(mixed)} patient groups have images of two classes (e.g. {mixed[0]}: "
+            f"{', '.join(classes[c] for c in sorted(seen[mixed[0]]))}): check that the groups name patients and "
+            "that the labels are right")
+
+
 def _refuse(source: str, splits: list[str], labels: list[str], *, split_words: str, label_words: str,
             fix: str) -> None:
     """One line for images in two splits and/or with two labels."""

@@ -55,14 +55,17 @@ def reuse_split(ds, stored: dict, val_fraction, seed, group_pattern, path: Path)
     ds.split_note = f"validation split reused from {path} ({_share(ds, stored['val_fraction'])})"
 
 
-def cut_split(ds, fraction: float, seed: int, path: Path) -> None:
+def cut_split(ds, fraction: float, seed: int, path: Path | None) -> None:
     """Cut `fraction` of train into validation by whole patient groups, byte-identical copies kept
-    on one side with the groups they link; stored at `path`."""
+    on one side with the groups they link; stored at `path` (None: not stored)."""
     if not 0 < fraction < 1:
         raise FeatxError(f"--val-fraction must be between 0 and 1, got {fraction}")
     train_groups = {g for g, s in zip(ds.groups, ds.splits) if s == "train"}
     val_groups = _cut_groups(ds, fraction, seed, _train_contents(ds))
     _assign(ds, val_groups, train_groups - val_groups, fraction, seed)
+    if path is None:  # a dry run: the split is shown, not fixed
+        ds.split_note = f"validation split cut by patient group ({_share(ds, fraction)}), not stored (a dry run)"
+        return
     record = {"val_fraction": fraction, "seed": seed, "group_pattern": ds.group_pattern, "data": str(ds.root),
               "val_groups": sorted(val_groups), "train_groups": sorted(train_groups - val_groups)}
     write_text_atomic(path, json.dumps(record, indent=1))

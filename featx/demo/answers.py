@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from .._core.errors import FeatxError, first_line
-from ..artifacts.format import load_predictions
-from ..artifacts.model_card import card_path, model_card
+from ..artifacts.model_card import card_path
 from ..artifacts.prediction import predict
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..data.images import load_image
+from ..exporting.cards import refresh_card
 from ..reporting.heatmaps import LINEAR_HEADS, explain
 
 
@@ -44,13 +44,10 @@ class DemoModel:
                 f"linear heads, {', '.join(LINEAR_HEADS)}, and Grad-CAM for fine-tunes).")
 
     def card(self) -> str:
-        """The model card's Markdown without its YAML front matter (the saved card, else one made now)."""
+        """The model card's Markdown without its YAML front matter (the saved card, else one written now with
+        what featx has measured of this model)."""
         path = card_path(self.path)
-        if path.is_file():
-            text = path.read_text()
-        else:
-            info = self.model.info
-            text = model_card(info, load_predictions(self.path, info) if info.get("predictions") else {})
+        text = (path if path.is_file() else refresh_card(self.path)).read_text()
         if text.startswith("---\n"):
             text = text.split("\n---\n", 1)[-1]
         return text.strip()

@@ -8,6 +8,7 @@ message on the page; the app keeps serving.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,12 +20,31 @@ from .answers import Answer, DemoModel, answer, batch_rows
 NOTICE = "Research use, not a medical device: not for diagnosis or treatment decisions."
 
 
-def build(models: list[DemoModel]):
-    """The Gradio Blocks of the page for `models` (answers side by side, in the order given)."""
+MAX_UPLOAD = "200mb"  # per file: a full-size DICOM is tens of MB
+KEPT_SECONDS = 600  # Gradio's own copies of uploads and answers are deleted after this
+
+
+def _uploads_folder() -> Path:
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def _forget(paths) -> None:
+    """Remove Gradio's copies of these uploads once answered (never a file of this computer's own)."""
+    for path in map(Path, paths or []):
+        if _uploads_folder() in path.resolve().parents:
+            path.unlink(missing_ok=True)
+
+
+def build(models: list[DemoModel], *, allow_folder=None):
+    """The Gradio Blocks of the page for `models` (answers side by side, in the order given). Folder batches
+    read only under `allow_folder` (None: no folders, only uploads)."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
-    with gr.Blocks(title="featx demo", analytics_enabled=False) as page:
+    allowed = Path(allow_folder).resolve() if allow_folder else None
+    with gr.Blocks(title="featx demo", analytics_enabled=False, delete_cache=(KEPT_SECONDS, KEPT_SECONDS)) as page:
         gr.Markdown(f"# featx demo\n**{NOTICE}**\n\n" + "\n".join(f"- {m.name} (`{m.path.name}`)" for m in models))
         with gr.Tab("One image"):
             with gr.Row():
@@ -43,12 +63,14 @@ def build(models: list[DemoModel]):
             go.click(lambda path, show: _one(models, path, show), [image, heatmap], outputs, api_name="predict")
         with gr.Tab("Several images"):
             files = gr.File(label="Images", file_count="multiple", type="filepath")
-            folder = gr.Textbox(label="…or a folder on this computer", placeholder="/path/to/images")
+            folder = gr.Textbox(label=f"…or a folder under {allowed}", placeholder=str(allowed),
+                                visible=allowed is not None)
             run = gr.Button("Predict all", variant="primary")
             status = gr.Markdown()
             table = gr.Dataframe(label="Least sure first (closest to the threshold)", interactive=False, wrap=True)
             csvs = gr.File(label="featx predict CSV, one per model", file_count="multiple")
-            run.click(lambda f, d: _batch(models, f, d), [files, folder], [status, table, csvs], api_name="batch")
+            run.click(lambda f, d: _batch(models, f, d, allowed), [files, folder], [status, table, csvs],
+                      api_name="batch")
         with gr.Tab("Model cards"):
             for m in models:
                 gr.Markdown(m.card())
@@ -56,39 +78,61 @@ def build(models: list[DemoModel]):
 
 
 def _one(models: list[DemoModel], path, show_heatmap: bool) -> list:
-    """Each model's (label, decision, heatmap, note) for one uploaded file; a message, never a traceback."""
+    """Each model's (label, decision, heatmap, note) for one uploaded file; a message, never a traceback. The
+    upload is removed once answered."""
     if not path:
         return [None, "Drop or pick an image first.", None, ""] * len(models)
     out = []
-    for m in models:
-        try:
-            a = answer(m, path, heatmap=show_heatmap)
-        except Exception as exc:  # the page keeps serving whatever happens inside one model
-            a = Answer(None, f"**featx could not answer**: {type(exc).__name__}: {first_line(exc)}", None)
-        out += [a.probabilities, a.decision, a.heatmap, a.note]
+    try:
+        for m in models:
+            try:
+                a = answer(m, path, heatmap=show_heatmap)
+            except Exception as exc:  # the page keeps serving whatever happens inside one model
+                a = Answer(None, f"**featx could not answer**: {type(exc).__name__}: {first_line(exc)}", None)
+            out += [a.probabilities, a.decision, a.heatmap, a.note]
+    finally:
+        _forget([path])
     return out
 
 
-def _batch(models: list[DemoModel], files, folder: str):
-    """(status, table, CSV paths) for uploaded files or a folder."""
+def _batch(models: list[DemoModel], files, folder: str, allowed: Path | None):
+    """(status, table, CSV paths) for uploaded files or a folder under the one the operator allowed. The CSVs
+    (they hold this computer's paths) are handed to Gradio's cache, which deletes them after KEPT_SECONDS; the
+    folder they were written in and the uploads are removed before the answer leaves."""
+    out = Path(tempfile.mkdtemp(prefix="featx-demo-"))
     try:
         paths = [Path(f) for f in files or []]
         if folder and folder.strip():
-            paths += image_files([folder.strip()])
+            paths += image_files([_allowed(folder.strip(), allowed)])
         if not paths:
             return "Pick files or name a folder first.", None, None
-        out = Path(tempfile.mkdtemp(prefix="featx-demo-"))
         rows, csvs = [], []
         for i, m in enumerate(models):
             csvs.append(out / f"{i + 1}-{m.path.stem}.csv")
             rows += batch_rows(m, paths, csvs[-1])
+        from gradio.processing_utils import save_file_to_cache
+
+        served = [save_file_to_cache(p, str(_uploads_folder())) for p in csvs]
     except FeatxError as exc:
         return f"**{first_line(exc)}**", None, None
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+        _forget(files)
     import pandas as pd
 
     unreadable = sum(1 for r in rows if r["margin"] is None) // len(models)
     status = f"{len(paths)} files" + (f", {unreadable} unreadable (listed last)" if unreadable else "")
-    return status, pd.DataFrame(rows), [str(p) for p in csvs]
+    return status, pd.DataFrame(rows), served
+
+
+def _allowed(folder: str, root: Path | None) -> str:
+    """`folder` if it lies under `root` (links resolved); one line otherwise."""
+    if root is None:
+        raise FeatxError("Folders are off on this page: upload the images, or start featx demo with --allow-folder DIR")
+    resolved = Path(folder).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise FeatxError(f"Only folders under {root} can be read on this page")
+    return str(resolved)
 
 
 def theme():
@@ -100,20 +144,26 @@ def theme():
 
 
 def launch(model_paths, *, host: str = "127.0.0.1", port: int = 7860, trust_pickle: bool = False,
-           block: bool = True, log=print):
-    """Load the models, warm them up, serve the page; returns (page, url) when `block` is False."""
+           allow_folder=None, block: bool = True, log=print):
+    """Load the models, warm them up, serve the page; returns (page, url) when `block` is False.
+    `allow_folder`: a folder whose subfolders the batch tab may read on this computer (None: uploads only)."""
     started = time.perf_counter()
     if not model_paths:
         raise FeatxError("featx demo needs at least one --model")
+    if allow_folder is not None and not Path(allow_folder).is_dir():
+        raise FeatxError(f"--allow-folder {allow_folder}: no such folder")
     models = [DemoModel.open(p, trust_pickle=trust_pickle) for p in model_paths]
     _warm_up(models)
-    page = build(models)
+    page = build(models, allow_folder=allow_folder)
     page.queue(default_concurrency_limit=1)  # one prediction at a time: the CPU is shared anyway
     _, url, _ = page.launch(server_name=host, server_port=port, share=False, inbrowser=False, quiet=True,
-                            prevent_thread_lock=True, show_error=False, theme=theme())
+                            prevent_thread_lock=True, show_error=False, theme=theme(), max_file_size=MAX_UPLOAD)
     log(f"featx demo ready at {url} in {time.perf_counter() - started:.1f} s ({NOTICE})")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log(f"warning: bound to {host}: other computers on this network can open the page")
+        log(f"warning: bound to {host}: anyone who can reach this address can upload images (up to {MAX_UPLOAD} "
+            "each) and read every model's answers and cards" +
+            (f", and list and predict the images under {Path(allow_folder).resolve()}" if allow_folder else "") +
+            "; there is no login")
     if block:
         try:
             page.block_thread()

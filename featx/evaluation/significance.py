@@ -174,6 +174,26 @@ def delong_auc_variance(y, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(aucs), np.atleast_2d(cov)
 
 
+def macro_auc_resampled(y, probas, *, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Macro one-vs-rest ROC-AUC (scikit-learn's multi_class="ovr") of each of `probas` (runs x images x
+    classes), on the same `n_boot` resamples of the images (stratified by class): n_boot x runs. The
+    resamples are shared, so differences between runs are paired over the images."""
+    from scipy.stats import rankdata
+
+    y, probas = np.asarray(y), np.asarray(probas, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = np.hstack([rng.choice(np.flatnonzero(y == c), (n_boot, int((y == c).sum()))) for c in np.unique(y)])
+    labels = y[idx[0]]  # every resample keeps each class's count, in the same order
+    aucs = np.zeros((n_boot, len(probas)))
+    for c in range(probas.shape[2]):
+        positive = labels == c
+        n1, n0 = int(positive.sum()), int((~positive).sum())
+        for r, proba in enumerate(probas):
+            ranks = rankdata(proba[idx, c], axis=1)
+            aucs[:, r] += (ranks[:, positive].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return aucs / probas.shape[2]
+
+
 def delong_test(y, scores_a, scores_b) -> dict:
     """Two-sided DeLong test that two methods scored on the same images have equal ROC-AUC."""
     aucs, cov = delong_auc_variance(y, np.vstack([scores_a, scores_b]))

@@ -14,34 +14,36 @@ from ..studies.shift import recorded_shift
 
 
 def refresh_card(artifact, *, intended_use: str | None = None, limitations: str | None = None) -> Path:
-    """Write `<model>.md` with the robustness rows `featx robustness` saved for this model's method and
-    dataset, and the shift `featx shift` recorded on its features into test (or val)."""
+    """Write `<model>.md` with the robustness rows `featx robustness` saved for this very model (its file's
+    sha256), and the shift `featx shift` recorded on its own features and images into test (or val)."""
     artifact = Path(artifact)
-    sidecar = Sidecar.from_json(checked_sidecar(artifact))
+    info = checked_sidecar(artifact)
     rows = []
     for models_dir in dict.fromkeys((artifact.parent, artifact.parent.parent)):  # a head, or a fine-tune's run folder
         for split in ("test", "val"):
-            saved = saved_robustness(models_dir, split, sidecar.data_root)
+            saved = saved_robustness(models_dir, split, Sidecar.from_json(info).data_root)
             if saved and not any(r.get("split") == split for r in rows):
-                rows += [{**r, "split": split} for r in saved.rows if r["method"] in _names(artifact, sidecar)]
-    shift = None
-    cache = sidecar.raw["features"].get("file")
-    for split in ("test", "val"):
-        found = recorded_shift(cache, split) if cache and Path(cache).exists() else None
-        if found:
-            start, record = found
-            low, high = record["ci"]
-            shift = [f"{start} -> {split}: domain ROC-AUC {record['auc']:.3f} [{low:.3f}, {high:.3f}] on the backbone's "
-                     "features (0.5: the splits look alike to the features; 1: every image betrays its split)"]
-            break
-    return write_model_card(artifact, robustness=rows or None, shift=shift, intended_use=intended_use,
+                rows += [{**r, "split": split} for r in saved.rows_of(info["sha256"])]
+    return write_model_card(artifact, robustness=rows, shift=_own_shift(info), intended_use=intended_use,
                             limitations=limitations)
 
 
-def _names(artifact: Path, sidecar: Sidecar) -> tuple[str, str]:
-    """The names `featx robustness` gives this model: its method, or with its file when two share one."""
-    label = sidecar.method.label
-    return label, f"{label} ({artifact.parent.name if artifact.name == 'model.pt' else artifact.stem})"
+def _own_shift(info: dict) -> list[str]:
+    """The shift `featx shift` measured on this model's features into a split the model was evaluated on,
+    with the same images; none when it was measured on other features or images."""
+    cache, features = info["features"].get("file"), info["features"].get("config_hash")
+    for split in ("test", "val"):
+        found = recorded_shift(cache, split) if cache and Path(cache).exists() else None
+        if not found:
+            continue
+        start, record = found
+        mine = (info.get("splits") or {}).get(split, {}).get("images_sha256")
+        if record.get("config_hash") != features or not mine or (record.get("images") or {}).get(split) != mine:
+            continue
+        low, high = record["ci"]
+        return [f"{start} -> {split}: domain ROC-AUC {record['auc']:.3f} [{low:.3f}, {high:.3f}] on the backbone's "
+                "features (0.5: the splits look alike to the features; 1: every image betrays its split)"]
+    return []
 
 
 def refresh_cards(data, *, models_dir=None, cache_dir=None) -> list[Path]:

@@ -35,6 +35,7 @@ def torch_graph(module, input_size, output: str):
     import torch
 
     _, height, width = input_size
+    module = fixed_size(module, (height, width))
     example = torch.zeros((2, height, width, 3), dtype=torch.uint8)
     buffer = io.BytesIO()
     try:
@@ -47,6 +48,39 @@ def torch_graph(module, input_size, output: str):
         raise FeatxError(f"torch cannot export this network to ONNX opset {OPSET}: {type(exc).__name__}: "
                          f"{first_line(exc)[:200]}") from None
     return onnx.load_from_string(buffer.getvalue())
+
+
+def fixed_size(module, size: tuple[int, int]):
+    """`module`, or a copy whose ViTs run at `size` from a position table resampled once, here, as they
+    resample it for every batch at featx's runtime (timm's dynamic_img_size: bicubic, antialiased). The graph
+    has one input size, so the table is a constant of it, and ONNX needs no antialiased resize (an operator
+    opset 17 lacks). CNNs are returned as they are."""
+    import copy
+
+    import torch
+    from timm.layers import resample_abs_pos_embed
+
+    if not _resampling_vits(module):
+        return module
+    module = copy.deepcopy(module)
+    for vit in _resampling_vits(module):
+        embed = vit.patch_embed
+        grid = tuple(embed.dynamic_feat_size(size)) if hasattr(embed, "dynamic_feat_size") else \
+            (size[0] // embed.patch_size[0], size[1] // embed.patch_size[1])
+        with torch.no_grad():
+            table = resample_abs_pos_embed(vit.pos_embed, new_size=list(grid), old_size=list(embed.grid_size),
+                                           num_prefix_tokens=0 if vit.no_embed_class else vit.num_prefix_tokens)
+        vit.pos_embed = torch.nn.Parameter(table, requires_grad=False)
+        vit.dynamic_img_size = False
+        embed.img_size, embed.grid_size, embed.num_patches = tuple(size), grid, grid[0] * grid[1]
+        embed.flatten = True  # tokens as N x L x C, the layout a fixed-size ViT adds its table to
+    return module
+
+
+def _resampling_vits(module) -> list:
+    """The ViTs in `module` that resample their position table for each input (timm's dynamic_img_size)."""
+    return [m for m in module.modules() if getattr(m, "dynamic_img_size", False) and
+            getattr(m, "pos_embed", None) is not None and hasattr(m, "patch_embed")]
 
 
 def image_module(model, data_config: dict, tta: str = "none", softmax: bool = False):

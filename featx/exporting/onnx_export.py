@@ -11,7 +11,7 @@ largest difference is reported.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +21,13 @@ import numpy as np
 from .._core.atomic import atomic_path, write_text_atomic
 from .._core.errors import FeatxError
 from .._core.versions import featx_version
+from ..artifacts.format import pending_path, predictions_path, sidecar_path
+from ..artifacts.model_card import card_path, use_path
 from ..artifacts.predictors import FineTunedClassifier, load
 from . import graphs
 
 FORMATS = ("onnx",)
+PLAIN_MODES = ("L", "RGB", "1", "CMYK", "YCbCr", "P")  # modes Pillow's convert("RGB") reads as featx does
 
 
 @dataclass
@@ -46,18 +49,82 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
     graphs.require("onnx")
     source = Path(model)
     loaded = load(source, trust_pickle=trust_pickle)
+    out = Path(out) if out else source.with_suffix(".onnx")
+    recipe_path = out.with_name(out.stem + ".preprocess.json")
+    check_targets(source, out, recipe_path)
     recipe = input_recipe(loaded)
     graph = _graph(loaded)
     _describe(graph, loaded, recipe)
-    out = Path(out) if out else source.with_suffix(".onnx")
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(graph.SerializeToString())
-    recipe_path = out.with_name(out.stem + ".preprocess.json")
     write_text_atomic(recipe_path, json.dumps({**recipe, "model": out.name}, indent=2) + "\n")
     card = _copy_card(source, out)
     example = onnxruntime_example(out, recipe_path, recipe)
     difference = _check(loaded, out, recipe) if check else None
     return Exported(out, recipe_path, card, example, difference)
+
+
+def check_targets(source: Path, out: Path, recipe_path: Path) -> None:
+    """Refuse, before any work, an `out` that would overwrite one of the model's own files or a file that
+    is not an earlier export (the graph, its recipe and card), and a folder that cannot hold it."""
+    own = {p.resolve() for p in model_files(source)}
+    card = out.with_suffix(".md")
+    for target in (out, recipe_path, card):
+        if target.resolve() in own and not (target == card and card.resolve() == card_path(source).resolve()):
+            raise FeatxError(f"--out {out}: {target.name} is one of the model's own files; choose a name that is not "
+                             f"{', '.join(sorted(p.name for p in model_files(source)))}")
+    for target, looks_made in ((out, _onnx_by_featx), (recipe_path, _recipe_by_featx), (card, _card_by_featx)):
+        if target.exists() and target.resolve() != card_path(source).resolve() and not looks_made(target):
+            raise FeatxError(f"--out {out}: {target} exists and is not an earlier featx export; featx does not "
+                             "overwrite it (choose another --out, or move it away)")
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FeatxError(f"--out {out}: {_first_file(folder)} is a file, not a folder") from None
+    except OSError as exc:
+        raise FeatxError(f"--out {out}: cannot make the folder {folder}: {exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FeatxError(f"--out {out}: the folder {folder} is not writable")
+
+
+def model_files(source: Path) -> list[Path]:
+    """Every file that belongs to the artifact at `source`: the model, its sidecar, predictions, card and kept
+    use, and their pending versions."""
+    files = [source, sidecar_path(source), predictions_path(source), card_path(source), use_path(source)]
+    return files + [pending_path(f) for f in files]
+
+
+def _first_file(folder: Path) -> Path:
+    """The first path on the way to `folder` that is a file."""
+    for parent in [*reversed(folder.parents), folder]:
+        if parent.is_file():
+            return parent
+    return folder
+
+
+def _onnx_by_featx(path: Path) -> bool:
+    try:
+        import onnx
+
+        return onnx.load(str(path), load_external_data=False).producer_name == "featx"
+    except Exception:  # not an ONNX file at all
+        return False
+
+
+def _recipe_by_featx(path: Path) -> bool:
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and {"featx_version", "model", "input"} <= set(found)
+
+
+def _card_by_featx(path: Path) -> bool:
+    try:
+        return path.read_text().startswith("---\nlibrary_name: featx\n")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _graph(loaded):
@@ -123,19 +190,23 @@ def _copy_card(source: Path, out: Path) -> Path | None:
     card = refresh_card(source)
     target = out.with_suffix(".md")
     if card.resolve() != target.resolve():
-        shutil.copyfile(card, target)
+        write_text_atomic(target, card.read_text())
     return target
 
 
 def onnxruntime_example(onnx_path: Path, recipe_path: Path, recipe: dict) -> str:
-    """Ten lines of Python that read one image as featx does and print the model's answer."""
+    """A dozen lines of Python that read one image as featx does and print the model's answer; 16-bit and
+    transparent images, which featx rescales or flattens onto black, are refused in one line."""
     decide = 'int(p[1] >= r["threshold"])' if recipe["threshold"] is not None else "int(p.argmax())"
     last = f'print({{c: float(v) for c, v in zip(r["output"]["classes"], p)}}, "->", r["output"]["classes"][{decide}])'
     return "\n".join([
         "import json, sys, numpy as np, onnxruntime as ort",
         "from PIL import Image, ImageOps",
         f'r = json.load(open("{recipe_path}"))',
-        'img = ImageOps.exif_transpose(Image.open(sys.argv[1])).convert("RGB"); w, h = img.size',
+        'img = ImageOps.exif_transpose(Image.open(sys.argv[1]))',
+        'if img.mode not in ("L", "RGB", "1", "CMYK", "YCbCr", "P") or "transparency" in img.info:',
+        '    sys.exit(f"{sys.argv[1]}: a {img.mode} image (16-bit or transparent): featx rescales or flattens these; use featx predict")',
+        'img = img.convert("RGB"); w, h = img.size',
         's = r["resize"]["shorter_side"]; size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)',
         'img = img.resize(size, Image.Resampling[r["resize"]["interpolation"].upper()])',
         'ch, cw = r["crop"]["height"], r["crop"]["width"]; top, left = int(round((size[1] - ch) / 2)), int(round((size[0] - cw) / 2))',
@@ -148,7 +219,11 @@ def onnx_input(path, recipe: dict) -> np.ndarray:
     """One image file as the graph's input (1×H×W×3 uint8), exactly as the printed example reads it."""
     from PIL import Image, ImageOps
 
-    img = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    img = ImageOps.exif_transpose(Image.open(path))
+    if img.mode not in PLAIN_MODES or "transparency" in img.info:
+        raise FeatxError(f"{path}: a {img.mode} image (16-bit or transparent): featx rescales or flattens these; "
+                         "use featx predict")
+    img = img.convert("RGB")
     w, h = img.size
     s = recipe["resize"]["shorter_side"]
     size = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)

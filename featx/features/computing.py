@@ -79,6 +79,7 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, poli
     config = {**identity, "config_hash": identity_hash(identity), **bb.weights.record(),
               "backbone_options": bb.options(), "data_root": str(ds.root), "dataset_key": ds.key,
               "device": str(device), "compile": compile, "group_pattern": ds.group_pattern, "data_source": ds.source,
+              "patients": ds.patients(),
               **({"group_source": ds.group_source} if ds.group_source else {}),
               **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
     return identity, config

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields
 
 from .._core.errors import FeatxError
-from .._core.options import check_batch_size, check_choice, check_image_size
+from .._core.options import check_batch_size, check_choice, check_image_size, check_number, flag
 from ..data.decode_policy import check_window
 
 
@@ -43,6 +44,7 @@ class FinetuneConfig:
     tta: str = "none"
 
     def __post_init__(self):
+        _check_types(self)
         if self.init_head_from is not None:
             object.__setattr__(self, "init_head_from", str(self.init_head_from))
         if self.epochs < 1:
@@ -80,6 +82,19 @@ class FinetuneConfig:
         so a run folder named before it existed keeps its name and resumes."""
         return {f.name: v for f, v in zip(fields(self), asdict(self).values())
                 if f.name not in ADDED_LATER or v != ADDED_LATER[f.name]}
+
+
+def _check_types(config: FinetuneConfig) -> None:
+    """Each option of the type its field declares (a study file may hold "3" or "high"): one line, before
+    any bound is compared."""
+    for f in fields(config):
+        value, optional = getattr(config, f.name), "None" in f.type
+        if f.type.startswith("int"):
+            check_number(f.name, value, integer=True, optional=optional)
+        elif f.type.startswith("float"):
+            check_number(f.name, value, optional=optional)
+        elif not (value is None and optional) and not isinstance(value, (str, os.PathLike)):
+            raise FeatxError(f"{flag(f.name)} takes text, not {value!r}")
 
 
 # Options added after the first fine-tunes, at the values that reproduce what came before them.

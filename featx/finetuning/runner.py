@@ -432,7 +432,8 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
     recipe = _recipe(bb, run.config)
     config = {**recipe.to_dict(), **bb.weights.record(), "backbone_options": bb.options(),
               "precision": precision_for(run.training.device), "dtype": "float32", "data_root": str(run.ds.root),
-              "dataset_key": run.ds.key, "group_pattern": run.ds.group_pattern, "group_source": run.ds.group_source}
+              "dataset_key": run.ds.key, "group_pattern": run.ds.group_pattern, "group_source": run.ds.group_source,
+              "patients": run.ds.patients({s: list(r) for s, r in run.rows.items()})}
     features = feature_record(config, num_features=bb.num_features)
     params = {k: v for k, v in run.config.record().items() if k not in ("backbone", "weights")}
     info = build_sidecar(kind="finetune", head="finetune", params=params, classes=run.ds.classes, threshold=cut,

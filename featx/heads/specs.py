@@ -80,13 +80,22 @@ def is_lightgbm_model(step) -> bool:
     return type(step).__module__.split(".")[0] == "lightgbm"
 
 
-def head_names(head: str) -> list[str]:
-    """`all` or one name; an unknown name lists the valid ones."""
-    if head == "all":
-        return list(HEAD_NAMES)
-    if head not in HEADS:
-        raise FeatxError(f"unknown head '{head}': choose one of {', '.join(HEAD_NAMES)}, or all")
-    return [head]
+def head_names(head) -> list[str]:
+    """Head names from `all`, one name, names separated by commas ("logreg,knn") or a list: one syntax for
+    fit, study and the API. An unknown name lists the valid ones."""
+    parts = head.split(",") if isinstance(head, str) else list(head)
+    names = []
+    for part in (str(p).strip() for p in parts):
+        if part == "all":
+            names += HEAD_NAMES
+        elif part in HEADS:
+            names.append(part)
+        elif part:
+            raise FeatxError(f"unknown head '{part}': choose among {', '.join(HEAD_NAMES)} (several separated by "
+                             "commas), or all")
+    if not names:
+        raise FeatxError(f"--head names no head: choose among {', '.join(HEAD_NAMES)}, or all")
+    return list(dict.fromkeys(names))
 
 
 def build_head(name: str, *, pca: int | None = None, seed: int = 0) -> tuple[Pipeline, dict]:

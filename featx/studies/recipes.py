@@ -9,14 +9,11 @@ changing only where this interval excludes zero.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
 
-from ..evaluation.significance import delong_auc_variance
-
-Z95 = 1.959964
+from .pairing import contrast
 
 
 def recipe_gains(records: list[dict]) -> list[dict]:
@@ -37,8 +34,10 @@ def recipe_gains(records: list[dict]) -> list[dict]:
         if method == baseline or not repeats:
             continue
         pairs = [(base[k], runs[k]) for k in repeats]
-        gain, low, high = _gain(pairs)
-        rows.append({"n": n, "recipe": method, "baseline": baseline, "gain": gain, "low": low, "high": high,
+        found = contrast([b for b, _ in pairs], [r for _, r in pairs], whole_pool=n == "all")
+        low, high = found.interval or (None, None)
+        rows.append({"n": n, "recipe": method, "baseline": baseline, "gain": found.difference, "low": low,
+                     "high": high, "why": found.why,
                      "roc_auc": _mean(r["roc_auc"] for _, r in pairs),
                      "baseline_roc_auc": _mean(b["roc_auc"] for b, _ in pairs),
                      "train_seconds": float(np.mean([r["train_seconds"] for _, r in pairs])),
@@ -63,25 +62,8 @@ def gain_lines(rows: list[dict]) -> list[str]:
 
 def _said(r: dict) -> str:
     if r["gain"] is None:
-        return "ROC-AUC undefined (an evaluation split of one class)"
+        return r["why"]
     said = f"ROC-AUC {r['roc_auc']:.3f} vs {r['baseline_roc_auc']:.3f}, gain {r['gain']:+.4f}"
     if r["low"] is None:
-        return said + " (not paired: evaluated on other images)"
+        return said + f" (no interval: {r['why']})"
     return said + f" [{r['low']:+.4f}, {r['high']:+.4f}]" + ("" if r["low"] <= 0 <= r["high"] else " (excludes 0)")
-
-
-def _gain(pairs: list[tuple[dict, dict]]) -> tuple[float | None, float | None, float | None]:
-    """(mean gain, low, high); the interval is None where the runs were evaluated on other images."""
-    if any(b["roc_auc"] is None or r["roc_auc"] is None for b, r in pairs):
-        return None, None, None
-    gains = np.array([r["roc_auc"] - b["roc_auc"] for b, r in pairs])
-    mean = float(gains.mean())
-    runs = [x for pair in pairs for x in pair]
-    if len({x.get("eval_images") for x in runs}) != 1 or any(len(x["proba"][0]) != 2 for x in runs):
-        return mean, None, None
-    scores = np.array([np.asarray(x["proba"])[:, 1] for x in runs])
-    _, cov = delong_auc_variance(np.asarray(runs[0]["y"]), scores)
-    contrast = np.array([sign / len(pairs) for _ in pairs for sign in (-1.0, 1.0)])
-    spread = gains.var(ddof=1) / len(gains) if len(gains) > 1 else 0.0
-    half = Z95 * math.sqrt(max(float(contrast @ cov @ contrast), 0.0) + spread)
-    return mean, mean - half, mean + half

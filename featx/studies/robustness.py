@@ -49,6 +49,13 @@ class Robustness:
     rows: list[dict]
     notes: list[str] = field(default_factory=list)
     created: str = ""
+    # method name -> the sha256 of the model file it names: a model card shows only the rows of its own model
+    models: dict = field(default_factory=dict)
+
+    def rows_of(self, model_sha256: str) -> list[dict]:
+        """The rows measured on the model whose file has this sha256 (none from older results, which did
+        not record it)."""
+        return [r for r in self.rows if self.models.get(r["method"]) == model_sha256]
 
     def auc(self, method: str, corruption: str = "none", severity: int = 0) -> float | None:
         found = [r["roc_auc"] for r in self.rows if (r["method"], r["corruption"], r["severity"]) ==
@@ -163,7 +170,7 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
     log(f"robustness: {len(models)} models x {len(corruptions)} corruptions x {len(severities)} severities on "
         f"{len(images)} {split} images in {time.perf_counter() - started:.0f} s")
     result = Robustness(split, str(ds.root), corruptions, severities, [m.name for m in models], rows,
-                        notes + run.notes, time.strftime("%Y-%m-%d %H:%M"))
+                        notes + run.notes, time.strftime("%Y-%m-%d %H:%M"), {m.name: m.sha256 for m in models})
     _save(result, models_dir)
     return result
 
@@ -175,6 +182,7 @@ class _Model:
     clean_y: np.ndarray
     clean_proba: np.ndarray
     clean_images: str  # fingerprint of the clean predictions' images
+    sha256: str  # the model file's: what identifies the model its rows belong to
 
 
 def _models(found: list[tuple[Path, dict]], split: str) -> tuple[list[_Model], list[str]]:
@@ -189,7 +197,8 @@ def _models(found: list[tuple[Path, dict]], split: str) -> tuple[list[_Model], l
             if p is None:
                 notes.append(f"{name}: left out, it has no {split} predictions")
                 continue
-            models.append(_Model(name, load(path), p["y"], p["proba"], images_fingerprint(zip(p["path"], p["sha1"]))))
+            models.append(_Model(name, load(path), p["y"], p["proba"], images_fingerprint(zip(p["path"], p["sha1"])),
+                                 info["sha256"]))
         except FeatxError as exc:
             notes.append(f"{name}: left out, {exc}")
     return models, notes

@@ -30,6 +30,7 @@ from .._core.paths import default_cache_dir
 from ..evaluation.significance import bootstrap_ci
 from ..evaluation.folds import group_folds
 from ..features.store import FeatureStore
+from ..artifacts.format import images_fingerprint
 from ..heads.fitting import resolve_store
 
 
@@ -83,7 +84,7 @@ def shift(features=None, *, data=None, backbone: str | None = None, weights: str
     if len(splits) != 2 or splits[0] == splits[1]:
         raise FeatxError(f"--splits names two different splits, e.g. train,test; got {','.join(splits)}")
     result = measure_shift(store, splits, seed=seed, n_boot=n_boot, top=top, embed=embed)
-    _remember(store.path, result)
+    _remember(store, result)
     return result
 
 
@@ -91,11 +92,15 @@ def _record_path(cache: Path) -> Path:
     return Path(cache).with_suffix(".shift.json")
 
 
-def _remember(cache: Path, result: "Shift") -> None:
-    """Keep the score (and the map's coordinates) beside the cache, where `featx compare` finds them."""
+def _remember(store: FeatureStore, result: "Shift") -> None:
+    """Keep the score (and the map's coordinates) beside the cache, where `featx compare` finds them, with
+    what it was measured on: the features' config hash and each split's images (a model card shows a shift
+    only where these are its own)."""
+    cache = store.path
     path, key = _record_path(cache), "->".join(result.splits)
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    saved[key] = result.record()
+    saved[key] = {**result.record(), "config_hash": store.config.get("config_hash"),
+                  "images": {s: images_fingerprint(zip(store.paths(s), store.sha1s(s))) for s in result.splits}}
     if result.embedding is not None:
         coordinates = _map_path(cache, result.splits)
         with atomic_path(coordinates) as tmp, open(tmp, "wb") as handle:

@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .._core.errors import FeatxError
+from .._core.options import check_number
+from ..evaluation.thresholds import parse_threshold
+from ..finetuning.config import FinetuneConfig
 from ..heads.specs import head_names
 from ..models.registry import get_spec
 
@@ -31,11 +34,12 @@ class StudySpec:
     backbones: tuple[str, ...] = ("efficientnet_lite0",)
     heads: tuple[str, ...] = ("logreg",)
     finetune: tuple[str, ...] = ()
-    train_sizes: tuple = DEFAULT_SIZES
+    train_sizes: tuple | None = None  # None: DEFAULT_SIZES below the pool's size, then "all"
     finetune_sizes: tuple | None = None  # the sizes fine-tuned (a costly method may stop earlier); None: all
     repeats: int = 3
     eval_split: str | None = None
     val_fraction: float | None = None
+    group_pattern: str | None = None  # the regex naming an image's patient (None: the dataset's stored or default)
     weights: str = "imagenet"
     seed: int = 0
     threshold: str | float = 0.5
@@ -56,15 +60,22 @@ class StudySpec:
             raise FeatxError("a study needs a backbone and a head, or a fine-tune (--finetune BACKBONE)")
         for backbone in {*self.backbones, *self.finetune}:
             get_spec(backbone, check_timm=False)
-        set_("train_sizes", tuple(_size(s) for s in self.train_sizes))
+        for name, (integer, low, high, optional) in _NUMBERS.items():
+            check_number(_FLAGS.get(name, name), getattr(self, name), integer=integer, low=low, high=high, open_low=not integer,
+                         open_high=not integer, optional=optional)
+        set_("threshold", parse_threshold(self.threshold))
+        if self.eval_split not in (None, "test", "val"):
+            raise FeatxError(f"--eval-split must be test or val, not {self.eval_split!r}")
+        if not isinstance(self.weights, str):
+            raise FeatxError(f"--weights takes imagenet, random or a path, not {self.weights!r}")
+        if self.train_sizes is not None:
+            set_("train_sizes", tuple(_size(s) for s in _sizes(self.train_sizes)))
         if self.finetune_sizes is not None:
-            set_("finetune_sizes", tuple(_size(s) for s in _names(self.finetune_sizes)))
-            extra = [s for s in self.finetune_sizes if s not in self.train_sizes]
+            set_("finetune_sizes", tuple(_size(s) for s in _sizes(self.finetune_sizes)))
+            extra = [s for s in self.finetune_sizes if s not in (self.train_sizes or DEFAULT_SIZES)]
             if extra:
                 raise FeatxError(f"--finetune-sizes {extra[0]} is not one of --train-sizes "
-                                 f"({', '.join(map(str, self.train_sizes))})")
-        if self.repeats < 1:
-            raise FeatxError(f"--repeats must be at least 1, not {self.repeats}")
+                                 f"({', '.join(map(str, self.train_sizes or DEFAULT_SIZES))})")
         set_("finetune_options", _options(self.finetune_options, "the study"))
         recipes = {}
         for name, options in dict(self.finetune_recipes).items():
@@ -118,6 +129,12 @@ class StudySpec:
         return {name: dict(sorted({**self.finetune_options, **options}.items()))
                 for name, options in self.finetune_recipes.items()}
 
+    def sizes(self, pool: int) -> tuple:
+        """The train sizes asked, or by default those of DEFAULT_SIZES below a pool of `pool` images and "all"."""
+        if self.train_sizes is not None:
+            return self.train_sizes
+        return tuple(n for n in DEFAULT_SIZES if n == "all" or n < pool)
+
     @property
     def record(self) -> dict:
         """What every unit's name is taken over, besides its own method and budget."""
@@ -128,12 +145,37 @@ _RECIPE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _options(options: dict, where: str) -> dict:
-    """Fine-tune options, sorted, every name one finetune takes (checked here, before any work)."""
+    """Fine-tune options, sorted, every name one finetune takes and every value one it accepts (checked here
+    by finetune's own declaration, before any work)."""
+    if not isinstance(options, dict):
+        raise FeatxError(f"the fine-tune options of {where} must be a table of options, not {options!r}")
     unknown = sorted(set(options) - set(FINETUNE_OPTIONS))
     if unknown:
         raise FeatxError(f"unknown fine-tune option {unknown[0]!r} in {where}: choose among "
                          f"{', '.join(FINETUNE_OPTIONS)}")
+    try:
+        FinetuneConfig(**options)
+    except FeatxError as exc:
+        raise FeatxError(f"{where}: {exc}") from None
     return dict(sorted(options.items()))
+
+
+# Each numeric field: (whole number, low, high, may be None); bounds of whole numbers are inclusive, of
+# fractions exclusive. The CLI, the API and a study file all pass through this one declaration.
+_NUMBERS = {"repeats": (True, 1, None, False), "seed": (True, 0, None, False), "n_boot": (True, 100, None, False),
+            "val_fraction": (False, 0, 1, True)}
+
+
+_FLAGS = {"n_boot": "bootstrap"}  # a field whose command-line option has another name
+
+
+def _sizes(value) -> list:
+    """Train sizes from a list, or from text separated by commas ("25,50,all")."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
 
 
 def _names(value) -> tuple[str, ...]:

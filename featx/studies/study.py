@@ -31,7 +31,7 @@ from .._core.hashing import record_hash
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
 from ..data.budgets import Budget, held_out, label_budgets
-from ..data.datasets import Dataset, load_dataset
+from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
 from ..data.leakage import check_dataset_copies
 from ..evaluation.significance import point_metrics
 from ..features.reuse import finished_cache
@@ -76,11 +76,15 @@ def study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_
     spec = spec or StudySpec(data=data, **options)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     out = Path(out)
-    plan = Plan(spec, cache_dir, out, workers)
+    plan = Plan(spec, cache_dir, out, workers, dry_run=dry_run)
     chosen = plan.unit(unit) if unit is not None else None  # a unit it does not have: refused before the plan
     plan.say(log)
     if budget_seconds is not None:
         plan.check_budget(budget_seconds)
+        unknown = plan.seconds_left()[1]
+        if unknown:
+            log(f"--budget {_duration(budget_seconds)}: {unknown} units have no estimate on this machine, so the "
+                "budget was checked on the others only")
     if dry_run:
         return []
     out.mkdir(parents=True, exist_ok=True)
@@ -102,17 +106,26 @@ def study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_
 class Plan:
     """A study's units in order, what of them is done, and how long the rest should take."""
 
-    def __init__(self, spec: StudySpec, cache_dir: Path, out: Path, workers):
+    def __init__(self, spec: StudySpec, cache_dir: Path, out: Path, workers, dry_run: bool = False):
         self.spec, self.cache_dir, self.out, self.workers = spec, cache_dir, out, workers
-        self.ds = load_dataset(spec.data, val_fraction=spec.val_fraction, seed=spec.seed, cache_dir=cache_dir)
+        self.ds = load_dataset(spec.data, val_fraction=spec.val_fraction, group_pattern=spec.group_pattern,
+                               seed=spec.seed, cache_dir=cache_dir, store_split=not dry_run)
+        # what every unit is named by besides its own parts: patients grouped otherwise draw other budgets
+        self.record = {**spec.record, **({"group_pattern": self.ds.group_pattern}
+                                         if self.ds.group_pattern != DEFAULT_GROUP_PATTERN else {})}
         self.evaluate_on = _evaluation_split(self.ds, spec.eval_split)
         self.pool = np.array([i for i, s in enumerate(self.ds.splits) if s == "train"])
         self.eval_rows = [i for i, s in enumerate(self.ds.splits) if s == self.evaluate_on]
+        self.sizes = spec.sizes(len(self.pool))
         self.budgets = sorted(label_budgets(self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
-                                            spec.train_sizes, repeats=spec.repeats, seed=spec.seed,
+                                            self.sizes, repeats=spec.repeats, seed=spec.seed,
                                             classes=self.ds.classes),
                               key=lambda b: (b.n is None, b.n or 0, b.repeat))  # every size checked before any work
-        self.budgets = [b for b in self.budgets if b.n is not None or b.repeat == 0]  # the whole pool: one draw
+        # the whole pool (n = all, or a size that takes every image): one draw, as its repeats would be identical
+        whole = {b.n for b in self.budgets if b.n is not None and len(b.rows) == len(self.pool)}
+        self.budgets = [b for b in self.budgets if (b.n is not None and b.n not in whole) or b.repeat == 0]
+        self.notes = [f"n={n} takes the whole pool of {len(self.pool)} images: one draw, not {spec.repeats} identical "
+                      "repeats" for n in sorted(whole)] if spec.repeats > 1 else []
         self.throughput = Throughput(cache_dir)
         self.units = self._units()
 
@@ -134,9 +147,9 @@ class Plan:
                     seconds = None if done else self.throughput.fit_seconds(head, budget.n_images)
                     units.append(Unit(len(units), "fit", backbone, head, budget, key, done, seconds))
         if self.spec.finetune:
-            sha1s = check_dataset_copies(self.ds)
+            self.sha1s = sha1s = check_dataset_copies(self.ds)
             images = images_fingerprint((self.ds.paths[i], sha1s[i]) for i in [*self.pool, *self.eval_rows])
-        sizes = self.spec.finetune_sizes or self.spec.train_sizes
+        sizes = self.spec.finetune_sizes or self.sizes
         for backbone in self.spec.finetune:
             for recipe, options in self.spec.recipes().items():
                 for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
@@ -149,14 +162,14 @@ class Plan:
     def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
         return record_hash({"features": store.config["config_hash"], "images": images, "head": head,
                             "rules": SELECTION_RULES, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
-                            **self.spec.record}, 16)
+                            **self.record}, 16)
 
     def finetune_key(self, backbone: str, images: str, budget: Budget, options: dict) -> str:
         """Named by what the fine-tune is made of, not by its recipe's name: two studies (or two names) asking
         the same options share the unit."""
         return record_hash({"finetune": backbone, "weights": self.spec.weights, "options": options,
                             "images": images, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
-                            **self.spec.record}, 16)
+                            **self.record}, 16)
 
     def _finished(self, backbone: str):
         return finished_cache(self.ds, backbone, weights=self.spec.weights, device="cpu", layer=None,
@@ -190,6 +203,8 @@ class Plan:
     def say(self, log) -> None:
         """The plan: each unit, grouped by method and size (their numbers for --unit), what is done, the time."""
         ds, pool = self.ds, len(self.pool)
+        for note in [*ds.notes(), *self.notes]:
+            log(note)
         log(f"study of {ds.root}: budgets drawn from the {pool} train images ({', '.join(self._sizes())}; "
             f"{self.spec.repeats} repeats), every unit evaluated on the {len(self.eval_rows)} {self.evaluate_on} "
             "images")
@@ -209,8 +224,8 @@ class Plan:
         timed = sorted({name + (f"@{size}" if size else "") for _, name, size in self.throughput.timed})
         log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count('extract')} "
             f"extraction(s), {self._count('fit')} fits, {self._count('finetune')} fine-tunes; "
-            f"the rest ~{_duration(seconds)}"
-            + (f" (+{unknown} units not yet measured on this machine)" if unknown else "")
+            + (f"the rest ~{_duration(seconds)}" if seconds or not unknown else "the rest: unknown")
+            + (f" (+{unknown} units not yet measured on this machine, not estimated)" if unknown else "")
             + (f"; {', '.join(timed)} timed on a few batches, decoding not included" if timed else ""))
 
     def _count(self, kind: str) -> int:
@@ -264,13 +279,15 @@ class Plan:
         before = self.finished.get(backbone)  # as planned: the files were checked once, there
         started = time.perf_counter()
         store = extract(self.spec.data, backbone, weights=self.spec.weights, val_fraction=self.spec.val_fraction,
-                        seed=self.spec.seed, cache_dir=self.cache_dir, workers=self.workers, progress=progress,
+                        group_pattern=self.spec.group_pattern, seed=self.spec.seed, cache_dir=self.cache_dir,
+                        workers=self.workers, progress=progress,
                         log=log)
         if before is None and store.n_rows >= 32:
             self.throughput.record("extract", backbone, store.n_rows / (time.perf_counter() - started))
         pool = Pool(store, "train", self.evaluate_on)
         pool.images = _store_images(store, self.evaluate_on)
-        pool.index = {p: i for i, p in enumerate(store.paths("train"))}
+        pool.paths, pool.sha1s = np.asarray(store.paths("train")), np.asarray(store.sha1s("train"))
+        pool.index = {p: i for i, p in enumerate(pool.paths)}
         return pool
 
     def _fit(self, u: Unit, pool: Pool) -> int:
@@ -282,7 +299,8 @@ class Plan:
         rows = np.array([pool.index[p] for p in self._paths(u.budget.rows) if p in pool.index], int)
         record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
         record.update(_eval_predictions(pool.store.paths(self.evaluate_on), curve.y_eval, record.pop("proba")),
-                      classes=list(pool.store.classes), eval_split=self.evaluate_on)
+                      classes=list(pool.store.classes), eval_split=self.evaluate_on,
+                      train_images=_trained_on(pool.paths[rows], pool.sha1s[rows]))
         self.throughput.record("fit", u.head, (len(rows), record["train_seconds"]))
         _save(path, record)
         return 1
@@ -305,6 +323,7 @@ class Plan:
         options = self.spec.recipes()[u.recipe]
         result = finetune(self.spec.data, u.backbone, weights=self.spec.weights, seed=self.spec.seed,
                           threshold=self.spec.threshold, val_fraction=self.spec.val_fraction,
+                          group_pattern=self.spec.group_pattern,
                           cache_dir=self.cache_dir, out_dir=folder, resume=(folder / "last.pt").exists(),
                           rows=rows, workers=self.workers, progress=progress, log=log, **options)
         info = read_sidecar(result.artifact)
@@ -318,7 +337,9 @@ class Plan:
                              seed=self.spec.seed)
         record.update(_eval_predictions(list(test["path"]), test["y"], record.pop("proba")),
                       artifact=os.path.relpath(result.artifact, self.out), classes=list(self.ds.classes),
-                      eval_split=self.evaluate_on)
+                      eval_split=self.evaluate_on, train_images=_trained_on(
+                          [self.ds.paths[i] for i in rows["train"] + rows["val"]],
+                          [self.sha1s[i] for i in rows["train"] + rows["val"]]))
         size = options.get("image_size")
         self.throughput.record("train", u.backbone, rate, size)
         if info.get("predict_seconds_per_image"):
@@ -375,7 +396,14 @@ def _eval_predictions(paths, y, proba) -> dict:
     order = np.argsort(np.asarray(paths), kind="stable")
     proba = np.asarray(proba, float)[order]
     return {"eval_images": record_hash(sorted(map(str, paths)), 16), "y": np.asarray(y)[order].tolist(),
-            "proba": np.round(proba, 7).tolist()}
+            "proba": proba.tolist()}  # as computed: a recomputed AUC or DeLong test gives the saved answer
+
+
+def _trained_on(paths, sha1s) -> dict:
+    """The images a unit was trained on, by path and content, and their fingerprint: anyone can check from the
+    unit's file that no evaluation image was among them."""
+    return {"images_sha256": images_fingerprint(zip(paths, sha1s)), "paths": list(map(str, paths)),
+            "sha1": list(map(str, sha1s))}
 
 
 def _completed(record: dict) -> dict:

@@ -2,22 +2,21 @@
 each method the labels it needs to come within 0.01 ROC-AUC of its own full-data value (of its value at
 its largest size, for a method not run on the whole pool).
 
-The test is DeLong's, paired on the same evaluation images, on the mean ROC-AUC over the repeats: the
-AUCs of every repeat of two methods share one DeLong covariance matrix (they are scored on the same
-images), and the difference of the two means is a contrast of them. It holds the variation of which
-images were evaluated; the variation of which were drawn is in the curves' bands. The leader is tested
-against every other method, Holm-adjusted over them. Methods evaluated on other images (a fine-tune
-that could not read one) are not tested.
+The test compares the mean ROC-AUC over the repeats (studies.pairing): its variance holds which images were
+evaluated (DeLong for two classes, a paired bootstrap of the macro one-vs-rest ROC-AUC for more) and which
+were drawn (the spread of the per-repeat differences), so a lead that a new draw of the budgets would erase
+is not called significant. The leader is tested against every other method, Holm-adjusted over them. A
+comparison that cannot be made says why (other evaluation images; a single draw).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
 import numpy as np
 
-from ..evaluation.significance import delong_auc_variance, holm
+from ..evaluation.significance import holm
+from .pairing import contrast
 
 WITHIN = 0.01  # "labels needed": the smallest n within this of the method's ROC-AUC at its largest size
 
@@ -35,18 +34,21 @@ def verdict(records: list[dict]) -> list[str]:
             continue
         ranked = sorted(here, key=lambda m: -_auc(here[m]))
         leader, others = ranked[0], ranked[1:]
-        p = holm([_paired_p(here[leader], here[m]) for m in others])
-        images = np.mean([r["n_images"] for rows in here.values() for r in rows])
-        parts = [f"{m} by {_auc(here[leader]) - _auc(here[m]):.3f} ({_p(q)})" for m, q in zip(others, p)]
-        lines.append(f"n={n} ({images:.0f} images): {leader} leads, ROC-AUC {_auc(here[leader]):.3f} "
+        tests = [contrast(here[m], here[leader], whole_pool=_whole_pool(n, here, records)) for m in others]
+        p = holm([t.p for t in tests])
+        parts = [f"{m} by {_auc(here[leader]) - _auc(here[m]):.3f} ({_p(q, t.why)})"
+                 for m, q, t in zip(others, p, tests)]
+        lines.append(f"n={n} ({_images(here)}): {leader} leads, ROC-AUC {_auc(here[leader]):.3f} "
                      f"(mean of {len(here[leader])}); ahead of " + ", ".join(parts) + ".")
     needed = labels_needed(cells, sizes)
     if needed:
         lines.append(f"Labels needed (the smallest n within {WITHIN} ROC-AUC of the method's value at its largest n): "
                      + "; ".join(needed) + ".")
     if lines:
-        lines.append("p: DeLong on the same evaluation images, mean over repeats, Holm-adjusted over the methods "
-                     "behind the leader; it does not hold which images were drawn (the curves' bands do).")
+        lines.append("p: the difference of mean ROC-AUC over the repeats, against the variation of which images "
+                     "were evaluated (DeLong for two classes, a paired bootstrap of the macro one-vs-rest ROC-AUC for "
+                     "more) plus that of which images were drawn (the per-repeat differences' spread); Holm-adjusted "
+                     "over the methods behind the leader.")
     return lines
 
 
@@ -58,26 +60,26 @@ def labels_needed(cells: dict, sizes: list) -> list[str]:
         if not measured:
             continue
         full = _auc(cells[(measured[-1], method)])
+        peak = max(measured, key=lambda n: _auc(cells[(n, method)]))
+        if _auc(cells[(peak, method)]) > full + WITHIN:
+            out.append(f"{method}: not defined, its curve is not monotone (it peaks at n={peak} with "
+                       f"{_auc(cells[(peak, method)]):.3f}, above its {full:.3f} at n={measured[-1]})")
+            continue
         n = next(n for n in measured if _auc(cells[(n, method)]) >= full - WITHIN)
         out.append(f"{method}: {n} ({_auc(cells[(n, method)]):.3f}, of {full:.3f} at n={measured[-1]})")
     return out
 
 
-def _paired_p(a: list[dict], b: list[dict]) -> float | None:
-    """Two-sided p of equal mean ROC-AUC (DeLong contrast over the repeats); None when not comparable."""
-    rows = a + b
-    if len({r.get("eval_images") for r in rows}) != 1 or any(len(r["proba"][0]) != 2 for r in rows):
-        return None
-    y = np.asarray(rows[0]["y"])
-    if len(np.unique(y)) != 2:
-        return None
-    scores = np.array([np.asarray(r["proba"])[:, 1] for r in rows])
-    aucs, cov = delong_auc_variance(y, scores)
-    contrast = np.array([1 / len(a)] * len(a) + [-1 / len(b)] * len(b))
-    diff, var = float(contrast @ aucs), float(contrast @ cov @ contrast)
-    if var <= 0:
-        return 1.0 if diff == 0 else 0.0
-    return math.erfc(abs(diff) / math.sqrt(var) / math.sqrt(2))
+def _whole_pool(n, here: dict, records: list[dict]) -> bool:
+    """Whether the units at size n trained on the whole pool (n = all, or a size as large), so no draw varies."""
+    pool = {r["n_images"] for r in records if r["n"] == "all"}
+    return n == "all" or (bool(pool) and {r["n_images"] for rows in here.values() for r in rows} <= pool)
+
+
+def _images(here: dict) -> str:
+    """How many labelled images the units at one size saw: one number, or the range where draws differ."""
+    counts = sorted({int(r["n_images"]) for rows in here.values() for r in rows})
+    return f"{counts[0]} images" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} images"
 
 
 def _auc(rows: list[dict]) -> float | None:
@@ -89,9 +91,9 @@ def _order(n):
     return (n == "all", n if n != "all" else 0)
 
 
-def _p(p: float | None) -> str:
+def _p(p: float | None, why: str | None) -> str:
     if p is None:
-        return "not tested: other images"
+        return f"not tested: {why}"
     if p < 0.001:
         return "p<0.001"
     return f"p={p:.3f}" + ("" if p < 0.05 else ", not significant")
