@@ -204,15 +204,24 @@ def _chosen(params: dict, threshold, how: str, seconds: float) -> str:
 
 
 def _results_table(rows) -> str:
-    """(method, metrics per split, what was chosen) rows as one table of the main metrics."""
-    columns = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
-    short = ("acc", "bal_acc", "sens", "spec", "f1", "roc_auc", "pr_auc")
-    lines = [f"{'method':<9}{'split':<6}{'n':>6}" + "".join(f"{c:>9}" for c in short) + "  chosen"]
+    """(method, metrics per split, what was chosen) rows as one table: the main metrics, each with its 95%
+    bootstrap interval (featx.evaluation.metrics.evaluate_with_intervals)."""
+    columns = (("balanced_accuracy", "balanced acc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
+               ("roc_auc", "ROC-AUC"))
+    lines = [f"{'method':<8}{'split':<6}{'images':>6}" + "".join(f"{label:>20}" for _, label in columns)]
+    chosen_lines = []
     for method, metrics, chosen in rows:
         for i, (split, m) in enumerate(metrics.items()):
-            cells = "".join("        -" if m.get(c) is None else f"{m[c]:9.3f}" for c in columns)
-            lines.append(f"{method if i == 0 else '':<9}{split:<6}{m['n']:>6}{cells}" + (f"  {chosen}" if i == 0 else ""))
-    return "\n".join(lines)
+            cells = "".join(f"{_with_interval(m.get(c), (m.get('ci') or {}).get(c)):>20}" for c, _ in columns)
+            lines.append(f"{method if i == 0 else '':<8}{split:<6}{m['n']:>6}{cells}")
+        chosen_lines.append(f"{method}: {chosen}")
+    return "\n".join(lines + ["95% intervals: stratified bootstrap of the split's images"] + chosen_lines)
+
+
+def _with_interval(value, ci) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f} [no interval]"
 
 
 @main.command("shift")

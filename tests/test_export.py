@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -125,3 +126,80 @@ def test_the_model_card_keeps_the_intended_use_it_was_given(models):
     assert run("card", "--model", found["logreg"]).exit_code == 0
     card = found["logreg"].with_suffix(".md").read_text()
     assert "pediatric X-rays from one centre" in card and "| val |" in card and "Decision threshold" in card
+
+
+def test_export_never_writes_over_the_models_own_files_or_a_users(models, tmp_path):
+    """--out that names the model's sidecar, file or predictions, or a file featx did not export, is refused
+    before any work; the model still loads. An earlier export is replaced."""
+    _, found = models
+    model = tmp_path / found["logreg"].name
+    for suffix in (".skops", ".json", ".predictions.npz", ".md"):
+        shutil.copy(found["logreg"].with_suffix(suffix), model.with_suffix(suffix))
+    for out in (model.with_suffix(".json"), model, model.with_suffix(".predictions.npz"), model.with_suffix(".md")):
+        before = out.read_bytes()
+        assert "one of the model's own files" in one_line_error(run("export", "--model", model, "--out", out))
+        assert out.read_bytes() == before
+    featx.load(model)
+    mine = tmp_path / "notes.onnx"
+    mine.write_text("my own notes")
+    assert "is not an earlier featx export" in one_line_error(run("export", "--model", model, "--out", mine))
+    assert mine.read_text() == "my own notes"
+    (tmp_path / "report.md").write_text("# mine")
+    assert "report.md exists and is not an earlier featx export" in one_line_error(
+        run("export", "--model", model, "--out", tmp_path / "report.onnx"))
+    again = tmp_path / "again.onnx"
+    assert run("export", "--model", model, "--out", again).exit_code == 0
+    assert run("export", "--model", model, "--out", again).exit_code == 0  # its own earlier export
+
+
+def test_export_into_a_folder_it_cannot_use_is_one_line(models, tmp_path):
+    _, found = models
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "is a file, not a folder" in one_line_error(
+        run("export", "--model", found["logreg"], "--out", blocker / "sub" / "m.onnx"))
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root writes anywhere
+        assert "not writable" in one_line_error(run("export", "--model", found["logreg"], "--out", locked / "m.onnx"))
+    made = run("export", "--model", found["logreg"], "--out", tmp_path / "new" / "deeper" / "m.onnx")
+    assert made.exit_code == 0, made.output
+
+
+def test_the_printed_example_refuses_what_it_would_read_otherwise(models, tmp_path):
+    """16-bit and transparent images: featx rescales and flattens them, the printed example would not; it says
+    so in one line instead of giving another answer."""
+    from PIL import Image
+
+    from conftest import xray_like
+
+    _, found = models
+    out = tmp_path / "logreg.onnx"
+    exported = run("export", "--model", found["logreg"], "--out", out)
+    (tmp_path / "example.py").write_text(exported.stdout.split("(python example.py IMAGE):")[1].strip())
+    sixteen = tmp_path / "sixteen.png"
+    Image.fromarray(xray_like(2).astype(np.uint16) * 16).save(sixteen)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(np.dstack([np.stack([xray_like(3)] * 3, -1), np.full((48, 64), 120, np.uint8)]), "RGBA").save(rgba)
+    for image in (sixteen, rgba):
+        done = subprocess.run([sys.executable, "example.py", str(image)], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode != 0 and "use featx predict" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("backbone,options", [
+    ("timm:test_vit", ["--image-size", "64"]),  # a ViT at another size than its table: DINOv2 at 224 px
+    ("timm:test_vit", ["--image-size", "64", "--pool", "cls+avg", "--layers", "last:2"]),
+    ("timm:test_resnet", []), ("timm:test_convnext", []),
+])
+def test_every_architecture_family_exports(tmp_path, backbone, options):
+    """ResNet, ConvNeXt and ViT families (EfficientNet above); a ViT whose position table featx resamples at
+    runtime (DINOv2 runs at 224 px from a 518-px table) exports with the table resampled once."""
+    data = make_folder(tmp_path / "data", per_class=6)
+    common = ["--weights", "random", "--cache", tmp_path / "cache", *options]
+    assert run("extract", "--data", data, "--backbone", backbone, "--workers", "0", "--no-progress", "--val-fraction",
+               "0.3", *common).exit_code == 0
+    fitted = run("fit", "--backbone", backbone, "--data", data, "--head", "logreg", *common)
+    artifact = Path(fitted.stdout.strip().splitlines()[-1])
+    exported = run("export", "--model", artifact, "--out", tmp_path / "m.onnx")
+    assert exported.exit_code == 0, exported.output
+    assert float(exported.output.split("max |difference in probability| ")[1].split()[0]) <= 1e-4

@@ -136,3 +136,33 @@ def test_bad_options_are_one_line(models, tmp_path):
     other = make_folder(tmp_path / "other", 2, split="test")
     assert "has no val split" in one_line_error(run("robustness", "--data", other, "--split", "val"))
     assert "no models of" in one_line_error(run("robustness", "--data", other))
+
+
+def test_a_card_shows_only_its_own_models_robustness_and_shift(built, tmp_path, monkeypatch):
+    """Robustness rows belong to the model file they were measured on: a second Lite0-style logreg fitted with
+    other options (another model, the same method label) has a card that says "not measured", as does its
+    export; the first keeps its rows. A shift shows only on the features and images it was measured on."""
+    import shutil
+
+    data, cache, head, _ = built  # copied as a project folder (data and cache side by side): it keeps its caches
+    data, cache = shutil.copytree(data, tmp_path / "data"), shutil.copytree(cache, tmp_path / "cache")
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(cache))
+    first = cache / "models" / head.name
+    measured = run("robustness", "--data", data, "--corruptions", "zoom", "--severities", "1", "--output",
+                   tmp_path / "out", "--workers", "0", "--no-progress")
+    assert measured.exit_code == 0, measured.output
+    assert "| zoom |" in first.with_suffix(".md").read_text()
+    fitted = run("fit", "--backbone", TINY, "--data", data, "--weights", "random", "--head", "logreg", "--pca", "4",
+                 "--threshold", "youden")
+    assert fitted.exit_code == 0, fitted.output
+    second = next(p for p in (cache / "models").glob("*.skops") if p.name != first.name)
+    assert run("card", "--model", second).exit_code == 0
+    text = second.with_suffix(".md").read_text()
+    assert "## Robustness (featx robustness)\n\nNot measured for this model." in text and "| zoom |" not in text
+    assert "| zoom |" in run("card", "--model", first).output or "| zoom |" in first.with_suffix(".md").read_text()
+    assert "## Split shift\n\nNot measured" in text
+    shifted = run("shift", "--data", data, "--backbone", TINY, "--weights", "random", "--splits", "train,test",
+                  "--no-map")
+    assert shifted.exit_code == 0, shifted.output
+    run("card", "--model", second)
+    assert "train -> test: domain ROC-AUC" in second.with_suffix(".md").read_text()  # its own features and images

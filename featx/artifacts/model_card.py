@@ -177,7 +177,7 @@ def _evaluation(scores: dict) -> str:
     lines = ["## Evaluation\n", "Bootstrap 95% intervals (1,000 resamples, stratified by class). Train is shown "
              "for reference only, and the validation split chose the hyperparameters, epoch or threshold, so both "
              "read optimistic; the test split, when there is one, was never used for any choice.\n",
-             "| split | n | " + " | ".join(label for _, label in SHOWN) + " |", "|---|---:|" + "---|" * len(SHOWN)]
+             "| split | images | " + " | ".join(label for _, label in SHOWN) + " |", "|---|---:|" + "---|" * len(SHOWN)]
     for split, s in scores.items():
         cells = []
         for key, _ in SHOWN:

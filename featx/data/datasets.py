@@ -77,7 +77,7 @@ class Dataset:
             where.setdefault(group, set()).add(split)
         across = sorted(g for g, s in where.items() if len(s) > 1)
         return {"source": self.group_source or ("the manifest's group column" if self.given_groups else
-                                                f"the pattern {self.group_pattern!r} on file names"),
+                                                f"the pattern '{self.group_pattern}' on file names"),
                 "images": len(self.paths), "named": named, "groups": len(where),
                 "validation": validation or self.validation,
                 "across_splits": len(across),
@@ -179,10 +179,10 @@ def _few_groups(ds: Dataset) -> str:
         return ""
     example = Path(asked[0]).name
     hint = _pattern_hint([Path(p).name for p in asked])
-    return (f"the group pattern {ds.group_pattern!r} found no patient in {len(asked)} of {from_names} file names "
+    return (f"the group pattern '{ds.group_pattern}' found no patient in {len(asked)} of {from_names} file names "
             f"(e.g. {example}): each of those images is its own patient, so one patient's images may fall on both "
             f"sides of a split; give --group-pattern REGEX whose first group names the patient"
-            + (f" (these names suggest {hint!r})" if hint else ""))
+            + (f" (these names suggest '{hint}')" if hint else ""))
 
 
 def _pattern_hint(names: list[str]) -> str | None:

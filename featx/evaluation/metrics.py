@@ -56,6 +56,22 @@ def evaluate(y_true, proba, classes: list[str], threshold: float = 0.5) -> dict:
     return {key: (float(v) if isinstance(v, (np.floating, np.integer)) else v) for key, v in out.items()}
 
 
+MAX_BOOTSTRAPPED = 50_000  # a split larger than this (out-of-core training sets) gets no interval: memory
+
+
+def evaluate_with_intervals(y_true, proba, classes: list[str], threshold: float = 0.5, *, n_boot: int = 1000,
+                            seed: int = 0) -> dict:
+    """`evaluate`, and under "ci" a stratified bootstrap 95% interval of each metric featx prints (none where
+    the split holds one class): what fit and finetune save and show."""
+    from .significance import bootstrap_ci
+
+    out = evaluate(y_true, proba, classes, threshold)
+    y = np.asarray(y_true)
+    out["ci"] = bootstrap_ci(y, np.asarray(proba, dtype=np.float64), threshold if len(classes) == 2 else None,
+                             n_boot=n_boot, seed=seed) if 1 < len(np.unique(y)) and len(y) <= MAX_BOOTSTRAPPED else {}
+    return out
+
+
 def _ratio(a, b) -> float | None:
     return float(a / b) if b else None
 

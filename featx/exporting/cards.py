@@ -8,7 +8,6 @@ from .._core.paths import default_cache_dir
 from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts
 from ..artifacts.format import checked_sidecar
 from ..artifacts.model_card import write_model_card
-from ..artifacts.sidecar import Sidecar
 from ..studies.robustness import saved_robustness
 from ..studies.shift import recorded_shift
 
@@ -21,7 +20,7 @@ def refresh_card(artifact, *, intended_use: str | None = None, limitations: str 
     rows = []
     for models_dir in dict.fromkeys((artifact.parent, artifact.parent.parent)):  # a head, or a fine-tune's run folder
         for split in ("test", "val"):
-            saved = saved_robustness(models_dir, split, Sidecar.from_json(info).data_root)
+            saved = saved_robustness(models_dir, split, None)  # its rows are found by the model file's sha256
             if saved and not any(r.get("split") == split for r in rows):
                 rows += [{**r, "split": split} for r in saved.rows_of(info["sha256"])]
     return write_model_card(artifact, robustness=rows, shift=_own_shift(info), intended_use=intended_use,

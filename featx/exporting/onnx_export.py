@@ -69,8 +69,9 @@ def check_targets(source: Path, out: Path, recipe_path: Path) -> None:
     is not an earlier export (the graph, its recipe and card), and a folder that cannot hold it."""
     own = {p.resolve() for p in model_files(source)}
     card = out.with_suffix(".md")
-    for target in (out, recipe_path, card):
-        if target.resolve() in own and not (target == card and card.resolve() == card_path(source).resolve()):
+    for target in (out, recipe_path, card):  # the card may be the model's own (rewritten, not replaced by another)
+        if target.resolve() in own and not (target is card and out != card and card.resolve() ==
+                                            card_path(source).resolve()):
             raise FeatxError(f"--out {out}: {target.name} is one of the model's own files; choose a name that is not "
                              f"{', '.join(sorted(p.name for p in model_files(source)))}")
     for target, looks_made in ((out, _onnx_by_featx), (recipe_path, _recipe_by_featx), (card, _card_by_featx)):

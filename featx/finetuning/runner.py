@@ -46,7 +46,7 @@ from ..data.leakage import check_dataset_copies
 from ..data.decode_policy import DecodePolicy
 from ..data.loading import ImageFiles
 from ..data.transforms import EvalTransform, Normalize, TrainTransform
-from ..evaluation.metrics import evaluate
+from ..evaluation.metrics import evaluate, evaluate_with_intervals
 from ..features.identity import FeatureRecipe
 from ..evaluation.thresholds import parse_threshold, resolve_threshold, rule_name
 from ..models.backbones import Backbone, create_backbone
@@ -414,7 +414,7 @@ def _finish(run: _Run, stopped: str, threshold, log) -> FinetuneResult:
     run.skipped = {path: reason for part in distributed.gather(run.skipped) for path, reason in part.items()}
     k = len(run.ds.classes)
     cut = resolve_threshold(threshold, predictions["val"]["y"], predictions["val"]["proba"], k)
-    metrics = {s: evaluate(p["y"], p["proba"], run.ds.classes, cut if cut is not None else 0.5)
+    metrics = {s: evaluate_with_intervals(p["y"], p["proba"], run.ds.classes, cut if cut is not None else 0.5)
                for s, p in predictions.items()}
     train_seconds = sum(h["seconds"] for h in state["history"])  # resumed epochs included
     result = FinetuneResult(run.out / "model.pt", metrics, state["history"], state["best_epoch"], cut, train_seconds,

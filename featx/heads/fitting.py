@@ -20,7 +20,7 @@ from ..artifacts.format import build_sidecar, images_fingerprint, save_artifact
 from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS
 from ..evaluation.folds import TooFewGroups
-from ..evaluation.metrics import evaluate
+from ..evaluation.metrics import evaluate_with_intervals
 from ..evaluation.thresholds import check_threshold, resolve_threshold, rule_name
 from ..features.freshness import check_fresh
 from ..features.recipe import extract_command, extraction_options
@@ -128,16 +128,24 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     started = time.perf_counter()
     probas = {split: learner.predict_proba(sel.estimator, split) for split in labels}
     predict_seconds = (time.perf_counter() - started) / sum(len(v) for v in labels.values())
-    metrics = {split: evaluate(labels[split], p, store.classes, cut if cut is not None else 0.5)
+    metrics = {split: evaluate_with_intervals(labels[split], p, store.classes, cut if cut is not None else 0.5)
                for split, p in probas.items()}
     predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": labels[split], "proba": p}
                    for split, p in probas.items()}
+    path = save_head(name, store, sel, rule, cut, metrics, predictions, models_dir, key, predict_seconds)
+    log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
+    return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
+
+
+def save_head(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, predictions: dict,
+              models_dir: Path, key: dict, predict_seconds: float) -> Path:
+    """A selected head as a featx artifact (skops file, sidecar, predictions) and its model card, named by
+    its features, head, options and the images it learned from (`key`); returns its path."""
     info = _sidecar(name, store, sel, rule, cut, metrics, key, predict_seconds)
     path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, key)}{portable.SUFFIX}"
     save_artifact(path, sel.estimator, info, predictions)
     write_model_card(path)
-    log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
-    return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
+    return path
 
 
 def _no_selection(classes: list[str], per_class: dict[int, int], val_lacks) -> str:

@@ -152,7 +152,7 @@ def _correct(y, proba, threshold) -> np.ndarray:
 
 SHOWN = (("accuracy", "Accuracy"), ("balanced_accuracy", "Bal. acc."), ("sensitivity", "Sensitivity"),
          ("specificity", "Specificity"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("pr_auc", "PR-AUC"))
-HEADER = ["Method", "n", *[label for _, label in SHOWN], "p DeLong (Holm)", "p McNemar (Holm)", "Train s",
+HEADER = ["Method", "images", *[label for _, label in SHOWN], "p DeLong (Holm)", "p McNemar (Holm)", "Train s",
           "Predict ms/img", "Size MB"]
 BEST_MARK = "best*"
 BEST_NOTE = ("* best: the highest ROC-AUC on this same split, so choosing it already favoured it; the p-values "
@@ -216,7 +216,7 @@ def csv_rows(records: list[dict]) -> list[dict]:
 
 WIDTH = 100  # a terminal's columns: the narrow table and its notes fit in them
 NARROW = (("roc_auc", "ROC-AUC [95% CI]"), ("balanced_accuracy", "Bal. acc. [95% CI]"))
-NARROW_HEADER = ["Method", "n", *[label for _, label in NARROW], "p DeLong", "Train s"]
+NARROW_HEADER = ["Method", "images", *[label for _, label in NARROW], "p DeLong", "Train s"]
 
 
 def format_table(records: list[dict], wide: bool = False) -> str:

@@ -60,15 +60,20 @@ class Curve:
     def budgets(self, sizes, repeats: int) -> list[Budget]:
         return label_budgets(self.y, self.groups, sizes, repeats=repeats, seed=self.seed, classes=self.store.classes)
 
-    def fit(self, budget: Budget) -> dict:
-        """The head chosen and fitted on `budget`'s images alone, scored on the evaluation split (COLUMNS)."""
+    def select(self, budget: Budget):
+        """(the selection, its threshold) of the head chosen and fitted on `budget`'s images alone: by
+        patient-grouped CV inside them, the threshold from their held-out predictions."""
         rows = budget.rows
-        started = time.perf_counter()
         try:
             sel = select_head(self.name, self.X[rows], self.y[rows], self.groups[rows], seed=self.seed)
         except (TooFewGroups, FeatxError) as exc:  # e.g. folds of one class: the budget is too small
             raise FeatxError(f"{self.method} at n={budget.n or 'all'} (repeat {budget.repeat}): {exc}") from None
-        cut = resolve_threshold(self.rule, sel.selection_y, sel.selection_proba, len(self.store.classes))
+        return sel, resolve_threshold(self.rule, sel.selection_y, sel.selection_proba, len(self.store.classes))
+
+    def fit(self, budget: Budget) -> dict:
+        """The head chosen and fitted on `budget`'s images alone, scored on the evaluation split (COLUMNS)."""
+        started = time.perf_counter()
+        sel, cut = self.select(budget)
         seconds = time.perf_counter() - started
         proba = sel.estimator.predict_proba(self.X_eval)
         return unit_record(self.method, budget.n, budget.n_images, budget.repeat, self.y_eval, proba, cut,

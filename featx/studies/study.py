@@ -100,6 +100,7 @@ def study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_
     log(f"study: {computed} of {sum(u.kind != 'extract' for u in plan.units)} units computed now "
         f"({time.perf_counter() - started:.1f} s), the others read from {out / 'units'}")
     write_csv_atomic(out / "study.csv", [{k: _cell(r[k]) for k in COLUMNS} for r in records])
+    plan.keep_leader(log)
     return records
 
 
@@ -354,7 +355,7 @@ class Plan:
     # -- the answer ------------------------------------------------------------------------------------
     def gather(self) -> list[dict]:
         """The saved record of every fit and fine-tune, in plan order (keys of fits known once extracted)."""
-        records, pools = [], {}
+        records, pools, self.gathered = [], {}, []
         for u in self.units:
             if u.kind == "extract":
                 continue
@@ -371,7 +372,59 @@ class Plan:
             if u.kind == "finetune":  # named by this study: a unit is shared by the recipes (or studies) asking it
                 record["method"] = u.method
             records.append(record)
+            self.gathered.append((replace(u, key=key), record))
         return records
+
+    # -- the model to use ------------------------------------------------------------------------------
+    def keep_leader(self, log) -> Path | None:
+        """The leader on the whole pool (n = all) as a model to use: a fine-tune unit's own artifact, or the
+        head re-selected and fitted by its unit's own protocol (the same seed: the same model) and saved with
+        its card under out/models/. None, said, when the study has no n = all."""
+        full = [(u, r) for u, r in self.gathered if u.budget.n is None and r.get("roc_auc") is not None]
+        if not full:
+            log("no model saved: the study has no n=all units with a ROC-AUC (add all to --train-sizes)")
+            return None
+        unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
+        path = self.out / record["artifact"] if unit.kind == "finetune" else self._saved_head(unit)
+        log(f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
+            f"split), is saved as {path} with its model card; use it: featx export --model {path}, or featx demo "
+            f"--model {path}")
+        return path
+
+    def _saved_head(self, unit: Unit) -> Path:
+        """The unit's head as a model: saved once (out/models/leader.json names it by the unit), then reused."""
+        kept = self.out / "models" / "leader.json"
+        known = json.loads(kept.read_text()) if kept.is_file() else {}
+        path = self.out / "models" / known.get(unit.key, "-")
+        if unit.key not in known or not path.is_file():
+            path = self._save_head(unit)
+            write_text_atomic(kept, json.dumps({**known, unit.key: path.name}, indent=1) + "\n")
+        return path
+
+    def _save_head(self, unit: Unit) -> Path:
+        """The unit's head on the whole pool, selected and fitted as the unit was, saved under out/models/."""
+        from ..evaluation.metrics import evaluate_with_intervals
+        from ..heads.fitting import save_head
+
+        pool = self._pool(unit.backbone, lambda line: None)
+        curve = Curve(pool, unit.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
+        rows = np.array([pool.index[p] for p in self._paths(unit.budget.rows) if p in pool.index], int)
+        sel, cut = curve.select(Budget(None, unit.budget.repeat, rows))
+        split = self.evaluate_on
+        started = time.perf_counter()
+        probas = {"train": sel.estimator.predict_proba(pool.X[rows]), split: sel.estimator.predict_proba(curve.X_eval)}
+        seconds = (time.perf_counter() - started) / (len(rows) + len(curve.y_eval))
+        labels = {"train": pool.y[rows], split: curve.y_eval}
+        files = {"train": (pool.paths[rows], pool.sha1s[rows]),
+                 split: (pool.store.paths(split), pool.store.sha1s(split))}
+        threshold = cut if cut is not None else 0.5
+        metrics = {s: evaluate_with_intervals(labels[s], p, pool.store.classes, threshold) for s, p in probas.items()}
+        predictions = {s: {"path": list(files[s][0]), "sha1": list(files[s][1]), "y": labels[s], "proba": p}
+                       for s, p in probas.items()}
+        key = {"pca": None, "seed": self.spec.seed, "threshold": curve.rule, "out_of_core": False,
+               "images": images_fingerprint(zip(*files["train"]))[:16]}
+        return save_head(curve.name, pool.store, sel, curve.rule, cut, metrics, predictions, self.out / "models", key,
+                         seconds)
 
 
 def _evaluation_split(ds: Dataset, asked: str | None) -> str:
