@@ -226,7 +226,10 @@ def test_the_study_leaves_its_leader_as_a_model_with_its_units_answers(data, tmp
     leader = max(records, key=lambda r: r["roc_auc"])
     line = next(s for s in said if s.startswith("the leader at n=all"))
     path = Path(line.split(" is saved as ")[1].split(" with its model card")[0])
-    assert path.is_file() and path.with_suffix(".md").is_file() and leader["method"] in line
+    assert path.is_file() and leader["method"] in line
+    card = path.with_suffix(".md").read_text()  # the study's choice by the evaluation split, said on the card
+    assert "chose this model as its leader among 2 methods by their ROC-AUC on the test split" in card
+    assert "never used for any choice" not in card
     saved = featx.load(path)
     from featx.artifacts.format import load_predictions
 

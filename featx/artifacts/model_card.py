@@ -38,11 +38,24 @@ def use_path(artifact) -> Path:
     return Path(artifact).with_suffix(".use.json")
 
 
+def choice_path(artifact) -> Path:
+    """Where a choice made after the model was trained is kept (featx study chose it as its leader)."""
+    return Path(artifact).with_suffix(".chosen.json")
+
+
+def record_choice(artifact, *, split: str, methods: int, study: str) -> None:
+    """Keep that featx study chose this model among `methods` by its ROC-AUC on `split` (every later card says
+    so: its figures on that split are no longer untouched by any choice)."""
+    write_text_atomic(choice_path(artifact), json.dumps({"split": split, "methods": methods, "study": study}) + "\n")
+
+
 def write_model_card(artifact, *, robustness: list[dict] | None = None, shift: list[str] | None = None,
                      intended_use: str | None = None, limitations: str | None = None) -> Path:
     """Write `<model>.md` for the artifact at `artifact` (atomically) and return its path. Intended use
-    and limitations given once are kept (`<model>.use.json`) for every later card of the model."""
+    and limitations given once are kept (`<model>.use.json`) for every later card of the model, and so is
+    a study's choice of it (`<model>.chosen.json`)."""
     info = checked_sidecar(artifact)
+    chosen = json.loads(choice_path(artifact).read_text()) if choice_path(artifact).is_file() else None
     kept = json.loads(use_path(artifact).read_text()) if use_path(artifact).is_file() else {}
     if intended_use or limitations:
         kept = {**kept, **{k: v for k, v in (("intended_use", intended_use), ("limitations", limitations)) if v}}
@@ -50,20 +63,20 @@ def write_model_card(artifact, *, robustness: list[dict] | None = None, shift: l
     intended_use, limitations = kept.get("intended_use"), kept.get("limitations")
     predictions = load_predictions(artifact, info) if info.get("predictions") else {}
     text = model_card(info, predictions, robustness=robustness, shift=shift, intended_use=intended_use,
-                      limitations=limitations)
+                      limitations=limitations, chosen=chosen)
     path = card_path(artifact)
     write_text_atomic(path, text)
     return path
 
 
 def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, intended_use=None,
-               limitations=None) -> str:
+               limitations=None, chosen: dict | None = None) -> str:
     """The card's Markdown: front matter, then details, data, evaluation, threshold, use."""
     sidecar = Sidecar.from_json(info)
     scores = {split: _scores(p, info.get("threshold"), intervals=split != "train") for split, p in predictions.items()}
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
-                _evaluation(scores), _threshold(info, sidecar)]
+                _evaluation(scores, chosen), _threshold(info, sidecar)]
     sections.append(_robustness(robustness) if robustness else
                     "## Robustness (featx robustness)\n\nNot measured for this model.\n")
     sections.append("## Split shift\n\n" + ("\n".join(f"- {line.strip()}" for line in shift) if shift else
@@ -173,10 +186,16 @@ def _patients(facts: dict | None) -> str:
     return "; ".join(words)
 
 
-def _evaluation(scores: dict) -> str:
+def _evaluation(scores: dict, chosen: dict | None = None) -> str:
+    if chosen:
+        after = (f"Then featx study (`{chosen['study']}`) chose this model as its leader among {chosen['methods']} "
+                 f"methods by their ROC-AUC on the {chosen['split']} split: that choice favoured it, so its "
+                 f"{chosen['split']} figures read optimistic too; measure it on images no choice saw.")
+    else:
+        after = "The test split, when there is one, was never used for any choice."
     lines = ["## Evaluation\n", "Bootstrap 95% intervals (1,000 resamples, stratified by class). Train is shown "
-             "for reference only, and the validation split chose the hyperparameters, epoch or threshold, so both "
-             "read optimistic; the test split, when there is one, was never used for any choice.\n",
+             "for reference only, and the validation split (or cross-validation inside train) chose the "
+             f"hyperparameters, epoch or threshold, so both read optimistic. {after}\n",
              "| split | images | " + " | ".join(label for _, label in SHOWN) + " |", "|---|---:|" + "---|" * len(SHOWN)]
     for split, s in scores.items():
         cells = []

@@ -24,7 +24,7 @@ from .._core.paths import default_cache_dir
 from .dicom import DICOM_EXTENSIONS, has_dicom_preamble
 from .dicom_headers import header_facts, key_id
 from .files import not_regular
-from .leakage import groups_across_splits, groups_in_two_classes, listed_twice
+from .leakage import groups_across_splits, groups_in_two_classes, listed_twice, spread_groups
 from .splits import cut_split, read_split, reuse_split, split_file
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
@@ -69,13 +69,12 @@ class Dataset:
         groups came from, how many images found a patient (the others are each their own), the groups,
         who made the validation split, and the groups with images in two splits (with one example).
         `rows`: split -> rows, where a run uses other splits than the dataset's (a study's budget)."""
-        pairs = zip(self.groups, self.splits) if rows is None else \
-            ((self.groups[i], split) for split, found in rows.items() for i in found)
+        if rows is None:
+            where, across = spread_groups(self.groups, self.splits)
+        else:
+            pairs = [(self.groups[i], split) for split, found in rows.items() for i in found]
+            where, across = spread_groups([g for g, _ in pairs], [s for _, s in pairs])
         named = sum(g != p for g, p in zip(self.groups, self.paths))
-        where: dict[str, set] = {}
-        for group, split in pairs:
-            where.setdefault(group, set()).add(split)
-        across = sorted(g for g, s in where.items() if len(s) > 1)
         return {"source": self.group_source or ("the manifest's group column" if self.given_groups else
                                                 f"the pattern '{self.group_pattern}' on file names"),
                 "images": len(self.paths), "named": named, "groups": len(where),

@@ -78,12 +78,18 @@ def check_dataset_copies(ds) -> list[str]:
     return sha1s
 
 
+def spread_groups(groups, values) -> tuple[dict, list]:
+    """(group -> the set of `values` its images have, the groups with more than one, sorted): the one count
+    behind the notes below and the patients line of a model card."""
+    seen = defaultdict(set)
+    for group, value in zip(groups, values):
+        seen[group].add(value)
+    return seen, sorted(g for g, found in seen.items() if len(found) > 1)
+
+
 def groups_across_splits(groups: list[str], splits: list[str]) -> str:
     """A note when one patient group has images in several of the splits the user gave ("" if none)."""
-    where = defaultdict(set)
-    for group, split in zip(groups, splits):
-        where[group].add(split)
-    shared = sorted(g for g, s in where.items() if len(s) > 1)
+    where, shared = spread_groups(groups, splits)
     if not shared:
         return ""
     return (f"{len(shared)} patient groups have images in two of the given splits (e.g. {shared[0]}: "
@@ -94,10 +100,7 @@ def groups_across_splits(groups: list[str], splits: list[str]) -> str:
 def groups_in_two_classes(groups: list[str], labels, classes) -> str:
     """A note when one patient group has images of two classes ("" if none): possible for a patient seen
     twice, and a hint that the groups or the labels are not what they seem."""
-    seen = defaultdict(set)
-    for group, label in zip(groups, labels):
-        seen[group].add(int(label))
-    mixed = sorted(g for g, found in seen.items() if len(found) > 1)
+    seen, mixed = spread_groups(groups, (int(label) for label in labels))
     if not mixed:
         return ""
     return (f"{len(mixed)} patient groups have images of two classes (e.g. {mixed[0]}: "

@@ -67,8 +67,9 @@ def evaluate_with_intervals(y_true, proba, classes: list[str], threshold: float 
 
     out = evaluate(y_true, proba, classes, threshold)
     y = np.asarray(y_true)
-    out["ci"] = bootstrap_ci(y, np.asarray(proba, dtype=np.float64), threshold if len(classes) == 2 else None,
-                             n_boot=n_boot, seed=seed) if 1 < len(np.unique(y)) and len(y) <= MAX_BOOTSTRAPPED else {}
+    ci = bootstrap_ci(y, np.asarray(proba, dtype=np.float64), threshold if len(classes) == 2 else None,
+                      n_boot=n_boot, seed=seed) if 1 < len(np.unique(y)) and len(y) <= MAX_BOOTSTRAPPED else {}
+    out["ci"] = {name: None if bounds is None else list(bounds) for name, bounds in ci.items()}  # as JSON keeps it
     return out
 
 

@@ -22,7 +22,7 @@ from .._core.atomic import atomic_path, write_text_atomic
 from .._core.errors import FeatxError
 from .._core.versions import featx_version
 from ..artifacts.format import pending_path, predictions_path, sidecar_path
-from ..artifacts.model_card import card_path, use_path
+from ..artifacts.model_card import card_path, choice_path, use_path
 from ..artifacts.predictors import FineTunedClassifier, load
 from . import graphs
 
@@ -92,7 +92,8 @@ def check_targets(source: Path, out: Path, recipe_path: Path) -> None:
 def model_files(source: Path) -> list[Path]:
     """Every file that belongs to the artifact at `source`: the model, its sidecar, predictions, card and kept
     use, and their pending versions."""
-    files = [source, sidecar_path(source), predictions_path(source), card_path(source), use_path(source)]
+    files = [source, sidecar_path(source), predictions_path(source), card_path(source), use_path(source),
+             choice_path(source)]
     return files + [pending_path(f) for f in files]
 
 

@@ -30,6 +30,7 @@ from .._core.errors import FeatxError
 from .._core.hashing import record_hash
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
+from ..artifacts.model_card import record_choice, write_model_card
 from ..data.budgets import Budget, held_out, label_budgets
 from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
 from ..data.leakage import check_dataset_copies
@@ -219,15 +220,25 @@ class Plan:
             seconds, unknown = self.seconds_left(units)
             what = f"{kind} {name}" + ("" if kind == "extract" else f" n={n or 'all'} x{len(units)}")
             state = "done" if done == len(units) else (f"{done}/{len(units)} done, " if done else "") + \
-                ("~?" if unknown and not seconds else f"~{_duration(seconds)}")
+                ("not estimated" if unknown and not seconds else self._bound(kind, units[0].backbone) +
+                 f"~{_duration(seconds)}")
             log(f"  unit {numbers:<9} {what:<58} {state}")
         seconds, unknown = self.seconds_left()
         timed = sorted({name + (f"@{size}" if size else "") for _, name, size in self.throughput.timed})
         log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count('extract')} "
             f"extraction(s), {self._count('fit')} fits, {self._count('finetune')} fine-tunes; "
-            + (f"the rest ~{_duration(seconds)}" if seconds or not unknown else "the rest: unknown")
-            + (f" (+{unknown} units not yet measured on this machine, not estimated)" if unknown else "")
+            + (f"the rest ~{_duration(seconds)}" + (f" (+{unknown} units not yet measured on this machine, not "
+                                                     "estimated)" if unknown else "") if seconds or not unknown else
+               f"the rest: not estimated ({unknown} units not yet measured on this machine)")
             + (f"; {', '.join(timed)} timed on a few batches, decoding not included" if timed else ""))
+
+    def _bound(self, kind: str, backbone: str) -> str:
+        """How an estimate errs: a fine-tune's runs every epoch (early stopping only shortens it), and a rate
+        timed on random inputs leaves decoding out."""
+        if kind == "finetune":
+            return "at most "
+        timed = {name for k, name, _ in self.throughput.timed if k == kind}
+        return "at least " if kind == "extract" and backbone in timed else ""
 
     def _count(self, kind: str) -> int:
         return sum(u.kind == kind for u in self.units)
@@ -386,9 +397,11 @@ class Plan:
             return None
         unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
         path = self.out / record["artifact"] if unit.kind == "finetune" else self._saved_head(unit)
+        record_choice(path, split=self.evaluate_on, methods=len(full), study=str(self.out / "study.toml"))
+        write_model_card(path)
         log(f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
-            f"split), is saved as {path} with its model card; use it: featx export --model {path}, or featx demo "
-            f"--model {path}")
+            f"split, which chose it among {len(full)} methods, so read it as optimistic), is saved as {path} with "
+            f"its model card; use it: featx export --model {path}, or featx demo --model {path}")
         return path
 
     def _saved_head(self, unit: Unit) -> Path:
@@ -475,6 +488,8 @@ def _save(path: Path, record: dict) -> None:
 
 
 def _duration(seconds: float) -> str:
+    if seconds < 0.5:
+        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
