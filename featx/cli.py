@@ -50,6 +50,23 @@ class _Device(click.ParamType):
         return check_device(value)
 
 
+class _Number(click.ParamType):
+    """A number as typed (3 -> int, 2.5 -> float, else the text), for options whose constraints the library
+    declares and checks (studies.spec): `--repeats 2.5` gets the same one line as `repeats = 2.5` in a file."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+
+
 # Options several commands share, defined once.
 CACHE = click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None,
                      help="Cache folder [default: ./cache or $FEATX_CACHE_DIR].")
@@ -486,7 +503,7 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
               "whole pool [default: those of 25,50,100,250,500,1000 below the pool's size, and all].")
 @click.option("--finetune-sizes", default=None, help="The train sizes fine-tuned [default: every one]; e.g. "
               "25,50,100 where a CPU cannot afford the larger ones.")
-@click.option("--repeats", default=3, type=int, help="Budgets drawn per size, each with its own seed.")
+@click.option("--repeats", default=3, type=_Number(), help="Budgets drawn per size, each with its own seed.")
 @click.option("--eval-split", default=None, type=click.Choice(["test", "val"]),
               help="Split every unit is evaluated on [default: test, else val].")
 @VAL_FRACTION
@@ -494,8 +511,8 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
 @click.option("--weights", default="imagenet", help="Backbone weights: imagenet, random or a PATH (one backbone; "
               "for several offline, put their files in $FEATX_WEIGHTS_DIR).")
 @THRESHOLD
-@click.option("--seed", default=0, type=int, help="Seed of the budgets, the heads and the fine-tunes.")
-@click.option("--bootstrap", "n_boot", default=1000, type=int, help="Bootstrap resamples per interval (100 or more).")
+@click.option("--seed", default=0, type=_Number(), help="Seed of the budgets, the heads and the fine-tunes.")
+@click.option("--bootstrap", "n_boot", default=1000, type=_Number(), help="Bootstrap resamples per interval (100 or more).")
 @click.option("--out", default="featx-study", type=click.Path(file_okay=False),
               help="Folder for study.csv, study.toml, the report, the curves and the finished units.")
 @click.option("--budget", "budget", default=None, help="Refuse a plan estimated over this time (e.g. 90m, 2h).")

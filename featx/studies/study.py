@@ -488,8 +488,6 @@ def _save(path: Path, record: dict) -> None:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 0.5:
-        return "<1 s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
