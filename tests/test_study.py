@@ -213,14 +213,16 @@ def test_a_recipe_gain_interval_excludes_zero_only_for_a_real_gain():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
 
-    def unit(method, repeat, signal):
+    def unit(recipe, repeat, signal):
+        method = f"{TINY} + finetune [{recipe}]"
         score = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(0, 1, 400))))
         auc = float(np.mean([(a > b) for a in score[y == 1] for b in score[y == 0]]))
-        return {"method": method, "n": 100, "repeat": repeat, "roc_auc": auc, "train_seconds": 1.0,
+        return {"method": method, "kind": "finetune", "backbone": TINY, "recipe": recipe,
+                "n": 100, "repeat": repeat, "roc_auc": auc, "train_seconds": 1.0,
                 "eval_images": "same", "y": y.tolist(), "proba": np.c_[1 - score, score].tolist()}
 
     base, better, same = (f"{TINY} + finetune [{name}]" for name in ("base", "better", "same"))
-    records = [unit(m, k, s) for k in range(3) for m, s in ((base, 0.5), (better, 1.5), (same, 0.5))]
+    records = [unit(r, k, s) for k in range(3) for r, s in (("base", 0.5), ("better", 1.5), ("same", 0.5))]
     gains = {g["recipe"]: g for g in recipe_gains(records)}
     assert gains[better]["low"] > 0.1
     assert gains[same]["low"] < gains[same]["gain"] < gains[same]["high"] and gains[same]["low"] < 0 < gains[same]["high"]

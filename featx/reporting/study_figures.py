@@ -60,7 +60,7 @@ def full_size_records(records: list[dict], split: str, n_boot: int = 1000, seed:
     for r in rows:
         y, proba = np.asarray(r["y"]), np.asarray(r["proba"])
         ranked = r["eval_images"] == main
-        base = {"method": r["method"], "kind": "finetune" if " + finetune" in r["method"] else "head",
+        base = {"method": r["method"], "kind": "finetune" if r["kind"] == "finetune" else "head",
                 "split": split, "ranked": ranked, "note": "" if ranked else "evaluated on other images",
                 "threshold": r["threshold"], "classes": r["classes"], "train_seconds": r["train_seconds"],
                 "predict_seconds_per_image": None, "size_bytes": None, "artifact": r.get("artifact", ""),

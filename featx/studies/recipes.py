@@ -19,16 +19,17 @@ from .pairing import contrast
 def recipe_gains(records: list[dict]) -> list[dict]:
     """One row per (n, recipe other than the first of its backbone): n, recipe, baseline, gain, low, high,
     the repeats' gains, mean AUC and mean training seconds of both."""
-    fine = [r for r in records if " + finetune [" in r["method"]]
+    fine = [r for r in records if r["kind"] == "finetune" and r["recipe"] is not None]
     first: dict[str, str] = {}
+    backbone_of = {r["method"]: r["backbone"] for r in fine}
     for r in fine:
-        first.setdefault(r["method"].split(" + ")[0], r["method"])
+        first.setdefault(r["backbone"], r["method"])
     cells = defaultdict(dict)  # (n, method) -> repeat -> record
     for r in fine:
         cells[(r["n"], r["method"])][r["repeat"]] = r
     rows = []
     for (n, method), runs in cells.items():
-        baseline = first[method.split(" + ")[0]]
+        baseline = first[backbone_of[method]]
         base = cells.get((n, baseline), {})
         repeats = sorted(set(runs) & set(base))
         if method == baseline or not repeats:

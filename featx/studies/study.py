@@ -382,6 +382,7 @@ class Plan:
             record = _completed(json.loads(path.read_text()))
             if u.kind == "finetune":  # named by this study: a unit is shared by the recipes (or studies) asking it
                 record["method"] = u.method
+            record.update(kind=u.kind, backbone=u.backbone, recipe=u.recipe)  # what the method is, never parsed back
             records.append(record)
             self.gathered.append((replace(u, key=key), record))
         return records
