@@ -233,12 +233,12 @@ class Plan:
             + (f"; {', '.join(timed)} timed on a few batches, decoding not included" if timed else ""))
 
     def _bound(self, kind: str, backbone: str) -> str:
-        """How an estimate errs: a fine-tune's runs every epoch (early stopping only shortens it), and a rate
-        timed on random inputs leaves decoding out."""
+        """How an estimate errs: a fine-tune's, from rates measured here, runs every epoch (early stopping only
+        shortens it); an extraction's rate timed on random inputs leaves decoding out."""
+        timed = {(k, name) for k, name, _ in self.throughput.timed}
         if kind == "finetune":
-            return "at most "
-        timed = {name for k, name, _ in self.throughput.timed if k == kind}
-        return "at least " if kind == "extract" and backbone in timed else ""
+            return "" if ("train", backbone) in timed else "at most "
+        return "at least " if kind == "extract" and (kind, backbone) in timed else ""
 
     def _count(self, kind: str) -> int:
         return sum(u.kind == kind for u in self.units)
