@@ -43,10 +43,15 @@ def choice_path(artifact) -> Path:
     return Path(artifact).with_suffix(".chosen.json")
 
 
-def record_choice(artifact, *, split: str, methods: int, study: str) -> None:
+def record_choice(artifact, *, split: str, methods: int, study: str) -> bool:
     """Keep that featx study chose this model among `methods` by its ROC-AUC on `split` (every later card says
-    so: its figures on that split are no longer untouched by any choice)."""
-    write_text_atomic(choice_path(artifact), json.dumps({"split": split, "methods": methods, "study": study}) + "\n")
+    so: its figures on that split are no longer untouched by any choice). False when it was kept already."""
+    text = json.dumps({"split": split, "methods": methods, "study": study}) + "\n"
+    path = choice_path(artifact)
+    if path.is_file() and path.read_text() == text:
+        return False
+    write_text_atomic(path, text)
+    return True
 
 
 def write_model_card(artifact, *, robustness: list[dict] | None = None, shift: list[str] | None = None,

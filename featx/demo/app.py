@@ -32,8 +32,9 @@ def _uploads_folder() -> Path:
 
 def _forget(paths) -> None:
     """Remove Gradio's copies of these uploads once answered (never a file of this computer's own)."""
+    uploads = _uploads_folder()
     for path in map(Path, paths or []):
-        if _uploads_folder() in path.resolve().parents:
+        if uploads in path.resolve().parents:
             path.unlink(missing_ok=True)
 
 

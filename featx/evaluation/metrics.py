@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as M
 
+from .significance import bootstrap_ci
+
 
 def evaluate(y_true, proba, classes: list[str], threshold: float = 0.5) -> dict:
     """Every metric of one split: `proba` has one column per class, in the order of `classes`."""
@@ -63,8 +65,6 @@ def evaluate_with_intervals(y_true, proba, classes: list[str], threshold: float 
                             seed: int = 0) -> dict:
     """`evaluate`, and under "ci" a stratified bootstrap 95% interval of each metric featx prints (none where
     the split holds one class): what fit and finetune save and show."""
-    from .significance import bootstrap_ci
-
     out = evaluate(y_true, proba, classes, threshold)
     y = np.asarray(y_true)
     ci = bootstrap_ci(y, np.asarray(proba, dtype=np.float64), threshold if len(classes) == 2 else None,

@@ -67,13 +67,14 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
 def check_targets(source: Path, out: Path, recipe_path: Path) -> None:
     """Refuse, before any work, an `out` that would overwrite one of the model's own files or a file that
     is not an earlier export (the graph, its recipe and card), and a folder that cannot hold it."""
-    own = {p.resolve() for p in model_files(source)}
+    files = model_files(source)
+    own = {p.resolve() for p in files}
     card = out.with_suffix(".md")
     for target in (out, recipe_path, card):  # the card may be the model's own (rewritten, not replaced by another)
         if target.resolve() in own and not (target is card and out != card and card.resolve() ==
                                             card_path(source).resolve()):
             raise FeatxError(f"--out {out}: {target.name} is one of the model's own files; choose a name that is not "
-                             f"{', '.join(sorted(p.name for p in model_files(source)))}")
+                             f"{', '.join(sorted(p.name for p in files))}")
     for target, looks_made in ((out, _onnx_by_featx), (recipe_path, _recipe_by_featx), (card, _card_by_featx)):
         if target.exists() and target.resolve() != card_path(source).resolve() and not looks_made(target):
             raise FeatxError(f"--out {out}: {target} exists and is not an earlier featx export; featx does not "

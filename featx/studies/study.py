@@ -398,8 +398,8 @@ class Plan:
             return None
         unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
         path = self.out / record["artifact"] if unit.kind == "finetune" else self._saved_head(unit)
-        record_choice(path, split=self.evaluate_on, methods=len(full), study=str(self.out / "study.toml"))
-        write_model_card(path)
+        if record_choice(path, split=self.evaluate_on, methods=len(full), study=str(self.out / "study.toml")):
+            write_model_card(path)  # a re-run that chose it again rewrites nothing
         log(f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
             f"split, which chose it among {len(full)} methods, so read it as optimistic), is saved as {path} with "
             f"its model card; use it: featx export --model {path}, or featx demo --model {path}")
