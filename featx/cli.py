@@ -311,7 +311,7 @@ def predict_command(images, model_path, output, weights, device, batch_size, tru
         else:
             probs = "  ".join(f"{c}={row['p_' + c]:.4f}" for c in classes)
             click.echo(f"{row['path']}  {probs}  -> {row['predicted']}")
-    click.echo(model.decision_rule(), err=True)
+    click.echo(f"decision: {model.rule.describe()}", err=True)
     bad = sum(1 for r in rows if r["error"])
     if bad:
         click.echo(f"{bad} of {len(rows)} images could not be read and were skipped", err=True)

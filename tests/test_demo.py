@@ -74,7 +74,7 @@ def test_one_prediction_is_featx_predict_with_its_threshold_and_evidence(served)
         assert _probabilities(label) == pytest.approx(expected, abs=1e-6)
         assert f"**{row['predicted']}**" in decision
         loaded = featx.load(model)
-        assert f"{loaded.threshold:.4f}" in decision and loaded.decision_rule()[len("decision: ") + 1:] in decision
+        assert f"{loaded.threshold:.4f}" in decision and loaded.rule.describe()[1:] in decision
         if i == 1:  # kNN: no map, and the page says why
             assert heatmap is None and "No heatmap" in note
         else:

@@ -61,7 +61,7 @@ def test_predict_says_the_threshold_it_applies(head):
     threshold = featx.load(artifact).threshold
     predicted = run("predict", "--model", artifact, data / "NORMAL")
     assert predicted.exit_code == 0, predicted.output
-    assert f"decision: PNEUMONIA when p_PNEUMONIA >= {threshold:.4f}, else NORMAL (threshold chosen by youden" \
+    assert f"decision: PNEUMONIA when p(PNEUMONIA) >= {threshold:.4f}, else NORMAL (threshold chosen by youden" \
            in predicted.output
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.atomic import write_text_atomic
+from ..evaluation.decision import DecisionRule
 from ..evaluation.significance import bootstrap_ci, point_metrics
 from .format import checked_sidecar, load_predictions
 from .sidecar import Sidecar
@@ -81,7 +82,7 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
     scores = {split: _scores(p, info.get("threshold"), intervals=split != "train") for split, p in predictions.items()}
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
-                _evaluation(scores, chosen), _threshold(info, sidecar)]
+                _evaluation(scores, chosen), _threshold(info)]
     sections.append(_robustness(robustness) if robustness else
                     "## Robustness (featx robustness)\n\nNot measured for this model.\n")
     sections.append("## Split shift\n\n" + ("\n".join(f"- {line.strip()}" for line in shift) if shift else
@@ -211,14 +212,11 @@ def _evaluation(scores: dict, chosen: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _threshold(info: dict, sidecar: Sidecar) -> str:
-    threshold, rule = info.get("threshold"), info.get("threshold_rule", "fixed")
-    if threshold is None or len(sidecar.classes) != 2:
-        return "## Decision\n\nThe most probable class.\n"
-    how = "fixed" if rule == "fixed" else f"chosen by {rule} on held-out predictions (validation split or CV on train, never test)"
-    positive, negative = sidecar.classes[1], sidecar.classes[0]
-    return (f"## Decision threshold\n\n{positive} when p({positive}) >= {threshold:.4f}, else {negative}; "
-            f"threshold {how}.\n")
+def _threshold(info: dict) -> str:
+    rule = DecisionRule.of(info)
+    if not rule.thresholded:
+        return f"## Decision\n\n{rule.describe().capitalize()}.\n"
+    return f"## Decision threshold\n\n{rule.describe(where=True)}.\n"
 
 
 def _robustness(rows: list[dict]) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._core.errors import FeatxError, first_line
 from ..data.decode_policy import DecodePolicy
+from ..evaluation.decision import DecisionRule
 from ..features.identity import FeatureRecipe
 from .format import head_from_bytes, read_verified, sidecar_path, verified_bytes
 from .sidecar import Sidecar
@@ -43,6 +44,7 @@ class _SavedModel:
         self.path = Path(path) if path else None
         self.classes_ = np.array(info["classes"])
         self.threshold = info.get("threshold")
+        self.rule = DecisionRule.of(info)  # how it decides: predict, the card, the export and the demo say the same
         self.sidecar = Sidecar.from_json(info)
         self.feature_config: dict = info["features"]["config"]  # facts beside the recipe: weights, options
         self.feature_recipe = self.sidecar.recipe
@@ -53,27 +55,11 @@ class _SavedModel:
         return self.feature_recipe.decode.clean()
 
     def predict(self, X, **kwargs) -> np.ndarray:
-        """Class names, using the stored threshold on the second class for two-class models."""
+        """Class names, by the model's decision rule (its stored threshold on the second of two classes)."""
         return self.decide(self.predict_proba(X, **kwargs))
 
-    @property
-    def _thresholded(self) -> bool:
-        """Two classes and a stored threshold on the second: otherwise the most probable class wins."""
-        return len(self.classes_) == 2 and self.threshold is not None
-
-    def decision_rule(self) -> str:
-        """The decision this model applies, in words (`featx predict` says it after its rows)."""
-        if self._thresholded:
-            positive, negative = self.classes_[1], self.classes_[0]
-            rule = self.info.get("threshold_rule", "fixed")
-            how = "fixed" if rule == "fixed" else f"chosen by {rule} on held-out predictions"
-            return f"decision: {positive} when p_{positive} >= {self.threshold:.4f}, else {negative} (threshold {how})"
-        return "decision: the most probable class"
-
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        if self._thresholded:
-            return self.classes_[(proba[:, 1] >= self.threshold).astype(int)]
-        return self.classes_[proba.argmax(1)]
+        return self.classes_[self.rule.indices(proba)]
 
 
 class ImageClassifier(_SavedModel):

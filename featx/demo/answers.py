@@ -73,7 +73,7 @@ def answer(m: DemoModel, image, *, heatmap: bool = True) -> Answer:
         return Answer(None, f"**Could not read this file**: {row['error']}", None)
     classes = [str(c) for c in m.model.classes_]
     probabilities = {c: row[f"p_{c}"] for c in classes}
-    rule = m.model.decision_rule().removeprefix("decision: ")  # the rule featx predict states
+    rule = m.model.rule.describe()  # the rule featx predict states
     decision = f"**{row['predicted']}**. {rule[:1].upper() + rule[1:]}."
     if not heatmap:
         return Answer(probabilities, decision, None)
@@ -105,7 +105,6 @@ def batch_rows(m: DemoModel, paths: list, csv_path) -> list[dict]:
     closest to the threshold (or to an even split for more classes) at the top, unreadable files last."""
     rows = predict(m.model, paths, device="cpu", output=csv_path)
     classes = [str(c) for c in m.model.classes_]
-    cut = m.model.threshold if len(classes) == 2 and m.model.threshold is not None else None
     shown = []
     for row in rows:
         if row["error"]:
@@ -113,7 +112,7 @@ def batch_rows(m: DemoModel, paths: list, csv_path) -> list[dict]:
                           "decision": f"unreadable: {row['error']}", "margin": None})
             continue
         p = np.array([row[f"p_{c}"] for c in classes])
-        margin = abs(p[1] - cut) if cut is not None else float(np.sort(p)[-1] - np.sort(p)[-2])
+        [margin] = m.model.rule.margin(p[None])
         shown.append({"model": m.name, "file": Path(row["path"]).name, **{f"p_{c}": round(float(v), 4)
                                                                         for c, v in zip(classes, p)},
                       "decision": row["predicted"], "margin": round(float(margin), 4)})

@@ -15,6 +15,8 @@ import math
 import numpy as np
 from sklearn import metrics as M
 
+from .decision import decided
+
 BOOTSTRAP_METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc", "pr_auc")
 
 
@@ -108,7 +110,7 @@ def bootstrap_auc_ci(y, proba, *, n_boot: int = 1000, seed: int = 0,
 def point_metrics(y, proba, threshold: float | None = 0.5) -> dict[str, float | None]:
     """The bootstrapped metrics, computed fast: binary at `threshold`, else argmax and macro averages."""
     k = proba.shape[1]
-    pred = (proba[:, 1] >= threshold).astype(int) if k == 2 and threshold is not None else proba.argmax(1)
+    pred = decided(proba, threshold)
     cm = np.zeros((k, k), np.int64)
     np.add.at(cm, (y, pred), 1)
     tp = np.diag(cm).astype(float)

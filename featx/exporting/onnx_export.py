@@ -24,6 +24,7 @@ from .._core.versions import featx_version
 from ..artifacts.format import pending_path, predictions_path, sidecar_path
 from ..artifacts.model_card import card_path, choice_path, use_path
 from ..artifacts.predictors import FineTunedClassifier, load
+from ..evaluation.decision import DecisionRule
 from . import graphs
 
 FORMATS = ("onnx",)
@@ -154,7 +155,6 @@ def input_recipe(loaded) -> dict:
         raise FeatxError(f"featx exports models whose eval transform is resize then centre crop; this one is "
                          f"{' -> '.join(names)}")
     crop_h, crop_w = steps[1].size
-    threshold = loaded.threshold if len(loaded.classes_) == 2 else None
     return {"featx_version": featx_version(), "method": loaded.sidecar.method.label,
             "input": {"name": graphs.INPUT, "dtype": "uint8", "layout": "NHWC", "height": crop_h, "width": crop_w,
                       "channels": "RGB"},
@@ -167,8 +167,7 @@ def input_recipe(loaded) -> dict:
             "crop": {"kind": "center", "height": crop_h, "width": crop_w,
                      "offsets": "top = int(round((h - height) / 2)), left = int(round((w - width) / 2))"},
             "output": {"name": graphs.OUTPUT, "classes": [str(c) for c in loaded.classes_]},
-            "threshold": threshold, "threshold_rule": loaded.info.get("threshold_rule"),
-            "decision": loaded.decision_rule()}
+            **{k: v for k, v in loaded.rule.to_dict().items() if k != "classes"}}
 
 
 def _describe(graph, loaded, recipe: dict) -> None:
@@ -200,7 +199,7 @@ def _copy_card(source: Path, out: Path) -> Path | None:
 def onnxruntime_example(onnx_path: Path, recipe_path: Path, recipe: dict) -> str:
     """A dozen lines of Python that read one image as featx does and print the model's answer; 16-bit and
     transparent images, which featx rescales or flattens onto black, are refused in one line."""
-    decide = 'int(p[1] >= r["threshold"])' if recipe["threshold"] is not None else "int(p.argmax())"
+    decide = DecisionRule(tuple(recipe["output"]["classes"]), recipe["threshold"]).python()
     last = f'print({{c: float(v) for c, v in zip(r["output"]["classes"], p)}}, "->", r["output"]["classes"][{decide}])'
     return "\n".join([
         "import json, sys, numpy as np, onnxruntime as ort",

@@ -70,8 +70,7 @@ def explain(model, image, *, target: str | None = None, layer: str | None = None
 
 def _class_index(model, target, proba) -> int:
     if target is None:
-        return int(model.decide(proba[None])[0] == model.classes_[1]) if len(model.classes_) == 2 \
-            else int(proba.argmax())
+        return int(model.rule.indices(proba[None])[0])
     names = [str(c) for c in model.classes_]
     if target not in names:
         raise FeatxError(f"--target {target!r} is not a class of this model ({', '.join(names)})")
