@@ -32,7 +32,7 @@ _API = {
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
     "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
     "robustness": "studies.robustness", "study": "studies.study",
-    "export": "exporting.onnx_export", "refresh_card": "exporting.cards",
+    "export": "exporting.onnx_export", "refresh_card": "studies.cards",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

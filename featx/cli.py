@@ -366,7 +366,7 @@ def export_command(model_path, fmt, out, trust_pickle):
 @click.option("--limitations", default=None, help="What it was not tested on, e.g. 'pediatric X-rays from one centre' (kept).")
 def card_command(model_path, intended_use, limitations):
     """Write the model card (<model>.md) again, with robustness and shift results featx has saved."""
-    from .exporting.cards import refresh_card
+    from .studies.cards import refresh_card
 
     click.echo(str(refresh_card(model_path, intended_use=intended_use, limitations=limitations)))
 
@@ -622,10 +622,6 @@ def robustness_command(data, split, corruptions, severities, out, models_dir, ca
         click.echo(line)
     written = write_outputs(result, out)
     click.echo(f"table: {written['csv']}; plot: {written['png']}")
-    from .exporting.cards import refresh_cards
-
-    cards = refresh_cards(data, models_dir=models_dir, cache_dir=cache_dir)
-    click.echo(f"model cards updated with these results: {len(cards)}", err=True)
 
 
 @main.command("explain")

@@ -13,7 +13,7 @@ import featx
 from featx.cli import main
 from featx.evaluation.significance import bootstrap_auc_ci, bootstrap_ci, point_metrics
 from featx.data.decode_policy import DecodePolicy
-from featx.studies.robustness import COLUMNS
+from featx.studies.measurements import COLUMNS
 
 from conftest import TINY, make_folder, one_line_error
 

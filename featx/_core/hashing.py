@@ -41,3 +41,8 @@ def lines_hash(lines, *, ordered: bool = True) -> str:
     """sha256 of text lines; `ordered=False` names the set of lines, whatever their order."""
     lines = list(lines) if ordered else sorted(lines)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def images_fingerprint(items) -> str:
+    """Names an exact set of images, (relative path, sha1 of bytes) pairs, whatever their order."""
+    return lines_hash((f"{p}\t{h}" for p, h in items), ordered=False)

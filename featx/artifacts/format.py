@@ -34,7 +34,7 @@ import numpy as np
 
 from .._core.atomic import atomic_path, write_text_atomic
 from .._core.errors import FeatxError
-from .._core.hashing import file_digest, lines_hash, record_hash
+from .._core.hashing import file_digest, images_fingerprint, record_hash
 from .._core.versions import package_versions
 from . import portable
 from .sidecar import Sidecar
@@ -60,11 +60,6 @@ def build_sidecar(*, kind: str, head: str, params: dict, classes: list, threshol
 
 def sidecar_path(artifact) -> Path:
     return Path(artifact).with_suffix(".json")
-
-
-def images_fingerprint(items) -> str:
-    """Names an exact set of images, (relative path, sha1 of bytes) pairs, whatever their order."""
-    return lines_hash((f"{p}\t{h}" for p, h in items), ordered=False)
 
 
 def predictions_path(artifact) -> Path:

@@ -16,6 +16,7 @@ import numpy as np
 
 from .._core.atomic import write_text_atomic
 from ..evaluation.decision import DecisionRule
+from ..evaluation.sets import judged_splits
 from ..evaluation.significance import bootstrap_ci, point_metrics
 from .format import checked_sidecar, load_predictions
 from .sidecar import Sidecar
@@ -102,13 +103,13 @@ def _scores(p: dict, threshold, intervals: bool) -> dict:
 
 def _front_matter(info: dict, sidecar: Sidecar, scores: dict) -> str:
     """YAML the Hub reads: library, tags, dataset, and a model-index with each split's metrics."""
-    split = "test" if "test" in scores else ("val" if "val" in scores else None)
+    split = next(iter(judged_splits(scores)), None)
     lines = ["---", "library_name: featx", "pipeline_tag: image-classification",
              f"tags: [featx, image-classification, {_yaml(sidecar.method.backbone)}, {_yaml(sidecar.method.head)}]"]
     if sidecar.dataset:
         lines.append(f"datasets: [{_yaml(sidecar.dataset)}]")
     lines += ["model-index:", f"- name: {_yaml(sidecar.method.label)}", "  results:"]
-    for name in [s for s in ("test", "val") if s in scores]:
+    for name in judged_splits(scores):
         lines += ["  - task: {type: image-classification}",
                   f"    dataset: {{name: {_yaml(sidecar.dataset or 'images')}, type: featx-folder, split: {name}}}",
                   "    metrics:"]

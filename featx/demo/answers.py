@@ -16,7 +16,7 @@ from ..artifacts.model_card import card_path
 from ..artifacts.prediction import predict
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..data.images import load_image
-from ..exporting.cards import refresh_card
+from ..studies.cards import refresh_card
 from ..reporting.heatmaps import LINEAR_HEADS, explain
 
 

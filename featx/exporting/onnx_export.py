@@ -187,7 +187,7 @@ def _describe(graph, loaded, recipe: dict) -> None:
 
 def _copy_card(source: Path, out: Path) -> Path | None:
     """The artifact's model card (written again now, with what featx knows of it) beside the ONNX file."""
-    from .cards import refresh_card
+    from ..studies.cards import refresh_card
 
     card = refresh_card(source)
     target = out.with_suffix(".md")

@@ -38,7 +38,8 @@ from .._core.options import check_options
 from .._core.paths import default_cache_dir, file_safe
 from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
                              speaking)
-from ..artifacts.format import build_sidecar, images_fingerprint, save_checkpoint_artifact
+from .._core.hashing import images_fingerprint
+from ..artifacts.format import build_sidecar, save_checkpoint_artifact
 from ..artifacts.model_card import write_model_card
 from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS, Dataset, load_dataset

@@ -16,7 +16,8 @@ from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
 from ..artifacts import portable
 from ..artifacts.model_card import write_model_card
-from ..artifacts.format import build_sidecar, images_fingerprint, save_artifact
+from .._core.hashing import images_fingerprint
+from ..artifacts.format import build_sidecar, save_artifact
 from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS
 from ..evaluation.folds import TooFewGroups

@@ -20,7 +20,8 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
-from ..artifacts.format import checked_sidecar, images_fingerprint, load_predictions
+from ..artifacts.format import checked_sidecar, load_predictions
+from ..evaluation.sets import EvaluationSet
 from ..evaluation.significance import (
     BOOTSTRAP_METRICS,
     bootstrap_ci,
@@ -58,12 +59,12 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
             apart.append(_record(path, info, None, split, note=f"no {split} split (has {', '.join(preds)})"))
             continue
         p = preds[split]
-        order = np.argsort(p["path"], kind="stable")
+        order = EvaluationSet.of(split, p["path"], p["sha1"]).order()
         methods.append((path, info, {k: v[order] for k, v in p.items()}))
     if not methods:
         raise FeatxError(f"no artifact of this dataset was evaluated on a {split} split; try --split val")
 
-    fingerprints = [images_fingerprint(zip(m[2]["path"], m[2]["sha1"])) for m in methods]
+    fingerprints = [EvaluationSet.of(split, m[2]["path"], m[2]["sha1"]).key for m in methods]
     main_print = Counter(fingerprints).most_common(1)[0][0]
     ranked = [m for m, f in zip(methods, fingerprints) if f == main_print]
     for (path, info, p), f in zip(methods, fingerprints):
@@ -92,7 +93,7 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
     sidecar = Sidecar.from_json(info)
     record = {
         "method": sidecar.method.label, "kind": sidecar.kind, "head": sidecar.method.head, "artifact": str(path),
-        "split": split,
+        "sha256": info.get("sha256"), "split": split,
         "ranked": not note, "note": note, "n": 0, "threshold": info.get("threshold"),
         "train_seconds": info.get("train_seconds"), "features_file": info["features"].get("file"),
         "predict_seconds_per_image": info.get("predict_seconds_per_image"), "size_bytes": size,

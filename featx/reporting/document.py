@@ -85,7 +85,7 @@ def _shift_and_robustness(plt, figures: dict, records, split: str, models_dir, c
     """Add the figures of `featx shift` and `featx robustness` results for this split, where they exist;
     return the text blocks (title, text) that go with them."""
     from .._core.paths import default_cache_dir
-    from ..studies.robustness import saved_robustness
+    from ..studies.measurements import saved_robustness
     from .robustness_plot import plot_robustness
     from .shift_figures import shift_figures
 
@@ -95,8 +95,8 @@ def _shift_and_robustness(plt, figures: dict, records, split: str, models_dir, c
         start, score, r = found
         figures.update(shift_figures(plt, score, (start, split), r["classes"], r.get("data_root")))
     models_dir = Path(models_dir) if models_dir else Path(cache_dir or default_cache_dir()) / "models"
-    result = saved_robustness(models_dir, split, ranked[0].get("data_root"))
-    if result is None:
+    result = saved_robustness(models_dir, split)
+    if result is None or not any(result.rows_of(r["sha256"]) for r in ranked):  # measured on other models
         return []
     figures["robustness.png"] = (f"Robustness: ROC-AUC under corruption, {len(result.corruptions)} corruptions at "
                                  f"severities {', '.join(map(str, result.severities))} (featx robustness)",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.atomic import atomic_path, write_csv_atomic
-from ..studies.robustness import COLUMNS, Robustness
+from ..studies.measurements import COLUMNS, Robustness
 from .figures import colours, png
 
 

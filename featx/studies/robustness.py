@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .._core.atomic import atomic_path, write_text_atomic
+from .._core.atomic import atomic_path
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
-from ..artifacts.format import images_fingerprint, load_predictions
+from .._core.hashing import images_fingerprint
+from ..artifacts.format import load_predictions
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption
 from ..data.decode_policy import CORRUPTION_RULES
@@ -31,86 +32,10 @@ from ..data.datasets import load_dataset
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
 from ..features.identity import FeatureRecipe
 from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts, method_name
+from .cards import refresh_cards
+from .measurements import Robustness, save_robustness
 
 DEFAULT_SEVERITIES = (1, 3, 5)
-COLUMNS = ("method", "corruption", "severity", "n", "roc_auc", "roc_auc_low", "roc_auc_high", "accuracy",
-           "sensitivity", "specificity")
-
-
-@dataclass
-class Robustness:
-    """One row (COLUMNS) per method × corruption × severity; the clean rows have corruption "none", severity 0."""
-
-    split: str
-    data_root: str
-    corruptions: list[str]
-    severities: list[int]
-    methods: list[str]
-    rows: list[dict]
-    notes: list[str] = field(default_factory=list)
-    created: str = ""
-    # method name -> the sha256 of the model file it names: a model card shows only the rows of its own model
-    models: dict = field(default_factory=dict)
-
-    def rows_of(self, model_sha256: str) -> list[dict]:
-        """The rows measured on the model whose file has this sha256 (none from older results, which did
-        not record it)."""
-        return [r for r in self.rows if self.models.get(r["method"]) == model_sha256]
-
-    def auc(self, method: str, corruption: str = "none", severity: int = 0) -> float | None:
-        found = [r["roc_auc"] for r in self.rows if (r["method"], r["corruption"], r["severity"]) ==
-                 (method, corruption, severity)]
-        return found[0] if found else None
-
-    def summary(self) -> list[dict]:
-        """Per method: clean ROC-AUC, the mean over every corrupted cell, the relative drop (the mean of
-        1 - AUC / clean AUC over corruptions and severities: mCE's idea, against the method's own clean
-        AUC) and the worst cell."""
-        out = []
-        for method in self.methods:
-            clean = self.auc(method)
-            cells = [r for r in self.rows if r["method"] == method and r["severity"] > 0 and r["roc_auc"] is not None]
-            entry = {"method": method, "clean": clean, "mean": None, "relative_drop": None, "worst": None}
-            if cells:
-                entry["mean"] = float(np.mean([r["roc_auc"] for r in cells]))
-                worst = min(cells, key=lambda r: r["roc_auc"])
-                entry["worst"] = (worst["corruption"], worst["severity"], worst["roc_auc"])
-                if clean:
-                    entry["relative_drop"] = float(np.mean([1 - r["roc_auc"] / clean for r in cells]))
-            out.append(entry)
-        return out
-
-    def lines(self) -> list[str]:
-        """The terminal table: a summary per method, then ROC-AUC per corruption at each severity."""
-        summary = self.summary()
-        number = {m: f"[{i + 1}]" for i, m in enumerate(self.methods)}
-        out = [f"robustness on the {self.split} split of {self.data_root} (ROC-AUC; relative drop: mean of "
-               "1 - AUC / clean AUC over corruptions and severities)"]
-        for s in summary:
-            worst = "" if s["worst"] is None else f"; worst {s['worst'][0]}:{s['worst'][1]} {s['worst'][2]:.3f}"
-            out.append(f"{number[s['method']]} {s['method']}: clean {_num(s['clean'])}, corrupted mean "
-                       f"{_num(s['mean'])}, relative drop {_percent(s['relative_drop'])}{worst}")
-        severity_text = "/".join(str(s) for s in self.severities)
-        header = [f"corruption (severity {severity_text})", *[number[m] for m in self.methods]]
-        table = [[c, *["/".join(_num(self.auc(m, c, s)) for s in self.severities) for m in self.methods]]
-                 for c in self.corruptions]
-        width = max(len(cell) for row in table for cell in row[1:])
-        first = max(len(header[0]), *(len(row[0]) for row in table))
-        out.append("")
-        for row in [header, *table]:
-            out.append(row[0].ljust(first) + "".join(f"  {cell:>{width}}" for cell in row[1:]))
-        out += [f"note: {n}" for n in self.notes]
-        return out
-
-
-def _num(value, digits: int = 3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _percent(value) -> str:
-    return "–" if value is None else f"{value:.1%}"
-
-
 def parse_corruptions(text) -> list[str]:
     """"all" or comma-separated corruption names -> the names, checked."""
     if text in (None, "all"):
@@ -141,7 +66,7 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
     """Evaluate every head and fine-tune of `data` on corrupted copies of its `split`.
 
     Returns the rows and saves them beside the models (`robustness-<split>.json`), where
-    `featx compare` finds them for its report; `reporting.robustness_plot.write_outputs` writes the CSV and the plot.
+    `featx compare` finds them for its report, and writes each model's card again with its own rows; `reporting.robustness_plot.write_outputs` writes the CSV and the plot.
     """
     check_choice("split", split)
     log = log or log_line
@@ -171,7 +96,9 @@ def robustness(data, *, split: str = "test", corruptions="all", severities=DEFAU
         f"{len(images)} {split} images in {time.perf_counter() - started:.0f} s")
     result = Robustness(split, str(ds.root), corruptions, severities, [m.name for m in models], rows,
                         notes + run.notes, time.strftime("%Y-%m-%d %H:%M"), {m.name: m.sha256 for m in models})
-    _save(result, models_dir)
+    save_robustness(result, models_dir)
+    cards = refresh_cards(data, models_dir=models_dir, cache_dir=cache_dir)
+    log(f"model cards updated with these results: {len(cards)}")
     return result
 
 
@@ -277,20 +204,3 @@ class _Run:
         """Extraction's log, less its "nothing to extract" line on every cached cell of a re-run."""
         if "already cached" not in line and not line.startswith("validation split"):
             self.log(line)
-
-
-def results_path(models_dir, split: str) -> Path:
-    return Path(models_dir) / f"robustness-{split}.json"
-
-
-def _save(result: Robustness, models_dir: Path) -> None:
-    write_text_atomic(results_path(models_dir, result.split), json.dumps(asdict(result), indent=1) + "\n")
-
-
-def saved_robustness(models_dir, split: str, data_root: str | None) -> Robustness | None:
-    """The results `featx robustness` saved for `split` of the dataset at `data_root`, if any."""
-    path = results_path(models_dir, split)
-    if not path.is_file():
-        return None
-    result = Robustness(**json.loads(path.read_text()))
-    return result if data_root is None or result.data_root == data_root else None

@@ -30,7 +30,7 @@ from .._core.paths import default_cache_dir
 from ..evaluation.significance import bootstrap_ci
 from ..evaluation.folds import group_folds
 from ..features.store import FeatureStore
-from ..artifacts.format import images_fingerprint
+from .._core.hashing import images_fingerprint
 from ..heads.fitting import resolve_store
 
 
