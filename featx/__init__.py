@@ -31,7 +31,8 @@ _API = {
     "predict": "artifacts.prediction",
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
     "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
-    "robustness": "studies.robustness", "study": "studies.study",
+    "robustness": "studies.robustness", "study": "reporting.study_report",
+    "StudyResult": "studies.result", "StudyReport": "reporting.study_report",
     "export": "exporting.onnx_export", "refresh_card": "studies.cards",
 }
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import textwrap
 
 import click
 
@@ -535,7 +534,7 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
     re-run computes nothing, and added sizes or heads compute only what is new.
     """
     from .studies.spec import StudySpec
-    from .studies.study import study
+    from .reporting.study_report import study
 
     given = {name for name, value in ctx.params.items()
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
@@ -552,25 +551,13 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
         if not data:
             raise click.UsageError("give --data DIR, or --config study.toml")
         spec = StudySpec(data=data, finetune_options=options, **values)
-    records = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,
-                    budget_seconds=_seconds(budget) if budget else None, progress=True,
-                    log=lambda m: click.echo(m, err=True))
-    if not records:
+    result = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,
+                   budget_seconds=_seconds(budget) if budget else None, progress=True,
+                   log=lambda m: click.echo(m, err=True))
+    if not result.complete:
         return
-    from .reporting.comparison import format_table
-    from .reporting.study_figures import full_size_records, study_lines, write_study_outputs
-    from .studies.recipes import gain_lines, recipe_gains
-    from .studies.verdict import verdict
-
-    said = verdict(records) + gain_lines(recipe_gains(records))
-    split = records[0]["eval_split"]
-    click.echo("\n".join(study_lines(records)))
-    full = full_size_records(records, split, n_boot=spec.n_boot)
-    if full:
-        click.echo("\nAt the largest size, as featx compare shows it:\n" + format_table(full, wide=wide))
-    click.echo("\n" + "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") for line in said))
-    written = write_study_outputs(records, full, out, split=split, verdict=said, title="featx study")
-    click.echo(f"\ntable: {out}/study.csv; curves: {written['curves']}; report: {written['html']}; "
+    click.echo("\n".join(result.lines(wide=wide)))
+    click.echo(f"\ntable: {out}/study.csv; curves: {out}/learning_curves.png; report: {out}/report.html; "
                f"re-run: featx study --config {out}/study.toml")
 
 

@@ -153,7 +153,7 @@ def test_study_units_keep_probabilities_as_computed_and_their_training_images(da
     from sklearn.metrics import roc_auc_score
 
     records = featx.study(data, backbones=[TINY], heads=["logreg"], train_sizes=["all"], repeats=1, weights="random",
-                          out=tmp_path / "s", workers=0, n_boot=100, log=lambda m: None)
+                          out=tmp_path / "s", workers=0, n_boot=100, log=lambda m: None).records
     [unit] = [json.loads(p.read_text()) for p in (tmp_path / "s" / "units").glob("*.json")]
     proba = np.asarray(unit["proba"])
     assert roc_auc_score(unit["y"], proba[:, 1]) == records[0]["roc_auc"]  # exactly: nothing rounded
@@ -222,7 +222,7 @@ def test_the_study_leaves_its_leader_as_a_model_with_its_units_answers(data, tmp
     its evaluation probabilities are the unit's; it exports; a re-run reuses it."""
     said = []
     records = featx.study(data, backbones=[TINY], heads=["logreg", "knn"], train_sizes=["all"], repeats=1,
-                          weights="random", out=tmp_path / "s", workers=0, n_boot=100, log=said.append)
+                          weights="random", out=tmp_path / "s", workers=0, n_boot=100, log=said.append).records
     leader = max(records, key=lambda r: r["roc_auc"])
     line = next(s for s in said if s.startswith("the leader at n=all"))
     path = Path(line.split(" is saved as ")[1].split(" with its model card")[0])

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 import featx
 from featx.cli import main
+from featx.artifacts.sidecar import MethodId
 from featx.studies.label_curves import COLUMNS
 from featx.studies.recipes import gain_lines, recipe_gains
 
@@ -69,6 +70,22 @@ def test_the_plan_comes_first_and_a_rerun_computes_nothing(data, tmp_path):
     assert replay.exit_code == 0 and "0 of 10 units computed now" in replay.output, replay.output
 
 
+def test_the_api_returns_what_the_cli_prints(data, tmp_path):
+    """featx.study returns the study's answer as values (each record's MethodId, the verdict, the tables) and
+    a notebook view with the curves; the CLI on the same folder prints those very lines, computing nothing."""
+    out = tmp_path / "study"
+    result = featx.study(data, backbones=[TINY], heads=["logreg", "knn"], train_sizes=[16, "all"], repeats=2,
+                         weights="random", out=out, workers=0, n_boot=100, cache_dir=tmp_path / "cache", **QUIET)
+    assert isinstance(result, featx.StudyResult) and result.split == "test" and result.complete
+    assert {r["method_id"] for r in result.records} == {MethodId(TINY, "logreg"), MethodId(TINY, "knn")}
+    assert result.verdict and result.verdict[0].startswith("n=16 (") and (out / "report.html").is_file()
+    html = result._repr_html_()
+    assert "data:image/png;base64," in html and "Labels needed" in html
+    cli = run("study", "--config", out / "study.toml", "--out", out, "--cache", tmp_path / "cache", "--workers", "0")
+    assert cli.exit_code == 0 and "0 of 6 units computed now" in cli.output, cli.output
+    assert "\n".join(result.lines()) in cli.stdout
+
+
 def test_a_killed_study_resumes_and_units_gather_to_one_run(data, tmp_path, monkeypatch):
     """Killed in its second fit, then in a fine-tune's second epoch: the re-run computes only the rest, the
     fine-tune goes on from its last epoch, and the result equals a study run unit by unit, then gathered."""
@@ -120,11 +137,11 @@ def test_the_evaluation_split_enters_no_choice(data, tmp_path):
     options = dict(backbones=[TINY], heads=["logreg", "knn"], finetune=[TINY], train_sizes=[16, "all"], repeats=2,
                    weights="random", threshold="youden", finetune_options={"epochs": 2, "image_size": 64}, workers=0,
                    n_boot=100)
-    before = featx.study(data, out=tmp_path / "a", cache_dir=tmp_path / "cache", **options, **QUIET)
+    before = featx.study(data, out=tmp_path / "a", cache_dir=tmp_path / "cache", **options, **QUIET).records
     rng = np.random.default_rng(0)
     for image in sorted((data / "test").rglob("*.jpeg")):  # each test image to a random class
         image.rename(data / "test" / ["NORMAL", "PNEUMONIA"][rng.integers(2)] / image.name)
-    after = featx.study(data, out=tmp_path / "b", cache_dir=tmp_path / "cache", **options, **QUIET)
+    after = featx.study(data, out=tmp_path / "b", cache_dir=tmp_path / "cache", **options, **QUIET).records
     chosen = lambda records: [(r["method"], r["n"], r["repeat"], r["params"], r["threshold"]) for r in records]  # noqa: E731
     assert chosen(before) == chosen(after)
     assert [r["y"] for r in before] != [r["y"] for r in after]  # the labels did change
@@ -133,7 +150,7 @@ def test_the_evaluation_split_enters_no_choice(data, tmp_path):
 def test_n_all_is_what_fit_and_finetune_give(data, tmp_path):
     records = featx.study(data, backbones=[TINY], heads=["logreg"], finetune=[TINY], train_sizes=["all"], repeats=1,
                           weights="random", finetune_options={"epochs": 2, "image_size": 64, "augment": "none"},
-                          out=tmp_path / "s", workers=0, n_boot=100, **QUIET)
+                          out=tmp_path / "s", workers=0, n_boot=100, **QUIET).records
     head, tuned = records
     [fitted] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg", **QUIET)
     assert head["params"] == fitted.params
@@ -184,18 +201,19 @@ def test_fine_tune_recipes_are_methods_whose_gains_have_intervals(data, tmp_path
                   cache_dir=tmp_path / "cache")
     featx.study(data, **common, **QUIET)
     said = []
-    records = featx.study(data, **common, finetune_recipes={"plain": {}, "ema": {"ema": 0.9}}, log=said.append)
-    assert [r["method"] for r in records] == [f"{TINY} + finetune [plain]", f"{TINY} + finetune [ema]"]
+    records = featx.study(data, **common, finetune_recipes={"plain": {}, "ema": {"ema": 0.9}}, log=said.append).records
+    assert [r["method"] for r in records] == [f"{TINY} fine-tune [64 px] (recipe plain)",
+                                                  f"{TINY} fine-tune [64 px, EMA 0.9] (recipe ema)"]
     assert any("1 of 2 units computed now" in line for line in said)
     assert records[1]["params"]["ema"] == 0.9
     out_toml = tmp_path / "s" / "study.toml"
     assert "[finetune_recipes.ema]\nema = 0.9" in out_toml.read_text()
 
     [gain] = recipe_gains(records)
-    assert gain["recipe"].endswith("[ema]") and gain["baseline"].endswith("[plain]")
+    assert gain["recipe"].endswith("(recipe ema)") and gain["baseline"].endswith("(recipe plain)")
     assert gain["gain"] == pytest.approx(records[1]["roc_auc"] - records[0]["roc_auc"])
     assert gain["low"] <= gain["gain"] <= gain["high"]
-    assert gain_lines([gain])[0].startswith(f"n=all: {TINY} + finetune [ema] vs {TINY} + finetune [plain]: ROC-AUC")
+    assert gain_lines([gain])[0].startswith(f"n=all: {records[1]['method']} vs {records[0]['method']}: ROC-AUC")
     cli = run("study", "--config", out_toml, "--out", tmp_path / "s", "--cache", tmp_path / "cache", "--workers", "0")
     assert cli.exit_code == 0 and "0 of 2 units computed now" in cli.output, cli.output
     assert gain_lines([gain])[0].split(" [")[0] in cli.output  # the gain is in the study's verdict
@@ -214,14 +232,14 @@ def test_a_recipe_gain_interval_excludes_zero_only_for_a_real_gain():
     y = rng.integers(0, 2, 400)
 
     def unit(recipe, repeat, signal):
-        method = f"{TINY} + finetune [{recipe}]"
+        method = MethodId.finetune(TINY, {}, recipe=recipe)
         score = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(0, 1, 400))))
         auc = float(np.mean([(a > b) for a in score[y == 1] for b in score[y == 0]]))
-        return {"method": method, "kind": "finetune", "backbone": TINY, "recipe": recipe,
+        return {"method": method.label, "method_id": method,
                 "n": 100, "repeat": repeat, "roc_auc": auc, "train_seconds": 1.0,
                 "eval_images": "same", "y": y.tolist(), "proba": np.c_[1 - score, score].tolist()}
 
-    base, better, same = (f"{TINY} + finetune [{name}]" for name in ("base", "better", "same"))
+    base, better, same = (f"{TINY} fine-tune (recipe {name})" for name in ("base", "better", "same"))
     records = [unit(r, k, s) for k in range(3) for r, s in (("base", 0.5), ("better", 1.5), ("same", 0.5))]
     gains = {g["recipe"]: g for g in recipe_gains(records)}
     assert gains[better]["low"] > 0.1

@@ -26,13 +26,22 @@ def feature_record(config: dict, *, num_features: int, file=None, config_hash=No
 
 @dataclass(frozen=True)
 class MethodId:
-    """What a method is, for tables and plots: backbone, how its features or training differ from the
-    default (e.g. ("cls+avg", "448 px")), the head ("finetune" for a fine-tune), out of core or not."""
+    """What a method is, everywhere featx names one (study units and records, the verdict, recipe gains,
+    figures, compare, robustness, cards, the demo): its backbone, how its features or training differ from
+    the default (e.g. ("cls+avg", "448 px")), the head ("finetune" for a fine-tune), out of core or not, and
+    the name a study gave its fine-tune recipe. `label` is derived from it and never parsed back."""
 
     backbone: str
     head: str
     variant: tuple[str, ...] = ()
     out_of_core: bool = False
+    recipe: str | None = None
+
+    @classmethod
+    def finetune(cls, backbone: str, options: dict, *, started_from: dict | None = None,
+                 recipe: str | None = None) -> MethodId:
+        """A fine-tune with these options (FinetuneConfig's fields, as given or as recorded in params)."""
+        return cls(backbone, "finetune", tuple(finetune_variant(options, started_from)), recipe=recipe)
 
     @property
     def finetuned(self) -> bool:
@@ -41,8 +50,9 @@ class MethodId:
     @property
     def label(self) -> str:
         shown = f" [{', '.join(self.variant)}]" if self.variant else ""
+        named = f" (recipe {self.recipe})" if self.recipe else ""
         if self.finetuned:
-            return f"{self.backbone} fine-tune{shown}"
+            return f"{self.backbone} fine-tune{shown}{named}"
         return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "")
 
     def __str__(self) -> str:
@@ -52,7 +62,9 @@ class MethodId:
 def finetune_variant(params: dict, started_from: dict | None) -> list[str]:
     """How a fine-tune's recipe differs from the plain one, in words, and the fine-tune it started from
     (its run folder's name): its lineage, as compare and the study show it."""
-    words = [f"EMA {params['ema']:g}"] if params.get("ema") else []
+    words = [f"{params['image_size']} px"] if params.get("image_size") else []
+    words += [f"augment {params['augment']}"] if params.get("augment", "xray") != "xray" else []
+    words += [f"EMA {params['ema']:g}"] if params.get("ema") else []
     words += ["select auc"] if params.get("select") == "auc" else []
     words += ["tta hflip"] if params.get("tta", "none") != "none" else []
     words += [f"drop-path {params['drop_path']:g}"] if params.get("drop_path") else []
@@ -87,10 +99,8 @@ class Sidecar:
         image_size = (config.get("backbone_options") or {}).get("image_size") or \
             (params.get("image_size") if kind == "finetune" else None)
         if kind == "finetune":
-            variant = ([f"{image_size} px"] if image_size else []) + \
-                ([f"augment {params['augment']}"] if params.get("augment", "xray") != "xray" else []) + \
-                finetune_variant(params, info.get("started_from"))
-            method = MethodId(config["backbone"], "finetune", tuple(variant))
+            method = MethodId.finetune(config["backbone"], {**params, "image_size": image_size},
+                                       started_from=info.get("started_from"))
         else:
             method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")))
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,

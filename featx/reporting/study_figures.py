@@ -60,7 +60,7 @@ def full_size_records(records: list[dict], split: str, n_boot: int = 1000, seed:
     for r in rows:
         y, proba = np.asarray(r["y"]), np.asarray(r["proba"])
         ranked = r["eval_images"] == main
-        base = {"method": r["method"], "kind": "finetune" if r["kind"] == "finetune" else "head",
+        base = {"method": r["method"], "kind": "finetune" if r["method_id"].finetuned else "head",
                 "split": split, "ranked": ranked, "note": "" if ranked else "evaluated on other images",
                 "threshold": r["threshold"], "classes": r["classes"], "train_seconds": r["train_seconds"],
                 "predict_seconds_per_image": None, "size_bytes": None, "artifact": r.get("artifact", ""),
@@ -99,22 +99,26 @@ def plot_learning_curves(plt, records: list[dict]) -> bytes:
     return png(fig, plt)
 
 
+def document_parts(records: list[dict], full: list[dict], *, split: str, verdict: list[str], title: str):
+    """(title, records, figures, blocks) of the study's report, for reporting.document's writers."""
+    from .._core.plotting import pyplot
+
+    largest = full[0]["n"] if full else 0
+    figures = {"learning_curves.png": ("Learning curves: ROC-AUC and balanced accuracy against the labelled "
+                                       "training images (mean over repeats)", plot_learning_curves(pyplot(), records))}
+    blocks = [("Verdict", "\n".join(verdict)), ("Every size (study.csv holds every metric and repeat)",
+                                                "\n".join(study_lines(records)))]
+    return f"{title}: the full pool, evaluated on the {largest} {split} images", full, figures, blocks
+
+
 def write_study_outputs(records: list[dict], full: list[dict], out, *, split: str, verdict: list[str],
                         title: str) -> dict[str, Path]:
     """learning_curves.png, report.html, report.md and the full-size comparison.csv (`full`: full_size_records)
     beside study.csv in `out`."""
-    from .._core.plotting import pyplot
-
     out = Path(out)
-    curves = plot_learning_curves(pyplot(), records)
+    title, full, figures, blocks = document_parts(records, full, split=split, verdict=verdict, title=title)
     with atomic_path(out / "learning_curves.png") as tmp:
-        Path(tmp).write_bytes(curves)
-    largest = full[0]["n"] if full else 0
-    figures = {"learning_curves.png": ("Learning curves: ROC-AUC and balanced accuracy against the labelled "
-                                       "training images (mean over repeats)", curves)}
-    blocks = [("Verdict", "\n".join(verdict)), ("Every size (study.csv holds every metric and repeat)",
-                                                "\n".join(study_lines(records)))]
-    title = f"{title}: the full pool, evaluated on the {largest} {split} images"
+        Path(tmp).write_bytes(figures["learning_curves.png"][1])
     write_csv_atomic(out / "comparison.csv", csv_rows(full))
     write_text_atomic(out / "report.md", markdown_document(title, full, figures, blocks))
     write_text_atomic(out / "report.html", html_document(title, full, figures, blocks))

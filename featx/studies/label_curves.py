@@ -15,6 +15,7 @@ import numpy as np
 
 from .._core.errors import FeatxError
 from ..data.budgets import Budget, label_budgets
+from ..artifacts.sidecar import MethodId
 from ..evaluation.folds import TooFewGroups
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
 from ..evaluation.thresholds import check_threshold, resolve_threshold
@@ -55,7 +56,7 @@ class Curve:
         self.rule = check_threshold(threshold, len(pool.store.classes))
         self.X, self.y, self.groups = pool.X, pool.y, pool.groups
         self.X_eval, self.y_eval = pool.X_eval, pool.y_eval
-        self.method = f"{pool.store.config['backbone']} + {self.name}"
+        self.method = MethodId(pool.store.config["backbone"], self.name)
 
     def budgets(self, sizes, repeats: int) -> list[Budget]:
         return label_budgets(self.y, self.groups, sizes, repeats=repeats, seed=self.seed, classes=self.store.classes)
@@ -80,14 +81,14 @@ class Curve:
                            sel.params, seconds, n_boot=self.n_boot, seed=self.seed)
 
 
-def unit_record(method: str, n, n_images: int, repeat: int, y, proba, threshold, params: dict, seconds: float, *,
+def unit_record(method: MethodId, n, n_images: int, repeat: int, y, proba, threshold, params: dict, seconds: float, *,
                 images_per_second: float | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     """One study row (COLUMNS, and "proba"): a method's metrics on the evaluation split at `threshold`, with
     a stratified bootstrap 95% ROC-AUC interval; `n` None is the whole pool. `images_per_second`: the
     training throughput (a fine-tune's images per second over its epochs; a head's, its images over its fit)."""
     metrics = point_metrics(np.asarray(y), np.asarray(proba), threshold)
     ci = bootstrap_auc_ci(y, proba, n_boot=n_boot, seed=seed) if metrics.get("roc_auc") is not None else None
-    return {"method": method, "n": n or "all", "n_images": n_images, "repeat": repeat, **metrics,
+    return {"method": method.label, "n": n or "all", "n_images": n_images, "repeat": repeat, **metrics,
             "roc_auc_low": ci[0] if ci else None, "roc_auc_high": ci[1] if ci else None,
             "threshold": threshold, "params": params, "train_seconds": seconds,
             "images_per_second": images_per_second or n_images / max(seconds, 1e-9), "proba": proba}

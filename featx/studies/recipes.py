@@ -13,23 +13,23 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..artifacts.sidecar import MethodId
 from .pairing import contrast
 
 
 def recipe_gains(records: list[dict]) -> list[dict]:
     """One row per (n, recipe other than the first of its backbone): n, recipe, baseline, gain, low, high,
     the repeats' gains, mean AUC and mean training seconds of both."""
-    fine = [r for r in records if r["kind"] == "finetune" and r["recipe"] is not None]
-    first: dict[str, str] = {}
-    backbone_of = {r["method"]: r["backbone"] for r in fine}
+    fine = [r for r in records if r["method_id"].finetuned and r["method_id"].recipe is not None]
+    first: dict[str, MethodId] = {}
     for r in fine:
-        first.setdefault(r["backbone"], r["method"])
+        first.setdefault(r["method_id"].backbone, r["method_id"])
     cells = defaultdict(dict)  # (n, method) -> repeat -> record
     for r in fine:
-        cells[(r["n"], r["method"])][r["repeat"]] = r
+        cells[(r["n"], r["method_id"])][r["repeat"]] = r
     rows = []
     for (n, method), runs in cells.items():
-        baseline = first[backbone_of[method]]
+        baseline = first[method.backbone]
         base = cells.get((n, baseline), {})
         repeats = sorted(set(runs) & set(base))
         if method == baseline or not repeats:
@@ -37,7 +37,7 @@ def recipe_gains(records: list[dict]) -> list[dict]:
         pairs = [(base[k], runs[k]) for k in repeats]
         found = contrast([b for b, _ in pairs], [r for _, r in pairs], whole_pool=n == "all")
         low, high = found.interval or (None, None)
-        rows.append({"n": n, "recipe": method, "baseline": baseline, "gain": found.difference, "low": low,
+        rows.append({"n": n, "recipe": method.label, "baseline": baseline.label, "gain": found.difference, "low": low,
                      "high": high, "why": found.why,
                      "roc_auc": _mean(r["roc_auc"] for _, r in pairs),
                      "baseline_roc_auc": _mean(b["roc_auc"] for b, _ in pairs),

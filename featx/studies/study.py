@@ -20,6 +20,8 @@ import json
 import os
 import time
 from dataclasses import dataclass, replace
+from functools import cached_property
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +33,30 @@ from .._core.hashing import record_hash
 from .._core.paths import default_cache_dir
 from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
 from ..artifacts.model_card import record_choice, write_model_card
+from ..artifacts.sidecar import MethodId
 from ..data.budgets import Budget, held_out, label_budgets
 from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
+from ..data.files import file_contents
 from ..data.leakage import check_dataset_copies
+from ..evaluation.sets import EvaluationSet, evaluation_split
 from ..evaluation.significance import point_metrics
 from ..features.reuse import finished_cache
 from ..heads.selection import SELECTION_RULES
 from .estimates import Throughput
 from .label_curves import COLUMNS, Curve, Pool, unit_record
+from .result import StudyResult
 from .spec import StudySpec
+
+
+class UnitKind(Enum):
+    EXTRACT = "extract"
+    FIT = "fit"
+    FINETUNE = "finetune"
+
+
+class UnitState(Enum):
+    PLANNED = "planned"
+    DONE = "done"  # its record (or, for an extraction, its cache) is complete on disk
 
 
 @dataclass(frozen=True)
@@ -47,62 +64,66 @@ class Unit:
     """One piece of a study's work; `index` is its number for `--unit`."""
 
     index: int
-    kind: str                      # "extract", "fit" or "finetune"
+    kind: UnitKind
     backbone: str
-    head: str | None = None
+    method: MethodId | None = None  # what a fit or fine-tune trains; None for an extraction
     budget: Budget | None = None
-    key: str | None = None         # names its saved record; None until its features exist (fits)
-    done: bool = False
-    seconds: float | None = None   # estimated time left; None: not estimated
-    recipe: str | None = None      # a fine-tune's recipe name, when the study names several
+    key: str | None = None          # names its saved record; None until its features exist (fits)
+    state: UnitState = UnitState.PLANNED
+    seconds: float | None = None    # estimated time left; None: not estimated
 
     @property
-    def method(self) -> str:
-        return f"{self.backbone} + {self.head or 'finetune'}" + (f" [{self.recipe}]" if self.recipe else "")
+    def done(self) -> bool:
+        return self.state is UnitState.DONE
+
+    @property
+    def name(self) -> str:
+        return self.backbone if self.kind is UnitKind.EXTRACT else self.method.label
 
     def describe(self) -> str:
-        if self.kind == "extract":
+        if self.kind is UnitKind.EXTRACT:
             return f"extract {self.backbone}"
-        return f"{self.kind} {self.method} n={self.budget.n or 'all'} repeat {self.budget.repeat}"
+        return f"{self.kind.value} {self.name} n={self.budget.n or 'all'} repeat {self.budget.repeat}"
 
 
-def study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_dir=None, dry_run: bool = False,
-          unit: int | None = None, budget_seconds: float | None = None, workers=None, progress: bool = False,
-          log=None, **options) -> list[dict]:
-    """Every (method, n, repeat) record (label_curves.COLUMNS plus the evaluation predictions), also written
-    to `out/study.csv`, with `out/study.toml`. `options`: StudySpec's fields (backbones, heads, finetune,
-    train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold, n_boot, finetune_options,
-    finetune_recipes)."""
+def _state(done: bool) -> UnitState:
+    return UnitState.DONE if done else UnitState.PLANNED
+
+
+def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_dir=None, dry_run: bool = False,
+              unit: int | None = None, budget_seconds: float | None = None, workers=None, progress: bool = False,
+              log=None, **options) -> StudyResult:
+    """The study's result: every (method, n, repeat) record (label_curves.COLUMNS, its MethodId and the
+    evaluation predictions), also written to `out/study.csv`, with `out/study.toml`, and the leader kept at
+    n=all; no records after a dry run or one `unit`. `options`: StudySpec's fields (backbones, heads,
+    finetune, train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold, n_boot,
+    finetune_options, finetune_recipes)."""
     log = log or log_line
     spec = spec or StudySpec(data=data, **options)
-    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     out = Path(out)
-    plan = Plan(spec, cache_dir, out, workers, dry_run=dry_run)
+    plan = Plan(spec, Path(cache_dir) if cache_dir else default_cache_dir(), out, workers, dry_run=dry_run)
     chosen = plan.unit(unit) if unit is not None else None  # a unit it does not have: refused before the plan
-    plan.say(log)
+    said = []
+    plan.say(lambda line: (said.append(line), log(line)))
     if budget_seconds is not None:
-        plan.check_budget(budget_seconds)
-        unknown = plan.seconds_left()[1]
-        if unknown:
-            log(f"--budget {_duration(budget_seconds)}: {unknown} units have no estimate on this machine, so the "
-                "budget was checked on the others only")
+        plan.check_budget(budget_seconds, log)
+    result = StudyResult([], plan.evaluate_on, out, spec.n_boot, plan=said)
     if dry_run:
-        return []
+        return result
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "study.toml", spec.to_toml(relative_to=out))
-    todo = [chosen] if chosen is not None else [u for u in plan.units if not u.done]
     started = time.perf_counter()
-    computed = plan.run(todo, progress, log)
+    computed = plan.run([chosen] if chosen is not None else [u for u in plan.units if not u.done], progress, log)
     if unit is not None:
         left = sum(not u.done for u in plan.units)
         log(f"unit {unit} done ({time.perf_counter() - started:.1f} s); {left} of {len(plan.units)} units left")
-        return []
-    records = plan.gather()
-    log(f"study: {computed} of {sum(u.kind != 'extract' for u in plan.units)} units computed now "
+        return result
+    result.records = plan.gather()
+    log(f"study: {computed} of {sum(u.kind is not UnitKind.EXTRACT for u in plan.units)} units computed now "
         f"({time.perf_counter() - started:.1f} s), the others read from {out / 'units'}")
-    write_csv_atomic(out / "study.csv", [{k: _cell(r[k]) for k in COLUMNS} for r in records])
-    plan.keep_leader(log)
-    return records
+    write_csv_atomic(out / "study.csv", [{k: _cell(r[k]) for k in COLUMNS} for r in result.records])
+    result.leader = plan.keep_leader(log)
+    return result
 
 
 class Plan:
@@ -115,7 +136,7 @@ class Plan:
         # what every unit is named by besides its own parts: patients grouped otherwise draw other budgets
         self.record = {**spec.record, **({"group_pattern": self.ds.group_pattern}
                                          if self.ds.group_pattern != DEFAULT_GROUP_PATTERN else {})}
-        self.evaluate_on = _evaluation_split(self.ds, spec.eval_split)
+        self.evaluate_on = evaluation_split(self.ds.splits, spec.eval_split, where=str(self.ds.root))
         self.pool = np.array([i for i, s in enumerate(self.ds.splits) if s == "train"])
         self.eval_rows = [i for i, s in enumerate(self.ds.splits) if s == self.evaluate_on]
         self.sizes = spec.sizes(len(self.pool))
@@ -131,13 +152,21 @@ class Plan:
         self.throughput = Throughput(cache_dir)
         self.units = self._units()
 
+    @cached_property
+    def evaluation(self) -> EvaluationSet:
+        """The evaluation split's images by path and content: every unit found under its key was scored on
+        exactly these (a unit's key holds them), so the verdict pairs units by this value."""
+        paths = [self.ds.paths[i] for i in self.eval_rows]
+        _, _, sha1s = file_contents(self.ds.root, paths, self.ds.content, skip=self.ds.problems)
+        return EvaluationSet.of(self.evaluate_on, paths, sha1s)
+
     # -- the plan --------------------------------------------------------------------------------------
     def _units(self) -> list[Unit]:
-        units = [Unit(i, "extract", b) for i, b in enumerate(self.spec.backbones if self.spec.heads else ())]
+        units = [Unit(i, UnitKind.EXTRACT, b) for i, b in enumerate(self.spec.backbones if self.spec.heads else ())]
         self.finished = stores = {}  # backbone -> its complete cache when planned, else None
         for u in list(units):
             stores[u.backbone] = self._finished(u.backbone)
-            units[u.index] = replace(u, done=stores[u.backbone] is not None,
+            units[u.index] = replace(u, state=_state(stores[u.backbone] is not None),
                                      seconds=None if stores[u.backbone] else self._extract_seconds(u.backbone))
         for backbone in (self.spec.backbones if self.spec.heads else ()):
             store = stores[backbone]
@@ -147,18 +176,20 @@ class Plan:
                     key = self.fit_key(store, images, head, budget) if store else None
                     done = key is not None and (self.out / "units" / f"{key}.json").is_file()
                     seconds = None if done else self.throughput.fit_seconds(head, budget.n_images)
-                    units.append(Unit(len(units), "fit", backbone, head, budget, key, done, seconds))
+                    units.append(Unit(len(units), UnitKind.FIT, backbone, MethodId(backbone, head), budget, key,
+                                      _state(done), seconds))
         if self.spec.finetune:
             self.sha1s = sha1s = check_dataset_copies(self.ds)
             images = images_fingerprint((self.ds.paths[i], sha1s[i]) for i in [*self.pool, *self.eval_rows])
         sizes = self.spec.finetune_sizes or self.sizes
         for backbone in self.spec.finetune:
             for recipe, options in self.spec.recipes().items():
+                method = MethodId.finetune(backbone, options, recipe=recipe)
                 for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
                     key = self.finetune_key(backbone, images, budget, options)
                     done = (self.out / "units" / f"{key}.json").is_file()
-                    units.append(Unit(len(units), "finetune", backbone, None, budget, key, done,
-                                      None if done else self._finetune_seconds(backbone, budget, options), recipe))
+                    units.append(Unit(len(units), UnitKind.FINETUNE, backbone, method, budget, key, _state(done),
+                                      None if done else self._finetune_seconds(backbone, budget, options)))
         return units
 
     def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
@@ -212,44 +243,47 @@ class Plan:
             "images")
         groups: dict[tuple, list[Unit]] = {}
         for u in self.units:
-            groups.setdefault((u.kind, u.method if u.kind != "extract" else u.backbone,
-                               u.budget.n if u.budget else None), []).append(u)
+            groups.setdefault((u.kind, u.name, u.budget.n if u.budget else None), []).append(u)
         for (kind, name, n), units in groups.items():
             numbers = f"{units[0].index}" + (f"-{units[-1].index}" if len(units) > 1 else "")
             done = sum(u.done for u in units)
             seconds, unknown = self.seconds_left(units)
-            what = f"{kind} {name}" + ("" if kind == "extract" else f" n={n or 'all'} x{len(units)}")
+            what = f"{kind.value} {name}" + ("" if kind is UnitKind.EXTRACT else f" n={n or 'all'} x{len(units)}")
             state = "done" if done == len(units) else (f"{done}/{len(units)} done, " if done else "") + \
                 ("not estimated" if unknown and not seconds else self._bound(kind, units[0].backbone) +
                  f"~{_duration(seconds)}")
             log(f"  unit {numbers:<9} {what:<58} {state}")
         seconds, unknown = self.seconds_left()
         timed = sorted({name + (f"@{size}" if size else "") for _, name, size in self.throughput.timed})
-        log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count('extract')} "
-            f"extraction(s), {self._count('fit')} fits, {self._count('finetune')} fine-tunes; "
+        log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count(UnitKind.EXTRACT)} "
+            f"extraction(s), {self._count(UnitKind.FIT)} fits, {self._count(UnitKind.FINETUNE)} fine-tunes; "
             + (f"the rest ~{_duration(seconds)}" + (f" (+{unknown} units not yet measured on this machine, not "
                                                      "estimated)" if unknown else "") if seconds or not unknown else
                f"the rest: not estimated ({unknown} units not yet measured on this machine)")
             + (f"; {', '.join(timed)} timed on a few batches, decoding not included" if timed else ""))
 
-    def _bound(self, kind: str, backbone: str) -> str:
+    def _bound(self, kind: UnitKind, backbone: str) -> str:
         """How an estimate errs: a fine-tune's, from rates measured here, runs every epoch (early stopping only
         shortens it); an extraction's rate timed on random inputs leaves decoding out."""
         timed = {(k, name) for k, name, _ in self.throughput.timed}
-        if kind == "finetune":
+        if kind is UnitKind.FINETUNE:
             return "" if ("train", backbone) in timed else "at most "
-        return "at least " if kind == "extract" and (kind, backbone) in timed else ""
+        return "at least " if kind is UnitKind.EXTRACT and ("extract", backbone) in timed else ""
 
-    def _count(self, kind: str) -> int:
+    def _count(self, kind: UnitKind) -> int:
         return sum(u.kind == kind for u in self.units)
 
     def _sizes(self) -> list[str]:
         return [str(n or "all") for n in dict.fromkeys(b.n for b in self.budgets)]
 
-    def check_budget(self, seconds: float) -> None:
-        """Refuse a plan estimated over `seconds`, naming the units that fit in it (in order)."""
-        need, _ = self.seconds_left()
+    def check_budget(self, seconds: float, log) -> None:
+        """Refuse a plan estimated over `seconds`, naming the units that fit in it (in order); say which units
+        it could not check, having no estimate."""
+        need, unknown = self.seconds_left()
         if need <= seconds:
+            if unknown:
+                log(f"--budget {_duration(seconds)}: {unknown} units have no estimate on this machine, so the budget "
+                    "was checked on the others only")
             return
         fit, total = [], 0.0
         for u in self.units:
@@ -271,15 +305,15 @@ class Plan:
         bar = progress_bar(len(units), progress, desc="study", position=0)
         for u in units:
             bar.set_postfix_str(f"~{_duration(self.seconds_left(units)[0])} left" if total else "")
-            if u.kind == "finetune":
+            if u.kind is UnitKind.FINETUNE:
                 computed += self._finetune(u, progress, log)
-            elif u.kind == "fit":
+            elif u.kind is UnitKind.FIT:
                 if u.backbone not in pools:
                     pools[u.backbone] = self._pool(u.backbone, log)
                 computed += self._fit(u, pools[u.backbone])
             else:
                 pools[u.backbone] = self._pool(u.backbone, log, progress)
-            self.units[u.index] = replace(self.units[u.index], done=True, seconds=0.0)
+            self.units[u.index] = replace(self.units[u.index], state=UnitState.DONE, seconds=0.0)
             bar.update(1)
         bar.close()
         return computed
@@ -303,17 +337,19 @@ class Plan:
         return pool
 
     def _fit(self, u: Unit, pool: Pool) -> int:
-        key = u.key or self.fit_key(pool.store, pool.images, u.head, u.budget)
+        key = u.key or self.fit_key(pool.store, pool.images, u.method.head, u.budget)
         path = self.out / "units" / f"{key}.json"
         if path.is_file():
             return 0
-        curve = Curve(pool, u.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
+        curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
         rows = np.array([pool.index[p] for p in self._paths(u.budget.rows) if p in pool.index], int)
         record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
-        record.update(_eval_predictions(pool.store.paths(self.evaluate_on), curve.y_eval, record.pop("proba")),
+        evaluated = EvaluationSet.of(self.evaluate_on, pool.store.paths(self.evaluate_on),
+                                     pool.store.sha1s(self.evaluate_on))
+        record.update(_eval_predictions(evaluated, curve.y_eval, record.pop("proba")),
                       classes=list(pool.store.classes), eval_split=self.evaluate_on,
                       train_images=_trained_on(pool.paths[rows], pool.sha1s[rows]))
-        self.throughput.record("fit", u.head, (len(rows), record["train_seconds"]))
+        self.throughput.record("fit", u.method.head, (len(rows), record["train_seconds"]))
         _save(path, record)
         return 1
 
@@ -332,7 +368,7 @@ class Plan:
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / "budget.json", json.dumps(
             {s: [self.ds.paths[i] for i in r] for s, r in rows.items() if s != "test"}, indent=0) + "\n")
-        options = self.spec.recipes()[u.recipe]
+        options = self.spec.recipes()[u.method.recipe]
         result = finetune(self.spec.data, u.backbone, weights=self.spec.weights, seed=self.spec.seed,
                           threshold=self.spec.threshold, val_fraction=self.spec.val_fraction,
                           group_pattern=self.spec.group_pattern,
@@ -347,7 +383,8 @@ class Plan:
                              result.threshold, {"best_epoch": result.best_epoch, "epochs_run": len(history), **options},
                              result.train_seconds, images_per_second=rate, n_boot=self.spec.n_boot,
                              seed=self.spec.seed)
-        record.update(_eval_predictions(list(test["path"]), test["y"], record.pop("proba")),
+        evaluated = EvaluationSet.of(self.evaluate_on, test["path"], test["sha1"])
+        record.update(_eval_predictions(evaluated, test["y"], record.pop("proba")),
                       artifact=os.path.relpath(result.artifact, self.out), classes=list(self.ds.classes),
                       eval_split=self.evaluate_on, train_images=_trained_on(
                           [self.ds.paths[i] for i in rows["train"] + rows["val"]],
@@ -368,21 +405,20 @@ class Plan:
         """The saved record of every fit and fine-tune, in plan order (keys of fits known once extracted)."""
         records, pools, self.gathered = [], {}, []
         for u in self.units:
-            if u.kind == "extract":
+            if u.kind is UnitKind.EXTRACT:
                 continue
             key = u.key
             if key is None:  # planned before its features existed
                 if u.backbone not in pools:
                     store = self._finished(u.backbone)
                     pools[u.backbone] = (store, _store_images(store, self.evaluate_on))
-                key = self.fit_key(*pools[u.backbone], u.head, u.budget)
+                key = self.fit_key(*pools[u.backbone], u.method.head, u.budget)
             path = self.out / "units" / f"{key}.json"
             if not path.is_file():
                 raise FeatxError(f"unit {u.index} ({u.describe()}) is not done: run featx study without --unit")
             record = _completed(json.loads(path.read_text()))
-            if u.kind == "finetune":  # named by this study: a unit is shared by the recipes (or studies) asking it
-                record["method"] = u.method
-            record.update(kind=u.kind, backbone=u.backbone, recipe=u.recipe)  # what the method is, never parsed back
+            # named by this study (a unit is shared by the recipes or studies asking it): the one name, never parsed
+            record.update(method=u.method.label, method_id=u.method, eval_images=self.evaluation.key)
             records.append(record)
             self.gathered.append((replace(u, key=key), record))
         return records
@@ -397,7 +433,7 @@ class Plan:
             log("no model saved: the study has no n=all units with a ROC-AUC (add all to --train-sizes)")
             return None
         unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
-        path = self.out / record["artifact"] if unit.kind == "finetune" else self._saved_head(unit)
+        path = self.out / record["artifact"] if unit.kind is UnitKind.FINETUNE else self._saved_head(unit)
         if record_choice(path, split=self.evaluate_on, methods=len(full), study=str(self.out / "study.toml")):
             write_model_card(path)  # a re-run that chose it again rewrites nothing
         log(f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
@@ -421,7 +457,7 @@ class Plan:
         from ..heads.fitting import save_head
 
         pool = self._pool(unit.backbone, lambda line: None)
-        curve = Curve(pool, unit.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
+        curve = Curve(pool, unit.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
         rows = np.array([pool.index[p] for p in self._paths(unit.budget.rows) if p in pool.index], int)
         sel, cut = curve.select(Budget(None, unit.budget.repeat, rows))
         split = self.evaluate_on
@@ -441,29 +477,17 @@ class Plan:
                          seconds)
 
 
-def _evaluation_split(ds: Dataset, asked: str | None) -> str:
-    present = set(ds.splits)
-    chosen = asked or ("test" if "test" in present else "val")
-    if chosen == "train":
-        raise FeatxError("--eval-split train: the evaluation split must be one no budget is drawn from (test or val)")
-    if chosen not in present:
-        hint = "" if asked else "; cut one from train with --val-fraction 0.2"
-        raise FeatxError(f"{ds.root} has no {chosen} split to evaluate on{hint}")
-    return chosen
-
-
 def _store_images(store, evaluate_on: str) -> str:
     return images_fingerprint((p, h) for split in ("train", evaluate_on)
                               for p, h in zip(store.paths(split), store.sha1s(split)))
 
 
-def _eval_predictions(paths, y, proba) -> dict:
-    """The evaluation split's labels and probabilities in path order, and the fingerprint of those paths:
-    the verdict pairs two methods only on the same images."""
-    order = np.argsort(np.asarray(paths), kind="stable")
-    proba = np.asarray(proba, float)[order]
-    return {"eval_images": record_hash(sorted(map(str, paths)), 16), "y": np.asarray(y)[order].tolist(),
-            "proba": proba.tolist()}  # as computed: a recomputed AUC or DeLong test gives the saved answer
+def _eval_predictions(evaluation: EvaluationSet, y, proba) -> dict:
+    """The evaluation split's labels and probabilities in path order, and the key of its images (paths and
+    contents): the verdict pairs two methods only on the same images."""
+    order = evaluation.order()
+    return {"eval_images": evaluation.key, "y": np.asarray(y)[order].tolist(),
+            "proba": np.asarray(proba, float)[order].tolist()}  # as computed: a recomputed AUC gives the saved answer
 
 
 def _trained_on(paths, sha1s) -> dict:

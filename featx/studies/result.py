@@ -1,0 +1,38 @@
+"""A study's answer as one value: its records (one per method, size and repeat, each with its `MethodId`),
+the evaluation split they were scored on, the verdict and the gains of its fine-tune recipes, and the
+model it kept. `featx.study` returns it (as reporting.study_report.StudyReport, which adds the tables,
+the report and a notebook view); nothing in it is a string another module splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from .recipes import gain_lines, recipe_gains
+from .verdict import verdict
+
+
+@dataclass
+class StudyResult:
+    records: list[dict]              # label_curves.COLUMNS, "method_id", and the evaluation predictions
+    split: str | None = None         # the evaluation split every record was scored on
+    out: Path | None = None          # the study's folder
+    n_boot: int = 1000
+    leader: Path | None = None       # the model kept at n=all, when the study has one
+    plan: list[str] = field(default_factory=list)  # the plan as said before any work
+
+    @property
+    def complete(self) -> bool:
+        """Every unit gathered (not a dry run, nor one --unit of a job array)."""
+        return bool(self.records)
+
+    @cached_property
+    def gains(self) -> list[dict]:
+        """What each named fine-tune recipe gains over its backbone's first, per size, with an interval."""
+        return recipe_gains(self.records)
+
+    @cached_property
+    def verdict(self) -> list[str]:
+        """The verdict, one line per size, the labels needed, and the recipe gains, in words."""
+        return verdict(self.records) + gain_lines(self.gains)
