@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 
 
 import click
 
 from ._core.errors import FeatxError
 from ._core.options import CHOICES, check_choice, check_device
+from .finetuning.config import FinetuneConfig
 
 
 class _FeatxGroup(click.Group):
@@ -102,6 +104,29 @@ PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a p
 
 def _data(required: bool, help: str):
     return click.option("--data", "data", required=required, default=None, type=click.Path(), help=help)
+
+
+def _declared(config):
+    """The click options of a config dataclass's declared fields (finetuning.config.option): the type, the
+    default and the help as declared there once; the limits are the class's own checks."""
+    def apply(command):
+        for f in reversed(fields(config)):
+            command = click.option(f"--{f.name.replace('_', '-')}", f.name, default=f.default, type=_param_type(f),
+                                   help=f.metadata["help"], metavar="default|minmax|C,W"
+                                   if f.metadata.get("kind") == "window" else None)(command)
+        return command
+    return apply
+
+
+def _param_type(f):
+    kind, base = f.metadata.get("kind"), f.type.split(" |")[0]
+    if kind == "choice":
+        return _Choice(f.name)
+    if kind == "path":
+        return click.Path(dir_okay=False)
+    if base == "int":
+        return click.IntRange(min=f.metadata["min"]) if "min" in f.metadata else int
+    return float if base == "float" else str
 
 
 def _choice(option: str, default: str, help: str):
@@ -396,38 +421,8 @@ def demo_command(model_paths, host, port, allow_folder, trust_pickle):
 
 @main.command("finetune")
 @_data(True, "Image folder or CSV manifest, as for extract.")
-@click.option("--backbone", default="xception", help="Registered backbone or timm:<name>, built exactly as extract builds it.")
-@click.option("--weights", default="imagenet", help="Starting weights: imagenet, random, a state_dict PATH, or a featx "
-              "fine-tune of this backbone (its model.pt or run folder) to continue from; its head is kept when the "
-              "classes are the same.")
-@click.option("--epochs", default=10, type=click.IntRange(min=1), help="Most epochs to train.")
-@click.option("--unfreeze", default="all", help="Backbone parts that train: all, none, or last:N (top N blocks of a ViT, stages of a CNN).")
-@click.option("--warmup-epochs", default=0, type=click.IntRange(min=0), help="Train the head alone for this many epochs first.")
-@click.option("--init-head-from", default=None, type=click.Path(dir_okay=False), help="Start the head from a featx fit logreg artifact of this backbone.")
-@click.option("--lr", default=1e-4, type=float, help="Peak learning rate of the backbone.")
-@click.option("--layer-decay", default=None, type=float, help="Layer-wise learning-rate decay: each layer below the top learns this much slower (0.75 is the usual recipe for ViTs) [default: off].")
-@click.option("--head-lr", default=1e-3, type=float, help="Peak learning rate of the head.")
-@click.option("--weight-decay", default=0.05, type=float, help="AdamW weight decay.")
-@_choice("schedule", "cosine", "Learning-rate schedule, per step.")
-@click.option("--clip-grad", default=1.0, type=float, help="Clip the gradient norm to this (0: off).")
-@click.option("--label-smoothing", default=0.0, type=float, help="Label smoothing of the cross-entropy.")
-@_choice("class_weight", "balanced", "Weight the loss by inverse class frequency.")
-@click.option("--dropout", default=0.2, type=float, help="Dropout before the linear head.")
-@click.option("--patience", default=3, type=click.IntRange(min=1), help="Stop after this many epochs in which the selection metric did not improve.")
-@_choice("select", "loss", "Select the epoch by validation loss (lowest) or ROC-AUC (highest, macro over classes; ties to the lower loss).")
-@click.option("--ema", default=None, type=float, help="Keep a moving average of the weights with this decay (e.g. 0.999; timm's ModelEmaV3 with warm-up), "
-              "scored every epoch beside the raw weights; the average is selected and saved [default: off].")
-@_choice("augment", "xray", "Train-time augmentation: xray has no flips; natural adds them; randaugment and trivialaugment are torchvision's (no flips); corrupt applies one of featx's corruptions (noise, blur, JPEG, contrast, brightness, rotation, zoom, shear, the Keras set) at a random severity per image.")
-@click.option("--drop-path", default=None, type=float, help="Stochastic depth rate (timm's drop_path_rate), for architectures that have it [default: the checkpoint's].")
-@click.option("--mixup", default=0.0, type=float, help="Mixup alpha (timm's Mixup; 0: off).")
-@click.option("--cutmix", default=0.0, type=float, help="CutMix alpha (timm's Mixup; 0: off).")
-@_choice("tta", "none", "Evaluate (and predict) with the mean logits of the image and its mirror (hflip), as extract --tta.")
-@click.option("--image-size", default=None, type=int, help="Train and predict at this size instead of the backbone's (quick CPU runs).")
-@click.option("--limit-train", default=None, type=int, help="Train on a seeded random subset of this many images.")
-@DICOM_WINDOW
-@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Images per step [default: 16 on CPU, 64 on GPU].")
+@_declared(FinetuneConfig)
 @THRESHOLD
-@click.option("--seed", default=0, type=int, help="Seed of the head, shuffling, augmentation and dropout.")
 @DEVICE
 @WORKERS
 @VAL_FRACTION
@@ -495,7 +490,7 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
 @click.option("--finetune", "finetune", default="none", help="Backbones fine-tuned end to end at every size, "
               "comma-separated (none: no fine-tunes).")
 @click.option("--finetune-epochs", default=None, type=click.IntRange(min=1), help="Epochs of each fine-tune "
-              "[default: featx finetune's 10, with early stopping].")
+              f"[default: featx finetune's {FinetuneConfig.epochs}, with early stopping].")
 @click.option("--finetune-image-size", default=None, type=int, help="Fine-tune at N x N px [default: the "
               "checkpoint's own]; smaller is faster on a CPU.")
 @click.option("--train-sizes", default=None, help="Labelled training images per budget, comma-separated; all: the "

@@ -76,3 +76,19 @@ def test_device_accepts_a_gpu_index(folder):
     line = cli("extract", "--data", folder, "--backbone", TINY, "--weights", "random", "--device", "cuda:1")
     assert line.startswith("--device cuda:1 asked for, but PyTorch sees")
     assert api(lambda: featx.predict("nowhere.skops", [folder], device="cuda:2x")).startswith("--device must be")
+
+
+def test_finetune_options_are_declared_once():
+    """`featx finetune`'s options, `featx.finetune(**options)` and a study file's fine-tune options are
+    FinetuneConfig's fields, with its defaults: an option added there reaches all three."""
+    from dataclasses import fields
+
+    from featx.finetuning.config import FinetuneConfig
+    from featx.studies.spec import FINETUNE_OPTIONS
+
+    params = {p.name: p for p in main.commands["finetune"].params}
+    for f in fields(FinetuneConfig):
+        assert params[f.name].default == f.default, f.name
+    assert set(FINETUNE_OPTIONS) < {f.name for f in fields(FinetuneConfig)}
+    with pytest.raises(featx.FeatxError, match="unknown fine-tune option 'epoch'"):
+        featx.finetune("no-such-folder", epoch=3)

@@ -147,10 +147,30 @@ def test_the_evaluation_split_enters_no_choice(data, tmp_path):
     assert [r["y"] for r in before] != [r["y"] for r in after]  # the labels did change
 
 
-def test_n_all_is_what_fit_and_finetune_give(data, tmp_path):
+def test_n_all_is_what_fit_and_finetune_give(data, tmp_path, monkeypatch):
+    import featx.data.datasets as datasets
+    import featx.data.files as files
+
+    listed, hashed = [], []
+    from_folders, sha1_of_files = datasets._from_folders, files.sha1_of_files
+
+    def listing(root):
+        listed.append(root)
+        return from_folders(root)
+
+    def hashing(paths, *args, **kwargs):
+        hashed.append(list(paths))
+        return sha1_of_files(hashed[-1], *args, **kwargs)
+
+    monkeypatch.setattr(datasets, "_from_folders", listing)
+    monkeypatch.setattr(files, "sha1_of_files", hashing)
     records = featx.study(data, backbones=[TINY], heads=["logreg"], finetune=[TINY], train_sizes=["all"], repeats=1,
                           weights="random", finetune_options={"epochs": 2, "image_size": 64, "augment": "none"},
                           out=tmp_path / "s", workers=0, n_boot=100, **QUIET).records
+    monkeypatch.undo()
+    assert len(listed) == 1  # one listing of the data, handed to the extraction and the fine-tune
+    every = [str(p) for paths in hashed for p in paths]
+    assert every and len(every) == len(set(every))  # each image's bytes hashed once
     head, tuned = records
     [fitted] = featx.fit(data=data, backbone=TINY, weights="random", head="logreg", **QUIET)
     assert head["params"] == fitted.params
@@ -244,3 +264,4 @@ def test_a_recipe_gain_interval_excludes_zero_only_for_a_real_gain():
     gains = {g["recipe"]: g for g in recipe_gains(records)}
     assert gains[better]["low"] > 0.1
     assert gains[same]["low"] < gains[same]["gain"] < gains[same]["high"] and gains[same]["low"] < 0 < gains[same]["high"]
+

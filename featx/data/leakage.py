@@ -73,7 +73,8 @@ def check_dataset_copies(ds) -> list[str]:
     note on copies within a split goes to `ds.copies_note`. Returns each image's sha1 ('' if unreadable)."""
     from .files import file_contents
 
-    _, _, sha1s = file_contents(ds.root, ds.paths, ds.content, skip=ds.problems)
+    size, mtime, sha1s = file_contents(ds.root, ds.paths, ds.content, skip=ds.problems)
+    ds.content.update({p: (int(n), int(t), h) for p, n, t, h in zip(ds.paths, size, mtime, sha1s) if h})  # hashed once
     ds.copies_note = check_copies(ds.paths, ds.labels, ds.splits, sha1s, ds.classes, str(ds.root))
     return sha1s
 

@@ -15,7 +15,7 @@ from .._core.options import check_batch_size, check_options, feature_variant
 from .._core.paths import default_cache_dir
 from ..data.corruptions import parse_corruption
 from ..data.decode_policy import check_window
-from ..data.datasets import load_dataset
+from ..data.datasets import Dataset, load_dataset
 from .reuse import finished_cache
 from .store import FeatureStore
 
@@ -47,7 +47,8 @@ def extract(
     progress: bool = True,
     log=None,
 ) -> FeatureStore:
-    """Extract pooled features of `backbone` for every image of `data` and return the cache.
+    """Extract pooled features of `backbone` for every image of `data` (a folder, a manifest, or a loaded
+    `Dataset`) and return the cache.
 
     Only rows not yet done are computed: new files, files whose bytes changed, and the rest
     of an interrupted run. Unreadable images are skipped, recorded in the cache and reported.
@@ -72,7 +73,8 @@ def extract(
     batch_size = check_batch_size(batch_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
-    ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
+                                                             group_pattern=group_pattern, cache_dir=cache_dir)
     if splits is not None:
         missing = [s for s in splits if s not in ds.splits]
         if missing:

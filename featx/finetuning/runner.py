@@ -75,40 +75,16 @@ class FinetuneResult:
     threshold: float | None
     train_seconds: float
     stopped: str                   # why training ended
+    predictions: dict = field(default_factory=dict)  # split -> {"path", "sha1", "y", "proba"}, as saved
+    predict_seconds_per_image: float | None = None    # decoding included
 
 
 def finetune(
     data,
     backbone: str = "xception",
     *,
-    weights: str = "imagenet",
-    epochs: int = 10,
-    unfreeze: str = "all",
-    warmup_epochs: int = 0,
-    init_head_from=None,
-    lr: float = 1e-4,
-    layer_decay: float | None = None,
-    head_lr: float = 1e-3,
-    weight_decay: float = 0.05,
-    schedule: str = "cosine",
-    clip_grad: float = 1.0,
-    label_smoothing: float = 0.0,
-    class_weight: str = "balanced",
-    dropout: float = 0.2,
-    patience: int = 3,
-    augment: str = "xray",
-    image_size: int | None = None,
-    limit_train: int | None = None,
-    batch_size: int | None = None,
-    dicom_window: str = "default",
-    ema: float | None = None,
-    select: str = "loss",
-    drop_path: float | None = None,
-    mixup: float = 0.0,
-    cutmix: float = 0.0,
-    tta: str = "none",
+    config: FinetuneConfig | None = None,
     threshold: str | float = 0.5,
-    seed: int = 0,
     device: str = "auto",
     workers: int | None = None,
     val_fraction: float | None = None,
@@ -119,33 +95,28 @@ def finetune(
     rows: dict[str, list[int]] | None = None,
     progress: bool = True,
     log=None,
+    **options,
 ) -> FinetuneResult:
     """Fine-tune `backbone` on `data`, select the epoch on validation loss (or ROC-AUC), evaluate every split.
 
-    weights: "imagenet", "random", a weights file, or a featx fine-tune of this backbone (finetuning.starting).
-    unfreeze: "all", "none" (a linear probe trained by SGD), or "last:N" (the top N of timm's
-    coarse parameter groups: blocks of a ViT, stages of a CNN). layer_decay: each layer below the
-    top learns at this fraction of the one above (0.75 for ViTs). warmup_epochs trains the head alone first.
-    init_head_from: a featx logreg artifact on this backbone's features (linear probe, then
-    fine-tune; Kumar et al. 2022). limit_train and image_size make quick CPU runs possible.
-    dicom_window: how DICOM files are displayed (featx.data.dicom), as for extract.
-    ema: decay of a weight average (finetuning.averaging), scored beside the raw weights, selected and saved.
-    select: "loss" or "auc" (macro; ties to the lower loss). drop_path: stochastic depth rate. mixup, cutmix:
-    timm's Mixup alphas (0: off). tta: "hflip" evaluates the mean logits of both views.
+    `options`: what the network learns, FinetuneConfig's fields (declared there once, with their defaults and
+    limits: weights, epochs, unfreeze, lr, layer_decay, ema, select, augment, image_size, seed, ...), or a
+    whole `config`. weights: "imagenet", "random", a weights file, or a featx fine-tune of this backbone
+    (finetuning.starting). unfreeze: "all", "none" (a linear probe trained by SGD), or "last:N" (the top N of
+    timm's coarse parameter groups). init_head_from: a featx logreg artifact on this backbone's features
+    (linear probe, then fine-tune; Kumar et al. 2022).
+    data: a folder or manifest, or a loaded `Dataset` (a study lists its data once and passes it);
     rows: the dataset rows of each split to use instead of its own splits (`featx study` hands a label
-    budget's train and validation parts, and its evaluation split as "test").
+    budget's train and validation parts, and its evaluation split as "test"). The result holds the
+    predictions of every split, as saved with the artifact.
     """
-    config = FinetuneConfig(
-        backbone=backbone, weights=weights, epochs=epochs, unfreeze=unfreeze, warmup_epochs=warmup_epochs,
-        init_head_from=init_head_from, lr=lr, layer_decay=layer_decay, head_lr=head_lr, weight_decay=weight_decay, schedule=schedule,
-        clip_grad=clip_grad, label_smoothing=label_smoothing, class_weight=class_weight, dropout=dropout,
-        patience=patience, augment=augment, image_size=image_size, limit_train=limit_train, batch_size=batch_size,
-        seed=seed, dicom_window=dicom_window, ema=ema, select=select, drop_path=drop_path, mixup=mixup,
-        cutmix=cutmix, tta=tta)
+    config = config or FinetuneConfig.of({"backbone": backbone, **options})
     parse_threshold(threshold)
     check_options(device=device)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    ds = load_dataset(data, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed, cache_dir=cache_dir)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction,
+                                                             group_pattern=group_pattern, seed=config.seed,
+                                                             cache_dir=cache_dir)
     if config.dicom_window != "default" and not ds.has_dicom:
         raise FeatxError(f"--dicom-window applies to DICOM files, and {ds.root} has none")
     if "val" not in (rows or ds.splits):
@@ -419,7 +390,7 @@ def _finish(run: _Run, stopped: str, threshold, log) -> FinetuneResult:
                for s, p in predictions.items()}
     train_seconds = sum(h["seconds"] for h in state["history"])  # resumed epochs included
     result = FinetuneResult(run.out / "model.pt", metrics, state["history"], state["best_epoch"], cut, train_seconds,
-                            stopped)
+                            stopped, predictions, predict_seconds)
     if run.rank == 0:
         _save(run, threshold, cut, metrics, predictions, train_seconds, predict_seconds, stopped, log)
     return result

@@ -20,10 +20,10 @@ from ..heads.specs import head_names
 from ..models.registry import get_spec
 
 DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
-# What a study may set on its fine-tunes (finetune's own options; the budget sets the data and seed).
-FINETUNE_OPTIONS = ("epochs", "unfreeze", "warmup_epochs", "lr", "layer_decay", "head_lr", "weight_decay", "schedule",
-                    "clip_grad", "label_smoothing", "class_weight", "dropout", "patience", "augment", "image_size",
-                    "batch_size", "dicom_window", "ema", "select", "drop_path", "mixup", "cutmix", "tta")
+# What a study may set on its fine-tunes: finetune's own options, less those the study sets (the backbone,
+# weights and seed) or that would break its budgets (a head from another fit, a subset of the budget).
+FINETUNE_OPTIONS = tuple(f.name for f in fields(FinetuneConfig)
+                         if f.name not in ("backbone", "weights", "seed", "init_head_from", "limit_train"))
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,8 @@ import numpy as np
 from .._core.atomic import write_csv_atomic, write_text_atomic
 from .._core.console import log_line, progress_bar
 from .._core.errors import FeatxError
-from .._core.hashing import record_hash
+from .._core.hashing import images_fingerprint, record_hash
 from .._core.paths import default_cache_dir
-from ..artifacts.format import images_fingerprint, load_predictions, read_sidecar
 from ..artifacts.model_card import record_choice, write_model_card
 from ..artifacts.sidecar import MethodId
 from ..data.budgets import Budget, held_out, label_budgets
@@ -41,6 +40,7 @@ from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
 from ..evaluation.significance import point_metrics
 from ..features.reuse import finished_cache
+from ..finetuning.config import FinetuneConfig
 from ..heads.selection import SELECTION_RULES
 from .estimates import Throughput
 from .label_curves import COLUMNS, Curve, Pool, unit_record
@@ -217,7 +217,7 @@ class Plan:
         size = options.get("image_size")
         train = self.throughput.images_per_second("train", backbone, size)
         evaluate = self.throughput.images_per_second("eval", backbone, size)
-        epochs = options.get("epochs", 10)
+        epochs = FinetuneConfig(**options).epochs
         n_val = int(round(0.2 * budget.n_images))
         return epochs * ((budget.n_images - n_val) / train + n_val / evaluate) + \
             (budget.n_images + len(self.eval_rows)) / evaluate
@@ -324,10 +324,8 @@ class Plan:
 
         before = self.finished.get(backbone)  # as planned: the files were checked once, there
         started = time.perf_counter()
-        store = extract(self.spec.data, backbone, weights=self.spec.weights, val_fraction=self.spec.val_fraction,
-                        group_pattern=self.spec.group_pattern, seed=self.spec.seed, cache_dir=self.cache_dir,
-                        workers=self.workers, progress=progress,
-                        log=log)
+        store = extract(self.ds, backbone, weights=self.spec.weights, cache_dir=self.cache_dir, workers=self.workers,
+                        progress=progress, log=log)  # the study's Dataset: listed once
         if before is None and store.n_rows >= 32:
             self.throughput.record("extract", backbone, store.n_rows / (time.perf_counter() - started))
         pool = Pool(store, "train", self.evaluate_on)
@@ -355,7 +353,8 @@ class Plan:
 
     def _finetune(self, u: Unit, progress: bool, log) -> int:
         """A fine-tune on the budget alone: its validation cut from the budget by patient, the evaluation
-        split as its test; resumed from its last epoch when a killed study left one."""
+        split as its test; resumed from its last epoch when a killed study left one. The study's own
+        Dataset is handed down (listed once), and the predictions come back in memory."""
         from ..finetuning.runner import finetune  # torch: only when a fine-tune runs
 
         path = self.out / "units" / f"{u.key}.json"
@@ -369,17 +368,22 @@ class Plan:
         write_text_atomic(folder / "budget.json", json.dumps(
             {s: [self.ds.paths[i] for i in r] for s, r in rows.items() if s != "test"}, indent=0) + "\n")
         options = self.spec.recipes()[u.method.recipe]
-        result = finetune(self.spec.data, u.backbone, weights=self.spec.weights, seed=self.spec.seed,
-                          threshold=self.spec.threshold, val_fraction=self.spec.val_fraction,
-                          group_pattern=self.spec.group_pattern,
-                          cache_dir=self.cache_dir, out_dir=folder, resume=(folder / "last.pt").exists(),
-                          rows=rows, workers=self.workers, progress=progress, log=log, **options)
-        info = read_sidecar(result.artifact)
-        test = load_predictions(result.artifact, info)["test"]
-        history = result.history
+        config = FinetuneConfig.of({"backbone": u.backbone, "weights": self.spec.weights, "seed": self.spec.seed,
+                                    **options})
+        result = finetune(self.ds, config=config, threshold=self.spec.threshold, cache_dir=self.cache_dir,
+                          out_dir=folder, resume=(folder / "last.pt").exists(), rows=rows, workers=self.workers,
+                          progress=progress, log=log)
+        trained = rows["train"] + rows["val"]
+        _save(path, self._finetune_record(u, result, options, trained))
+        (folder / "last.pt").unlink(missing_ok=True)  # done: model.pt is the unit's network, no resume is left
+        return 1
+
+    def _finetune_record(self, u: Unit, result, options: dict, trained: list[int]) -> dict:
+        """The unit's record of a finished fine-tune (its rates recorded for later plans)."""
+        test, history = result.predictions["test"], result.history
         rate = sum(h["images_per_second"] * h["seconds"] for h in history) / max(sum(h["seconds"] for h in history),
                                                                                 1e-9)
-        record = unit_record(u.method, u.budget.n, len(train) + len(val), u.budget.repeat, test["y"], test["proba"],
+        record = unit_record(u.method, u.budget.n, len(trained), u.budget.repeat, test["y"], test["proba"],
                              result.threshold, {"best_epoch": result.best_epoch, "epochs_run": len(history), **options},
                              result.train_seconds, images_per_second=rate, n_boot=self.spec.n_boot,
                              seed=self.spec.seed)
@@ -387,15 +391,12 @@ class Plan:
         record.update(_eval_predictions(evaluated, test["y"], record.pop("proba")),
                       artifact=os.path.relpath(result.artifact, self.out), classes=list(self.ds.classes),
                       eval_split=self.evaluate_on, train_images=_trained_on(
-                          [self.ds.paths[i] for i in rows["train"] + rows["val"]],
-                          [self.sha1s[i] for i in rows["train"] + rows["val"]]))
+                          [self.ds.paths[i] for i in trained], [self.sha1s[i] for i in trained]))
         size = options.get("image_size")
         self.throughput.record("train", u.backbone, rate, size)
-        if info.get("predict_seconds_per_image"):
-            self.throughput.record("eval", u.backbone, 1 / info["predict_seconds_per_image"], size)
-        _save(path, record)
-        (folder / "last.pt").unlink(missing_ok=True)  # done: model.pt is the unit's network, no resume is left
-        return 1
+        if result.predict_seconds_per_image:
+            self.throughput.record("eval", u.backbone, 1 / result.predict_seconds_per_image, size)
+        return record
 
     def _paths(self, pool_rows) -> list[str]:
         return [self.ds.paths[i] for i in self.pool[np.asarray(pool_rows, int)]]
