@@ -3,6 +3,7 @@ that strings left are closed: DICOM rules per file, copied projects, the out-of-
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -143,3 +144,38 @@ def test_the_report_draws_the_heatmap_of_an_out_of_core_logreg(split_folder, tmp
     said = []
     report(split_folder, split="val", out=tmp_path / "report", n_boot=50, heatmaps=1, log=said.append)
     assert (tmp_path / "report" / "heatmaps.png").is_file(), said
+
+
+def test_a_moved_project_reuses_every_study_unit_and_a_fine_tune_from_a_parent(tmp_path):
+    """No absolute path names anything: after the project folder moves, the study computes nothing, a
+    fine-tune continued from one of its units keeps its run folder's name, and no unit, run record or
+    head's sidecar holds the old place."""
+    project, moved = tmp_path / "project", tmp_path / "elsewhere" / "project"
+    data = project / "data"
+    make_folder(data, 16, split="train")
+    make_folder(data, 6, split="val", start=30)
+    make_folder(data, 4, split="test", start=40)
+    quiet = dict(workers=0, log=lambda m: None)
+    options = dict(backbones=[TINY], heads=["logreg"], finetune=[TINY], train_sizes=["all"], repeats=1,
+                   weights="random", finetune_options={"epochs": 1, "image_size": 64}, n_boot=100, **quiet)
+
+    def run(root, said=None):
+        done = featx.study(root / "data", out=root / "study", cache_dir=root / "cache",
+                           **{**options, "log": said.append if said is not None else quiet["log"]})
+        parent = root / "study" / done.records[1]["artifact"]
+        child = featx.finetune(root / "data", TINY, weights=parent.parent, epochs=1, image_size=64,
+                               cache_dir=root / "cache", progress=False, resume=root == moved, **quiet)
+        return done, child
+
+    before, child = run(project)
+    shutil.move(str(project), str(moved))
+    said = []
+    after, again = run(moved, said)
+    assert any("0 of 2 units computed now" in line for line in said), said
+    assert after.leader == moved / before.leader.relative_to(project)  # the same model kept, found where it is now
+    assert again.artifact.parent.name == child.artifact.parent.name  # the same run (resumed): the parent's bytes
+    for path in [*(moved / "study" / "units").glob("*.json"), *(moved / "cache").rglob("config.json"),
+                 *(moved / "study" / "models").glob("*.json")]:
+        text = path.read_text()
+        kept = text.replace(json.dumps(str(project))[1:-1] + "/data", "")  # where the data was: a fact, not a name
+        assert str(project) not in kept, path

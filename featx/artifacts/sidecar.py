@@ -112,3 +112,9 @@ class Sidecar:
     @property
     def finetuned(self) -> bool:
         return self.kind == "finetune"
+
+    def features_file(self, artifact) -> Path | None:
+        """The feature cache a head was fitted on, found from the artifact's folder (older sidecars recorded
+        an absolute path); None for a fine-tune."""
+        file = self.raw["features"].get("file")
+        return None if not file else Path(artifact).parent / file  # an absolute `file` stays itself

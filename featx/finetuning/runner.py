@@ -52,7 +52,7 @@ from ..features.identity import FeatureRecipe
 from ..evaluation.thresholds import parse_threshold, resolve_threshold, rule_name
 from ..models.backbones import Backbone, create_backbone
 from ..models.network import FinetuneNetwork
-from ..models.weight_files import ResolvedWeights
+from ..models.weight_files import ResolvedWeights, weights_identity
 from ..models.weights import state_sha256
 from . import checkpoints
 from .averaging import WeightAverage
@@ -186,7 +186,9 @@ def _set_up(config: FinetuneConfig, ds: Dataset, sha1s: list[str], device: torch
     if config.init_head_from:
         load_probe_into_head(net, bb, config.init_head_from, ds.classes)
     rows = {s: sorted(map(int, r)) for s, r in rows.items()} if rows else _split_rows(ds, config)
-    record = {**config.hashed(), "recipe": _recipe(bb, config).to_dict(),
+    record = {**config.hashed(), "weights": weights_identity(config.weights),  # files by their bytes, not their path
+              **({"init_head_from": weights_identity(config.init_head_from)} if config.init_head_from else {}),
+              "recipe": _recipe(bb, config).to_dict(),
               "classes": ds.classes, "train_rows": record_hash(rows["train"], 16),
               "val_rows": record_hash(rows["val"], 16),
               "images": images_fingerprint((ds.paths[i], sha1s[i]) for s in ("train", "val") for i in rows[s])[:16]}
@@ -414,7 +416,7 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
                          packages=("torch", "timm", "numpy"), best_epoch=state["best_epoch"], stopped=stopped,
                          history=state["history"], config_hash=run.config_hash, skipped=run.skipped,
                          selected_by=selection(run.config),
-                         started_from=run.parent.record() if run.parent else None)
+                         started_from=run.parent.described() if run.parent else None)
     artifact = save_checkpoint_artifact(run.out / "model.pt", checkpoints.cpu_state(run.training.net), info,
                                         predictions)
     (run.out / "best_weights.pt").unlink(missing_ok=True)  # model.pt now holds the same weights

@@ -35,9 +35,13 @@ class Parent:
     state: dict
 
     def record(self) -> dict:
-        """What a run started from it records (and its hash is taken over)."""
-        return {"path": str(self.path), "sha256": self.sha256, "config_hash": self.config_hash,
-                "classes": list(self.classes)}
+        """What a run's hash is taken over: the parent by its bytes, never its path (a moved project resumes
+        and reuses its fine-tunes)."""
+        return {"sha256": self.sha256, "config_hash": self.config_hash, "classes": list(self.classes)}
+
+    def described(self) -> dict:
+        """What the run's sidecar says it started from: the record, and where the parent was."""
+        return {"path": str(self.path), **self.record()}
 
 
 def fine_tune_named(weights: str) -> Path | None:

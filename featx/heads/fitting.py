@@ -142,7 +142,7 @@ def save_head(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics
               models_dir: Path, key: dict, predict_seconds: float) -> Path:
     """A selected head as a featx artifact (skops file, sidecar, predictions) and its model card, named by
     its features, head, options and the images it learned from (`key`); returns its path."""
-    info = _sidecar(name, store, sel, rule, cut, metrics, key, predict_seconds)
+    info = _sidecar(name, store, sel, rule, cut, metrics, key, predict_seconds, models_dir)
     path = models_dir / f"{file_safe(store.config['backbone'])}-{name}-{_artifact_hash(store, name, key)}{portable.SUFFIX}"
     save_artifact(path, sel.estimator, info, predictions)
     write_model_card(path)
@@ -325,8 +325,10 @@ def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
 
 
 def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, key: dict,
-             predict_seconds: float) -> dict:
-    features = feature_record(store.config, num_features=store.num_features, file=store.path.resolve(),
+             predict_seconds: float, models_dir: Path) -> dict:
+    # the cache as seen from the model's folder: a moved or copied project still finds it
+    cache = os.path.relpath(store.path.resolve(), Path(models_dir).resolve())
+    features = feature_record(store.config, num_features=store.num_features, file=cache,
                               config_hash=store.config.get("config_hash"))
     selection = {"method": sel.method, "metric": "roc_auc",
                  "candidates": [{"params": p, "roc_auc": v} for p, v in sel.scores]}

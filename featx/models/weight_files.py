@@ -119,6 +119,18 @@ def resolve_weights(spec, weights: str) -> ResolvedWeights:
     return ResolvedWeights("hub", label=f"timm hub ({spec.timm_name})")
 
 
+def weights_identity(weights: str) -> str:
+    """--weights as an identity may hold it: imagenet, random or a hub name as given; a file or folder by the
+    fingerprint of its bytes (a path would change when the project moves, the bytes do not)."""
+    path = Path(str(weights)).expanduser()
+    if str(weights) in ("imagenet", "random") or not path.exists():
+        return str(weights)
+    found = path
+    if path.is_dir():  # a featx fine-tune's run folder, or a Hugging Face model folder
+        found = path / "model.pt" if (path / "model.pt").is_file() else file_in_model_folder(path)
+    return _fingerprint(found) or str(weights)
+
+
 def recorded_kind(config: dict) -> str:
     """The kind of weights a cache or sidecar recorded; for those written before kinds were, read
     from their label (the one place that does)."""

@@ -95,7 +95,8 @@ def _record(path: Path, info: dict, p: dict | None, split: str, note: str = "", 
         "method": sidecar.method.label, "kind": sidecar.kind, "head": sidecar.method.head, "artifact": str(path),
         "sha256": info.get("sha256"), "split": split,
         "ranked": not note, "note": note, "n": 0, "threshold": info.get("threshold"),
-        "train_seconds": info.get("train_seconds"), "features_file": info["features"].get("file"),
+        "train_seconds": info.get("train_seconds"), "features_file": str(sidecar.features_file(path) or "") or None,
+        "backbone": sidecar.method.backbone,
         "predict_seconds_per_image": info.get("predict_seconds_per_image"), "size_bytes": size,
         "classes": info["classes"], "p_delong": None, "p_mcnemar": None, "p_delong_holm": None,
         "p_mcnemar_holm": None,
@@ -195,7 +196,7 @@ def shift_note(records: list[dict]) -> str:
         return ""
     start, score, r = found
     low, high = score["ci"]
-    return (f"{start} -> {r['split']} shift ({r['method'].split(' + ')[0]} features): domain AUC "
+    return (f"{start} -> {r['split']} shift ({r['backbone']} features): domain AUC "
             f"{score['auc']:.2f} [{low:.2f}, {high:.2f}]" + ("; thresholds chosen on validation may not "
                                                              "transfer" if low > 0.6 else ""))
 

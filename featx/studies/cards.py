@@ -8,6 +8,7 @@ from .._core.paths import default_cache_dir
 from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts
 from ..artifacts.format import checked_sidecar
 from ..artifacts.model_card import write_model_card
+from ..artifacts.sidecar import Sidecar
 from ..evaluation.sets import EVALUATED
 from .measurements import saved_robustness
 from .shift import recorded_shift
@@ -24,16 +25,16 @@ def refresh_card(artifact, *, intended_use: str | None = None, limitations: str 
             saved = saved_robustness(models_dir, split)  # its rows are found by the model file's sha256
             if saved and not any(r.get("split") == split for r in rows):
                 rows += [{**r, "split": split} for r in saved.rows_of(info["sha256"])]
-    return write_model_card(artifact, robustness=rows, shift=_own_shift(info), intended_use=intended_use,
+    return write_model_card(artifact, robustness=rows, shift=_own_shift(artifact, info), intended_use=intended_use,
                             limitations=limitations)
 
 
-def _own_shift(info: dict) -> list[str]:
+def _own_shift(artifact: Path, info: dict) -> list[str]:
     """The shift `featx shift` measured on this model's features into a split the model was evaluated on,
     with the same images; none when it was measured on other features or images."""
-    cache, features = info["features"].get("file"), info["features"].get("config_hash")
+    cache, features = Sidecar.from_json(info).features_file(artifact), info["features"].get("config_hash")
     for split in EVALUATED:
-        found = recorded_shift(cache, split) if cache and Path(cache).exists() else None
+        found = recorded_shift(cache, split) if cache and cache.exists() else None
         if not found:
             continue
         start, record = found

@@ -42,6 +42,7 @@ from ..evaluation.significance import point_metrics
 from ..features.reuse import finished_cache
 from ..finetuning.config import FinetuneConfig
 from ..heads.selection import SELECTION_RULES
+from ..models.weight_files import weights_identity
 from .estimates import Throughput
 from .label_curves import COLUMNS, Curve, Pool, unit_record
 from .result import StudyResult
@@ -200,7 +201,7 @@ class Plan:
     def finetune_key(self, backbone: str, images: str, budget: Budget, options: dict) -> str:
         """Named by what the fine-tune is made of, not by its recipe's name: two studies (or two names) asking
         the same options share the unit."""
-        return record_hash({"finetune": backbone, "weights": self.spec.weights, "options": options,
+        return record_hash({"finetune": backbone, "weights": weights_identity(self.spec.weights), "options": options,
                             "images": images, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
                             **self.record}, 16)
 
