@@ -30,7 +30,7 @@ _API = {
     "load": "artifacts.predictors", "convert_artifact": "artifacts.conversion",
     "predict": "artifacts.prediction",
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
-    "compare": "reporting.comparison", "report": "reporting.document", "explain": "reporting.heatmaps",
+    "compare": "reporting.comparison", "report": "reporting.document", "explain": "artifacts.explaining",
     "robustness": "studies.robustness", "study": "reporting.study_report",
     "StudyResult": "studies.result", "StudyReport": "reporting.study_report",
     "export": "exporting.onnx_export", "refresh_card": "studies.cards",

@@ -619,7 +619,8 @@ def explain_command(image, model_path, out, target, layer):
     """
     from pathlib import Path
 
-    from .reporting.heatmaps import explain, overlay
+    from .artifacts.explaining import explain
+    from .reporting.heatmaps import overlay
 
     result = explain(model_path, image, target=target, layer=layer)
     out = out or f"{Path(image).stem}.heatmap.png"

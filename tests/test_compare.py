@@ -15,7 +15,7 @@ from featx.cli import main
 from featx.evaluation.significance import (bootstrap_ci, delong_auc_variance, delong_test, holm, mcnemar_test,
                                           point_metrics)
 
-from conftest import TINY, make_folder, one_line_error, three_way, toy_features, write_store
+from conftest import TINY, make_folder, one_line_error, save, three_way, toy_features, write_store, xray_like
 
 
 def run(*args):
@@ -221,6 +221,23 @@ def test_linear_cam_is_exact(image_models):
     result = featx.explain(model, image, target="PNEUMONIA")
     features = model.image_features([image])[0]
     assert result["low_res"].mean() == pytest.approx(model.head.decision_function(features)[0], abs=1e-4)
+
+
+def test_explain_reads_the_image_as_the_model_does(tmp_path):
+    """A head on features of JPEGs decoded in draft mode: its heatmap's probabilities are featx predict's,
+    from the same (draft-decoded) pixels, not those of a full decode."""
+    data = tmp_path / "data"
+    for c, name in enumerate(("NORMAL", "PNEUMONIA")):
+        for i in range(6):
+            big = np.kron(xray_like(i + 50 * c, bright=bool(c)), np.ones((12, 12), np.uint8))  # 768 x 576
+            save(data / name / f"IM-{1000 + 10 * c + i:04d}-0001.jpeg", big, quality=90)
+    store = featx.extract(data, TINY, weights="random", val_fraction=0.34, decode="pil-draft", workers=0,
+                          progress=False)
+    [logreg] = featx.fit(store.path, head="logreg", log=lambda m: None)
+    image = next((data / "PNEUMONIA").glob("*.jpeg"))
+    [row] = featx.predict(logreg.artifact, [image], device="cpu")
+    proba = featx.explain(logreg.artifact, image)["proba"]
+    assert proba == pytest.approx([row["p_NORMAL"], row["p_PNEUMONIA"]], abs=1e-5)
 
 
 def test_explain_refusals_are_one_line(image_models, tmp_path):

@@ -17,7 +17,7 @@ from ..artifacts.prediction import predict
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..data.images import load_image
 from ..studies.cards import refresh_card
-from ..reporting.heatmaps import LINEAR_HEADS, explain
+from ..artifacts.explaining import LINEAR_HEADS, explain
 
 
 @dataclass

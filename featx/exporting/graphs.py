@@ -89,6 +89,7 @@ def image_module(model, data_config: dict, tta: str = "none", softmax: bool = Fa
     import torch
 
     from ..data.transforms import Normalize
+    from ..models.views import probabilities, views_mean
 
     class ImageInput(torch.nn.Module):
         def __init__(self):
@@ -97,10 +98,8 @@ def image_module(model, data_config: dict, tta: str = "none", softmax: bool = Fa
 
         def forward(self, image):
             x = self.normalize(image.permute(0, 3, 1, 2))
-            out = self.model(x)
-            if tta == "hflip":
-                out = (out + self.model(torch.flip(x, dims=[3]))) / 2
-            return torch.softmax(out, dim=1) if softmax else out
+            out = views_mean(self.model, x, tta)
+            return probabilities(out) if softmax else out
 
     return ImageInput().eval()
 

@@ -24,6 +24,7 @@ from .._core.runtime import autocast
 from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import Normalize
 from ..models.network import FinetuneNetwork
+from ..models.views import probabilities, views_mean
 from .averaging import WeightAverage
 from .freezing import train_mode
 from .mixing import Mixing
@@ -189,10 +190,7 @@ def predict_rows(t: Training, images: ImageFiles, rows: list[int], labels: np.nd
             skipped.update((images.paths[row], reason) for row, reason in batch.problems)
             if batch.images is not None:
                 x = t.inputs(batch.images)
-                logits = net(x)
-                if t.tta == "hflip":
-                    logits = (logits + net(torch.flip(x, dims=[3]))) / 2
-                probas.append(torch.softmax(logits.float(), 1).cpu().numpy())
+                probas.append(probabilities(views_mean(net, x, t.tta)).cpu().numpy())
                 read = dict(batch.read_sha1)
                 done += batch.rows
                 sha1 += [read[row] for row in batch.rows]

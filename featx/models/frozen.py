@@ -18,6 +18,7 @@ from .._core.console import silent
 from .._core.errors import FeatxError
 from .._core.runtime import autocast
 from ..data.transforms import Normalize
+from .views import views_mean
 
 FOLD_TOLERANCE = 1e-4  # max |difference| relative to max |output|
 
@@ -159,9 +160,7 @@ class FrozenForward:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             try:
-                feats = self.model(x)
-                if self.tta == "hflip":
-                    feats = (feats + self.model(torch.flip(x, dims=[3]))) / 2
+                feats = views_mean(self.model, x, self.tta)
             except torch.OutOfMemoryError:
                 raise
             except Exception as exc:

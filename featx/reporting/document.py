@@ -234,11 +234,8 @@ def _mistake_grid(plt, record, rows: list[int]) -> bytes:
 def _heatmaps(plt, ranked, mistakes, limit: int, log):
     """Heatmaps of the best explainable method on its mistakes (or its first images)."""
     from ..artifacts.predictors import load
-    from .heatmaps import (  # torch: only when heatmaps are asked for
-        LINEAR_HEADS,
-        draw,
-        explain,
-    )
+    from ..artifacts.explaining import LINEAR_HEADS, explain  # torch: only when heatmaps are asked for
+    from .heatmaps import draw
 
     usable = [r for r in ranked if r["head"] == "finetune" or r["head"] in LINEAR_HEADS]
     reasons = []

@@ -10,7 +10,6 @@ predictions saved with each model, the ones `featx compare` ranks.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path

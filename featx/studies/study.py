@@ -34,7 +34,7 @@ from .._core.paths import default_cache_dir
 from ..artifacts.model_card import record_choice, write_model_card
 from ..artifacts.sidecar import MethodId
 from ..data.budgets import Budget, held_out, label_budgets
-from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
+from ..data.datasets import DEFAULT_GROUP_PATTERN, load_dataset
 from ..data.files import file_contents
 from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
