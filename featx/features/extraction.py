@@ -20,33 +20,12 @@ from .reuse import finished_cache
 from .store import FeatureStore
 
 
-def extract(
-    data,
-    backbone: str = "xception",
-    *,
-    weights: str = "imagenet",
-    cache_dir=None,
-    output=None,
-    batch_size: int | str | None = None,
-    device: str = "auto",
-    workers: int | None = None,
-    dtype: str = "float32",
-    layer: str | None = None,
-    image_size: int | None = None,
-    pool: str | None = None,
-    layers: str | None = None,
-    tta: str = "none",
-    decode: str = "pil",
-    corruption: str | None = None,
-    dicom_window: str = "default",
-    splits=None,
-    compile: bool = False,
-    val_fraction: float | None = None,
-    group_pattern: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    log=None,
-) -> FeatureStore:
+def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cache_dir=None, output=None,
+            batch_size: int | str | None = None, device: str = "auto", workers: int | None = None,
+            dtype: str = "float32", layer: str | None = None, image_size: int | None = None, pool: str | None = None,
+            layers: str | None = None, tta: str = "none", decode: str = "pil", corruption: str | None = None,
+            dicom_window: str = "default", splits=None, compile: bool = False, val_fraction: float | None = None,
+            group_pattern: str | None = None, seed: int = 0, progress: bool = True, log=None) -> FeatureStore:
     """Extract pooled features of `backbone` for every image of `data` (a folder, a manifest, or a loaded
     `Dataset`) and return the cache.
 
@@ -73,15 +52,8 @@ def extract(
     batch_size = check_batch_size(batch_size)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
-    ds = data if isinstance(data, Dataset) else load_dataset(data, val_fraction=val_fraction, seed=seed,
-                                                             group_pattern=group_pattern, cache_dir=cache_dir)
-    if splits is not None:
-        missing = [s for s in splits if s not in ds.splits]
-        if missing:
-            raise FeatxError(f"{ds.root} has no {', '.join(missing)} split; its splits: {', '.join(ds.counts())}")
-        ds = ds.subset(splits)
-    if dicom_window != "default" and not ds.has_dicom:
-        raise FeatxError(f"--dicom-window applies to DICOM files, and {ds.root} has none")
+    ds = _dataset(data, splits, dicom_window, val_fraction=val_fraction, seed=seed, group_pattern=group_pattern,
+                  cache_dir=cache_dir)
     store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, variant=variant, tta=tta,
                            decode=decode, corruption=corrupted, dtype=dtype, cache_dir=cache_dir, output=output,
                            dicom_window=dicom_window)
@@ -96,3 +68,16 @@ def extract(
                       device=device, workers=workers, dtype=dtype, layer=layer, variant=variant, tta=tta, decode=decode,
                       corruption=corrupted, dicom_window=dicom_window,
                       compile=compile, progress=progress, log=log)
+
+
+def _dataset(data, splits, dicom_window: str, **listing):
+    """The images to extract: `data` listed (or the Dataset given), less the splits not asked for."""
+    ds = data if isinstance(data, Dataset) else load_dataset(data, **listing)
+    if splits is not None:
+        missing = [s for s in splits if s not in ds.splits]
+        if missing:
+            raise FeatxError(f"{ds.root} has no {', '.join(missing)} split; its splits: {', '.join(ds.counts())}")
+        ds = ds.subset(splits)
+    if dicom_window != "default" and not ds.has_dicom:
+        raise FeatxError(f"--dicom-window applies to DICOM files, and {ds.root} has none")
+    return ds

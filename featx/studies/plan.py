@@ -1,0 +1,267 @@
+"""A study's plan: its units in one order, what of them is done, and how long the rest should take.
+
+A study is a list of units, numbered in one order: one extraction per frozen backbone, then one fit per
+head x budget, then one fine-tune per backbone x budget (a budget: n labelled images of one repeat,
+featx.data.budgets). Each unit is named by what it is made of (the features' identity or the fine-tune's
+options, the images' bytes, the method, n, the repeat, the evaluation split, the seed and the threshold
+rule), so a unit already saved under its name is done. The evaluation split is `test` when the data has
+one, else the validation split cut once from train (`val_fraction`), which then leaves the pool.
+Estimates come from rates measured on this machine (studies.estimates). studies.study runs the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .._core.errors import FeatxError
+from .._core.hashing import images_fingerprint, record_hash
+from ..artifacts.sidecar import MethodId
+from ..data.budgets import Budget, label_budgets
+from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
+from ..data.files import file_contents
+from ..data.leakage import check_dataset_copies
+from ..evaluation.sets import EvaluationSet, evaluation_split
+from ..features.reuse import finished_cache
+from ..finetuning.config import FinetuneConfig
+from ..heads.selection import SELECTION_RULES
+from ..models.weight_files import weights_identity
+from .estimates import Throughput
+from .spec import StudySpec
+
+
+class UnitKind(Enum):
+    EXTRACT = "extract"
+    FIT = "fit"
+    FINETUNE = "finetune"
+
+
+class UnitState(Enum):
+    PLANNED = "planned"
+    DONE = "done"  # its record (or, for an extraction, its cache) is complete on disk
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a study's work; `index` is its number for `--unit`."""
+
+    index: int
+    kind: UnitKind
+    backbone: str
+    method: MethodId | None = None  # what a fit or fine-tune trains; None for an extraction
+    budget: Budget | None = None
+    key: str | None = None          # names its saved record; None until its features exist (fits)
+    state: UnitState = UnitState.PLANNED
+    seconds: float | None = None    # estimated time left; None: not estimated
+
+    @property
+    def done(self) -> bool:
+        return self.state is UnitState.DONE
+
+    @property
+    def name(self) -> str:
+        return self.backbone if self.kind is UnitKind.EXTRACT else self.method.label
+
+    def describe(self) -> str:
+        if self.kind is UnitKind.EXTRACT:
+            return f"extract {self.backbone}"
+        return f"{self.kind.value} {self.name} n={self.budget.n or 'all'} repeat {self.budget.repeat}"
+
+
+def _state(done: bool) -> UnitState:
+    return UnitState.DONE if done else UnitState.PLANNED
+
+
+class Plan:
+    """A study's units in order, what of them is done, and how long the rest should take."""
+
+    @classmethod
+    def of(cls, spec: StudySpec, cache_dir: Path, out: Path, workers=None, dry_run: bool = False) -> Plan:
+        """The plan of `spec`: its data listed once (a dry run stores no validation cut), its units checked
+        against what `out` and the cache hold."""
+        ds = load_dataset(spec.data, val_fraction=spec.val_fraction, group_pattern=spec.group_pattern,
+                          seed=spec.seed, cache_dir=cache_dir, store_split=not dry_run)
+        return cls(spec, ds, cache_dir, out, workers)
+
+    def __init__(self, spec: StudySpec, ds: Dataset, cache_dir: Path, out: Path, workers=None):
+        self.spec, self.ds, self.cache_dir, self.out, self.workers = spec, ds, cache_dir, out, workers
+        # what every unit is named by besides its own parts: patients grouped otherwise draw other budgets
+        self.record = {**spec.record, **({"group_pattern": self.ds.group_pattern}
+                                         if self.ds.group_pattern != DEFAULT_GROUP_PATTERN else {})}
+        self.evaluate_on = evaluation_split(self.ds.splits, spec.eval_split, where=str(self.ds.root))
+        self.pool = np.array([i for i, s in enumerate(self.ds.splits) if s == "train"])
+        self.eval_rows = [i for i, s in enumerate(self.ds.splits) if s == self.evaluate_on]
+        self.sizes = spec.sizes(len(self.pool))
+        self.budgets = sorted(label_budgets(self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
+                                            self.sizes, repeats=spec.repeats, seed=spec.seed,
+                                            classes=self.ds.classes),
+                              key=lambda b: (b.n is None, b.n or 0, b.repeat))  # every size checked before any work
+        # the whole pool (n = all, or a size that takes every image): one draw, as its repeats would be identical
+        whole = {b.n for b in self.budgets if b.n is not None and len(b.rows) == len(self.pool)}
+        self.budgets = [b for b in self.budgets if (b.n is not None and b.n not in whole) or b.repeat == 0]
+        self.notes = [f"n={n} takes the whole pool of {len(self.pool)} images: one draw, not {spec.repeats} identical "
+                      "repeats" for n in sorted(whole)] if spec.repeats > 1 else []
+        self.throughput = Throughput(cache_dir)
+        self.units = self._units()
+
+    @cached_property
+    def evaluation(self) -> EvaluationSet:
+        """The evaluation split's images by path and content: every unit found under its key was scored on
+        exactly these (a unit's key holds them), so the verdict pairs units by this value."""
+        paths = [self.ds.paths[i] for i in self.eval_rows]
+        _, _, sha1s = file_contents(self.ds.root, paths, self.ds.content, skip=self.ds.problems)
+        return EvaluationSet.of(self.evaluate_on, paths, sha1s)
+
+    # -- the plan --------------------------------------------------------------------------------------
+    def _units(self) -> list[Unit]:
+        units = [Unit(i, UnitKind.EXTRACT, b) for i, b in enumerate(self.spec.backbones if self.spec.heads else ())]
+        self.finished = stores = {}  # backbone -> its complete cache when planned, else None
+        for u in list(units):
+            stores[u.backbone] = self._finished(u.backbone)
+            units[u.index] = replace(u, state=_state(stores[u.backbone] is not None),
+                                     seconds=None if stores[u.backbone] else self._extract_seconds(u.backbone))
+        for backbone in (self.spec.backbones if self.spec.heads else ()):
+            store = stores[backbone]
+            images = store_images(store, self.evaluate_on) if store else None
+            for head in self.spec.heads:
+                for budget in self.budgets:
+                    key = self.fit_key(store, images, head, budget) if store else None
+                    done = key is not None and (self.out / "units" / f"{key}.json").is_file()
+                    seconds = None if done else self.throughput.fit_seconds(head, budget.n_images)
+                    units.append(Unit(len(units), UnitKind.FIT, backbone, MethodId(backbone, head), budget, key,
+                                      _state(done), seconds))
+        if self.spec.finetune:
+            self.sha1s = sha1s = check_dataset_copies(self.ds)
+            images = images_fingerprint((self.ds.paths[i], sha1s[i]) for i in [*self.pool, *self.eval_rows])
+        sizes = self.spec.finetune_sizes or self.sizes
+        for backbone in self.spec.finetune:
+            for recipe, options in self.spec.recipes().items():
+                method = MethodId.finetune(backbone, options, recipe=recipe)
+                for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
+                    key = self.finetune_key(backbone, images, budget, options)
+                    done = (self.out / "units" / f"{key}.json").is_file()
+                    units.append(Unit(len(units), UnitKind.FINETUNE, backbone, method, budget, key, _state(done),
+                                      None if done else self._finetune_seconds(backbone, budget, options)))
+        return units
+
+    def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
+        return record_hash({"features": store.config["config_hash"], "images": images, "head": head,
+                            "rules": SELECTION_RULES, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
+                            **self.record}, 16)
+
+    def finetune_key(self, backbone: str, images: str, budget: Budget, options: dict) -> str:
+        """Named by what the fine-tune is made of, not by its recipe's name: two studies (or two names) asking
+        the same options share the unit."""
+        return record_hash({"finetune": backbone, "weights": weights_identity(self.spec.weights), "options": options,
+                            "images": images, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
+                            **self.record}, 16)
+
+    def _finished(self, backbone: str):
+        return finished_cache(self.ds, backbone, weights=self.spec.weights, device="cpu", layer=None,
+                              variant=dict.fromkeys(("image_size", "pool", "layers")), tta="none", decode="pil",
+                              dtype="float32", cache_dir=self.cache_dir)
+
+    def _extract_seconds(self, backbone: str) -> float:
+        return len(self.ds) / self.throughput.images_per_second("extract", backbone)
+
+    def _finetune_seconds(self, backbone: str, budget: Budget, options: dict) -> float:
+        """An upper bound: every epoch run (early stopping only shortens it), then every image predicted."""
+        size = options.get("image_size")
+        train = self.throughput.images_per_second("train", backbone, size)
+        evaluate = self.throughput.images_per_second("eval", backbone, size)
+        epochs = FinetuneConfig(**options).epochs
+        n_val = int(round(0.2 * budget.n_images))
+        return epochs * ((budget.n_images - n_val) / train + n_val / evaluate) + \
+            (budget.n_images + len(self.eval_rows)) / evaluate
+
+    def unit(self, index: int) -> Unit:
+        if not 0 <= index < len(self.units):
+            raise FeatxError(f"--unit {index}: this study has units 0 to {len(self.units) - 1} "
+                             "(featx study --dry-run lists them)")
+        return self.units[index]
+
+    def seconds_left(self, units=None) -> tuple[float, int]:
+        """(estimated seconds of the units not done, how many of them have no estimate)."""
+        units = [u for u in (self.units if units is None else units) if not u.done]
+        return sum(u.seconds or 0.0 for u in units), sum(u.seconds is None for u in units)
+
+    def say(self, log) -> None:
+        """The plan: each unit, grouped by method and size (their numbers for --unit), what is done, the time."""
+        ds, pool = self.ds, len(self.pool)
+        for note in [*ds.notes(), *self.notes]:
+            log(note)
+        log(f"study of {ds.root}: budgets drawn from the {pool} train images ({', '.join(self._sizes())}; "
+            f"{self.spec.repeats} repeats), every unit evaluated on the {len(self.eval_rows)} {self.evaluate_on} "
+            "images")
+        groups: dict[tuple, list[Unit]] = {}
+        for u in self.units:
+            groups.setdefault((u.kind, u.name, u.budget.n if u.budget else None), []).append(u)
+        for (kind, name, n), units in groups.items():
+            numbers = f"{units[0].index}" + (f"-{units[-1].index}" if len(units) > 1 else "")
+            done = sum(u.done for u in units)
+            seconds, unknown = self.seconds_left(units)
+            what = f"{kind.value} {name}" + ("" if kind is UnitKind.EXTRACT else f" n={n or 'all'} x{len(units)}")
+            state = "done" if done == len(units) else (f"{done}/{len(units)} done, " if done else "") + \
+                ("not estimated" if unknown and not seconds else self._bound(kind, units[0].backbone) +
+                 f"~{duration(seconds)}")
+            log(f"  unit {numbers:<9} {what:<58} {state}")
+        seconds, unknown = self.seconds_left()
+        timed = sorted({name + (f"@{size}" if size else "") for _, name, size in self.throughput.timed})
+        log(f"plan: {len(self.units)} units ({sum(u.done for u in self.units)} done): {self._count(UnitKind.EXTRACT)} "
+            f"extraction(s), {self._count(UnitKind.FIT)} fits, {self._count(UnitKind.FINETUNE)} fine-tunes; "
+            + (f"the rest ~{duration(seconds)}" + (f" (+{unknown} units not yet measured on this machine, not "
+                                                     "estimated)" if unknown else "") if seconds or not unknown else
+               f"the rest: not estimated ({unknown} units not yet measured on this machine)")
+            + (f"; {', '.join(timed)} timed on a few batches, decoding not included" if timed else ""))
+
+    def _bound(self, kind: UnitKind, backbone: str) -> str:
+        """How an estimate errs: a fine-tune's, from rates measured here, runs every epoch (early stopping only
+        shortens it); an extraction's rate timed on random inputs leaves decoding out."""
+        timed = {(k, name) for k, name, _ in self.throughput.timed}
+        if kind is UnitKind.FINETUNE:
+            return "" if ("train", backbone) in timed else "at most "
+        return "at least " if kind is UnitKind.EXTRACT and ("extract", backbone) in timed else ""
+
+    def _count(self, kind: UnitKind) -> int:
+        return sum(u.kind == kind for u in self.units)
+
+    def _sizes(self) -> list[str]:
+        return [str(n or "all") for n in dict.fromkeys(b.n for b in self.budgets)]
+
+    def check_budget(self, seconds: float, log) -> None:
+        """Refuse a plan estimated over `seconds`, naming the units that fit in it (in order); say which units
+        it could not check, having no estimate."""
+        need, unknown = self.seconds_left()
+        if need <= seconds:
+            if unknown:
+                log(f"--budget {duration(seconds)}: {unknown} units have no estimate on this machine, so the budget "
+                    "was checked on the others only")
+            return
+        fit, total = [], 0.0
+        for u in self.units:
+            if u.done:
+                continue
+            if total + (u.seconds or 0.0) > seconds:
+                break
+            total += u.seconds or 0.0
+            fit.append(u.index)
+        within = f"units {fit[0]}-{fit[-1]} fit within it (--unit K for each)" if fit else "no unit fits within it"
+        raise FeatxError(f"the plan's estimate is {duration(need)}, over --budget {duration(seconds)}: {within}; "
+                         "or drop sizes, repeats or methods")
+
+
+def store_images(store, evaluate_on: str) -> str:
+    return images_fingerprint((p, h) for split in ("train", evaluate_on)
+                              for p, h in zip(store.paths(split), store.sha1s(split)))
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
