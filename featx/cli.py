@@ -10,8 +10,9 @@ from dataclasses import fields
 import click
 
 from ._core.errors import FeatxError
-from ._core.options import CHOICES, check_choice, check_device
+from ._core.options import CHOICES, check_choice, check_device, parse_duration
 from .finetuning.config import FinetuneConfig
+from .reporting.tables import backbone_lines, cache_lines, chosen, count_lines, results_table
 
 
 class _FeatxGroup(click.Group):
@@ -142,20 +143,7 @@ def main():
 @main.command("backbones")
 def backbones_command():
     """List the registered backbones: input size, pooling, feature width and offline weights."""
-    from .models.backbones import describe
-    from .models.registry import REGISTRY
-
-    rows = [describe(spec) for spec in REGISTRY.values()]
-    header = ("name", "timm checkpoint", "input", "pool", "features", "weights offline")
-    widths = [max(len(header[i]), *(len(str(r[i])) for r in rows)) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
-    for note in dict.fromkeys(spec.note for spec in REGISTRY.values() if spec.note):
-        names = ", ".join(spec.name for spec in REGISTRY.values() if spec.note == note)
-        click.echo(f"\n{names}: {note}")
-    click.echo("\nToken models (ViTs) also pool --pool avg or cls+avg, over --layers last:K blocks; CNNs pool avg. "
-               "Any timm model works as timm:<name>. Offline weights: set FEATX_WEIGHTS_DIR to a folder of "
-               "<timm name>.<tag>.pth files, or pass --weights PATH (a state_dict or a Hugging Face model folder).")
+    click.echo("\n".join(backbone_lines()))
 
 
 @main.command("extract")
@@ -198,7 +186,7 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
                     compile=compile_model, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
                     progress=progress)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
-        _print_counts(store)
+        click.echo("\n".join(count_lines(store)))
         click.echo(str(store.path))
 
 
@@ -231,38 +219,10 @@ def fit_command(head, features, backbone, data, weights, image_size, pool, layer
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
                   solver=solver, image_size=image_size, pool=pool, layers=layers)
-    click.echo(_results_table([(r.head, r.metrics, _chosen(r.params, r.threshold, r.selection, r.train_seconds))
-                               for r in results]))
+    click.echo(results_table([(r.head, r.metrics, chosen(r.params, r.threshold, r.selection, r.train_seconds))
+                              for r in results]))
     for r in results:
         click.echo(str(r.artifact))
-
-
-def _chosen(params: dict, threshold, how: str, seconds: float) -> str:
-    text = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-    if threshold is not None:
-        text += f"; threshold {threshold:.3f}"
-    return text + f" ({how}, {seconds:.1f} s)"
-
-
-def _results_table(rows) -> str:
-    """(method, metrics per split, what was chosen) rows as one table: the main metrics, each with its 95%
-    bootstrap interval (featx.evaluation.metrics.evaluate_with_intervals)."""
-    columns = (("balanced_accuracy", "balanced acc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
-               ("roc_auc", "ROC-AUC"))
-    lines = [f"{'method':<8}{'split':<6}{'images':>6}" + "".join(f"{label:>21}" for _, label in columns)]
-    chosen_lines = []
-    for method, metrics, chosen in rows:
-        for i, (split, m) in enumerate(metrics.items()):
-            cells = "".join(f"{_with_interval(m.get(c), (m.get('ci') or {}).get(c)):>21}" for c, _ in columns)
-            lines.append(f"{method if i == 0 else '':<8}{split:<6}{m['n']:>6}{cells}")
-        chosen_lines.append(f"{method}: {chosen}")
-    return "\n".join(lines + ["95% intervals: stratified bootstrap of the split's images"] + chosen_lines)
-
-
-def _with_interval(value, ci) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f} [no interval]"
 
 
 @main.command("shift")
@@ -443,8 +403,8 @@ def finetune_command(data, backbone, **options):
 
     result = finetune(data, backbone, **options)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
-        chosen = _chosen({"best_epoch": result.best_epoch}, result.threshold, result.stopped, result.train_seconds)
-        click.echo(_results_table([("finetune", result.metrics, chosen)]))
+        said = chosen({"best_epoch": result.best_epoch}, result.threshold, result.stopped, result.train_seconds)
+        click.echo(results_table([("finetune", result.metrics, said)]))
         click.echo(str(result.artifact))
 
 
@@ -531,40 +491,21 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
     from .studies.spec import StudySpec
     from .reporting.study_report import study
 
-    given = {name for name, value in ctx.params.items()
+    given = {name for name in ctx.params
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     values = {"backbones": backbones, "heads": heads, "finetune": finetune, "repeats": repeats, "eval_split": eval_split,
               "val_fraction": val_fraction, "group_pattern": group_pattern, "weights": weights, "threshold": threshold,
               "seed": seed, "n_boot": n_boot, "train_sizes": train_sizes, "finetune_sizes": finetune_sizes}
     options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size)) if v is not None}
-    if config:
-        overrides = {k: v for k, v in values.items() if k in given}
-        if options:
-            overrides["finetune_options"] = {**StudySpec.from_toml(config).finetune_options, **options}
-        spec = StudySpec.from_toml(config, **({"data": data} if data else {}), **overrides)
-    else:
-        if not data:
-            raise click.UsageError("give --data DIR, or --config study.toml")
-        spec = StudySpec(data=data, finetune_options=options, **values)
+    spec = StudySpec.asked(data, config, {k: v for k, v in values.items() if not config or k in given}, options)
     result = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,
-                   budget_seconds=_seconds(budget) if budget else None, progress=True,
+                   budget_seconds=parse_duration("--budget", budget) if budget else None, progress=True,
                    log=lambda m: click.echo(m, err=True))
     if not result.complete:
         return
     click.echo("\n".join(result.lines(wide=wide)))
     click.echo(f"\ntable: {out}/study.csv; curves: {out}/learning_curves.png; report: {out}/report.html; "
                f"re-run: featx study --config {out}/study.toml")
-
-
-def _seconds(text: str) -> float:
-    """90s, 45m, 2h, 1.5h or 1h30m as seconds; one line for anything else."""
-    import re
-
-    compact = text.lower().replace(" ", "")
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", compact)
-    if not parts or "".join(a + b for a, b in parts) != compact or (len(parts) > 1 and not all(u for _, u in parts)):
-        raise FeatxError(f"--budget {text!r} is not a time such as 90m, 2h or 1h30m")
-    return sum(float(a) * {"": 1, "s": 1, "m": 60, "h": 3600}[u] for a, u in parts)
 
 
 @main.command("robustness")
@@ -640,26 +581,7 @@ def info_command(cache_file, as_json):
     if as_json:
         click.echo(json.dumps({"config": store.config, "classes": store.classes, "counts": store.counts()}, indent=2))
         return
-    c = store.config
-    click.echo(f"{store.path}")
-    pooled = f"pool {c['pool']} over {c['layers']}" if c.get("pool") else f"layer {c['layer']}"
-    click.echo(f"  backbone  {c['backbone']} ({c['timm_model']}), {pooled}, {store.num_features} features, {c['dtype']}")
-    click.echo(f"  weights   {c['weights_source']} (sha256 {c['weights_sha256'][:16]}...)")
-    dc = c["data_config"]
-    click.echo(f"  input     {dc['input_size'][1]}x{dc['input_size'][2]} {dc['interpolation']}, crop_pct {dc['crop_pct']}, "
-               f"mean {dc['mean']}, std {dc['std']}")
-    click.echo(f"  made      on {c.get('device', '?')}, {c.get('precision', '?')}, decode {c.get('decode', '?')}, "
-               f"tta {c.get('tta', 'none')}" + (", compiled" if c.get("compile") else ""))
-    click.echo(f"  data      {c['data_root']}  classes: {', '.join(store.classes)}")
-    if c.get("group_source"):
-        click.echo(f"  groups    from {c['group_source']} (no raw patient ID is stored)")
-    _print_counts(store)
-
-
-def _print_counts(store) -> None:
-    for split, n in store.counts().items():
-        extra = "".join(f", {n[k]} {k}" for k in ("skipped", "pending") if n[k])
-        click.echo(f"  {split:<5}  {n['done']} images{extra}", err=False)
+    click.echo("\n".join(cache_lines(store)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -206,7 +206,7 @@ def test_fit_from_backbone_and_data_then_predict_images(tmp_path):
 
     # The same probabilities as the head on the cached features of those images.
     model = featx.load(artifact)
-    store = featx.FeatureStore(model.info["features"]["file"])
+    store = featx.FeatureStore(model.sidecar.features_file(artifact))
     X, _ = store.arrays()
     rows = featx.predict(model, [str(data / p) for p in store.paths()])
     assert np.allclose([[r["p_NORMAL"], r["p_PNEUMONIA"]] for r in rows], model.predict_proba(X), atol=1e-4)
@@ -232,13 +232,13 @@ def test_fit_finds_the_cache_of_the_same_weights_by_their_hash(tmp_path, monkeyp
     monkeypatch.setenv("FEATX_WEIGHTS_DIR", str(folder))
     from_other = featx.extract(data, TINY, weights=str(other), workers=0, progress=False, log=lambda m: None)
     [fitted] = featx.fit(data=data, backbone=TINY, weights="imagenet", head="logreg", log=lambda m: None)
-    imagenet_cache = featx.load(fitted.artifact).info["features"]["file"]
-    assert imagenet_cache != str(from_other.path.resolve())  # extracted anew, from the folder's weights
+    imagenet_cache = featx.load(fitted.artifact).sidecar.features_file(fitted.artifact).resolve()
+    assert imagenet_cache != from_other.path.resolve()  # extracted anew, from the folder's weights
     assert featx.FeatureStore(imagenet_cache).config["weights_source"] == str((folder / "test_efficientnet.pth"))
     copy = tmp_path / "copy.pth"
     copy.write_bytes(other.read_bytes())
     [again] = featx.fit(data=data, backbone=TINY, weights=str(copy), head="logreg", log=lambda m: None)
-    assert featx.load(again.artifact).info["features"]["file"] == str(from_other.path.resolve())
+    assert featx.load(again.artifact).sidecar.features_file(again.artifact).resolve() == from_other.path.resolve()
 
 
 def test_predict_refuses_weights_that_differ(tmp_path):

@@ -116,3 +116,12 @@ def check_options(**values) -> None:
             check_batch_size(value)
         else:
             check_choice(name, value)
+
+
+def parse_duration(option: str, text: str) -> float:
+    """90s, 45m, 2h, 1.5h or 1h30m as seconds; one line naming `option` for anything else."""
+    compact = str(text).lower().replace(" ", "")
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh]?)", compact)
+    if not parts or "".join(a + b for a, b in parts) != compact or (len(parts) > 1 and not all(u for _, u in parts)):
+        raise FeatxError(f"{option} {text!r} is not a time such as 90m, 2h or 1h30m")
+    return sum(float(a) * {"": 1, "s": 1, "m": 60, "h": 3600}[u] for a, u in parts)

@@ -135,6 +135,18 @@ class StudySpec:
             return self.train_sizes
         return tuple(n for n in DEFAULT_SIZES if n == "all" or n < pool)
 
+    @classmethod
+    def asked(cls, data, config, values: dict, finetune_options: dict) -> StudySpec:
+        """The study a command line asks: a study file's (`config`) with `values` and `finetune_options`
+        over it, or, without a file, `data` and these values alone."""
+        if config:
+            if finetune_options:
+                values = {**values, "finetune_options": {**cls.from_toml(config).finetune_options, **finetune_options}}
+            return cls.from_toml(config, **({"data": data} if data else {}), **values)
+        if not data:
+            raise FeatxError("give --data DIR, or --config study.toml")
+        return cls(data=data, finetune_options=finetune_options, **values)
+
     @property
     def record(self) -> dict:
         """What every unit's name is taken over, besides its own method and budget."""
