@@ -97,3 +97,25 @@ def test_the_binary_bootstrap_gives_the_intervals_of_one_resample_at_a_time(thre
     for m in BOOTSTRAP_METRICS:
         values = np.array([v for v in samples[m] if v is not None], float)
         assert fast[m] == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)), abs=1e-12), m
+
+
+def test_the_multiclass_bootstrap_gives_the_intervals_of_one_resample_at_a_time():
+    """Three classes, all resamples at once (per-class counts, one-vs-rest ranks and average precision,
+    macro means) = point_metrics (scikit-learn's macro one-vs-rest ROC-AUC and AP) on each resample."""
+    from featx.evaluation.significance import BOOTSTRAP_METRICS, bootstrap_ci, point_metrics
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 90)
+    logits = np.round(rng.normal(0, 1, (90, 3)) + 1.5 * np.eye(3)[y])  # whole numbers: tied scores too
+    proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    fast = bootstrap_ci(y, proba, None, n_boot=100, seed=2)
+    draws = np.random.default_rng(2)
+    by_class = [np.flatnonzero(y == c) for c in range(3)]
+    samples = {m: [] for m in BOOTSTRAP_METRICS}
+    for _ in range(100):
+        rows = np.concatenate([draws.choice(r, size=len(r), replace=True) for r in by_class])
+        for name, value in point_metrics(y[rows], proba[rows], None).items():
+            samples[name].append(value)
+    for m in BOOTSTRAP_METRICS:
+        values = np.array(samples[m], float)
+        assert fast[m] == pytest.approx((np.quantile(values, 0.025), np.quantile(values, 0.975)), abs=1e-12), m
