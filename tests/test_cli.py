@@ -103,6 +103,7 @@ def test_second_writer_is_refused(folder, tmp_path):
     assert "is being written by featx pid" in line
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_features(tmp_path):
     """SIGKILL a real `featx extract` at several moments; the file always opens and the end result is exact."""
     root = make_folder(tmp_path / "d", 40)

@@ -47,6 +47,7 @@ def data(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(data, tmp_path, monkeypatch):
     one = single("finetune", "--data", data, *ARGS, "--out", tmp_path / "one")
     assert one.returncode == 0, one.stderr

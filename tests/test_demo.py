@@ -23,6 +23,8 @@ from conftest import TINY, make_folder
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
+pytestmark = pytest.mark.slow  # a Gradio server for the module
+
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])

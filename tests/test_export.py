@@ -51,6 +51,7 @@ def _images(data: Path) -> list[Path]:
     return sorted(p for p in data.rglob("*") if p.is_file())[:6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", [*HEAD_NAMES, "finetune"])
 def test_the_exported_graph_gives_featx_predict_probabilities(models, tmp_path, kind):
     data, found = models

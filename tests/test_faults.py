@@ -72,6 +72,7 @@ def _killed_at(target: str, name: str, after: int, args: list, *, before: bool =
 
 # --- kills ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_extract_killed_while_writing_resumes_bit_for_bit(tmp_path):
     root = make_folder(tmp_path / "d", 12)
     reference = featx.extract(root, TINY, batch_size=4, cache_dir=tmp_path / "ref", **QUIET)
@@ -92,6 +93,7 @@ def test_extract_killed_while_writing_resumes_bit_for_bit(tmp_path):
         assert f["done"][:].all() and np.array_equal(f["features"][:], g["features"][:])
 
 
+@pytest.mark.slow
 def test_finetune_killed_mid_epoch_and_mid_checkpoint_resumes_to_the_same_model(tmp_path):
     root = make_folder(tmp_path / "d", 8)
     base = ["finetune", "--data", root, "--backbone", TINY, "--weights", "random", "--workers", "0",

@@ -286,6 +286,7 @@ def test_linsvm_probabilities_are_platt_scaled(store, tmp_path):
     assert sigmoid.a_ < 0  # a larger margin means a higher probability of the positive class
 
 
+@pytest.mark.slow
 def test_a_head_that_cannot_train_on_so_few_images_is_one_line_and_all_goes_on(tmp_path):
     X, y = toy_features(n=12)
     path = write_store(tmp_path / "few.h5", X, y, ["train"] * 12).path

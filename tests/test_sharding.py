@@ -25,6 +25,7 @@ def data(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(data, tmp_path):
     one = single("extract", "--data", data, *ARGS, "--output", tmp_path / "one.h5")
     assert one.returncode == 0, one.stderr
@@ -37,6 +38,7 @@ def test_two_processes_equal_one(data, tmp_path):
     assert "1 unreadable" in two.stderr and "broken.jpeg" in two.stderr
 
 
+@pytest.mark.slow
 def test_a_killed_rank_resumes_from_its_shard(data, tmp_path):
     reference = single("extract", "--data", data, *ARGS, "--output", tmp_path / "ref.h5")
     assert reference.returncode == 0, reference.stderr

@@ -54,6 +54,7 @@ def test_the_check_sees_torch_when_a_command_needs_it():
     assert torch_imported("backbones")
 
 
+@pytest.mark.slow
 def test_a_finished_extraction_is_reused_without_torch(folder, tmp_path):
     """The re-run decides from the cache alone; a changed image, or other weights, take the full way."""
     from conftest import TINY, xray_like, save

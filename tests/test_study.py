@@ -86,6 +86,7 @@ def test_the_api_returns_what_the_cli_prints(data, tmp_path):
     assert "\n".join(result.lines()) in cli.stdout
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_and_units_gather_to_one_run(data, tmp_path, monkeypatch):
     """Killed in its second fit, then in a fine-tune's second epoch: the re-run computes only the rest, the
     fine-tune goes on from its last epoch, and the result equals a study run unit by unit, then gathered."""
@@ -132,6 +133,7 @@ def test_a_killed_study_resumes_and_units_gather_to_one_run(data, tmp_path, monk
     assert "this study has units 0 to 4" in one_line_error(run(*args, "--out", tmp_path / "b", "--unit", 5))
 
 
+@pytest.mark.slow
 def test_the_evaluation_split_enters_no_choice(data, tmp_path):
     """Shuffle the evaluation split's labels: every chosen parameter, threshold and epoch stays the same."""
     options = dict(backbones=[TINY], heads=["logreg", "knn"], finetune=[TINY], train_sizes=[16, "all"], repeats=2,
@@ -147,6 +149,7 @@ def test_the_evaluation_split_enters_no_choice(data, tmp_path):
     assert [r["y"] for r in before] != [r["y"] for r in after]  # the labels did change
 
 
+@pytest.mark.slow
 def test_n_all_is_what_fit_and_finetune_give(data, tmp_path, monkeypatch):
     import featx.data.datasets as datasets
     import featx.data.files as files
@@ -213,6 +216,7 @@ def test_bad_input_is_one_line(data, tmp_path):
     assert "not a time" in one_line_error(run("study", "--data", data, *ARGS, "--budget", "soon"))
 
 
+@pytest.mark.slow
 def test_fine_tune_recipes_are_methods_whose_gains_have_intervals(data, tmp_path):
     """Named recipes are one method each; a unit is named by its options, so the plain study's fine-tune is
     the recipe study's 'plain' unit (computed once); the gain of each recipe over the first has an interval."""
