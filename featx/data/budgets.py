@@ -133,3 +133,8 @@ def held_out(budget: Budget, labels, groups, fraction: float = 0.2, *, seed: int
                 break
     val |= np.isin(groups, groups[val])  # a patient with images of several classes stays whole
     return budget.rows[~val], budget.rows[val]
+
+
+def size_order(n) -> tuple:
+    """The sort key of a budget's size as tables and verdicts list them: numbers ascending, "all" last."""
+    return (n == "all", n if n != "all" else 0)

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from .._core.errors import FeatxError, first_line
+from ..artifacts.explaining import LINEAR_HEADS, explain
 from ..artifacts.model_card import card_path
 from ..artifacts.prediction import predict
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..data.images import load_image
 from ..studies.cards import refresh_card
-from ..artifacts.explaining import LINEAR_HEADS, explain
 
 
 @dataclass

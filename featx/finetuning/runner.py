@@ -33,12 +33,11 @@ from .._core import distributed
 from .._core.atomic import write_text_atomic
 from .._core.console import log_line
 from .._core.errors import FeatxError
-from .._core.hashing import record_hash
+from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import check_options
 from .._core.paths import default_cache_dir, file_safe
 from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
                              speaking)
-from .._core.hashing import images_fingerprint
 from ..artifacts.format import build_sidecar, save_checkpoint_artifact
 from ..artifacts.model_card import write_model_card
 from ..artifacts.sidecar import feature_record

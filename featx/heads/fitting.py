@@ -11,13 +11,12 @@ import numpy as np
 
 from .._core.console import log_line
 from .._core.errors import FeatxError, first_line
-from .._core.hashing import record_hash
+from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import check_choice, feature_variant
 from .._core.paths import default_cache_dir, file_safe
 from ..artifacts import portable
-from ..artifacts.model_card import write_model_card
-from .._core.hashing import images_fingerprint
 from ..artifacts.format import build_sidecar, save_artifact
+from ..artifacts.model_card import write_model_card
 from ..artifacts.sidecar import feature_record
 from ..data.datasets import SPLITS
 from ..evaluation.folds import TooFewGroups

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.atomic import atomic_path, write_csv_atomic, write_text_atomic
+from ..data.budgets import size_order
 from .comparison import csv_rows, paired_tests, scored
 from .document import html_document, markdown_document
 from .figures import colours, png
@@ -51,7 +52,7 @@ def study_lines(records: list[dict]) -> list[str]:
 def full_size_records(records: list[dict], split: str, n_boot: int = 1000, seed: int = 0) -> list[dict]:
     """The largest size's first repeat as `featx compare` records (metrics with intervals, DeLong and McNemar
     against the best, Holm-adjusted), best first; methods evaluated on other images are listed apart."""
-    largest = max((r["n"] for r in records), key=lambda n: (n == "all", n if n != "all" else 0), default=None)
+    largest = max((r["n"] for r in records), key=size_order, default=None)
     rows = [r for r in records if r["n"] == largest and r["repeat"] == 0]
     if not rows:
         return []

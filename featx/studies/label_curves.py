@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from .._core.errors import FeatxError
-from ..data.budgets import Budget, label_budgets
 from ..artifacts.sidecar import MethodId
+from ..data.budgets import Budget, label_budgets
 from ..evaluation.folds import TooFewGroups
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
 from ..evaluation.thresholds import check_threshold, resolve_threshold

@@ -14,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..artifacts.sidecar import MethodId
+from ..data.budgets import size_order
 from .pairing import contrast
 
 
@@ -43,7 +44,7 @@ def recipe_gains(records: list[dict]) -> list[dict]:
                      "baseline_roc_auc": _mean(b["roc_auc"] for b, _ in pairs),
                      "train_seconds": float(np.mean([r["train_seconds"] for _, r in pairs])),
                      "baseline_train_seconds": float(np.mean([b["train_seconds"] for b, _ in pairs]))})
-    return sorted(rows, key=lambda row: (row["n"] == "all", row["n"] if row["n"] != "all" else 0))
+    return sorted(rows, key=lambda row: size_order(row["n"]))
 
 
 def _mean(values) -> float | None:

@@ -19,10 +19,10 @@ import numpy as np
 from .._core.atomic import atomic_path
 from .._core.console import log_line
 from .._core.errors import FeatxError
-from .._core.hashing import record_hash
+from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import check_choice
 from .._core.paths import default_cache_dir
-from .._core.hashing import images_fingerprint
+from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts, method_name
 from ..artifacts.format import load_predictions
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..data.corruptions import CORRUPTIONS, SEVERITIES, check_corruption
@@ -30,7 +30,6 @@ from ..data.decode_policy import CORRUPTION_RULES
 from ..data.datasets import load_dataset
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
 from ..features.identity import FeatureRecipe
-from ..artifacts.catalogue import artifacts_of_dataset, find_artifacts, method_name
 from .cards import refresh_cards
 from .measurements import Robustness, save_robustness
 

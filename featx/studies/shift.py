@@ -25,12 +25,12 @@ from sklearn.preprocessing import StandardScaler
 from .._core.atomic import atomic_path, write_text_atomic
 from .._core.console import log_line
 from .._core.errors import FeatxError
+from .._core.hashing import images_fingerprint
 from .._core.options import feature_variant
 from .._core.paths import default_cache_dir
-from ..evaluation.significance import bootstrap_ci
 from ..evaluation.folds import group_folds
+from ..evaluation.significance import bootstrap_ci
 from ..features.store import FeatureStore
-from .._core.hashing import images_fingerprint
 from ..heads.fitting import resolve_store
 
 

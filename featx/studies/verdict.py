@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..data.budgets import size_order
 from ..evaluation.significance import holm
 from .pairing import contrast
 
@@ -26,7 +27,7 @@ def verdict(records: list[dict]) -> list[str]:
     cells = defaultdict(list)
     for r in records:
         cells[(r["n"], r["method"])].append(r)
-    sizes = sorted({n for n, _ in cells}, key=_order)
+    sizes = sorted({n for n, _ in cells}, key=size_order)
     lines = []
     for n in sizes:
         here = {m: rows for (size, m), rows in cells.items() if size == n and _auc(rows) is not None}
@@ -85,10 +86,6 @@ def _images(here: dict) -> str:
 def _auc(rows: list[dict]) -> float | None:
     values = [r["roc_auc"] for r in rows if r.get("roc_auc") is not None]
     return float(np.mean(values)) if values else None
-
-
-def _order(n):
-    return (n == "all", n if n != "all" else 0)
 
 
 def _p(p: float | None, why: str | None) -> str:
