@@ -125,16 +125,26 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     if learner.val_lacks:
         sel.method += f", as val has no {' or '.join(learner.val_lacks)} images"
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
-    started = time.perf_counter()
-    probas = {split: learner.predict_proba(sel.estimator, split) for split in labels}
-    predict_seconds = (time.perf_counter() - started) / sum(len(v) for v in labels.values())
-    metrics = {split: evaluate_with_intervals(labels[split], p, store.classes, cut if cut is not None else 0.5)
-               for split, p in probas.items()}
-    predictions = {split: {"path": store.paths(split), "sha1": store.sha1s(split), "y": labels[split], "proba": p}
-                   for split, p in probas.items()}
-    path = save_head(name, store, sel, rule, cut, metrics, predictions, models_dir, key, predict_seconds)
+    splits = {split: (y, store.paths(split), store.sha1s(split)) for split, y in labels.items()}
+    path, metrics = evaluate_and_save(name, store, sel, rule, cut, splits,
+                                      lambda split: learner.predict_proba(sel.estimator, split), models_dir, key)
     log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
     return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
+
+
+def evaluate_and_save(name: str, store: FeatureStore, sel: Selection, rule, cut, splits: dict, predict,
+                      models_dir: Path, key: dict) -> tuple[Path, dict]:
+    """A selected head's probabilities on each split (`splits`: split -> (labels, paths, sha1s); `predict`:
+    split -> probabilities), its metrics with intervals at its threshold, saved as an artifact: (its path,
+    the metrics). `featx fit` and the head a study keeps both end here."""
+    started = time.perf_counter()
+    probas = {split: predict(split) for split in splits}
+    predict_seconds = (time.perf_counter() - started) / sum(len(y) for y, _, _ in splits.values())
+    metrics = {split: evaluate_with_intervals(splits[split][0], p, store.classes, cut if cut is not None else 0.5)
+               for split, p in probas.items()}
+    predictions = {split: {"path": list(splits[split][1]), "sha1": list(splits[split][2]), "y": splits[split][0],
+                           "proba": p} for split, p in probas.items()}
+    return save_head(name, store, sel, rule, cut, metrics, predictions, models_dir, key, predict_seconds), metrics
 
 
 def save_head(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, predictions: dict,

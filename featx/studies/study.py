@@ -232,28 +232,21 @@ class StudyRun(Plan):
 
     def _save_head(self, unit: Unit) -> Path:
         """The unit's head on the whole pool, selected and fitted as the unit was, saved under out/models/."""
-        from ..evaluation.metrics import evaluate_with_intervals
-        from ..heads.fitting import save_head
+        from ..heads.fitting import evaluate_and_save
 
         pool = self._pool(unit.backbone, lambda line: None)
         curve = Curve(pool, unit.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
         rows = np.array([pool.index[p] for p in self._paths(unit.budget.rows) if p in pool.index], int)
         sel, cut = curve.select(Budget(None, unit.budget.repeat, rows))
         split = self.evaluate_on
-        started = time.perf_counter()
-        probas = {"train": sel.estimator.predict_proba(pool.X[rows]), split: sel.estimator.predict_proba(curve.X_eval)}
-        seconds = (time.perf_counter() - started) / (len(rows) + len(curve.y_eval))
-        labels = {"train": pool.y[rows], split: curve.y_eval}
-        files = {"train": (pool.paths[rows], pool.sha1s[rows]),
-                 split: (pool.store.paths(split), pool.store.sha1s(split))}
-        threshold = cut if cut is not None else 0.5
-        metrics = {s: evaluate_with_intervals(labels[s], p, pool.store.classes, threshold) for s, p in probas.items()}
-        predictions = {s: {"path": list(files[s][0]), "sha1": list(files[s][1]), "y": labels[s], "proba": p}
-                       for s, p in probas.items()}
+        splits = {"train": (pool.y[rows], pool.paths[rows], pool.sha1s[rows]),
+                  split: (curve.y_eval, pool.store.paths(split), pool.store.sha1s(split))}
+        features = {"train": pool.X[rows], split: curve.X_eval}
         key = {"pca": None, "seed": self.spec.seed, "threshold": curve.rule, "out_of_core": False,
-               "images": images_fingerprint(zip(*files["train"]))[:16]}
-        return save_head(curve.name, pool.store, sel, curve.rule, cut, metrics, predictions, self.out / "models", key,
-                         seconds)
+               "images": images_fingerprint(zip(pool.paths[rows], pool.sha1s[rows]))[:16]}
+        path, _ = evaluate_and_save(curve.name, pool.store, sel, curve.rule, cut, splits,
+                                    lambda s: sel.estimator.predict_proba(features[s]), self.out / "models", key)
+        return path
 
 
 def _eval_predictions(evaluation: EvaluationSet, y, proba) -> dict:
