@@ -4,16 +4,19 @@ with. Torch-free, so `featx fit` can say it."""
 
 from __future__ import annotations
 
+import inspect
 import shlex
 from pathlib import Path
 
 from .._core.paths import default_cache_dir
 from ..data.decode_policy import DecodePolicy
 from ..models.weight_files import recorded_kind
+from .extraction import extract
 
-# extract's defaults: an option is named on a command line only where it differs
-DEFAULTS = {"weights": "imagenet", "layer": None, "image_size": None, "pool": None, "layers": None, "tta": "none",
-            "decode": "pil", "dicom_window": "default", "dtype": "float32"}
+# The options that make a cache's features, at extract's own defaults (its signature is their one
+# declaration): an option is named on a command line only where it differs.
+RECIPE_OPTIONS = ("weights", "layer", "image_size", "pool", "layers", "tta", "decode", "dicom_window", "dtype")
+DEFAULTS = {name: p.default for name, p in inspect.signature(extract).parameters.items() if name in RECIPE_OPTIONS}
 
 
 def extraction_options(config: dict, weights: str = "auto") -> dict:

@@ -20,12 +20,14 @@ import numpy as np
 
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
+from .._core.options import feature_variant
 from ..artifacts.sidecar import MethodId
 from ..data.budgets import Budget, label_budgets
 from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
 from ..data.files import file_contents
 from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
+from ..features.recipe import DEFAULTS
 from ..features.reuse import finished_cache
 from ..finetuning.config import FinetuneConfig
 from ..heads.selection import SELECTION_RULES
@@ -161,9 +163,10 @@ class Plan:
                             **self.record}, 16)
 
     def _finished(self, backbone: str):
-        return finished_cache(self.ds, backbone, weights=self.spec.weights, device="cpu", layer=None,
-                              variant=dict.fromkeys(("image_size", "pool", "layers")), tta="none", decode="pil",
-                              dtype="float32", cache_dir=self.cache_dir)
+        """The backbone's cache as the study extracts it (extract's defaults), when complete for these images."""
+        return finished_cache(self.ds, backbone, weights=self.spec.weights, device="cpu", layer=DEFAULTS["layer"],
+                              variant=feature_variant(), tta=DEFAULTS["tta"], decode=DEFAULTS["decode"],
+                              dtype=DEFAULTS["dtype"], cache_dir=self.cache_dir)
 
     def _extract_seconds(self, backbone: str) -> float:
         return len(self.ds) / self.throughput.images_per_second("extract", backbone)
