@@ -80,7 +80,7 @@ def test_the_api_returns_what_the_cli_prints(data, tmp_path):
     assert {r["method_id"] for r in result.records} == {MethodId(TINY, "logreg"), MethodId(TINY, "knn")}
     assert result.verdict and result.verdict[0].startswith("n=16 (") and (out / "report.html").is_file()
     html = result._repr_html_()
-    assert "data:image/png;base64," in html and "Labels needed" in html
+    assert "data:image/png;base64," in html and "Labels needed" in html and "<style" not in html  # no page styles
     cli = run("study", "--config", out / "study.toml", "--out", out, "--cache", tmp_path / "cache", "--workers", "0")
     assert cli.exit_code == 0 and "0 of 6 units computed now" in cli.output, cli.output
     assert "\n".join(result.lines()) in cli.stdout

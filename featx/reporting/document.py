@@ -296,6 +296,20 @@ def markdown_document(title: str, records, figures, blocks=()) -> str:
 
 
 def html_document(title: str, records, figures, blocks=()) -> str:
+    """A self-contained page: the body below with its style."""
+    esc = html.escape
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1500px}"
+             "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 7px;"
+             "text-align:right;white-space:nowrap}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
+             "tbody tr:first-child{background:#eef6ee}.note{font-size:12px;color:#555;max-width:1100px}"
+             "small{color:#666}.wide{overflow-x:auto}figure{margin:2em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#444}")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
+            f"<style>{style}</style></head><body>{html_body(title, records, figures, blocks)}</body></html>\n")
+
+
+def html_body(title: str, records, figures, blocks=()) -> str:
+    """The report's content as HTML without a page or a style of its own (a notebook cell shows it as is):
+    the table, its notes, the figures inline and the text blocks."""
     esc = html.escape
 
     def cell(text: str) -> str:
@@ -324,10 +338,4 @@ def html_document(title: str, records, figures, blocks=()) -> str:
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
     for heading, text in blocks:
         parts.append(f"<h2>{esc(heading)}</h2><pre>{esc(text)}</pre>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1500px}"
-             "table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:4px 7px;"
-             "text-align:right;white-space:nowrap}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
-             "tbody tr:first-child{background:#eef6ee}.note{font-size:12px;color:#555;max-width:1100px}"
-             "small{color:#666}.wide{overflow-x:auto}figure{margin:2em 0}img{max-width:100%;border:1px solid #eee}figcaption{font-size:13px;color:#444}")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+    return "".join(parts)

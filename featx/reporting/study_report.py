@@ -35,11 +35,11 @@ class StudyReport(StudyResult):
                                    verdict=self.verdict, title="featx study")
 
     def _repr_html_(self) -> str:
-        from .document import html_document
+        from .document import html_body
 
         if not self.complete:
             return "<p>featx study: not gathered (a dry run, or one unit of a job array)</p>"
-        return html_document(*document_parts(self.records, self.full_size, split=self.split, verdict=self.verdict,
+        return html_body(*document_parts(self.records, self.full_size, split=self.split, verdict=self.verdict,
                                              title="featx study"))
 
 
