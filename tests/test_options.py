@@ -92,3 +92,37 @@ def test_finetune_options_are_declared_once():
     assert set(FINETUNE_OPTIONS) < {f.name for f in fields(FinetuneConfig)}
     with pytest.raises(featx.FeatxError, match="unknown fine-tune option 'epoch'"):
         featx.finetune("no-such-folder", epoch=3)
+
+
+def test_every_cli_default_is_the_api_default():
+    """A command's options and its Python function (or the study's StudySpec) declare the same defaults: each
+    click default, read as the library reads it, is the function's own, so the CLI cannot drift from the API."""
+    import inspect
+
+    import click
+
+    from featx.evaluation.thresholds import parse_threshold
+    from featx.studies.robustness import parse_severities
+    from featx.studies.spec import StudySpec
+
+    read = {"threshold": parse_threshold, "splits": lambda text: tuple(text.split(",")), "severities": lambda text: tuple(parse_severities(text))}
+    compared = 0
+    for name, function in {"extract": featx.extract, "fit": featx.fit, "shift": featx.shift, "predict": featx.predict,
+                           "compare": featx.compare, "robustness": featx.robustness, "export": featx.export,
+                           "explain": featx.explain, "finetune": featx.finetune}.items():
+        command, declared = main.commands[name], inspect.signature(function).parameters
+        for param in command.params:
+            own = declared.get(param.name)
+            if own is None or own.default is inspect.Parameter.empty:
+                continue
+            value = param.get_default(click.Context(command))
+            assert read.get(param.name, lambda v: v)(value) == own.default, (name, param.name)
+            compared += 1
+    study = main.commands["study"]
+    for param in study.params:
+        if param.name in {"backbones", "heads", "finetune", "repeats", "eval_split", "val_fraction", "group_pattern",
+                          "weights", "threshold", "seed", "n_boot", "train_sizes", "finetune_sizes"}:
+            value = param.get_default(click.Context(study))
+            assert StudySpec(data="d", **{param.name: value}) == StudySpec(data="d"), param.name
+            compared += 1
+    assert compared > 60
