@@ -217,6 +217,20 @@ def test_a_deeply_nested_skops_file_is_one_line(head, data):
     assert "nested too deeply" in one_line_error(run("predict", "--model", head, image))
 
 
+@pytest.mark.slow
+def test_a_fine_tuned_leader_s_card_names_the_rows_the_study_chose_it_by(tmp_path):
+    """Evaluated on the dataset's val split, a fine-tune unit calls those images its test split (its own val
+    chose its epoch): its card says the choice was made on its test rows, the dataset's val split."""
+    data = make_folder(tmp_path / "data", 10)
+    featx.study(data, backbones=[], heads=[], finetune=[TINY], train_sizes=["all"], repeats=1, weights="random",
+                val_fraction=0.3, finetune_options={"epochs": 1, "image_size": 64}, out=tmp_path / "s", workers=0,
+                n_boot=100, log=lambda m: None)
+    [card] = (tmp_path / "s" / "finetunes").glob("*/model.md")
+    text = card.read_text()
+    assert "by their ROC-AUC on the test split (the dataset's val split): that choice favoured it" in text
+    assert "| test |" in text  # the rows that card calls test
+
+
 def test_the_study_leaves_its_leader_as_a_model_with_its_units_answers(data, tmp_path):
     """The leader at n=all is saved as a featx model (its card beside it) trained by the unit's own protocol:
     its evaluation probabilities are the unit's; it exports; a re-run reuses it."""

@@ -45,10 +45,12 @@ def choice_path(artifact) -> Path:
     return Path(artifact).with_suffix(".chosen.json")
 
 
-def record_choice(artifact, *, split: str, methods: int, study: str) -> bool:
-    """Keep that featx study chose this model among `methods` by its ROC-AUC on `split` (every later card says
-    so: its figures on that split are no longer untouched by any choice). False when it was kept already."""
-    text = json.dumps({"split": split, "methods": methods, "study": study}) + "\n"
+def record_choice(artifact, *, split: str, methods: int, study: str, dataset_split: str | None = None) -> bool:
+    """Keep that featx study chose this model among `methods` by its ROC-AUC on `split` (the model's own name
+    for those images; `dataset_split`: the dataset's, where it differs): every later card says so, its
+    figures on that split are no longer untouched by any choice. False when it was kept already."""
+    named = {"dataset_split": dataset_split} if dataset_split and dataset_split != split else {}
+    text = json.dumps({"split": split, "methods": methods, "study": study, **named}) + "\n"
     path = choice_path(artifact)
     if path.is_file() and path.read_text() == text:
         return False
@@ -195,8 +197,9 @@ def _patients(facts: dict | None) -> str:
 
 def _evaluation(scores: dict, chosen: dict | None = None) -> str:
     if chosen:
+        known = f" (the dataset's {chosen['dataset_split']} split)" if chosen.get("dataset_split") else ""
         after = (f"Then featx study (`{chosen['study']}`) chose this model as its leader among {chosen['methods']} "
-                 f"methods by their ROC-AUC on the {chosen['split']} split: that choice favoured it, so its "
+                 f"methods by their ROC-AUC on the {chosen['split']} split{known}: that choice favoured it, so its "
                  f"{chosen['split']} figures read optimistic too; measure it on images no choice saw.")
     else:
         after = "The test split, when there is one, was never used for any choice."

@@ -36,6 +36,11 @@ from .result import StudyResult
 from .spec import StudySpec
 
 
+# A fine-tune unit's name for the study's evaluation images: its test split, held out from every choice of the
+# run (its validation part, cut from the budget, chose the epoch and threshold), whatever the dataset calls them.
+HELD_OUT = "test"
+
+
 def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_dir=None, dry_run: bool = False,
               unit: int | None = None, budget_seconds: float | None = None, workers=None, progress: bool = False,
               log=None, **options) -> StudyResult:
@@ -140,11 +145,11 @@ class StudyRun(Plan):
             return 0
         train, val = held_out(u.budget, self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
                               seed=self.spec.seed)
-        rows = {"train": self.pool[train].tolist(), "val": self.pool[val].tolist(), "test": self.eval_rows}
+        rows = {"train": self.pool[train].tolist(), "val": self.pool[val].tolist(), HELD_OUT: self.eval_rows}
         folder = self.out / "finetunes" / u.key
         folder.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder / "budget.json", json.dumps(
-            {s: [self.ds.paths[i] for i in r] for s, r in rows.items() if s != "test"}, indent=0) + "\n")
+            {s: [self.ds.paths[i] for i in r] for s, r in rows.items() if s != HELD_OUT}, indent=0) + "\n")
         options = self.spec.recipes()[u.method.recipe]
         config = FinetuneConfig.of({"backbone": u.backbone, "weights": self.spec.weights, "seed": self.spec.seed,
                                     **options})
@@ -158,7 +163,7 @@ class StudyRun(Plan):
 
     def _finetune_record(self, u: Unit, result, options: dict, trained: list[int]) -> dict:
         """The unit's record of a finished fine-tune (its rates recorded for later plans)."""
-        test, history = result.predictions["test"], result.history
+        test, history = result.predictions[HELD_OUT], result.history
         rate = sum(h["images_per_second"] * h["seconds"] for h in history) / max(sum(h["seconds"] for h in history),
                                                                                 1e-9)
         record = unit_record(u.method, u.budget.n, len(trained), u.budget.repeat, test["y"], test["proba"],
@@ -212,8 +217,10 @@ class StudyRun(Plan):
             log("no model saved: the study has no n=all units with a ROC-AUC (add all to --train-sizes)")
             return None
         unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
-        path = self.out / record["artifact"] if unit.kind is UnitKind.FINETUNE else self._saved_head(unit)
-        if record_choice(path, split=self.evaluate_on, methods=len(full), study=str(self.out / "study.toml")):
+        tuned = unit.kind is UnitKind.FINETUNE
+        path = self.out / record["artifact"] if tuned else self._saved_head(unit)
+        if record_choice(path, split=HELD_OUT if tuned else self.evaluate_on, dataset_split=self.evaluate_on,
+                         methods=len(full), study=str(self.out / "study.toml")):
             write_model_card(path)  # a re-run that chose it again rewrites nothing
         log(f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
             f"split, which chose it among {len(full)} methods, so read it as optimistic), is saved as {path} with "
