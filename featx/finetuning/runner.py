@@ -109,6 +109,8 @@ def finetune(
     budget's train and validation parts, and its evaluation split as "test"). The result holds the
     predictions of every split, as saved with the artifact.
     """
+    if config is not None and options:
+        raise FeatxError(f"give featx.finetune a config or its options ({', '.join(sorted(options))}), not both")
     config = config or FinetuneConfig.of({"backbone": backbone, **options})
     parse_threshold(threshold)
     check_options(device=device)
