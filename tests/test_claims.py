@@ -224,11 +224,24 @@ def test_a_fine_tuned_leader_s_card_names_the_rows_the_study_chose_it_by(tmp_pat
     data = make_folder(tmp_path / "data", 10)
     featx.study(data, backbones=[], heads=[], finetune=[TINY], train_sizes=["all"], repeats=1, weights="random",
                 val_fraction=0.3, finetune_options={"epochs": 1, "image_size": 64}, out=tmp_path / "s", workers=0,
-                n_boot=100, log=lambda m: None)
-    [card] = (tmp_path / "s" / "finetunes").glob("*/model.md")
-    text = card.read_text()
+                finetune_recipes={"plain": {}, "ema": {"ema": 0.9}}, n_boot=100, log=lambda m: None)
+    [text] = [c.read_text() for c in (tmp_path / "s" / "finetunes").glob("*/model.md") if "chose this model" in
+              c.read_text()]
     assert "by their ROC-AUC on the test split (the dataset's val split): that choice favoured it" in text
     assert "| test |" in text  # the rows that card calls test
+
+
+def test_a_study_of_one_method_claims_no_choice(data, tmp_path):
+    """One method at n=all: the evaluation split chose nothing, so neither the log nor the card says it did,
+    and the verdict explains no p-value it does not give."""
+    said = []
+    result = featx.study(data, backbones=[TINY], heads=["logreg"], train_sizes=["all"], repeats=1,
+                         weights="random", out=tmp_path / "s", workers=0, n_boot=100, log=said.append)
+    line = next(s for s in said if " is saved as " in s)
+    assert line.startswith(f"the study's only method at n=all, {TINY} + logreg") and "which chose nothing" in line
+    assert "optimistic" not in line and not list((tmp_path / "s" / "models").glob("*.chosen.json"))
+    assert "chose this model" not in result.leader.with_suffix(".md").read_text()
+    assert result.verdict and not any(v.startswith("p: ") for v in result.verdict)
 
 
 def test_the_study_leaves_its_leader_as_a_model_with_its_units_answers(data, tmp_path):

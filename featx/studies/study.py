@@ -219,12 +219,17 @@ class StudyRun(Plan):
         unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
         tuned = unit.kind is UnitKind.FINETUNE
         path = self.out / record["artifact"] if tuned else self._saved_head(unit)
-        if record_choice(path, split=HELD_OUT if tuned else self.evaluate_on, dataset_split=self.evaluate_on,
-                         methods=len(full), study=str(self.out / "study.toml")):
+        chose = len(full) > 1  # the evaluation split chose among methods: its figures now favour the leader
+        if chose and record_choice(path, split=HELD_OUT if tuned else self.evaluate_on,
+                                   dataset_split=self.evaluate_on, methods=len(full),
+                                   study=str(self.out / "study.toml")):
             write_model_card(path)  # a re-run that chose it again rewrites nothing
-        log(f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
-            f"split, which chose it among {len(full)} methods, so read it as optimistic), is saved as {path} with "
-            f"its model card; use it: featx export --model {path}, or featx demo --model {path}")
+        how = (f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
+               f"split, which chose it among {len(full)} methods, so read it as optimistic)" if chose else
+               f"the study's only method at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the "
+               f"{self.evaluate_on} split, which chose nothing)")
+        log(f"{how}, is saved as {path} with its model card; use it: featx export --model {path}, or featx demo "
+            f"--model {path}")
         return path
 
     def _saved_head(self, unit: Unit) -> Path:

@@ -41,11 +41,12 @@ def verdict(records: list[dict]) -> list[str]:
                  for m, q, t in zip(others, p, tests)]
         lines.append(f"n={n} ({_images(here)}): {leader} leads, ROC-AUC {_auc(here[leader]):.3f} "
                      f"(mean of {len(here[leader])}); ahead of " + ", ".join(parts) + ".")
+    tested = bool(lines)  # a size with two methods or more: its p-values need their line below
     needed = labels_needed(cells, sizes)
     if needed:
         lines.append(f"Labels needed (the smallest n within {WITHIN} ROC-AUC of the method's value at its largest n): "
                      + "; ".join(needed) + ".")
-    if lines:
+    if tested:
         lines.append("p: the difference of mean ROC-AUC over the repeats, against the variation of which images "
                      "were evaluated (DeLong for two classes, a paired bootstrap of the macro one-vs-rest ROC-AUC for "
                      "more) plus that of which images were drawn (the per-repeat differences' spread); Holm-adjusted "
