@@ -242,6 +242,13 @@ def test_a_study_of_one_method_claims_no_choice(data, tmp_path):
     assert "optimistic" not in line and not list((tmp_path / "s" / "models").glob("*.chosen.json"))
     assert "chose this model" not in result.leader.with_suffix(".md").read_text()
     assert result.verdict and not any(v.startswith("p: ") for v in result.verdict)
+    both = featx.study(data, backbones=[TINY], heads=["logreg", "knn"], train_sizes=["all"], repeats=1,
+                       weights="random", out=tmp_path / "s", workers=0, n_boot=100, log=lambda m: None)
+    head = max(both.records, key=lambda r: r["roc_auc"])["method_id"].head  # the chosen head, alone: no choice
+    again = featx.study(data, backbones=[TINY], heads=[head], train_sizes=["all"], repeats=1, weights="random",
+                        out=tmp_path / "s", workers=0, n_boot=100, log=lambda m: None)
+    assert again.leader == both.leader and not list((tmp_path / "s" / "models").glob("*.chosen.json"))
+    assert "chose this model" not in again.leader.with_suffix(".md").read_text()
 
 
 def test_the_study_leaves_its_leader_as_a_model_with_its_units_answers(data, tmp_path):

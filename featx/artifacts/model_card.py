@@ -58,6 +58,16 @@ def record_choice(artifact, *, split: str, methods: int, study: str, dataset_spl
     return True
 
 
+def forget_choice(artifact, *, study: str) -> bool:
+    """Drop the choice `study` recorded of this model (it no longer chooses among methods); True when there
+    was one. A choice another study recorded stays."""
+    path = choice_path(artifact)
+    if not path.is_file() or json.loads(path.read_text()).get("study") != study:
+        return False
+    path.unlink()
+    return True
+
+
 def write_model_card(artifact, *, robustness: list[dict] | None = None, shift: list[str] | None = None,
                      intended_use: str | None = None, limitations: str | None = None) -> Path:
     """Write `<model>.md` for the artifact at `artifact` (atomically) and return its path. Intended use

@@ -25,7 +25,7 @@ from .._core.console import log_line, progress_bar
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint
 from .._core.paths import default_cache_dir
-from ..artifacts.model_card import record_choice, write_model_card
+from ..artifacts.model_card import forget_choice, record_choice, write_model_card
 from ..data.budgets import Budget, held_out
 from ..evaluation.sets import EvaluationSet
 from ..evaluation.significance import point_metrics
@@ -219,10 +219,9 @@ class StudyRun(Plan):
         unit, record = max(full, key=lambda pair: pair[1]["roc_auc"])
         tuned = unit.kind is UnitKind.FINETUNE
         path = self.out / record["artifact"] if tuned else self._saved_head(unit)
-        chose = len(full) > 1  # the evaluation split chose among methods: its figures now favour the leader
-        if chose and record_choice(path, split=HELD_OUT if tuned else self.evaluate_on,
-                                   dataset_split=self.evaluate_on, methods=len(full),
-                                   study=str(self.out / "study.toml")):
+        chose, study = len(full) > 1, str(self.out / "study.toml")  # chose among methods: its figures favour it
+        if record_choice(path, split=HELD_OUT if tuned else self.evaluate_on, dataset_split=self.evaluate_on,
+                         methods=len(full), study=study) if chose else forget_choice(path, study=study):
             write_model_card(path)  # a re-run that chose it again rewrites nothing
         how = (f"the leader at n=all, {record['method']} (ROC-AUC {record['roc_auc']:.3f} on the {self.evaluate_on} "
                f"split, which chose it among {len(full)} methods, so read it as optimistic)" if chose else
