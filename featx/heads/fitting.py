@@ -333,10 +333,18 @@ def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
     return record_hash(record, 8)
 
 
+def _seen_from(path: Path, folder) -> str:
+    """`path` as seen from `folder` (a moved or copied project still finds it), or whole where no relative
+    path leads there (another drive)."""
+    try:
+        return os.path.relpath(Path(path).resolve(), Path(folder).resolve())
+    except ValueError:
+        return str(Path(path).resolve())
+
+
 def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics: dict, key: dict,
              predict_seconds: float, models_dir: Path) -> dict:
-    # the cache as seen from the model's folder: a moved or copied project still finds it
-    cache = os.path.relpath(store.path.resolve(), Path(models_dir).resolve())
+    cache = _seen_from(store.path, models_dir)
     features = feature_record(store.config, num_features=store.num_features, file=cache,
                               config_hash=store.config.get("config_hash"))
     selection = {"method": sel.method, "metric": "roc_auc",
