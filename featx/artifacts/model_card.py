@@ -92,7 +92,9 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
                limitations=None, chosen: dict | None = None) -> str:
     """The card's Markdown: front matter, then details, data, evaluation, threshold, use."""
     sidecar = Sidecar.from_json(info)
-    scores = {split: _scores(p, info.get("threshold"), intervals=split != "train") for split, p in predictions.items()}
+    saved = {split: (m or {}).get("ci") for split, m in (info.get("metrics") or {}).items()}
+    scores = {split: _scores(p, info.get("threshold"), intervals=split != "train", saved=saved.get(split))
+              for split, p in predictions.items()}
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
                 _evaluation(scores, chosen), _threshold(info)]
@@ -104,12 +106,17 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
     return "\n".join(sections)
 
 
-def _scores(p: dict, threshold, intervals: bool) -> dict:
-    """Point metrics and 95% intervals of one split (intervals only where asked and the split has both classes)."""
+def _scores(p: dict, threshold, intervals: bool, saved: dict | None = None) -> dict:
+    """Point metrics and 95% intervals of one split (intervals only where asked and the split has both
+    classes): those fit or finetune saved with the model (the same bootstrap), computed only for older ones."""
     y, proba = np.asarray(p["y"]), np.asarray(p["proba"])
     point = point_metrics(y, proba, threshold if threshold is not None else 0.5)
-    ci = bootstrap_ci(y, proba, threshold if threshold is not None else 0.5, n_boot=N_BOOT) \
-        if intervals and len(np.unique(y)) > 1 else {}
+    if not intervals or len(np.unique(y)) < 2:
+        ci = {}
+    elif saved:
+        ci = {name: None if bounds is None else tuple(bounds) for name, bounds in saved.items()}
+    else:
+        ci = bootstrap_ci(y, proba, threshold if threshold is not None else 0.5, n_boot=N_BOOT)
     return {"n": len(y), "point": point, "ci": ci}
 
 
