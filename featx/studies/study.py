@@ -113,6 +113,7 @@ class StudyRun(Plan):
             self.throughput.record("extract", backbone, store.n_rows / (time.perf_counter() - started))
         pool = Pool(store, "train", self.evaluate_on)
         pool.images = store_images(store, self.evaluate_on)
+        pool.evaluated = EvaluationSet.of(self.evaluate_on, store.paths(self.evaluate_on), store.sha1s(self.evaluate_on))
         pool.paths, pool.sha1s = np.asarray(store.paths("train")), np.asarray(store.sha1s("train"))
         pool.index = {p: i for i, p in enumerate(pool.paths)}
         return pool
@@ -125,9 +126,7 @@ class StudyRun(Plan):
         curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
         rows = np.array([pool.index[p] for p in self._paths(u.budget.rows) if p in pool.index], int)
         record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
-        evaluated = EvaluationSet.of(self.evaluate_on, pool.store.paths(self.evaluate_on),
-                                     pool.store.sha1s(self.evaluate_on))
-        record.update(_eval_predictions(evaluated, curve.y_eval, record.pop("proba")),
+        record.update(_eval_predictions(pool.evaluated, curve.y_eval, record.pop("proba")),
                       classes=list(pool.store.classes), eval_split=self.evaluate_on,
                       train_images=_trained_on(pool.paths[rows], pool.sha1s[rows]))
         self.throughput.record("fit", u.method.head, (len(rows), record["train_seconds"]))
