@@ -59,7 +59,7 @@ class _SavedModel:
         return self.decide(self.predict_proba(X, **kwargs))
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        return self.classes_[self.rule.indices(proba)]
+        return self.rule.decide(proba)
 
 
 class ImageClassifier(_SavedModel):

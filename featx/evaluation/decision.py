@@ -45,7 +45,7 @@ class DecisionRule:
 
     def decide(self, proba) -> np.ndarray:
         """Class names, one per row of `proba` (columns follow `classes`)."""
-        return np.asarray(self.classes, dtype=object)[self.indices(proba)]
+        return np.asarray(self.classes)[self.indices(proba)]
 
     def margin(self, proba) -> np.ndarray:
         """How far each row is from changing its answer: |p - threshold|, or the gap of the two most probable."""

@@ -51,12 +51,6 @@ class EvaluationSet:
         """Names the set of images: equal keys, the same images."""
         return images_fingerprint(zip(self.paths, self.sha1s))
 
-    def same(self, other: EvaluationSet) -> bool:
-        return self.key == other.key
-
     def order(self) -> np.ndarray:
         """Rows in path order: predictions of the same images line up."""
         return np.argsort(np.asarray(self.paths), kind="stable")
-
-    def __len__(self) -> int:
-        return len(self.paths)

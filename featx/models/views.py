@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import torch
 
-TTA_VIEWS = ("none", "hflip")
-
-
 def views_mean(forward, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
     """forward(x); under tta "hflip", the mean of forward(x) and forward(x mirrored left-right)."""
     out = forward(x)
