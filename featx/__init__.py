@@ -3,7 +3,8 @@
 Names are imported on first use, so commands that only read cached features (`featx fit`,
 `featx info`, `featx compare`) start without loading torch and timm. The layers, lowest first
 (a layer imports only the ones below it; README: "How featx is built"):
-_core < data, evaluation < models < features < artifacts < heads, finetuning < studies < reporting, exporting < demo < cli.
+_core < data, evaluation < models < features < artifacts < heads, finetuning < labelling < studies < reporting,
+exporting < demo < cli.
 """
 
 from importlib import import_module
@@ -34,6 +35,7 @@ _API = {
     "robustness": "studies.robustness", "study": "reporting.study_report",
     "StudyResult": "studies.result", "StudyReport": "reporting.study_report",
     "export": "exporting.onnx_export", "refresh_card": "studies.cards",
+    "suggest": "reporting.labelling_sheets", "audit": "reporting.labelling_sheets",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

@@ -100,6 +100,9 @@ LAYERS = click.option("--layers", default=None, metavar="last:K", help="Token mo
 DICOM_WINDOW = click.option("--dicom-window", default="default", metavar="default|minmax|C,W", help="How DICOM files "
                             "are displayed: their own VOI LUT or first window (min-max where they have none), "
                             "min-max of the modality values, or this window centre and width.")
+EXCLUDE = click.option("--exclude", default=None, type=click.Path(dir_okay=False),
+                       help="A file naming train images not to train on: featx audit's audit.csv, a CSV with a path "
+                            "column, or one path per line (relative to the data folder).")
 PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 
 
@@ -207,8 +210,9 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @MODELS
 @click.option("--out-of-core", is_flag=True, help="Read the features block by block instead of loading them (logreg, lightgbm).")
 @_choice("solver", "lbfgs", "Out-of-core logreg: lbfgs (the in-memory model, a pass per iteration) or sgd (fewer passes, near the optimum).")
+@EXCLUDE
 def fit_command(head, features, backbone, data, weights, image_size, pool, layers, pca, threshold, seed, cache_dir,
-                models_dir, out_of_core, solver):
+                models_dir, out_of_core, solver, exclude):
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
 
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
@@ -218,7 +222,7 @@ def fit_command(head, features, backbone, data, weights, image_size, pool, layer
 
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
-                  solver=solver, image_size=image_size, pool=pool, layers=layers)
+                  solver=solver, image_size=image_size, pool=pool, layers=layers, exclude=exclude)
     click.echo(results_table([(r.head, r.metrics, chosen(r.params, r.threshold, r.selection, r.train_seconds))
                               for r in results]))
     for r in results:
@@ -474,12 +478,16 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
               help="Run only unit K of the plan (for a job array); a later run without --unit gathers.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
 @click.option("--wide", is_flag=True, help="Print the full-size comparison with every column.")
+@click.option("--strategies", default="random", help="How each curve's labels are chosen, comma-separated: random "
+              "(patient-stratified draws) and labelling strategies (typiclust, probcover, coreset, margin, entropy, "
+              "badge; README: Which images to label next?), each a curve of every method.")
+@EXCLUDE
 @CACHE
 @WORKERS
 @click.pass_context
 def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs, finetune_image_size, train_sizes,
                   finetune_sizes, repeats, eval_split, val_fraction, group_pattern, weights, threshold, seed, n_boot, out,
-                  budget, unit, dry_run, wide, cache_dir, workers):
+                  budget, unit, dry_run, wide, strategies, exclude, cache_dir, workers):
     """Frozen backbones x heads, and fine-tunes, at every label budget: which wins, and with how many labels.
 
     At n images a method sees only those n: a head chooses its parameters by patient-grouped CV inside
@@ -495,7 +503,8 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
              if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
     values = {"backbones": backbones, "heads": heads, "finetune": finetune, "repeats": repeats, "eval_split": eval_split,
               "val_fraction": val_fraction, "group_pattern": group_pattern, "weights": weights, "threshold": threshold,
-              "seed": seed, "n_boot": n_boot, "train_sizes": train_sizes, "finetune_sizes": finetune_sizes}
+              "seed": seed, "n_boot": n_boot, "train_sizes": train_sizes, "finetune_sizes": finetune_sizes,
+              "strategies": strategies, "exclude": exclude}
     options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size)) if v is not None}
     spec = StudySpec.asked(data, config, {k: v for k, v in values.items() if not config or k in given}, options)
     result = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,
@@ -506,6 +515,70 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
     click.echo("\n".join(result.lines(wide=wide)))
     click.echo(f"\ntable: {out}/study.csv; curves: {out}/learning_curves.png; report: {out}/report.html; "
                f"re-run: featx study --config {out}/study.toml")
+
+
+@main.command("suggest")
+@_data(True, "Image folder or CSV manifest whose unlabelled images (empty label, or an unlabelled/ folder) to rank.")
+@click.option("--backbone", default="efficientnet_lite0", help="The backbone whose cached features choose (extracted "
+              "first if missing).")
+@click.option("--weights", default="imagenet", help="Weights of the backbone (as for extract).")
+@click.option("--k", "k", default=20, type=click.IntRange(min=1), help="How many images to suggest.")
+@click.option("--strategy", default="typiclust", help="typiclust, probcover or coreset (no label needed), random, or "
+              "margin, entropy, badge (a model trained on the labels so far).")
+@click.option("--model", "model", default=None, type=click.Path(dir_okay=False),
+              help="A head from featx fit on these features, whose probabilities model strategies use and the CSV shows "
+                   "[default: a logistic regression chosen on the labelled images, for model strategies].")
+@click.option("--out", default="featx-suggest", type=click.Path(file_okay=False),
+              help="Folder for suggestions.csv and suggestions.html.")
+@click.option("--seed", default=0, type=int, help="Seed of the strategy (k-means, random draws).")
+@CACHE
+@PROGRESS
+def suggest_command(data, backbone, weights, k, strategy, model, out, seed, cache_dir, progress):
+    """Which unlabelled images to label next, in order, with why: a CSV and a contact sheet.
+
+    Fill in their labels (the manifest's label column, or move the files into their class folders);
+    featx fit and featx study then use them.
+    """
+    from .reporting.labelling_sheets import suggest
+
+    found = suggest(data, backbone, k=k, strategy=strategy, model=model, out=out, weights=weights,
+                    cache_dir=cache_dir, seed=seed, progress=progress, log=lambda m: click.echo(m, err=True))
+    for note in found.notes:
+        click.echo(note, err=True)
+    click.echo(f"{len(found.paths)} of {found.waiting} unlabelled images to label next, by {strategy} on {backbone}"
+               + (f" (probabilities: {found.model})" if found.model else "") + ":")
+    for row in found.rows()[:10]:
+        click.echo(f"  {row['rank']:>3}. {row['path']}  {row['why']}" + (f"  [{row['patient']}]" if row["patient"] else ""))
+    click.echo(f"list: {out}/suggestions.csv; contact sheet: {out}/suggestions.html")
+
+
+@main.command("audit")
+@_data(False, "The dataset, with --backbone.")
+@click.option("--backbone", default=None, help="The backbone whose cached features of --data to use (extracted first if missing).")
+@click.option("--features", type=click.Path(dir_okay=False), default=None, help="Or: a feature cache (.h5).")
+@click.option("--weights", default="imagenet", help="Weights of the backbone, with --backbone (as for extract).")
+@click.option("--head", default="logreg", help="The head whose out-of-fold probabilities judge the labels.")
+@click.option("--folds", default=5, type=click.IntRange(min=2), help="Patient-grouped folds of the train split.")
+@click.option("--duplicate-cosine", default=0.98, type=float, help="Feature cosine at or above which two images "
+              "with different labels are listed as near-duplicates.")
+@click.option("--out", default="featx-audit", type=click.Path(file_okay=False), help="Folder for audit.csv and audit.html.")
+@click.option("--seed", default=0, type=int, help="Seed of the folds.")
+@CACHE
+def audit_command(data, backbone, features, weights, head, folds, duplicate_cosine, out, seed, cache_dir):
+    """Which train labels look wrong: out-of-fold probabilities by patient, then confident learning (cleanlab).
+
+    Writes audit.csv (most suspicious first) and a contact sheet. Validation and test images are never
+    audited. To train without the flagged images: featx fit --exclude OUT/audit.csv (or featx study --exclude,
+    which adds a "flagged removed" curve beside the labels as given).
+    """
+    from .reporting.labelling_sheets import audit
+
+    found = audit(data, backbone, features=features, head=head, folds=folds, duplicate_cosine=duplicate_cosine,
+                  out=out, weights=weights, cache_dir=cache_dir, seed=seed, log=lambda m: click.echo(m, err=True))
+    click.echo(f"{len(found.paths)} of {found.audited} train labels look wrong ({found.seconds:.1f} s):")
+    for row in found.rows()[:10]:
+        click.echo(f"  {row['rank']:>3}. {row['path']}  labelled {row['given']}, looks {row['suggested']}  {row['why']}")
+    click.echo(f"list: {out}/audit.csv; contact sheet: {out}/audit.html; train without them: --exclude {out}/audit.csv")
 
 
 @main.command("robustness")

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
 
 KINDS = ("head", "finetune")
+CLEANED = "cleaned"  # a study's labels drawn without the images --exclude names (MethodId.labels)
 # What a sidecar keeps of its features' config: the recipe, and facts for people and for rebuilding the backbone.
 RECORDED = ("recipe_version", *FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "dtype", "data_root",
             "dataset_key", "group_pattern", "group_source", "patients")  # groups: how patients were kept together (model cards)
@@ -29,13 +30,16 @@ class MethodId:
     """What a method is, everywhere featx names one (study units and records, the verdict, recipe gains,
     figures, compare, robustness, cards, the demo): its backbone, how its features or training differ from
     the default (e.g. ("cls+avg", "448 px")), the head ("finetune" for a fine-tune), out of core or not, and
-    the name a study gave its fine-tune recipe. `label` is derived from it and never parsed back."""
+    the name a study gave its fine-tune recipe, and how a study chose its training labels (None: drawn at
+    random from the whole pool; a labelling strategy's name; CLEANED: drawn at random from the pool without
+    the images --exclude names). `label` is derived from it and never parsed back."""
 
     backbone: str
     head: str
     variant: tuple[str, ...] = ()
     out_of_core: bool = False
     recipe: str | None = None
+    labels: str | None = None
 
     @classmethod
     def finetune(cls, backbone: str, options: dict, *, started_from: dict | None = None,
@@ -51,9 +55,11 @@ class MethodId:
     def label(self) -> str:
         shown = f" [{', '.join(self.variant)}]" if self.variant else ""
         named = f" (recipe {self.recipe})" if self.recipe else ""
+        chosen = "" if self.labels is None else (", flagged removed" if self.labels == CLEANED else
+                                                 f", {self.labels} labels")
         if self.finetuned:
-            return f"{self.backbone} fine-tune{shown}{named}"
-        return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "")
+            return f"{self.backbone} fine-tune{shown}{named}{chosen}"
+        return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "") + chosen
 
     def __str__(self) -> str:
         return self.label

@@ -3,6 +3,10 @@
 Layouts: `DIR/<class>/*`, `DIR/{train,val,test}/<class>/*`, or a CSV manifest with columns
 `path,label[,split][,group]`. A validation split cut from train keeps each group (patient)
 on one side; it is stored next to the caches and reused by every later command.
+
+Images without a label yet (for `featx suggest`) are the rows of a manifest whose label is empty, or the
+files of an `unlabelled/` folder beside the class folders (or beside the split folders). They are listed
+in the split UNLABELLED with label -1: extraction caches them, and no head, budget or evaluation sees them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from .splits import cut_split, read_split, reuse_split, split_file
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}) | DICOM_EXTENSIONS
 BAD_NAME = "file name is not valid UTF-8; rename the file to extract it"
 SPLITS = CHOICES["split"]
+UNLABELLED = "unlabelled"  # images waiting for a label: cached, never trained on or evaluated
+STORED_SPLITS = (*SPLITS, UNLABELLED)  # the splits a cache's rows may be in, by their code
 SPLIT_ALIASES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 # Kermany et al. names: person123_bacteria_456.jpeg -> person123, IM-0115-0001.jpeg -> IM-0115,
@@ -91,6 +97,11 @@ class Dataset:
         return lines
 
     @property
+    def unlabelled(self) -> list[int]:
+        """Rows of the images that have no label yet."""
+        return [i for i, s in enumerate(self.splits) if s == UNLABELLED]
+
+    @property
     def has_dicom(self) -> bool:
         """Whether any image is a DICOM file."""
         return any(map(_dicom_path, self.paths))
@@ -102,6 +113,8 @@ class Dataset:
         """{split: {class: n}} for the splits that exist."""
         table: dict[str, dict[str, int]] = {}
         for split, label in zip(self.splits, self.labels):
+            if label < 0:
+                continue
             row = table.setdefault(split, {c: 0 for c in self.classes})
             row[self.classes[label]] += 1
         return {s: table[s] for s in SPLITS if s in table}
@@ -152,7 +165,7 @@ def load_dataset(
     ds.groups = [g if g else group_of(p, regex) for p, g in zip(ds.paths, ds.groups)]
     _check_classes(ds)
     ds.listing_notes += [note for note in [groups_across_splits(ds.groups, ds.splits), _few_groups(ds),
-                                           groups_in_two_classes(ds.groups, ds.labels, ds.classes)] if note]
+                                           groups_in_two_classes(*_labelled(ds))] if note]
     if "val" in ds.splits:
         ds.validation = "given"
         if val_fraction is not None:
@@ -167,6 +180,12 @@ def load_dataset(
             cut_split(ds, val_fraction, seed, None)
         ds.validation = "cut"
     return ds
+
+
+def _labelled(ds: Dataset) -> tuple[list[str], np.ndarray, list[str]]:
+    """(groups, labels, classes) of the labelled images."""
+    keep = ds.labels >= 0
+    return [g for g, k in zip(ds.groups, keep) if k], ds.labels[keep], ds.classes
 
 
 def _few_groups(ds: Dataset) -> str:
@@ -342,7 +361,8 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _from_folders(root: Path) -> Dataset:
-    subdirs = _subfolders(root)
+    subdirs = [d for d in _subfolders(root) if d.name.lower() != UNLABELLED]
+    waiting = [d for d in _subfolders(root) if d.name.lower() == UNLABELLED]
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
     if split_dirs and "train" not in split_dirs and "test" not in split_dirs and len(split_dirs) == len(subdirs):
         raise FeatxError(f"{root} has a {', '.join(split_dirs)} folder but no train folder")
@@ -352,10 +372,10 @@ def _from_folders(root: Path) -> Dataset:
             f"{root} mixes split folders ({', '.join(d.name for d in split_dirs.values())}) "
             f"with other folders ({', '.join(others[:3])}); use DIR/<class>/* or DIR/{{train,val,test}}/<class>/*"
         )
-    layout = split_dirs or {"train": root}
+    layout = split_dirs or ({"train": root} if subdirs or not waiting else {})
     classes_by_split = {}
     for split, folder in layout.items():
-        names = [d.name for d in _subfolders(folder)]
+        names = [d.name for d in (subdirs if folder == root else _subfolders(folder))]
         if not names:
             raise FeatxError(
                 f"no class folders in {folder}: expected {folder}/<class>/<image files>, e.g. NORMAL/ and PNEUMONIA/"
@@ -388,6 +408,11 @@ def _from_folders(root: Path) -> Dataset:
             paths += found
             labels += [all_classes.index(class_name)] * len(found)
             splits += [split] * len(found)
+    for folder in waiting:
+        found = _list_images(folder, root, ignored, problems)
+        paths += found
+        labels += [-1] * len(found)
+        splits += [UNLABELLED] * len(found)
     problems.update({p: BAD_NAME for p in paths if "\\x" in p and not (root / p).exists()})
     return Dataset(root, "", all_classes, paths, np.asarray(labels, dtype=np.int64), splits,
                    [""] * len(paths), ignored=ignored, problems=problems)
@@ -415,7 +440,10 @@ def _from_manifest(csv_path: Path) -> Dataset:
         if split is None:
             raise FeatxError(f"{csv_path.name} line {line}: split '{row['split']}' is not one of train, val, test")
         if not row["label"]:
-            raise FeatxError(f"{csv_path.name} line {line}: empty label")
+            if split != "train":
+                raise FeatxError(f"{csv_path.name} line {line}: an image without a label cannot be in the {split} "
+                                 "split; leave its split empty (it waits for a label) or give its label")
+            split = UNLABELLED
         rel = os.path.relpath(full.resolve(), root).replace(os.sep, "/") if not path.is_absolute() else str(full)
         if special:
             problems[rel] = special
@@ -426,8 +454,8 @@ def _from_manifest(csv_path: Path) -> Dataset:
     repeated, note = listed_twice(entries, csv_path.name)
     keep = [i for i in range(len(entries)) if i not in repeated]
     paths, label_names, splits = ([entries[i][k] for i in keep] for k in range(3))
-    classes = sorted(set(label_names))
-    labels = np.asarray([classes.index(n) for n in label_names], dtype=np.int64)
+    classes = sorted(set(label_names) - {""})
+    labels = np.asarray([classes.index(n) if n else -1 for n in label_names], dtype=np.int64)
     return Dataset(root, "", classes, paths, labels, splits, [groups[i] for i in keep],
                    problems=problems, listing_notes=[note] if note else [])
 
@@ -435,6 +463,7 @@ def _from_manifest(csv_path: Path) -> Dataset:
 def _check_classes(ds: Dataset) -> None:
     if not ds.paths:
         raise FeatxError(f"no images in {ds.root} ({_extensions_hint()})")
+
     for split in ("train", "val"):
         present = {ds.classes[l] for l, s in zip(ds.labels, ds.splits) if s == split}
         if present and len(present) < len(ds.classes):

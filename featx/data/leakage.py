@@ -43,10 +43,11 @@ def listed_twice(entries: list[tuple[str, str, str, int]], source: str) -> tuple
 
 def check_copies(paths: list[str], labels, splits: list[str], sha1s: list[str], classes, source: str) -> str:
     """Refuse byte-identical files in two splits or with two labels; return a note on the copies
-    within one split ("" when there are none)."""
+    within one split ("" when there are none). Images without a label are left out: featx suggest
+    says which of them copy a labelled image."""
     by_content = defaultdict(list)
-    for i, digest in enumerate(sha1s):
-        if digest and digest != EMPTY_SHA1:
+    for i, digest in enumerate(sha1s):  # an image without a label (-1) is trained on only once labelled
+        if digest and digest != EMPTY_SHA1 and int(labels[i]) >= 0:
             by_content[digest].append(i)
     across, relabelled, within = [], [], []
     for rows in by_content.values():

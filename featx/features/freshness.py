@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._core.errors import FeatxError
-from ..data.datasets import SPLITS, Dataset
+from ..data.datasets import STORED_SPLITS, UNLABELLED, Dataset
 from ..data.leakage import check_copies
 from ..data.splits import SPLIT_FILE, read_split_file, stored_splits
 from .planning import row_table
@@ -27,7 +27,7 @@ def check_fresh(store: FeatureStore, ds: Dataset | None, update: str) -> None:
     if ds is None:
         ds = _dataset_of(store, held)
         if ds is None:  # the images are not here: the cache's own record still tells copies apart
-            check_copies(held.path, held.label, [SPLITS[c] for c in held.split], held.sha1, store.classes,
+            check_copies(held.path, held.label, [STORED_SPLITS[c] for c in held.split], held.sha1, store.classes,
                          str(store.path))
             return
     now = row_table(ds, held)
@@ -35,7 +35,7 @@ def check_fresh(store: FeatureStore, ds: Dataset | None, update: str) -> None:
     if changes:
         raise FeatxError(f"{store.path} is out of date: {changes} since it was made; run `{update}` to update it "
                          "(unchanged images keep their features)")
-    cached = [SPLITS[c] for c in held.split]
+    cached = [STORED_SPLITS[c] for c in held.split]
     split_now = dict(zip(ds.paths, ds.splits))  # by path: a manifest may list the same images in another order
     expected = [split_now[p] for p in held.path] if listed else _stored(store, held, cached)
     moved = [i for i, (a, b) in enumerate(zip(cached, expected)) if a != b]
@@ -46,13 +46,33 @@ def check_fresh(store: FeatureStore, ds: Dataset | None, update: str) -> None:
                          f"two runs cut the split at once; run `{update}` to update the cache")
 
 
+def newly_labelled(store: FeatureStore, ds: Dataset) -> int:
+    """How many images got a label since the cache was made, when that is every change: their bytes were cached
+    without a label, and are listed now with one (under the same path or, moved into a class folder, another).
+    0 when anything else changed (featx fit then refuses the cache as out of date)."""
+    held = store.row_table()
+    now = row_table(ds, held)
+    waiting = STORED_SPLITS.index(UNLABELLED)
+    before = {h: (p, int(label), c) for p, h, label, c in zip(held.path, held.sha1, held.label, held.split)}
+    labelled = 0
+    for p, h, label in zip(now.path, now.sha1, now.label):
+        path, old_label, split = before.pop(h, (None, None, None))
+        if path is None:
+            return 0
+        if (p, int(label)) != (path, old_label):
+            if split != waiting or label < 0:
+                return 0
+            labelled += 1
+    return labelled if not any(c != waiting for _, _, c in before.values()) else 0
+
+
 def _dataset_of(store: FeatureStore, held: RowTable) -> Dataset | None:
     """The cache's rows as a dataset at its recorded root, or None when that folder is gone."""
     root = store.data_root
     if not root.is_dir():
         return None
     return Dataset(root, store.path.parent.name, list(store.classes), list(held.path), held.label.astype(np.int64),
-                   [SPLITS[c] for c in held.split], list(held.group))
+                   [STORED_SPLITS[c] for c in held.split], list(held.group))
 
 
 def _stored(store: FeatureStore, held: RowTable, cached: list[str]) -> list[str]:

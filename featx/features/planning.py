@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.errors import FeatxError
-from ..data.datasets import SPLITS, Dataset
+from ..data.datasets import SPLITS, STORED_SPLITS, Dataset
 from ..data.files import file_contents
 from ..data.leakage import check_copies
 from .store import FeatureStore, RowTable, StoreWriter, create_store
@@ -28,13 +28,13 @@ def prepare_store(path: Path, ds: Dataset, identity: dict, config: dict, num_fea
     old = FeatureStore(path) if path.exists() else None
     if old is not None:
         old.check_identity(identity)
-        if old.classes != ds.classes:
+        if old.classes != ds.classes and not set(old.classes) <= set(ds.classes):
             raise FeatxError(f"{path} has classes {old.classes}, the data has {ds.classes}; "
                              "use another cache file or delete this one")
     held = old.row_table() if old is not None else None
     rows = row_table(ds, held)
     if held is not None:
-        if same_files(held, rows):
+        if same_files(held, rows) and old.classes == ds.classes:
             if not np.array_equal(held.split, rows.split):
                 with StoreWriter(path) as writer:
                     writer.set_split(rows.split)
@@ -59,7 +59,7 @@ def row_table(ds: Dataset, held: RowTable | None) -> RowTable:
     size, mtime, sha1 = file_contents(ds.root, ds.paths, known, skip=ds.problems)
     ds.copies_note = check_copies(ds.paths, ds.labels, ds.splits, sha1, ds.classes, str(ds.root))
     return RowTable(path=list(ds.paths), label=ds.labels.astype(np.int16),
-                    split=np.array([SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),
+                    split=np.array([STORED_SPLITS.index(s) for s in ds.splits], np.int8), group=list(ds.groups),
                     sha1=sha1, size=size, mtime_ns=mtime)
 
 

@@ -4,8 +4,8 @@ Layout (N rows, D features):
   features  N×D float32|float16   zeros until the row is done
   done      N uint8               1 once the row's features are written
   skipped   N bytes               why the image could not be read ('' if it could)
-  label     N int16               index into attrs['class_names']
-  split     N int8                index into attrs['split_names'] (train, val, test)
+  label     N int16               index into attrs['class_names'], -1 for an unlabelled image
+  split     N int8                index into attrs['split_names'] (train, val, test, unlabelled)
   path, group, sha1               N strings; path is relative to attrs['data_root']
   size, mtime_ns                  N int64, to skip re-hashing unchanged files
   attrs['config']                 JSON: how the features were made (backbone, weights sha256, data config, ...)
@@ -28,7 +28,7 @@ import numpy as np
 from .._core.atomic import atomic_path
 from .._core.errors import FeatxError
 from .._core.options import check_choice
-from ..data.datasets import SPLITS
+from ..data.datasets import STORED_SPLITS, UNLABELLED
 from .identity import FORMAT_VERSION, differences
 
 REASON_BYTES = 200
@@ -80,8 +80,9 @@ class FeatureStore:
         done = f["done"][:].astype(bool)
         if split is None:
             return np.flatnonzero(done)
-        check_choice("split", split)
-        return np.flatnonzero(done & (f["split"][:] == SPLITS.index(split)))
+        if split != UNLABELLED:
+            check_choice("split", split)
+        return np.flatnonzero(done & (f["split"][:] == STORED_SPLITS.index(split)))
 
     def rows(self, split: str | None = None) -> np.ndarray:
         """Indices of the finished rows of `split`, ascending: the order of `arrays` and `paths`."""
@@ -145,7 +146,7 @@ class FeatureStore:
         with self._open() as f:
             split = f["split"][:]
         table = {}
-        for code, name in enumerate(SPLITS):
+        for code, name in enumerate(STORED_SPLITS):
             in_split = split == code
             if in_split.any():
                 table[name] = {"done": int((done & in_split).sum()), "skipped": int((skipped & in_split).sum()),
@@ -255,7 +256,7 @@ def create_store(path, config: dict, classes: list[str], rows: RowTable, num_fea
         with h5py.File(tmp, "w", libver="earliest") as f:
             f.attrs["config"] = json.dumps(config, sort_keys=True)
             f.attrs["class_names"] = np.array(classes, dtype=_STRING)
-            f.attrs["split_names"] = np.array(SPLITS, dtype=_STRING)
+            f.attrs["split_names"] = np.array(STORED_SPLITS, dtype=_STRING)
             f.attrs["format_version"] = FORMAT_VERSION
             chunk = rows_per_chunk(num_features, dtype.itemsize)
             _prealloc(f, "features", (n, num_features), dtype, (min(chunk, n), num_features))
@@ -284,10 +285,13 @@ def _prealloc(f: h5py.File, name: str, shape, dtype, chunks) -> h5py.Dataset:
 
 
 def _carry_over(f: h5py.File, rows: RowTable, old: FeatureStore) -> None:
-    """Copy finished rows (and skip reasons) of files whose bytes have not changed."""
+    """Copy finished rows (and skip reasons) of files whose bytes have not changed, wherever they now lie."""
     old_rows = old.row_table()
     where = {(p, s): i for i, (p, s) in enumerate(zip(old_rows.path, old_rows.sha1)) if s}
-    pairs = [(new, where[(p, s)]) for new, (p, s) in enumerate(zip(rows.path, rows.sha1)) if (p, s) in where]
+    moved = {s: i for i, s in enumerate(old_rows.sha1) if s}  # the same bytes under another name (a file moved
+    # into its class folder once labelled): features depend on the bytes alone
+    pairs = [(new, where.get((p, s), moved.get(s))) for new, (p, s) in enumerate(zip(rows.path, rows.sha1))
+             if (p, s) in where or s in moved]
     if not pairs:
         return
     with old._open() as src:

@@ -18,11 +18,12 @@ from ..artifacts import portable
 from ..artifacts.format import build_sidecar, save_artifact
 from ..artifacts.model_card import write_model_card
 from ..artifacts.sidecar import feature_record
-from ..data.datasets import SPLITS
+from ..data.datasets import SPLITS, STORED_SPLITS
+from ..data.exclusion import Exclusion
 from ..evaluation.folds import TooFewGroups
 from ..evaluation.metrics import evaluate_with_intervals
 from ..evaluation.thresholds import check_threshold, resolve_threshold, rule_name
-from ..features.freshness import check_fresh
+from ..features.freshness import check_fresh, newly_labelled
 from ..features.recipe import extract_command, extraction_options
 from ..features.lookup import dataset_caches
 from ..features.store import FeatureStore
@@ -48,7 +49,7 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
         threshold: str | float = 0.5, seed: int = 0, cache_dir=None, models_dir=None, weights: str = "imagenet",
         out_of_core: bool = False, solver: str = "lbfgs", block_rows: int | None = None,
         image_size: int | None = None, pool: str | None = None, layers: str | None = None,
-        log=None) -> list[FitResult]:
+        exclude=None, log=None) -> list[FitResult]:
     """Train `head` ("all" for every head) on cached features and save one artifact per head.
 
     The features are a cache file (`features`), or the cache of `backbone` on `data`, which
@@ -60,6 +61,9 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     out_of_core reads the features block by block (`block_rows` rows at a time) instead of
     loading them (featx.heads.out_of_core): logreg by streamed L-BFGS (`solver="lbfgs"`, the
     in-memory model) or SGD (`solver="sgd"`, fewer passes), lightgbm through lightgbm.Sequence.
+
+    `exclude`: a file (or data.exclusion.Exclusion) naming train images not to train on, e.g. the labels
+    featx audit flagged; the model's name and sidecar record the list.
     """
     log = log or log_line
     names = _head_names(head, pca, out_of_core, solver)
@@ -67,10 +71,14 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     variant = feature_variant(image_size, pool, layers)
     store = resolve_store(features, data, backbone, weights, variant, cache_dir, log)
     rule = check_threshold(threshold, len(store.classes))
-    learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else _InMemory(store, pca, seed, log))
+    excluded = None if exclude is None else Exclusion.read(exclude, store.paths(), _row_splits(store))
+    if excluded and out_of_core:
+        raise FeatxError("--exclude works on features loaded in memory; drop --out-of-core, or remove the images")
+    learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else
+               _InMemory(store, pca, seed, log, excluded.paths if excluded else ()))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
     key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver,
-           "images": _learned_from(store)}
+           "images": _learned_from(store, excluded), **({"excluded": excluded} if excluded else {})}
     results = []
     for name in names:
         try:
@@ -125,7 +133,7 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
     if learner.val_lacks:
         sel.method += f", as val has no {' or '.join(learner.val_lacks)} images"
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
-    splits = {split: (y, store.paths(split), store.sha1s(split)) for split, y in labels.items()}
+    splits = {split: (y, *learner.listing(store, split)) for split, y in labels.items()}
     path, metrics = evaluate_and_save(name, store, sel, rule, cut, splits,
                                       lambda split: learner.predict_proba(sel.estimator, split), models_dir, key)
     log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
@@ -178,9 +186,11 @@ class _InMemory:
     note = ""  # what fit's log line adds
     val_lacks: tuple = ()  # the classes validation lacks, so that selection cannot use it
 
-    def __init__(self, store: FeatureStore, pca, seed: int, log):
+    def __init__(self, store: FeatureStore, pca, seed: int, log, excluded=()):
         _check_fits_in_memory(store)
-        self.splits = _load_splits(store, log)
+        self.splits, self.excluded = _load_splits(store, log, excluded), excluded
+        if excluded:
+            self.note = f", {len(excluded)} excluded"
         X, y, _ = self.splits["train"]
         if pca is not None and pca > min(X.shape):
             raise FeatxError(f"--pca {pca} exceeds what {X.shape[0]} train images x {X.shape[1]} features allow")
@@ -195,6 +205,12 @@ class _InMemory:
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
         return estimator.predict_proba(self.splits[split][0])
+
+    def listing(self, store: FeatureStore, split: str) -> tuple[list, list]:
+        """(paths, sha1s) of the split's rows as loaded (the excluded left out)."""
+        keep = np.flatnonzero(_kept(store, split, self.excluded))
+        paths, sha1s = store.paths(split), store.sha1s(split)
+        return [paths[i] for i in keep], [sha1s[i] for i in keep]
 
 
 class _Streamed:
@@ -220,6 +236,10 @@ class _Streamed:
     def predict_proba(self, estimator, split: str) -> np.ndarray:
         return self.cached.predict_proba(estimator, split)
 
+    @staticmethod
+    def listing(store: FeatureStore, split: str) -> tuple[list, list]:
+        return store.paths(split), store.sha1s(split)
+
 
 def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: Path, log) -> FeatureStore:
     """The cache file asked for, or the one of `backbone` on `data` (extracted now if missing);
@@ -243,6 +263,13 @@ def resolve_store(features, data, backbone, weights, variant: dict, cache_dir: P
         listing = ", ".join(str(s.path) for s in found)
         raise FeatxError(f"several {backbone} caches for {ds.root}: {listing}; pick one with --features")
     if found:
+        labelled = newly_labelled(found[0], ds)
+        if labelled:
+            from ..features.extraction import extract
+
+            log(f"{labelled} images got their label since {found[0].path} was made: updating it (their features are kept)")
+            return extract(ds, backbone, weights=weights, cache_dir=cache_dir, output=found[0].path, progress=False,
+                           log=lambda line: None, **variant)
         update = extract_command(data, {"backbone": backbone, "weights": weights, **variant}, cache_dir=cache_dir)
         check_fresh(found[0], ds, update)
         return found[0]
@@ -260,8 +287,8 @@ def _update_command(store: FeatureStore) -> str:
     return extract_command(data, extraction_options(config), cache_dir=store.path.parent.parent, output=store.path)
 
 
-def _load_splits(store: FeatureStore, log) -> dict:
-    """(X, y, groups) per split present; refuse what no head can learn from."""
+def _load_splits(store: FeatureStore, log, excluded=()) -> dict:
+    """(X, y, groups) per split present, less the `excluded` train paths; refuse what no head can learn from."""
     counts = store.counts()
     out = {}
     for split in SPLITS:
@@ -275,9 +302,20 @@ def _load_splits(store: FeatureStore, log) -> dict:
             rows = int(bad.any(1).sum())
             raise FeatxError(f"{store.path}: {rows} {split} feature rows contain NaN or inf ({int(bad.sum())} values); "
                              "re-extract them (delete the cache file) before fitting")
-        out[split] = (X.astype(np.float32, copy=False), y, np.asarray(store.groups(split)))
+        keep = _kept(store, split, excluded)
+        out[split] = (X[keep].astype(np.float32, copy=False), y[keep], np.asarray(store.groups(split))[keep])
     _check_train(store, {split: v[1] for split, v in out.items()}, log, counts)
     return out
+
+
+def _row_splits(store: FeatureStore) -> list[str]:
+    """The split of each finished row, in the order of `store.paths()`."""
+    return [STORED_SPLITS[c] for c in store.row_table().split[store.rows()]]
+
+
+def _kept(store: FeatureStore, split: str, excluded) -> np.ndarray:
+    """Which of the split's rows are trained on: all but the `excluded` paths."""
+    return np.array([p not in excluded for p in store.paths(split)], bool)
 
 
 def _check_train(store: FeatureStore, labels: dict, log, counts: dict | None = None) -> None:
@@ -319,11 +357,13 @@ def _check_fits_in_memory(store: FeatureStore) -> None:
                          "add --out-of-core (logreg, lightgbm) to read them block by block")
 
 
-def _learned_from(store: FeatureStore) -> str:
-    """Names the images a head learns and is selected on (train and validation, paths and bytes): part of
-    its artifact's name, so that a re-fit after the data changed is saved beside the earlier model."""
+def _learned_from(store: FeatureStore, excluded=None) -> str:
+    """Names the images a head learns and is selected on (train and validation, paths and bytes, less the
+    excluded): part of its artifact's name, so that a re-fit after the data changed is saved beside the
+    earlier model."""
+    drop = excluded.paths if excluded else frozenset()
     return images_fingerprint((p, h) for split in ("train", "val")
-                              for p, h in zip(store.paths(split), store.sha1s(split)))[:16]
+                              for p, h in zip(store.paths(split), store.sha1s(split)) if p not in drop)[:16]
 
 
 def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
@@ -353,4 +393,5 @@ def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics:
                          threshold_rule=rule_name(rule), features=features, metrics=metrics,
                          train_seconds=sel.train_seconds, predict_seconds_per_image=predict_seconds,
                          packages=("sklearn", "skops", "numpy", *(("lightgbm",) if name == "lightgbm" else ())),
-                         pca=key["pca"], seed=key["seed"], selection=selection, out_of_core=bool(key["out_of_core"]))
+                         pca=key["pca"], seed=key["seed"], selection=selection, out_of_core=bool(key["out_of_core"]),
+                         **({"excluded": key["excluded"].record()} if key.get("excluded") else {}))

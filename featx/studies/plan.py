@@ -21,9 +21,10 @@ import numpy as np
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import feature_variant
-from ..artifacts.sidecar import MethodId
+from ..artifacts.sidecar import CLEANED, MethodId
 from ..data.budgets import Budget, label_budgets
 from ..data.datasets import DEFAULT_GROUP_PATTERN, Dataset, load_dataset
+from ..data.exclusion import Exclusion
 from ..data.files import file_contents
 from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
@@ -34,6 +35,7 @@ from ..heads.selection import SELECTION_RULES
 from ..models.weight_files import weights_identity
 from .estimates import Throughput
 from .spec import StudySpec
+from .strategy_gains import strategy_note
 
 
 class UnitKind(Enum):
@@ -107,6 +109,8 @@ class Plan:
         self.budgets = [b for b in self.budgets if (b.n is not None and b.n not in whole) or b.repeat == 0]
         self.notes = [f"n={n} takes the whole pool of {len(self.pool)} images: one draw, not {spec.repeats} identical "
                       "repeats" for n in sorted(whole)] if spec.repeats > 1 else []
+        self.exclusion = Exclusion.read(spec.exclude, self.ds.paths, self.ds.splits) if spec.exclude else None
+        self.draws = self._draws()  # label source (MethodId.labels) -> its budgets, rows as positions in the pool
         self.throughput = Throughput(cache_dir)
         self.units = self._units()
 
@@ -119,6 +123,27 @@ class Plan:
         return EvaluationSet.of(self.evaluate_on, paths, sha1s)
 
     # -- the plan --------------------------------------------------------------------------------------
+    def _draws(self) -> dict:
+        """Each label source's budgets: random draws (None), random draws without the excluded images
+        (CLEANED), and each strategy's sizes below the whole pool, whose images it chooses once the
+        features exist (rows empty until then)."""
+        draws = {None: self.budgets} if "random" in self.spec.strategies else {}
+        for strategy in (s for s in self.spec.strategies if s != "random"):
+            draws[strategy] = [b for b in self.budgets if b.n is not None and b.n_images < len(self.pool)]
+            draws[strategy] = [Budget(b.n, b.repeat, np.empty(0, int)) for b in draws[strategy]]
+        if self.exclusion:
+            kept = np.array([self.ds.paths[i] not in self.exclusion.paths for i in self.pool])
+            positions = np.flatnonzero(kept)
+            cleaned = label_budgets(self.ds.labels[self.pool][kept], [self.ds.groups[i] for i in self.pool[kept]],
+                                    [n if n == "all" or n <= len(positions) else "all" for n in self.sizes],
+                                    repeats=self.spec.repeats, seed=self.spec.seed, classes=self.ds.classes)
+            draws[CLEANED] = sorted([Budget(b.n, b.repeat, positions[b.rows]) for b in cleaned
+                                     if b.n is not None or b.repeat == 0], key=lambda b: (b.n is None, b.n or 0, b.repeat))
+            self.notes.append(f"{self.exclusion.describe()}: each method also runs on budgets drawn without them "
+                              "(\"flagged removed\"), evaluated on the same untouched split")
+        self.notes += [strategy_note(s, self.sizes) for s in draws if s not in (None, CLEANED)]
+        return draws
+
     def _units(self) -> list[Unit]:
         units = [Unit(i, UnitKind.EXTRACT, b) for i, b in enumerate(self.spec.backbones if self.spec.heads else ())]
         self.finished = stores = {}  # backbone -> its complete cache when planned, else None
@@ -129,38 +154,49 @@ class Plan:
         for backbone in (self.spec.backbones if self.spec.heads else ()):
             store = stores[backbone]
             images = store_images(store, self.evaluate_on) if store else None
-            for head in self.spec.heads:
-                for budget in self.budgets:
-                    key = self.fit_key(store, images, head, budget) if store else None
+            for head, (source, budgets) in ((h, d) for h in self.spec.heads for d in self.draws.items()):
+                for budget in budgets:
+                    method = MethodId(backbone, head, labels=source)
+                    key = self.fit_key(store, images, method, budget) if store else None
                     done = key is not None and (self.out / "units" / f"{key}.json").is_file()
-                    seconds = None if done else self.throughput.fit_seconds(head, budget.n_images)
-                    units.append(Unit(len(units), UnitKind.FIT, backbone, MethodId(backbone, head), budget, key,
-                                      _state(done), seconds))
+                    seconds = None if done else self.throughput.fit_seconds(head, budget.n or budget.n_images)
+                    units.append(Unit(len(units), UnitKind.FIT, backbone, method, budget, key, _state(done), seconds))
         if self.spec.finetune:
             self.sha1s = sha1s = check_dataset_copies(self.ds)
             images = images_fingerprint((self.ds.paths[i], sha1s[i]) for i in [*self.pool, *self.eval_rows])
         sizes = self.spec.finetune_sizes or self.sizes
         for backbone in self.spec.finetune:
-            for recipe, options in self.spec.recipes().items():
-                method = MethodId.finetune(backbone, options, recipe=recipe)
-                for budget in [b for b in self.budgets if (b.n or "all") in sizes]:
-                    key = self.finetune_key(backbone, images, budget, options)
+            for (recipe, options), source in ((r, s) for r in self.spec.recipes().items() for s in self.draws):
+                method = replace(MethodId.finetune(backbone, options, recipe=recipe), labels=source)
+                for budget in [b for b in self.draws[source] if (b.n or "all") in sizes]:
+                    key = self.finetune_key(method, images, budget, options)
                     done = (self.out / "units" / f"{key}.json").is_file()
                     units.append(Unit(len(units), UnitKind.FINETUNE, backbone, method, budget, key, _state(done),
                                       None if done else self._finetune_seconds(backbone, budget, options)))
         return units
 
-    def fit_key(self, store, images: str, head: str, budget: Budget) -> str:
-        return record_hash({"features": store.config["config_hash"], "images": images, "head": head,
+    def fit_key(self, store, images: str, method: MethodId, budget: Budget) -> str:
+        return record_hash({"features": store.config["config_hash"], "images": images, "head": method.head,
                             "rules": SELECTION_RULES, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
-                            **self.record}, 16)
+                            **self.record, **self._labels_record(method.labels, budget)}, 16)
 
-    def finetune_key(self, backbone: str, images: str, budget: Budget, options: dict) -> str:
+    def finetune_key(self, method: MethodId, images: str, budget: Budget, options: dict) -> str:
         """Named by what the fine-tune is made of, not by its recipe's name: two studies (or two names) asking
         the same options share the unit."""
-        return record_hash({"finetune": backbone, "weights": weights_identity(self.spec.weights), "options": options,
-                            "images": images, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
-                            **self.record}, 16)
+        return record_hash({"finetune": method.backbone, "weights": weights_identity(self.spec.weights),
+                            "options": options, "images": images, "n": budget.n, "repeat": budget.repeat,
+                            "eval": self.evaluate_on, **self.record, **self._labels_record(method.labels, budget)}, 16)
+
+    def _labels_record(self, source: str | None, budget: Budget) -> dict:
+        """How a unit's labels were chosen, for its key ({} for random draws, so their keys never change): the
+        exclusion list's fingerprint, or the strategy and its rounds up to this size (a strategy chooses on
+        the features of the method's backbone, which a fit's key already names; a fine-tune's key names the
+        backbone, and its cache follows from the study's extraction defaults)."""
+        if source is None:
+            return {}
+        if source == CLEANED:
+            return {"labels": source, "excluded": self.exclusion.key}
+        return {"labels": source, "rounds": [n for n in self.sizes if n != "all" and n <= budget.n]}
 
     def _finished(self, backbone: str):
         """The backbone's cache as the study extracts it (extract's defaults), when complete for these images."""
@@ -177,9 +213,9 @@ class Plan:
         train = self.throughput.images_per_second("train", backbone, size)
         evaluate = self.throughput.images_per_second("eval", backbone, size)
         epochs = FinetuneConfig(**options).epochs
-        n_val = int(round(0.2 * budget.n_images))
-        return epochs * ((budget.n_images - n_val) / train + n_val / evaluate) + \
-            (budget.n_images + len(self.eval_rows)) / evaluate
+        images = budget.n_images or budget.n  # a strategy's images are chosen later: about n
+        n_val = int(round(0.2 * images))
+        return epochs * ((images - n_val) / train + n_val / evaluate) + (images + len(self.eval_rows)) / evaluate
 
     def unit(self, index: int) -> Unit:
         if not 0 <= index < len(self.units):

@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from .recipes import gain_lines, recipe_gains
+from .strategy_gains import labels_saved, strategy_rows
 from .verdict import verdict
 
 
@@ -34,5 +35,6 @@ class StudyResult:
 
     @cached_property
     def verdict(self) -> list[str]:
-        """The verdict, one line per size, the labels needed, and the recipe gains, in words."""
-        return verdict(self.records) + gain_lines(self.gains)
+        """The verdict, one line per size, the labels needed, the recipe gains and the labels each labelling
+        strategy saved over random draws, in words."""
+        return verdict(self.records) + gain_lines(self.gains) + labels_saved(strategy_rows(self.records))

@@ -17,6 +17,7 @@ from .._core.options import check_number
 from ..evaluation.thresholds import parse_threshold
 from ..finetuning.config import FinetuneConfig
 from ..heads.specs import head_names
+from ..labelling.strategies import STRATEGIES
 from ..models.registry import get_spec
 
 DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
@@ -48,12 +49,26 @@ class StudySpec:
     # name -> fine-tune options over finetune_options: one fine-tune method per recipe (e.g. {"default": {},
     # "ema": {"ema": 0.999}}); none: the one recipe finetune_options makes
     finetune_recipes: dict = field(default_factory=dict)
+    # how each curve's training labels are chosen: "random" (the budgets of data.budgets) and labelling
+    # strategies (labelling.strategies), each its own curve on every method
+    strategies: tuple[str, ...] = ("random",)
+    exclude: str | None = None  # train images never trained on (featx audit's flags): a second curve, "flagged removed"
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("data", str(self.data))
         set_("backbones", _names(self.backbones))
         set_("finetune", _names(self.finetune))
+        set_("strategies", _names(self.strategies) or ("random",))
+        for name in self.strategies:
+            if name not in STRATEGIES:
+                raise FeatxError(f"--strategies: {name!r} is not a strategy; choose among {', '.join(STRATEGIES)}")
+        if set(self.finetune) - set(self.backbones) and self.strategies != ("random",):
+            missing = sorted(set(self.finetune) - set(self.backbones))[0]
+            raise FeatxError(f"--strategies choose a fine-tune's images on its own backbone's frozen features: add "
+                             f"{missing} to --backbones")
+        if self.exclude is not None:
+            set_("exclude", str(self.exclude))
         heads = _names(self.heads)
         set_("heads", tuple(dict.fromkeys(name for head in heads for name in head_names(head))))
         if not (self.backbones and self.heads) and not self.finetune:
@@ -103,9 +118,9 @@ class StudySpec:
         values = {**values, **overrides}
         if "data" not in values:
             raise FeatxError(f"{path} names no data (data = \"DIR\"), and --data was not given")
-        data = Path(values["data"])
-        if not data.is_absolute() and "data" not in overrides:  # relative to the study file, as written back
-            values["data"] = str((path.parent / data).resolve())
+        for key in ("data", "exclude"):  # relative to the study file, as written back
+            if values.get(key) and not Path(values[key]).is_absolute() and key not in overrides:
+                values[key] = str((path.parent / values[key]).resolve())
         return cls(**values)
 
     def to_toml(self, relative_to: Path | None = None) -> str:
@@ -113,6 +128,8 @@ class StudySpec:
         values = asdict(self)
         if relative_to is not None:
             values["data"] = _relative(Path(self.data), relative_to)
+            if self.exclude:
+                values["exclude"] = _relative(Path(self.exclude), relative_to)
         lines = ["# featx study: re-run with  featx study --config study.toml"]
         options, recipes = values.pop("finetune_options"), values.pop("finetune_recipes")
         lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]

@@ -23,13 +23,16 @@ import numpy as np
 from .._core.atomic import write_csv_atomic, write_text_atomic
 from .._core.console import log_line, progress_bar
 from .._core.errors import FeatxError
-from .._core.hashing import images_fingerprint
+from .._core.hashing import images_fingerprint, record_hash
 from .._core.paths import default_cache_dir
 from ..artifacts.model_card import forget_choice, record_choice, write_model_card
+from ..artifacts.sidecar import CLEANED
 from ..data.budgets import Budget, held_out
 from ..evaluation.sets import EvaluationSet
 from ..evaluation.significance import point_metrics
 from ..finetuning.config import FinetuneConfig
+from ..heads.selection import select_head
+from ..labelling.strategies import nested_selection
 from .label_curves import COLUMNS, Curve, Pool, unit_record
 from .plan import Plan, Unit, UnitKind, UnitState, duration, store_images
 from .result import StudyResult
@@ -80,10 +83,14 @@ def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", ca
 class StudyRun(Plan):
     """A plan being carried out: its units run in order, their records gathered, the leader kept."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._pools: dict = {}  # backbone -> its Pool, read once
+
     # -- the work --------------------------------------------------------------------------------------
     def run(self, units: list[Unit], progress: bool, log) -> int:
         """Compute `units` (fits after their backbone's extraction); returns how many were computed."""
-        computed, pools = 0, {}
+        computed, pools = 0, self._pools
         total, _ = self.seconds_left(units)
         bar = progress_bar(len(units), progress, desc="study", position=0)
         for u in units:
@@ -119,12 +126,12 @@ class StudyRun(Plan):
         return pool
 
     def _fit(self, u: Unit, pool: Pool) -> int:
-        key = u.key or self.fit_key(pool.store, pool.images, u.method.head, u.budget)
+        key = u.key or self.fit_key(pool.store, pool.images, u.method, u.budget)
         path = self.out / "units" / f"{key}.json"
         if path.is_file():
             return 0
         curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
-        rows = np.array([pool.index[p] for p in self._paths(u.budget.rows) if p in pool.index], int)
+        rows = np.array([pool.index[p] for p in self._paths(self._budget(u).rows) if p in pool.index], int)
         record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
         record.update(_eval_predictions(pool.evaluated, curve.y_eval, record.pop("proba")),
                       classes=list(pool.store.classes), eval_split=self.evaluate_on,
@@ -142,7 +149,7 @@ class StudyRun(Plan):
         path = self.out / "units" / f"{u.key}.json"
         if path.is_file():
             return 0
-        train, val = held_out(u.budget, self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
+        train, val = held_out(self._budget(u), self.ds.labels[self.pool], [self.ds.groups[i] for i in self.pool],
                               seed=self.spec.seed)
         rows = {"train": self.pool[train].tolist(), "val": self.pool[val].tolist(), HELD_OUT: self.eval_rows}
         folder = self.out / "finetunes" / u.key
@@ -180,6 +187,35 @@ class StudyRun(Plan):
             self.throughput.record("eval", u.backbone, 1 / result.predict_seconds_per_image, size)
         return record
 
+    def _budget(self, u: Unit) -> Budget:
+        """The unit's budget, rows as positions in the pool: drawn in the plan, or chosen now by its strategy."""
+        if u.method.labels in (None, CLEANED):
+            return u.budget
+        chosen = self._chosen(u.backbone, u.method.labels, u.budget.repeat)[u.budget.n]
+        position = {self.ds.paths[i]: k for k, i in enumerate(self.pool)}
+        return Budget(u.budget.n, u.budget.repeat, np.sort([position[p] for p in chosen]))
+
+    def _chosen(self, backbone: str, strategy: str, repeat: int) -> dict[int, list[str]]:
+        """The paths a strategy labels at each size of one repeat, on the backbone's features: chosen once and
+        saved (out/selections/), so a resumed study trains on the very images it chose before."""
+        pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
+        sizes = [n for n in self.sizes if n != "all" and n < len(self.pool)]
+        key = record_hash({"features": pool.store.config["config_hash"], "images": pool.images, "strategy": strategy,
+                           "sizes": sizes, "repeat": repeat, "seed": self.spec.seed}, 16)
+        path = self.out / "selections" / f"{key}.json"
+        if path.is_file():
+            return {int(n): paths for n, paths in json.loads(path.read_text()).items()}
+
+        def fit_proba(rows):
+            return select_head("logreg", pool.X[rows], pool.y[rows], pool.groups[rows],
+                               seed=self.spec.seed).estimator.predict_proba(pool.X)
+
+        chosen = nested_selection(strategy, pool.X, pool.y, pool.groups, sizes, fit_proba=fit_proba,
+                                  seed=self.spec.seed * 1000 + repeat)
+        found = {n: pool.paths[rows].tolist() for n, rows in chosen.items()}
+        _save(path, found)
+        return found
+
     def _paths(self, pool_rows) -> list[str]:
         return [self.ds.paths[i] for i in self.pool[np.asarray(pool_rows, int)]]
 
@@ -195,7 +231,7 @@ class StudyRun(Plan):
                 if u.backbone not in pools:
                     store = self._finished(u.backbone)
                     pools[u.backbone] = (store, store_images(store, self.evaluate_on))
-                key = self.fit_key(*pools[u.backbone], u.method.head, u.budget)
+                key = self.fit_key(*pools[u.backbone], u.method, u.budget)
             path = self.out / "units" / f"{key}.json"
             if not path.is_file():
                 raise FeatxError(f"unit {u.index} ({u.describe()}) is not done: run featx study without --unit")
