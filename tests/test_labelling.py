@@ -223,3 +223,20 @@ def test_study_exclude_adds_a_flagged_removed_curve_and_bad_strategies_are_one_l
     assert "is not a strategy" in one_line_error(run("study", "--data", data, *ARGS, "--strategies", "nope"))
     said = one_line_error(run("study", "--data", data, *ARGS, "--strategies", "typiclust", "--finetune", "resnet18"))
     assert "add resnet18 to --backbones" in said
+
+
+def test_copies_are_never_suggested_and_labelling_beside_copies_still_feeds_fit(waiting, tmp_path):
+    """An unlabelled file with a labelled image's bytes is not suggested (nor refused as a leak); with
+    byte-identical copies inside train, labelling an image still updates the cache without a refusal."""
+    train_image = next((waiting / "train" / "NORMAL").glob("*.jpeg"))
+    shutil.copy(train_image, waiting / "unlabelled" / "copy-of-train.jpeg")
+    shutil.copy(train_image, waiting / "train" / "NORMAL" / "IM-0998-0001.jpeg")  # a copy within train
+    found = featx.suggest(waiting, TINY, k=6, weights="random", out=tmp_path / "s")
+    assert "unlabelled/copy-of-train.jpeg" not in found.paths and "same bytes as a labelled one" in found.notes[0]
+    with pytest.raises(featx.FeatxError, match="more than the 6 unlabelled images featx can suggest.*1 copy"):
+        featx.suggest(waiting, TINY, k=7, weights="random", out=tmp_path / "s")
+    moved = found.paths[0]
+    shutil.move(waiting / moved, waiting / "train" / "PNEUMONIA" / "person999_bacteria_1.jpeg")
+    said = []
+    fitted = featx.fit(data=waiting, backbone=TINY, weights="random", log=said.append)[0]
+    assert fitted.metrics["train"]["n"] == 22 and any("got their label" in line for line in said), said

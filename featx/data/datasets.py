@@ -361,8 +361,9 @@ def _subfolders(folder: Path) -> list[Path]:
 
 
 def _from_folders(root: Path) -> Dataset:
-    subdirs = [d for d in _subfolders(root) if d.name.lower() != UNLABELLED]
-    waiting = [d for d in _subfolders(root) if d.name.lower() == UNLABELLED]
+    found = _subfolders(root)
+    subdirs = [d for d in found if d.name.lower() != UNLABELLED]
+    waiting = [d for d in found if d.name.lower() == UNLABELLED]
     split_dirs = {SPLIT_ALIASES[d.name.lower()]: d for d in subdirs if d.name.lower() in SPLIT_ALIASES}
     if split_dirs and "train" not in split_dirs and "test" not in split_dirs and len(split_dirs) == len(subdirs):
         raise FeatxError(f"{root} has a {', '.join(split_dirs)} folder but no train folder")
@@ -463,7 +464,6 @@ def _from_manifest(csv_path: Path) -> Dataset:
 def _check_classes(ds: Dataset) -> None:
     if not ds.paths:
         raise FeatxError(f"no images in {ds.root} ({_extensions_hint()})")
-
     for split in ("train", "val"):
         present = {ds.classes[l] for l, s in zip(ds.labels, ds.splits) if s == split}
         if present and len(present) < len(ds.classes):

@@ -7,6 +7,8 @@ the command that updates it, instead of being trained on without a word.
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 
 from .._core.errors import FeatxError
@@ -53,17 +55,20 @@ def newly_labelled(store: FeatureStore, ds: Dataset) -> int:
     held = store.row_table()
     now = row_table(ds, held)
     waiting = STORED_SPLITS.index(UNLABELLED)
-    before = {h: (p, int(label), c) for p, h, label, c in zip(held.path, held.sha1, held.label, held.split)}
+    before = defaultdict(list)  # bytes -> the cached rows holding them (copies share their bytes)
+    for p, h, label, c in zip(held.path, held.sha1, held.label, held.split):
+        before[h].append((p, int(label), c))
     labelled = 0
     for p, h, label in zip(now.path, now.sha1, now.label):
-        path, old_label, split = before.pop(h, (None, None, None))
-        if path is None:
+        rows = before.get(h)
+        if not rows:
             return 0
-        if (p, int(label)) != (path, old_label):
-            if split != waiting or label < 0:
-                return 0
-            labelled += 1
-    return labelled if not any(c != waiting for _, _, c in before.values()) else 0
+        same = next((r for r in rows if r[:2] == (p, int(label))), None)
+        if same is None and (label < 0 or all(c != waiting for _, _, c in rows)):
+            return 0
+        rows.remove(same or next(r for r in rows if r[2] == waiting))
+        labelled += same is None
+    return 0 if any(c != waiting for rows in before.values() for _, _, c in rows) else labelled
 
 
 def _dataset_of(store: FeatureStore, held: RowTable) -> Dataset | None:

@@ -188,7 +188,7 @@ class _InMemory:
 
     def __init__(self, store: FeatureStore, pca, seed: int, log, excluded=()):
         _check_fits_in_memory(store)
-        self.splits, self.excluded = _load_splits(store, log, excluded), excluded
+        self.splits, self.kept = _load_splits(store, log, excluded)
         if excluded:
             self.note = f", {len(excluded)} excluded"
         X, y, _ = self.splits["train"]
@@ -208,7 +208,7 @@ class _InMemory:
 
     def listing(self, store: FeatureStore, split: str) -> tuple[list, list]:
         """(paths, sha1s) of the split's rows as loaded (the excluded left out)."""
-        keep = np.flatnonzero(_kept(store, split, self.excluded))
+        keep = np.flatnonzero(self.kept[split])
         paths, sha1s = store.paths(split), store.sha1s(split)
         return [paths[i] for i in keep], [sha1s[i] for i in keep]
 
@@ -287,10 +287,11 @@ def _update_command(store: FeatureStore) -> str:
     return extract_command(data, extraction_options(config), cache_dir=store.path.parent.parent, output=store.path)
 
 
-def _load_splits(store: FeatureStore, log, excluded=()) -> dict:
-    """(X, y, groups) per split present, less the `excluded` train paths; refuse what no head can learn from."""
+def _load_splits(store: FeatureStore, log, excluded=()) -> tuple[dict, dict]:
+    """((X, y, groups) per split present, less the `excluded` train paths; which rows each kept); refuse
+    what no head can learn from."""
     counts = store.counts()
-    out = {}
+    out, kept = {}, {}
     for split in SPLITS:
         if split not in counts:
             continue
@@ -302,10 +303,10 @@ def _load_splits(store: FeatureStore, log, excluded=()) -> dict:
             rows = int(bad.any(1).sum())
             raise FeatxError(f"{store.path}: {rows} {split} feature rows contain NaN or inf ({int(bad.sum())} values); "
                              "re-extract them (delete the cache file) before fitting")
-        keep = _kept(store, split, excluded)
+        keep = kept[split] = _kept(store, split, excluded, len(y))
         out[split] = (X[keep].astype(np.float32, copy=False), y[keep], np.asarray(store.groups(split))[keep])
     _check_train(store, {split: v[1] for split, v in out.items()}, log, counts)
-    return out
+    return out, kept
 
 
 def _row_splits(store: FeatureStore) -> list[str]:
@@ -313,8 +314,10 @@ def _row_splits(store: FeatureStore) -> list[str]:
     return [STORED_SPLITS[c] for c in store.row_table().split[store.rows()]]
 
 
-def _kept(store: FeatureStore, split: str, excluded) -> np.ndarray:
-    """Which of the split's rows are trained on: all but the `excluded` paths."""
+def _kept(store: FeatureStore, split: str, excluded, n: int) -> np.ndarray:
+    """Which of the split's `n` rows are trained on: all but the `excluded` paths (read only when there are some)."""
+    if not excluded:
+        return np.ones(n, bool)
     return np.array([p not in excluded for p in store.paths(split)], bool)
 
 

@@ -153,7 +153,7 @@ def nested_selection(name: str, X: np.ndarray, y: np.ndarray, groups, sizes, *, 
                                                 seed=seed).rows])
         while _lacking(y[chosen], groups[chosen], y, min_groups) and len(chosen) < len(X):
             proba = fit_proba(chosen) if needs_model(strategy) and _fittable(y[chosen], groups[chosen]) else None
-            step = strategy if proba is not None or not needs_model(strategy) else SEED_STRATEGY
+            step = SEED_STRATEGY if needs_model(strategy) and proba is None else strategy
             chosen = np.concatenate([chosen, choose(step, X, chosen, 1, proba=proba, seed=seed).rows])
         out[n] = chosen.copy()
     return out

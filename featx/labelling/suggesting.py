@@ -135,9 +135,8 @@ def _model_proba(model, store, X: np.ndarray, y, groups, strategy: str, seed: in
         return None, ""
     from ..heads.selection import select_head
 
-    known = np.arange(len(y))
     try:
-        sel = select_head("logreg", X[known], np.asarray(y), np.asarray(groups), seed=seed)
+        sel = select_head("logreg", X[:len(y)], np.asarray(y), np.asarray(groups), seed=seed)
     except FeatxError as exc:
         raise FeatxError(f"--strategy {strategy}: no logistic regression can be chosen on the labelled images "
                          f"({exc}); label more patients, or use a cold-start strategy") from None

@@ -13,6 +13,7 @@ import io
 from pathlib import Path
 
 from .._core.atomic import write_csv_atomic, write_text_atomic
+from .._core.options import feature_variant
 from .._core.paths import default_cache_dir
 from .figures import thumbnail
 
@@ -48,8 +49,7 @@ def audit(data=None, backbone: str | None = None, *, features=None, head: str = 
     from ..labelling.auditing import audit_labels
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    store = resolve_store(features, data, backbone, weights, {"image_size": None, "pool": None, "layers": None},
-                          cache_dir, log or (lambda line: None))
+    store = resolve_store(features, data, backbone, weights, feature_variant(), cache_dir, log or (lambda line: None))
     found = audit_labels(store, head=head, folds=folds, seed=seed, duplicate_cosine=duplicate_cosine)
     out = Path(out)
     rows = found.rows()

@@ -129,8 +129,8 @@ class Plan:
         features exist (rows empty until then)."""
         draws = {None: self.budgets} if "random" in self.spec.strategies else {}
         for strategy in (s for s in self.spec.strategies if s != "random"):
-            draws[strategy] = [b for b in self.budgets if b.n is not None and b.n_images < len(self.pool)]
-            draws[strategy] = [Budget(b.n, b.repeat, np.empty(0, int)) for b in draws[strategy]]
+            draws[strategy] = [Budget(b.n, b.repeat, np.empty(0, int)) for b in self.budgets
+                               if b.n is not None and b.n_images < len(self.pool)]
         if self.exclusion:
             kept = np.array([self.ds.paths[i] not in self.exclusion.paths for i in self.pool])
             positions = np.flatnonzero(kept)

@@ -10,6 +10,7 @@ Intervals are 95% t-intervals over the repeats (which images were drawn or chose
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import numpy as np
 
@@ -108,7 +109,5 @@ def strategy_note(strategy: str, sizes) -> str:
 
 def strategy_rows(records: list[dict]) -> list[dict]:
     """A study's records as labels_saved reads them: the method without its strategy, and the strategy."""
-    from dataclasses import replace
-
     return [{**r, "method": replace(r["method_id"], labels=None).label, "strategy": r["method_id"].labels or RANDOM}
             for r in records if r["method_id"].labels != CLEANED]
