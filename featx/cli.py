@@ -531,9 +531,10 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
 @click.option("--out", default="featx-suggest", type=click.Path(file_okay=False),
               help="Folder for suggestions.csv and suggestions.html.")
 @click.option("--seed", default=0, type=int, help="Seed of the strategy (k-means, random draws).")
+@GROUP_PATTERN
 @CACHE
 @PROGRESS
-def suggest_command(data, backbone, weights, k, strategy, model, out, seed, cache_dir, progress):
+def suggest_command(data, backbone, weights, k, strategy, model, out, seed, group_pattern, cache_dir, progress):
     """Which unlabelled images to label next, in order, with why: a CSV and a contact sheet.
 
     Fill in their labels (the manifest's label column, or move the files into their class folders);
@@ -542,7 +543,8 @@ def suggest_command(data, backbone, weights, k, strategy, model, out, seed, cach
     from .reporting.labelling_sheets import suggest
 
     found = suggest(data, backbone, k=k, strategy=strategy, model=model, out=out, weights=weights,
-                    cache_dir=cache_dir, seed=seed, progress=progress, log=lambda m: click.echo(m, err=True))
+                    cache_dir=cache_dir, seed=seed, group_pattern=group_pattern, progress=progress,
+                    log=lambda m: click.echo(m, err=True))
     for note in found.notes:
         click.echo(note, err=True)
     click.echo(f"{len(found.paths)} of {found.waiting} unlabelled images to label next, by {strategy} on {backbone}"

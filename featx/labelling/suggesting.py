@@ -53,13 +53,14 @@ class Suggestions:
 
 
 def suggest_images(data, backbone: str = "efficientnet_lite0", *, k: int = 20, strategy: str = "typiclust",
-                   model=None, weights: str = "imagenet", cache_dir=None, seed: int = 0, progress: bool = False,
-                   log=None) -> Suggestions:
-    """The `k` unlabelled images of `data` to label next by `strategy`, on `backbone`'s cached features."""
+                   model=None, weights: str = "imagenet", cache_dir=None, seed: int = 0, group_pattern: str | None = None,
+                   progress: bool = False, log=None) -> Suggestions:
+    """The `k` unlabelled images of `data` to label next by `strategy`, on `backbone`'s cached features;
+    `group_pattern`: the regex naming an image's patient in its file name (as for extract)."""
     from ..features.extraction import extract
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    ds = data if isinstance(data, Dataset) else load_dataset(data, cache_dir=cache_dir)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, cache_dir=cache_dir, group_pattern=group_pattern)
     waiting = _check(ds, k, strategy)
     store = extract(ds, backbone, weights=weights, cache_dir=cache_dir, progress=progress, log=log or (lambda line: None))
     X_wait, paths = store.arrays(UNLABELLED)[0], store.paths(UNLABELLED)

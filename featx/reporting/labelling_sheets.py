@@ -21,14 +21,14 @@ SHEET_LIMIT = 200  # thumbnails on one sheet; the CSV lists every row
 
 
 def suggest(data, backbone: str = "efficientnet_lite0", *, k: int = 20, strategy: str = "typiclust", model=None,
-            out="featx-suggest", weights: str = "imagenet", cache_dir=None, seed: int = 0, progress: bool = False,
-            log=None):
+            out="featx-suggest", weights: str = "imagenet", cache_dir=None, seed: int = 0,
+            group_pattern: str | None = None, progress: bool = False, log=None):
     """The `k` unlabelled images of `data` to label next (labelling.suggesting), written as
     out/suggestions.csv and out/suggestions.html; returns the Suggestions."""
     from ..labelling.suggesting import suggest_images
 
     found = suggest_images(data, backbone, k=k, strategy=strategy, model=model, weights=weights,
-                           cache_dir=cache_dir, seed=seed, progress=progress, log=log)
+                           cache_dir=cache_dir, seed=seed, group_pattern=group_pattern, progress=progress, log=log)
     out = Path(out)
     rows = found.rows()
     write_csv_atomic(out / "suggestions.csv", rows)

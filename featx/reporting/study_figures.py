@@ -74,6 +74,16 @@ def full_size_records(records: list[dict], split: str, n_boot: int = 1000, seed:
     return sorted(out, key=lambda r: (not r["ranked"], -(r["roc_auc"] if r["roc_auc"] is not None else -1)))
 
 
+def _spread(sizes: list[int], ratio: float = 1.15) -> list[int]:
+    """Tick positions on a log axis, each at least `ratio` times the one before: sizes as close as 19 and 20
+    (random draws of whole patients beside a strategy's exact count) get one label, not two overprinted."""
+    kept = []
+    for size in sizes:
+        if not kept or size >= ratio * kept[-1]:
+            kept.append(size)
+    return kept
+
+
 def plot_learning_curves(plt, records: list[dict]) -> bytes:
     """Two panels against the number of labelled images (log axis): ROC-AUC with its band, and balanced
     accuracy with the range of its repeats."""
@@ -87,7 +97,7 @@ def plot_learning_curves(plt, records: list[dict]) -> bytes:
                              [np.nan if r[3] is None else r[3] for r in rows], color=colour, alpha=0.15)
         axes[1].plot(x, [r[4] for r in rows], "o-", color=colour, label=method)
         axes[1].fill_between(x, [r[5] for r in rows], [r[6] for r in rows], color=colour, alpha=0.15)
-    sizes = sorted({round(r[0]) for rows in methods.values() for r in rows})
+    sizes = _spread(sorted({round(r[0]) for rows in methods.values() for r in rows}))
     for ax, title in zip(axes, ("ROC-AUC (band: every repeat's 95% interval)", "Balanced accuracy (band: repeats)")):
         ax.set_xscale("log")
         ax.set_xticks(sizes, [str(s) for s in sizes])  # the sizes studied, written out

@@ -87,6 +87,8 @@ def _reached(random: dict, mine: dict, m) -> str:
     hit = next((n for n in smaller if over_repeats([r["roc_auc"] for r in mine[n]])[0] >= target), None)
     if hit is None:
         return f"random's n={m} ROC-AUC ({target:.3f}) not reached up to n={smaller[-1]}"
+    if hit == m:  # no label saved: at or above random at the same size
+        return f"at n={m} at or above random ({_shown(mine[hit])} against {target:.3f}), no label saved"
     return (f"random's n={m} ROC-AUC ({target:.3f}) with {_labels(mine[hit])} labels "
             f"({_shown(mine[hit])})")
 
