@@ -149,6 +149,7 @@ def test_audit_never_reads_evaluation_images_and_exclude_trains_without_flags(tm
     assert fitted.metrics["train"]["n"] == 23
     sidecar = json.loads(fitted.artifact.with_suffix(".json").read_text())
     assert sidecar["excluded"]["images"] == 1
+    assert "1 train images named by `ex.txt`" in fitted.artifact.with_suffix(".md").read_text()
     base = ["fit", "--data", root, "--backbone", TINY, "--weights", "random", "--exclude"]
     (tmp_path / "bad.txt").write_text("train/NORMAL/nope.jpeg\n")
     assert "not images of this data" in one_line_error(run(*base, tmp_path / "bad.txt"))
@@ -220,6 +221,11 @@ def test_study_exclude_adds_a_flagged_removed_curve_and_bad_strategies_are_one_l
     cleaned = [r for r in csv.DictReader(open(out / "study.csv")) if r["method"].endswith("flagged removed")]
     assert {r["n"] for r in cleaned} == {"16", "all"}
     assert [r["n_images"] for r in cleaned if r["n"] == "all"] == ["46"]
+    only = run("study", "--data", data, *ARGS, "--train-sizes", "16,all", "--repeats", "1", "--strategies", "coreset",
+               "--exclude", tmp_path / "flags.txt", "--out", tmp_path / "only")  # the cleaned curve alone has n=all
+    assert only.exit_code == 0, only.output
+    card = next((tmp_path / "only" / "models").glob("*.md")).read_text()
+    assert "2 train images named by `flags.txt`" in card
     assert "is not a strategy" in one_line_error(run("study", "--data", data, *ARGS, "--strategies", "nope"))
     said = one_line_error(run("study", "--data", data, *ARGS, "--strategies", "typiclust", "--finetune", "resnet18"))
     assert "add resnet18 to --backbones" in said

@@ -183,6 +183,11 @@ def _data(info: dict, sidecar: Sidecar, predictions: dict) -> str:
     c = info["features"]["config"]
     lines = ["## Training data\n", f"- **Dataset**: `{sidecar.dataset}` (found at `{sidecar.data_root}` when trained)"]
     lines.append(f"- **Patients**: {_patients(c.get('patients'))}")
+    if info.get("excluded"):
+        gone = info["excluded"]
+        lines.append(f"- **Excluded**: {gone['images']} train images named by `{gone['file']}` (list fingerprint "
+                     f"`{gone['sha256']}`) were not trained on; the splits below are what it learned from and was "
+                     "scored on")
     lines += ["", "| split | images | " + " | ".join(classes) + " | images fingerprint |",
               "|---|---:|" + "---:|" * len(classes) + "---|"]
     for split, p in predictions.items():

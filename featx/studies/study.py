@@ -289,7 +289,8 @@ class StudyRun(Plan):
                   split: (curve.y_eval, pool.store.paths(split), pool.store.sha1s(split))}
         features = {"train": pool.X[rows], split: curve.X_eval}
         key = {"pca": None, "seed": self.spec.seed, "threshold": curve.rule, "out_of_core": False,
-               "images": images_fingerprint(zip(pool.paths[rows], pool.sha1s[rows]))[:16]}
+               "images": images_fingerprint(zip(pool.paths[rows], pool.sha1s[rows]))[:16],
+               **({"excluded": self.exclusion} if unit.method.labels == CLEANED else {})}
         path, _ = evaluate_and_save(curve.name, pool.store, sel, curve.rule, cut, splits,
                                     lambda s: sel.estimator.predict_proba(features[s]), self.out / "models", key)
         return path
