@@ -3,7 +3,7 @@
 Names are imported on first use, so commands that only read cached features (`featx fit`,
 `featx info`, `featx compare`) start without loading torch and timm. The layers, lowest first
 (a layer imports only the ones below it; README: "How featx is built"):
-_core < data, evaluation < models < features < artifacts < heads, finetuning < labelling < studies < reporting,
+_core < data, evaluation < models < features < artifacts < heads, finetuning < labelling, sites < studies < reporting,
 exporting < demo < cli.
 """
 
@@ -36,6 +36,7 @@ _API = {
     "StudyResult": "studies.result", "StudyReport": "reporting.study_report",
     "export": "exporting.onnx_export", "refresh_card": "studies.cards",
     "suggest": "reporting.labelling_sheets", "audit": "reporting.labelling_sheets",
+    "calibrate": "sites.calibration", "Calibration": "sites.calibration",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

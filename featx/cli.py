@@ -298,8 +298,11 @@ def predict_command(images, model_path, output, weights, device, batch_size, tru
             click.echo(f"{row['path']}  unreadable: {row['error']}")
         else:
             probs = "  ".join(f"{c}={row['p_' + c]:.4f}" for c in classes)
-            click.echo(f"{row['path']}  {probs}  -> {row['predicted']}")
+            shown = f"  set: {row['set']}" if row.get("set") else ""
+            click.echo(f"{row['path']}  {probs}  -> {row['predicted']}{shown}")
     click.echo(f"decision: {model.rule.describe()}", err=True)
+    if model.local and model.local.sets:
+        click.echo(f"sets: {model.local.sets.describe()}, calibrated on {model.local.site}", err=True)
     bad = sum(1 for r in rows if r["error"])
     if bad:
         click.echo(f"{bad} of {len(rows)} images could not be read and were skipped", err=True)
@@ -346,6 +349,35 @@ def export_command(model_path, fmt, out, trust_pickle):
         click.echo(f"onnxruntime vs featx on 2 generated images: max |difference in probability| {done.max_difference:.1e}")
     click.echo("\nrun it with onnxruntime (python example.py IMAGE):\n")
     click.echo(done.example)
+
+
+@main.command("calibrate")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="The model to bring to the site.")
+@_data(True, "Labelled images from the site where the model will be used (class folders or a CSV manifest).")
+@click.option("--threshold", default=None, help="Re-choose the threshold by this rule: youden, f1, sensitivity=0.95 "
+              "[default: the model's own rule; youden if its threshold was fixed].")
+@click.option("--scaling", default="none", help="Also rescale the probabilities: none, platt (two classes) or "
+              "temperature.")
+@click.option("--confidence", default=0.9, type=float, help="Confidence of the conformal prediction sets.")
+@click.option("--no-sets", is_flag=True, help="Give no prediction sets.")
+@click.option("--site", default=None, help="The site's name in the card and the file name [default: the folder's name].")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="The new version [default: beside the model, "
+              "<name>.at-<site><suffix>].")
+@GROUP_PATTERN
+@CACHE
+@click.option("--seed", default=0, type=int, help="Seed of the out-of-fold estimate and the bootstrap.")
+def calibrate_command(model_path, data, threshold, scaling, confidence, no_sets, site, out, group_pattern, cache_dir,
+                      seed):
+    """A version of a model for one site, from k labelled images of it: a re-chosen threshold, optionally
+    rescaled probabilities, and conformal prediction sets; its card gives the site's estimate with intervals.
+
+    The model file is unchanged; the new version's sidecar records the site's images by fingerprint.
+    """
+    from .sites.calibration import calibrate
+
+    calibrate(model_path, data, threshold=threshold, scaling=scaling, confidence=None if no_sets else confidence,
+              site=site, out=out, group_pattern=group_pattern, cache_dir=cache_dir, seed=seed,
+              log=click.echo)
 
 
 @main.command("card")

@@ -16,7 +16,7 @@ PACKAGE = Path(featx.__file__).parent
 
 # Lowest first; a module may import its own subpackage and the floors below it, never beside or above.
 FLOORS = {"_core": 0, "data": 1, "evaluation": 1, "models": 2, "features": 3, "artifacts": 4, "heads": 5,
-          "finetuning": 5, "labelling": 6, "studies": 7, "reporting": 8, "exporting": 8, "demo": 9, "cli": 10,
+          "finetuning": 5, "labelling": 6, "sites": 6, "studies": 7, "reporting": 8, "exporting": 8, "demo": 9, "cli": 10,
           "__init__": 10, "__main__": 11}
 LONGEST_FUNCTION = 60
 

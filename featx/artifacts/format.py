@@ -86,6 +86,15 @@ def save_checkpoint_artifact(path, state_dict: dict, info: dict, predictions: di
     return _finish(path, {**info, "serialization": "torch"}, predictions)
 
 
+def save_version(path, raw: bytes, info: dict, predictions: dict | None = None) -> Path:
+    """A new version of a model whose file is unchanged (`raw`, the verified bytes of the one it comes from) and
+    whose sidecar says more (featx calibrate): written and committed like any artifact."""
+    path = Path(path)
+    with atomic_path(pending_path(path)) as tmp:
+        Path(tmp).write_bytes(raw)
+    return _finish(path, info, predictions)
+
+
 def save_torch(obj, path) -> None:
     """torch.save through a Python file object, so that a full disk raises OSError (ENOSPC), which
     atomic_path turns into featx's one line, not the RuntimeError of torch's own zip writer."""

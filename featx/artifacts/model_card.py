@@ -19,6 +19,7 @@ from ..evaluation.decision import DecisionRule
 from ..evaluation.sets import judged_splits
 from ..evaluation.significance import bootstrap_ci, point_metrics
 from .format import checked_sidecar, load_predictions
+from .local import LocalCalibration
 from .sidecar import Sidecar
 
 SHOWN = (("roc_auc", "ROC-AUC"), ("balanced_accuracy", "Balanced accuracy"), ("sensitivity", "Sensitivity"),
@@ -98,11 +99,14 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
                 _evaluation(scores, chosen), _threshold(info)]
+    local = LocalCalibration.of(info)
+    if local:
+        sections.append(_local(local))
     sections.append(_robustness(robustness) if robustness else
                     "## Robustness (featx robustness)\n\nNot measured for this model.\n")
     sections.append("## Split shift\n\n" + ("\n".join(f"- {line.strip()}" for line in shift) if shift else
                                               "Not measured on this model's features and images.") + "\n")
-    sections.append(f"## Intended use\n\n{intended_use or DEFAULT_USE}\n\n## Limitations\n\n{limitations or DEFAULT_LIMITS}\n")
+    sections.append(f"## Intended use\n\n{intended_use or DEFAULT_USE}\n\n## Limitations\n\n{limitations or _limits(local)}\n")
     return "\n".join(sections)
 
 
@@ -243,6 +247,33 @@ def _threshold(info: dict) -> str:
     if not rule.thresholded:
         return f"## Decision\n\n{rule.describe().capitalize()}.\n"
     return f"## Decision threshold\n\n{rule.describe(where=True)}.\n"
+
+
+def _limits(local: LocalCalibration | None) -> str:
+    if local is None:
+        return DEFAULT_LIMITS
+    return (f"Tested on held-out images of its training dataset and on {local.images} labelled images of "
+            f"{local.site} (above); other sites, scanners, populations, ages or protocols may give different "
+            "results. Check the model on your own data before relying on it.")
+
+
+def _local(local: LocalCalibration) -> str:
+    """What featx calibrate learnt and measured at the site: the estimate from k images, scaling, sets."""
+    lines = [f"## At {local.site} (featx calibrate)\n",
+             f"This version of `{local.calibrated_from['file']}` was calibrated on {local.where}, images fingerprint "
+             f"`{local.images_sha256[:16]}`. Its model file is unchanged. Estimates from those images, with 95% "
+             "intervals (ROC-AUC: stratified bootstrap; proportions: Wilson):\n"]
+    lines += [f"- {line[:1].upper() + line[1:]}" for line in local.estimate_lines()]
+    if local.scaling:
+        lines.append(f"- Probabilities are rescaled for {local.site} by {local.scaling.describe()}, learnt on the "
+                     "same images; the evaluation table above shows the training data's splits rescaled the same way")
+    if local.sets:
+        lines.append(f"- `featx predict` and the demo give {local.sets.describe()}. If later images of {local.site} "
+                     "are exchangeable with the calibration images, each class's true label is in its set at least "
+                     f"{local.sets.confidence:.0%} of the time; a set of two classes means not sure")
+    lines.append(f"- These figures hold for images like these {local.images}; another site, scanner or patient "
+                 "population needs its own labelled images")
+    return "\n".join(lines) + "\n"
 
 
 def _robustness(rows: list[dict]) -> str:

@@ -17,6 +17,7 @@ from .._core.errors import FeatxError, first_line
 from ..data.decode_policy import DecodePolicy
 from ..evaluation.decision import DecisionRule
 from ..features.identity import FeatureRecipe
+from .local import LocalCalibration
 from .format import head_from_bytes, read_verified, sidecar_path, verified_bytes
 from .sidecar import Sidecar
 
@@ -48,6 +49,7 @@ class _SavedModel:
         self.sidecar = Sidecar.from_json(info)
         self.feature_config: dict = info["features"]["config"]  # facts beside the recipe: weights, options
         self.feature_recipe = self.sidecar.recipe
+        self.local = LocalCalibration.of(info)  # a site's scaling and prediction sets (featx calibrate), or None
 
     @property
     def decode_policy(self) -> DecodePolicy:
@@ -60,6 +62,14 @@ class _SavedModel:
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
         return self.rule.decide(proba)
+
+    def prediction_sets(self, proba: np.ndarray) -> list[str | None]:
+        """Each row's conformal prediction set in words, for a model calibrated with sets (else None per row)."""
+        return self.local.set_words(proba, self.classes_) if self.local else [None] * len(proba)
+
+    def _at_site(self, proba: np.ndarray) -> np.ndarray:
+        """Probabilities as the model gives them: rescaled for its site when `featx calibrate` learnt a scaling."""
+        return self.local.proba(proba) if self.local else proba
 
 
 class ImageClassifier(_SavedModel):
@@ -89,7 +99,7 @@ class ImageClassifier(_SavedModel):
 
     def predict_proba(self, X, **kwargs) -> np.ndarray:
         """Class probabilities (columns follow `classes_`) for feature rows, a FeatureStore, or image paths."""
-        return self.head.predict_proba(self._features(X, **kwargs))
+        return self._at_site(self.head.predict_proba(self._features(X, **kwargs)))
 
     def _features(self, X, **kwargs) -> np.ndarray:
         from ..features.store import FeatureStore
@@ -127,7 +137,7 @@ class ImageClassifier(_SavedModel):
         ok = [i for i, r in enumerate(reasons) if r is None]
         if ok:
             proba[ok] = self.head.predict_proba(feats[ok])
-        return proba, reasons
+        return self._at_site(proba), reasons
 
     def extraction_recipe(self, weights: str = "auto") -> dict:
         """The `featx.extract` arguments that make this head's features again (e.g. from corrupted
@@ -210,7 +220,7 @@ class FineTunedClassifier(_SavedModel):
                                            tta=self.feature_recipe.tta, policy=self.decode_policy,
                                            progress=progress)
         shifted = np.exp(logits - np.nanmax(logits, axis=1, keepdims=True))
-        return shifted / shifted.sum(1, keepdims=True), reasons
+        return self._at_site(shifted / shifted.sum(1, keepdims=True)), reasons
 
     def predict_proba(self, paths, **kwargs) -> np.ndarray:
         """Class probabilities (columns follow `classes_`) of image paths, every one of which must be

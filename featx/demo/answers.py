@@ -75,6 +75,9 @@ def answer(m: DemoModel, image, *, heatmap: bool = True) -> Answer:
     probabilities = {c: row[f"p_{c}"] for c in classes}
     rule = m.model.rule.describe()  # the rule featx predict states
     decision = f"**{row['predicted']}**. {rule[:1].upper() + rule[1:]}."
+    if row.get("set"):
+        decision += (f"\n\n**Prediction set: {row['set']}** ({m.model.local.sets.confidence:.0%} sets calibrated on "
+                     f"{m.model.local.site}; see the card).")
     if not heatmap:
         return Answer(probabilities, decision, None)
     if not m.explainable:
@@ -109,12 +112,14 @@ def batch_rows(m: DemoModel, paths: list, csv_path) -> list[dict]:
     for row in rows:
         if row["error"]:
             shown.append({"model": m.name, "file": Path(row["path"]).name, **{f"p_{c}": None for c in classes},
-                          "decision": f"unreadable: {row['error']}", "margin": None})
+                          "decision": f"unreadable: {row['error']}", **({"set": None} if "set" in row else {}),
+                          "margin": None})
             continue
         p = np.array([row[f"p_{c}"] for c in classes])
         [margin] = m.model.rule.margin(p[None])
         shown.append({"model": m.name, "file": Path(row["path"]).name, **{f"p_{c}": round(float(v), 4)
                                                                         for c, v in zip(classes, p)},
-                      "decision": row["predicted"], "margin": round(float(margin), 4)})
+                      "decision": row["predicted"], **({"set": row["set"]} if "set" in row else {}),
+                      "margin": round(float(margin), 4)})
     return sorted(shown, key=lambda r: (r["margin"] is None, r["margin"] or 0.0))
 

@@ -28,13 +28,14 @@ class DecisionRule:
     classes: tuple[str, ...]
     threshold: float | None = None
     how: str = "fixed"  # the threshold rule that chose it ("youden", "f1", "sensitivity=0.9") or "fixed"
+    where: str | None = None  # on which labelled images, when not the model's own held-out predictions
 
     @classmethod
     def of(cls, info: dict) -> DecisionRule:
         """The rule a sidecar records."""
         classes = tuple(str(c) for c in info["classes"])
         threshold = info.get("threshold") if len(classes) == 2 else None
-        return cls(classes, threshold, str(info.get("threshold_rule") or "fixed"))
+        return cls(classes, threshold, str(info.get("threshold_rule") or "fixed"), (info.get("local") or {}).get("where"))
 
     @property
     def thresholded(self) -> bool:
@@ -61,8 +62,12 @@ class DecisionRule:
         if not self.thresholded:
             return "the most probable class"
         negative, positive = self.classes
-        how = "fixed" if self.how == "fixed" else \
-            f"chosen by {self.how} on held-out predictions" + (f": {WHERE}" if where else "")
+        if self.how == "fixed":
+            how = "fixed"
+        elif self.where:
+            how = f"chosen by {self.how} on {self.where}"
+        else:
+            how = f"chosen by {self.how} on held-out predictions" + (f": {WHERE}" if where else "")
         return f"{positive} when p({positive}) >= {self.threshold:.4f}, else {negative} (threshold {how})"
 
     def python(self, proba: str = "p", recipe: str = "r") -> str:

@@ -267,3 +267,26 @@ def holm(p_values: list[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (m - k) * p))
         adjusted[i] = running
     return adjusted
+
+
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson's score interval of a proportion (sensible at small n and near 0 or 1); None when n is 0."""
+    if n <= 0:
+        return None
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def labels_for_half_width(p: float, half_width: float = 0.05, level: float = 0.95) -> int:
+    """About how many labelled images give a proportion near `p` an interval of +-`half_width` (normal
+    approximation; p is kept at least 0.05 from 0 and 1 so a perfect small sample does not promise too much)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    p = min(max(p, 0.05), 0.95)
+    return math.ceil(z * z * p * (1 - p) / half_width ** 2)

@@ -50,6 +50,10 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
     graphs.require("onnx")
     source = Path(model)
     loaded = load(source, trust_pickle=trust_pickle)
+    if loaded.local and loaded.local.scaling:
+        raise FeatxError(f"{source.name} rescales its probabilities for {loaded.local.site} "
+                         f"({loaded.local.scaling.describe()}), which the ONNX graph cannot carry yet; export a "
+                         "version calibrated with --scaling none")
     out = Path(out) if out else source.with_suffix(".onnx")
     recipe_path = out.with_name(out.stem + ".preprocess.json")
     check_targets(source, out, recipe_path)
@@ -58,6 +62,9 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
     _describe(graph, loaded, recipe)
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(graph.SerializeToString())
+    if loaded.local and loaded.local.sets:  # a promise the graph does not keep must not travel with it unsaid
+        recipe["prediction_sets"] = (f"not exported: the featx model gives {loaded.local.sets.describe()}; "
+                                     "the ONNX graph gives probabilities and the decision only")
     write_text_atomic(recipe_path, json.dumps({**recipe, "model": out.name}, indent=2) + "\n")
     card = _copy_card(source, out)
     example = onnxruntime_example(out, recipe_path, recipe)

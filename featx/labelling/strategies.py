@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._core.errors import FeatxError
+from .._core.optional import library as optional_library
 
 COLD_START = ("typiclust", "probcover", "coreset", "random")
 WITH_MODEL = ("margin", "entropy", "badge")
@@ -77,12 +78,7 @@ def choose(name: str, X: np.ndarray, labelled, k: int, *, candidates=None, proba
 
 def library(module: str, package: str):
     """An optional library of the `labelling` extra, or one line saying how to install it."""
-    from importlib import import_module
-
-    try:
-        return import_module(module)
-    except ImportError:
-        raise FeatxError(f"this needs {package}: pip install 'featx[labelling]'") from None
+    return optional_library(module, package, "labelling")
 
 
 def _normalised(X) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""Where a model will be used: featx calibrate (a threshold the site's labels imply, scaling, conformal sets that
+keep their coverage, the card's local estimate, predict's sets), and bad input in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import featx
+from featx.cli import main
+from featx.evaluation.conformal import ConformalSets, smallest_class
+from featx.evaluation.scaling import fit_scaling
+from featx.evaluation.thresholds import choose_threshold
+
+from conftest import TINY, make_folder, one_line_error
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def trained(tmp_path):
+    """A tiny-backbone logreg head (threshold by youden on validation) and its training folder."""
+    data = tmp_path / "data"
+    make_folder(data, 8, split="train")
+    make_folder(data, 4, split="val", start=30)
+    [result] = featx.fit(data=data, backbone=TINY, weights="random", threshold="youden", log=lambda m: None)
+    return result.artifact, data
+
+
+@pytest.fixture
+def site(tmp_path):
+    """Labelled images of another site: new patients, 10 of each class."""
+    return make_folder(tmp_path / "site", 10, start=60)
+
+
+def test_calibrate_rechooses_the_threshold_the_site_labels_imply_and_gives_sets(trained, site, tmp_path):
+    model, _ = trained
+    done = run("calibrate", "--model", model, "--data", site, "--scaling", "platt", "--site", "Hospital B")
+    assert done.exit_code == 0, done.output
+    out = model.with_name(f"{model.stem}.at-Hospital_B{model.suffix}")
+    assert "ROC-AUC at Hospital B" in done.output and str(out) in done.output
+    calibrated = featx.load(out)
+    original = featx.load(model)
+    paths = sorted(site.rglob("*.jpeg"))
+    y = np.array([p.parent.name == "PNEUMONIA" for p in paths], dtype=int)
+    raw, _ = original.image_proba(paths)
+    scaled = calibrated.local.scaling.apply(raw)
+    assert calibrated.threshold == pytest.approx(choose_threshold(y, scaled[:, 1], "youden"))
+    assert np.allclose(calibrated.image_proba(paths)[0], scaled)  # every prediction goes through the site's scaling
+    assert calibrated.info["sha256"] == original.info["sha256"]  # the model file is the same
+    card = out.with_suffix(".md").read_text()
+    assert "## At Hospital B (featx calibrate)" in card and "out of fold" in card and "would narrow" in card
+    assert "on 20 labelled images from Hospital B (10 NORMAL, 10 PNEUMONIA)" in card
+    rows = featx.predict(out, paths[:3])
+    assert all(r["set"] for r in rows)
+    shown = run("predict", "--model", out, paths[0])
+    assert "set: " in shown.output and "90% prediction sets" in shown.output
+    assert "cannot carry" in one_line_error(run("export", "--model", out))
+    again = run("calibrate", "--model", out, "--data", site)
+    assert "already calibrated for Hospital B" in one_line_error(again)
+
+
+def test_calibrate_refuses_bad_sites_in_one_line(trained, site, tmp_path):
+    model, data = trained
+    base = ["calibrate", "--model", model]
+    said = one_line_error(run(*base, "--data", data / "train"))
+    assert "are the model's own train images" in said
+    one_class = tmp_path / "one"
+    shutil.copytree(site / "NORMAL", one_class / "NORMAL")
+    assert "PNEUMONIA has 0" in one_line_error(run(*base, "--data", one_class))
+    foreign = tmp_path / "foreign"
+    shutil.copytree(site, foreign)
+    shutil.copytree(site / "NORMAL", foreign / "COVID")
+    assert "labels the model does not know (COVID)" in one_line_error(run(*base, "--data", foreign))
+    said = one_line_error(run(*base, "--data", site, "--confidence", "0.95"))
+    assert "need at least 19 calibration images of each class" in said
+    said = one_line_error(run(*base, "--data", site, "--threshold", "sensitivity=0.95"))
+    assert "needs at least 20 PNEUMONIA images" in said
+    assert "must be one of" in one_line_error(run(*base, "--data", site, "--scaling", "isotonic"))
+    user_file = model.with_name(f"{model.stem}.at-site{model.suffix}")
+    user_file.write_text("mine")
+    assert "is not a model featx calibrated" in one_line_error(run(*base, "--data", site))
+    assert user_file.read_text() == "mine"
+
+
+def test_conformal_sets_keep_their_coverage_on_exchangeable_data():
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        y = (rng.random(n) < 0.3).astype(int)  # the rarer class keeps its promise too (class-conditional)
+        logit = 1.2 * (2 * y - 1) + rng.normal(0, 1.5, n)
+        p1 = 1 / (1 + np.exp(-logit))
+        return y, np.column_stack([1 - p1, p1])
+    for confidence in (0.9, 0.95):
+        y_cal, p_cal = draw(400)
+        sets = ConformalSets.fit(y_cal, p_cal, confidence, ["NORMAL", "PNEUMONIA"])
+        y, p = draw(20000)
+        inside = sets.members(p)[np.arange(len(y)), y]
+        for c in (0, 1):
+            assert inside[y == c].mean() >= confidence - 0.02, (confidence, c, inside[y == c].mean())
+        assert (sets.members(p).sum(1) == 1).mean() > 0.05  # informative: not every set is both classes
+    assert smallest_class(0.9) == 9 and smallest_class(0.95) == 19
+
+
+def test_scaling_keeps_the_ranking_and_fits_the_site():
+    rng = np.random.default_rng(1)
+    y = (rng.random(500) < 0.5).astype(int)
+    p1 = 1 / (1 + np.exp(-(3 * (2 * y - 1) + rng.normal(0, 2, 500)) + 2.5))  # shifted: overconfident for class 0
+    proba = np.column_stack([1 - p1, p1])
+    for method in ("platt", "temperature"):
+        scaled = fit_scaling(method, y, proba).apply(proba)
+        assert np.array_equal(np.argsort(scaled[:, 1], kind="stable"), np.argsort(p1, kind="stable"))
+    platt = fit_scaling("platt", y, proba).apply(proba)
+    def nll(q):
+        return -np.mean(np.log(q[np.arange(len(y)), y]))
+    assert nll(platt) < nll(proba) - 0.05
+    assert json.loads(json.dumps(fit_scaling("platt", y, proba).to_json()))["method"] == "platt"
