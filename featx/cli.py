@@ -103,6 +103,10 @@ DICOM_WINDOW = click.option("--dicom-window", default="default", metavar="defaul
 EXCLUDE = click.option("--exclude", default=None, type=click.Path(dir_okay=False),
                        help="A file naming train images not to train on: featx audit's audit.csv, a CSV with a path "
                             "column, or one path per line (relative to the data folder).")
+TARGET = click.option("--target", default=None, type=click.Path(), help="Images of the site where the model will be "
+                      "used (folder or CSV, labelled or not): never trained on; shift measured, labelled ones scored.")
+TARGET_GROUP_PATTERN = click.option("--target-group-pattern", default=None, help="Regex whose first group names a "
+                                    "--target image's patient [default: as --group-pattern].")
 PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 
 
@@ -211,8 +215,12 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @click.option("--out-of-core", is_flag=True, help="Read the features block by block instead of loading them (logreg, lightgbm).")
 @_choice("solver", "lbfgs", "Out-of-core logreg: lbfgs (the in-memory model, a pass per iteration) or sgd (fewer passes, near the optimum).")
 @EXCLUDE
+@TARGET
+@TARGET_GROUP_PATTERN
+@click.option("--adapt", default="none", help="Adapt the head to --target's unlabelled features: none, standardise, "
+              "coral, ot, prior (label shift, logreg).")
 def fit_command(head, features, backbone, data, weights, image_size, pool, layers, pca, threshold, seed, cache_dir,
-                models_dir, out_of_core, solver, exclude):
+                models_dir, out_of_core, solver, exclude, target, target_group_pattern, adapt):
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
 
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
@@ -222,7 +230,8 @@ def fit_command(head, features, backbone, data, weights, image_size, pool, layer
 
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
-                  solver=solver, image_size=image_size, pool=pool, layers=layers, exclude=exclude)
+                  solver=solver, image_size=image_size, pool=pool, layers=layers, exclude=exclude, target=target,
+                  target_group_pattern=target_group_pattern, adapt=adapt)
     click.echo(results_table([(r.head, r.metrics, chosen(r.params, r.threshold, r.selection, r.train_seconds))
                               for r in results]))
     for r in results:
@@ -446,7 +455,8 @@ def finetune_command(data, backbone, **options):
 
 @main.command("compare")
 @_data(False, "The dataset whose models to compare [default: the only one in the models folder].")
-@_choice("split", "test", "Split to compare on.")
+@click.option("--split", default="test", type=click.Choice(["train", "val", "test", "target"]),
+              help="Split to compare on; target: the --target images fit scored.")
 @click.option("--out", default="featx-report", type=click.Path(file_okay=False), help="Folder for report.html, report.md and the plots.")
 @MODELS
 @CACHE
@@ -514,12 +524,17 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
               "(patient-stratified draws) and labelling strategies (typiclust, probcover, coreset, margin, entropy, "
               "badge; README: Which images to label next?), each a curve of every method.")
 @EXCLUDE
+@TARGET
+@TARGET_GROUP_PATTERN
+@click.option("--adapt", default="none", help="Also fit each head adapted to --target's unlabelled features, "
+              "comma-separated: standardise, coral, ot, prior (logreg).")
 @CACHE
 @WORKERS
 @click.pass_context
 def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs, finetune_image_size, train_sizes,
                   finetune_sizes, repeats, eval_split, val_fraction, group_pattern, weights, threshold, seed, n_boot, out,
-                  budget, unit, dry_run, wide, strategies, exclude, cache_dir, workers):
+                  budget, unit, dry_run, wide, strategies, exclude, target, target_group_pattern, adapt, cache_dir,
+                  workers):
     """Frozen backbones x heads, and fine-tunes, at every label budget: which wins, and with how many labels.
 
     At n images a method sees only those n: a head chooses its parameters by patient-grouped CV inside
@@ -536,7 +551,8 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
     values = {"backbones": backbones, "heads": heads, "finetune": finetune, "repeats": repeats, "eval_split": eval_split,
               "val_fraction": val_fraction, "group_pattern": group_pattern, "weights": weights, "threshold": threshold,
               "seed": seed, "n_boot": n_boot, "train_sizes": train_sizes, "finetune_sizes": finetune_sizes,
-              "strategies": strategies, "exclude": exclude}
+              "strategies": strategies, "exclude": exclude, "target": target,
+              "target_group_pattern": target_group_pattern, "adapt": adapt}
     options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size)) if v is not None}
     spec = StudySpec.asked(data, config, {k: v for k, v in values.items() if not config or k in given}, options)
     result = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,

@@ -121,3 +121,108 @@ def test_scaling_keeps_the_ranking_and_fits_the_site():
         return -np.mean(np.log(q[np.arange(len(y)), y]))
     assert nll(platt) < nll(proba) - 0.05
     assert json.loads(json.dumps(fit_scaling("platt", y, proba).to_json()))["method"] == "platt"
+
+
+def planted_site(n=600, seed=0, prior=0.5):
+    """Source blobs, and a target whose every feature went through a planted gain and offset (an acquisition
+    change: brightness and contrast) with its own class prior."""
+    rng = np.random.default_rng(seed)
+    y_s = (rng.random(n) < 0.5).astype(int)
+    X_s = rng.normal(0, 1, (n, 6)) + 1.5 * y_s[:, None] * np.r_[1, 1, 0, 0, 0, 0]
+    y_t = (rng.random(n) < prior).astype(int)
+    X_t = (rng.normal(0, 1, (n, 6)) + 1.5 * y_t[:, None] * np.r_[1, 1, 0, 0, 0, 0]) * 1.8 + 2.0
+    return X_s, y_s, X_t, y_t
+
+
+def test_standardisation_recovers_the_planted_accuracy():
+    from sklearn.linear_model import LogisticRegression
+
+    from featx.heads.adaptation import learn_map
+
+    X_s, y_s, X_t, y_t = planted_site(prior=0.5)
+    head = LogisticRegression().fit(X_s, y_s)
+    at_source = (head.predict(X_s) == y_s).mean()
+    unadapted = (head.predict(X_t) == y_t).mean()
+    mapping = learn_map("standardise", X_s, X_t)
+    adapted = mapping.wrap(LogisticRegression().fit(mapping.source(X_s), y_s))
+    assert unadapted < at_source - 0.15  # the planted change costs accuracy
+    assert (adapted.predict(X_t) == y_t).mean() >= at_source - 0.03  # and standardising gets it back
+    for name in ("coral", "ot"):  # skada's mappings do as well here
+        m = learn_map(name, X_s, X_t)
+        assert (m.wrap(LogisticRegression().fit(m.source(X_s), y_s)).predict(X_t) == y_t).mean() >= at_source - 0.05
+
+
+def test_bbse_finds_a_planted_prior():
+    from sklearn.linear_model import LogisticRegression
+
+    from featx.heads.adaptation import estimate_prior
+
+    X_s, y_s, _, _ = planted_site(2000, seed=1)
+    _, _, X_t, y_t = planted_site(2000, seed=2, prior=0.2)
+    X_t = (X_t - 2.0) / 1.8  # label shift only: the images themselves did not change
+    head = LogisticRegression(class_weight="balanced").fit(X_s[:1000], y_s[:1000])
+    prior = estimate_prior(y_s[1000:], head.predict_proba(X_s[1000:]), head.predict_proba(X_t))
+    assert abs(prior[1] - y_t.mean()) < 0.05, (prior, y_t.mean())
+
+
+def test_fit_scores_a_target_site_and_adapts_to_it(trained, site, tmp_path):
+    _, data = trained
+    done = featx.fit(data=data, backbone=TINY, weights="random", target=site, log=lambda m: None)[0]
+    assert done.metrics["target"]["n"] == 20 and "roc_auc" in done.metrics["target"]
+    info = json.loads(done.artifact.with_suffix(".json").read_text())
+    assert info["target"]["site"] == "site" and 0 <= info["target"]["shift"]["auc"] <= 1
+    card = done.artifact.with_suffix(".md").read_text()
+    assert "## Target site: site" in card and "| target | 20 |" in card
+    unlabelled = tmp_path / "waiting" / "unlabelled"
+    shutil.copytree(site / "NORMAL", unlabelled)
+    said = []
+    adapted = featx.fit(data=data, backbone=TINY, weights="random", target=unlabelled.parent, adapt="standardise",
+                        log=said.append)[0]
+    assert adapted.artifact != done.artifact and "target" not in adapted.metrics
+    assert any("cannot be checked" in line for line in said)
+    model = featx.load(adapted.artifact)
+    assert model.sidecar.method.label.endswith("adapted by standardise")
+    assert model.head.steps[0][0] == "site"  # the target's own statistics come first
+    assert "cannot be checked without some" in adapted.artifact.with_suffix(".md").read_text()
+
+
+def test_fit_refuses_a_bad_target_in_one_line(trained, site, tmp_path):
+    _, data = trained
+    base = ["fit", "--backbone", TINY, "--weights", "random", "--data", data]
+    assert "are train images of the training data" in one_line_error(run(*base, "--target", data / "train"))
+    foreign = tmp_path / "foreign"
+    shutil.copytree(site / "NORMAL", foreign / "COVID")
+    assert "labels the training data does not have (COVID)" in one_line_error(run(*base, "--target", foreign))
+    assert "give them with --target" in one_line_error(run(*base, "--adapt", "coral"))
+    assert "logreg head" in one_line_error(run(*base, "--target", site, "--adapt", "prior", "--head", "knn"))
+    assert "must be one of" in one_line_error(run(*base, "--target", site, "--adapt", "magic"))
+
+
+def test_study_scores_every_unit_at_the_target_and_gives_its_verdict(tmp_path):
+    data = make_folder(tmp_path / "data", 12, split="train")
+    make_folder(data, 4, split="test", start=30)
+    site = make_folder(tmp_path / "site", 10, start=60)
+    args = ["study", "--data", data, "--backbones", TINY, "--weights", "random", "--train-sizes", "all",
+            "--repeats", "1", "--bootstrap", "100", "--workers", "0"]
+    first = run(*args, "--out", tmp_path / "plain")
+    assert first.exit_code == 0, first.output
+    units = sorted((tmp_path / "plain" / "units").glob("*.json"))
+    done = run(*args, "--out", tmp_path / "plain", "--target", site, "--adapt", "standardise")
+    assert done.exit_code == 0, done.output
+    assert "Shift from train to the target site" in done.output and "At the target site site (20 labelled" in done.output
+    assert "adapted by standardise" in done.output and "At n=all" in done.output
+    assert all(u.read_bytes() == (tmp_path / "plain" / "units" / u.name).read_bytes() for u in units)  # untouched
+    assert len(list((tmp_path / "plain" / "units").glob("*.at-*.json"))) == 2  # the plain head and the adapted one
+    rows = (tmp_path / "plain" / "study.csv").read_text().splitlines()
+    assert "target_roc_auc" in rows[0]
+    card = next((tmp_path / "plain" / "models").glob("*.md")).read_text()
+    assert "## Target site: site" in card and "| target | 20 |" in card
+    unlabelled = tmp_path / "waiting" / "unlabelled"
+    shutil.copytree(site / "NORMAL", unlabelled)
+    blind = run(*args, "--out", tmp_path / "blind", "--target", unlabelled.parent, "--adapt", "coral")
+    assert blind.exit_code == 0, blind.output
+    assert "cannot be checked until some target images are labelled" in " ".join(blind.output.split())
+    said = one_line_error(run(*args, "--out", tmp_path / "bad", "--target", data / "train"))
+    assert "are train images of the training data" in said
+    assert not (tmp_path / "bad").exists()  # refused before any work
+    assert "give them with --target" in one_line_error(run(*args, "--out", tmp_path / "bad", "--adapt", "ot"))

@@ -99,6 +99,8 @@ def model_card(info: dict, predictions: dict, *, robustness=None, shift=None, in
     sections = [_front_matter(info, sidecar, scores), f"# {sidecar.method.label}\n",
                 "**Research use, not a medical device.**\n", _details(info, sidecar), _data(info, sidecar, predictions),
                 _evaluation(scores, chosen), _threshold(info)]
+    if info.get("target"):
+        sections.append(_target(info["target"], "target" in predictions))
     local = LocalCalibration.of(info)
     if local:
         sections.append(_local(local))
@@ -247,6 +249,29 @@ def _threshold(info: dict) -> str:
     if not rule.thresholded:
         return f"## Decision\n\n{rule.describe().capitalize()}.\n"
     return f"## Decision threshold\n\n{rule.describe(where=True)}.\n"
+
+
+def _target(target: dict, scored: bool) -> str:
+    """The site the model was fitted for: its images, the shift to it, the adaptation, and what was checked."""
+    shift = target["shift"]
+    lines = [f"## Target site: {target['site']}\n",
+             f"- **Images**: {target['images']} ({target['labelled']} labelled), fingerprint "
+             f"`{target['images_sha256'][:16]}`; none was trained on, and none chose a hyperparameter or the threshold",
+             f"- **Shift** from train: domain AUC {shift['auc']:.3f} [{shift['ci'][0]:.3f}, {shift['ci'][1]:.3f}] on this "
+             "model's features (0.5: no shift visible; 1: every image betrays its site)"]
+    adaptation = target.get("adaptation")
+    if adaptation:
+        prior = adaptation.get("estimated_prior")
+        lines.append(f"- **Adapted** by {adaptation['words']}, learnt from the features of "
+                     f"{adaptation['unlabelled_target_images']} target images without their labels" +
+                     (f"; estimated class prior there: " + ", ".join(f"{c} {p:.2f}" for c, p in prior.items())
+                      if prior else "") + ". The train and validation rows above are this adapted model on the training "
+                     "site's images as they are; its threshold was chosen on validation predictions of the adapted head")
+    lines.append("- **At the target**: the `target` row of the evaluation table, on its labelled images" if scored else
+                 "- **At the target**: not measured, as no target image has a label" +
+                 ("; whether the adaptation helps there cannot be checked without some (featx calibrate)"
+                  if adaptation else ""))
+    return "\n".join(lines) + "\n"
 
 
 def _limits(local: LocalCalibration | None) -> str:

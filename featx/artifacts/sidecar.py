@@ -40,6 +40,7 @@ class MethodId:
     out_of_core: bool = False
     recipe: str | None = None
     labels: str | None = None
+    adapted: str | None = None  # the adaptation to a target site's unlabelled features (heads.adaptation), if any
 
     @classmethod
     def finetune(cls, backbone: str, options: dict, *, started_from: dict | None = None,
@@ -57,9 +58,10 @@ class MethodId:
         named = f" (recipe {self.recipe})" if self.recipe else ""
         chosen = "" if self.labels is None else (", flagged removed" if self.labels == CLEANED else
                                                  f", {self.labels} labels")
+        adapted = f", adapted by {self.adapted}" if self.adapted else ""
         if self.finetuned:
-            return f"{self.backbone} fine-tune{shown}{named}{chosen}"
-        return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "") + chosen
+            return f"{self.backbone} fine-tune{shown}{named}{chosen}{adapted}"
+        return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "") + chosen + adapted
 
     def __str__(self) -> str:
         return self.label
@@ -108,7 +110,9 @@ class Sidecar:
             method = MethodId.finetune(config["backbone"], {**params, "image_size": image_size},
                                        started_from=info.get("started_from"))
         else:
-            method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")))
+            adapted = ((info.get("target") or {}).get("adaptation") or {}).get("method")
+            method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")),
+                              adapted=adapted)
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,
                    config.get("data_root"), config.get("dataset_key") or config.get("data_root"), info)
 

@@ -27,6 +27,9 @@ from ..features.freshness import check_fresh, newly_labelled
 from ..features.recipe import extract_command, extraction_options
 from ..features.lookup import dataset_caches
 from ..features.store import FeatureStore
+from ..evaluation.domain import domain_auc
+from ..features.target import Target, target_features
+from .adaptation import SiteFit, check_adaptation
 from .selection import Selection, classes_missing, select_head
 from .specs import HEADS, head_names
 
@@ -49,7 +52,8 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
         threshold: str | float = 0.5, seed: int = 0, cache_dir=None, models_dir=None, weights: str = "imagenet",
         out_of_core: bool = False, solver: str = "lbfgs", block_rows: int | None = None,
         image_size: int | None = None, pool: str | None = None, layers: str | None = None,
-        exclude=None, log=None) -> list[FitResult]:
+        exclude=None, target=None, target_group_pattern: str | None = None, adapt: str = "none",
+        log=None) -> list[FitResult]:
     """Train `head` ("all" for every head) on cached features and save one artifact per head.
 
     The features are a cache file (`features`), or the cache of `backbone` on `data`, which
@@ -64,9 +68,16 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
 
     `exclude`: a file (or data.exclusion.Exclusion) naming train images not to train on, e.g. the labels
     featx audit flagged; the model's name and sidecar record the list.
+
+    `target`: images of the site where the model will be used (a folder or manifest, labelled or not;
+    features.target): never trained on; the train -> target shift is measured, labelled target images are
+    scored as the split "target", and `adapt` (heads.adaptation: standardise, coral, ot, prior) adapts the
+    head to the target's unlabelled features, a model of its own.
     """
     log = log or log_line
     names = _head_names(head, pca, out_of_core, solver)
+    target = None if target is None else target if isinstance(target, Target) else Target(str(target), target_group_pattern)
+    adaptation = check_adaptation(adapt, target=target, heads=names, out_of_core=out_of_core)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     variant = feature_variant(image_size, pool, layers)
     store = resolve_store(features, data, backbone, weights, variant, cache_dir, log)
@@ -74,11 +85,14 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     excluded = None if exclude is None else Exclusion.read(exclude, store.paths(), _row_splits(store))
     if excluded and out_of_core:
         raise FeatxError("--exclude works on features loaded in memory; drop --out-of-core, or remove the images")
+    site = None if target is None else target_features(target, store, cache_dir=store.path.parent.parent, log=log)
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else
                _InMemory(store, pca, seed, log, excluded.paths if excluded else ()))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
     key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver,
-           "images": _learned_from(store, excluded), **({"excluded": excluded} if excluded else {})}
+           "images": _learned_from(store, excluded), **({"excluded": excluded} if excluded else {}),
+           **({"adapted": [adaptation, site.fingerprint]} if adaptation else {}),
+           "site_fit": _site(store, site, adaptation, learner, seed, log) if site else None}
     results = []
     for name in names:
         try:
@@ -118,6 +132,23 @@ def _head_names(head: str, pca, out_of_core: bool, solver: str) -> list[str]:
     return names
 
 
+def _site(store: FeatureStore, site, adaptation: str | None, learner, seed: int, log) -> SiteFit:
+    """The target in this fit: its shift from train (said in the log), and the adaptation learnt now."""
+    X_train = store.arrays("train")[0]
+    groups = [f"train/{g}" for g in store.groups("train")] + [f"target/{g}" for g in site.groups]
+    auc, ci = domain_auc(X_train, site.X, groups, seed)
+    log(f"train -> target {site.name} shift: domain AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (0.5: no shift visible "
+        "in the features; 1: every image betrays its site)")
+    fit = SiteFit(site, {"auc": auc, "ci": list(ci)}, adaptation)
+    mapped = fit.learn(learner.splits["train"][0]) if adaptation else None
+    if mapped is not None:
+        learner.map_features(mapped.source)
+    if adaptation and not len(site.labelled):
+        log(f"adapted to {site.name} without its labels: whether it is better there cannot be checked until some "
+            "of its images are labelled (featx calibrate, or --target with labels)")
+    return fit
+
+
 def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, key: dict, log) -> FitResult:
     """Select, threshold, evaluate and save one head."""
     labels = learner.labels
@@ -132,10 +163,22 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
             from None
     if learner.val_lacks:
         sel.method += f", as val has no {' or '.join(learner.val_lacks)} images"
+    site = key["site_fit"]
+    sel, _ = site.finish(sel) if site else (sel, None)
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
     splits = {split: (y, *learner.listing(store, split)) for split, y in labels.items()}
-    path, metrics = evaluate_and_save(name, store, sel, rule, cut, splits,
-                                      lambda split: learner.predict_proba(sel.estimator, split), models_dir, key)
+
+    def predict(split):
+        return learner.predict_proba(sel.estimator, split)
+    if site and len(site.features.labelled):
+        scored = site.features.labelled
+        splits["target"] = (site.features.y[scored], [site.features.paths[i] for i in scored],
+                            [site.features.sha1s[i] for i in scored])
+
+        def predict(split, _split_predict=predict):
+            return sel.estimator.predict_proba(site.features.X[scored]) if split == "target" else _split_predict(split)
+    key = {**key, "target": site.record(store.classes) if site else None}
+    path, metrics = evaluate_and_save(name, store, sel, rule, cut, splits, predict, models_dir, key)
     log(f"  {name}: {sel.params} by {sel.method} in {sel.train_seconds:.1f} s -> {path}")
     return FitResult(name, path, sel.params, sel.method, cut, metrics, sel.train_seconds, sel.scores)
 
@@ -197,11 +240,19 @@ class _InMemory:
         self.pca, self.seed = pca, seed
         self.labels = {split: v[1] for split, v in self.splits.items()}
         self.val_lacks = _classes_val_lacks(store, self.labels, log)
+        self.selecting: dict = {}  # split -> (X, y, groups) heads are selected on, when not the split's own
 
     def select(self, name: str) -> Selection:
-        X, y, groups = self.splits["train"]
-        X_val, y_val, _ = self.splits.get("val", (None, None, None)) if not self.val_lacks else (None, None, None)
+        X, y, groups = self.selecting.get("train", self.splits["train"])
+        X_val, y_val, _ = self.selecting.get("val", self.splits.get("val", (None, None, None))) \
+            if not self.val_lacks else (None, None, None)
         return select_head(name, X, y, groups, X_val, y_val, pca=self.pca, seed=self.seed)
+
+    def map_features(self, mapping) -> None:
+        """Select heads on train and validation features mapped into a target's space (an adaptation); the
+        saved model is still scored on every split's features as they are."""
+        self.selecting = {split: (mapping(X).astype(np.float32), y, g) for split, (X, y, g) in self.splits.items()
+                          if split in ("train", "val")}
 
     def predict_proba(self, estimator, split: str) -> np.ndarray:
         return estimator.predict_proba(self.splits[split][0])
@@ -372,7 +423,8 @@ def _learned_from(store: FeatureStore, excluded=None) -> str:
 def _artifact_hash(store: FeatureStore, head: str, key: dict) -> str:
     record = {"features": store.config.get("config_hash"), "head": head,
               "grid": HEADS[head].grid, "pca": key["pca"], "seed": key["seed"], "threshold": key["threshold"],
-              "images": key["images"], "out_of_core": key["out_of_core"]}
+              "images": key["images"], "out_of_core": key["out_of_core"],
+              **({"adapted": key["adapted"]} if key.get("adapted") else {})}  # absent: the names of before
     return record_hash(record, 8)
 
 
@@ -397,4 +449,5 @@ def _sidecar(name: str, store: FeatureStore, sel: Selection, rule, cut, metrics:
                          train_seconds=sel.train_seconds, predict_seconds_per_image=predict_seconds,
                          packages=("sklearn", "skops", "numpy", *(("lightgbm",) if name == "lightgbm" else ())),
                          pca=key["pca"], seed=key["seed"], selection=selection, out_of_core=bool(key["out_of_core"]),
-                         **({"excluded": key["excluded"].record()} if key.get("excluded") else {}))
+                         **({"excluded": key["excluded"].record()} if key.get("excluded") else {}),
+                         **({"target": key["target"]} if key.get("target") else {}))

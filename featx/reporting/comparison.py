@@ -42,7 +42,8 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
     `note` saying why; they get metrics but no p-values. `keep_predictions` adds each record's
     per-image "predictions" (path, sha1, y, proba), for plots.
     """
-    check_choice("split", split)
+    if split != "target":  # the labelled --target images a fit scored, beside the dataset's own splits
+        check_choice("split", split)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
     candidates, data_root = artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)

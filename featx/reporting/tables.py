@@ -16,12 +16,12 @@ def results_table(rows) -> str:
     bootstrap interval (featx.evaluation.metrics.evaluatewith_intervals)."""
     columns = (("balanced_accuracy", "balanced acc"), ("sensitivity", "sensitivity"), ("specificity", "specificity"),
                ("roc_auc", "ROC-AUC"))
-    lines = [f"{'method':<8}{'split':<6}{'images':>6}" + "".join(f"{label:>21}" for _, label in columns)]
+    lines = [f"{'method':<8}{'split':<7}{'images':>6}" + "".join(f"{label:>21}" for _, label in columns)]
     chosen_lines = []
     for method, metrics, chosen in rows:
         for i, (split, m) in enumerate(metrics.items()):
             cells = "".join(f"{with_interval(m.get(c), (m.get('ci') or {}).get(c)):>21}" for c, _ in columns)
-            lines.append(f"{method if i == 0 else '':<8}{split:<6}{m['n']:>6}{cells}")
+            lines.append(f"{method if i == 0 else '':<8}{split:<7}{m['n']:>6}{cells}")
         chosen_lines.append(f"{method}: {chosen}")
     return "\n".join(lines + ["95% intervals: stratified bootstrap of the split's images"] + chosen_lines)
 

@@ -61,24 +61,34 @@ class Curve:
     def budgets(self, sizes, repeats: int) -> list[Budget]:
         return label_budgets(self.y, self.groups, sizes, repeats=repeats, seed=self.seed, classes=self.store.classes)
 
-    def select(self, budget: Budget):
+    def select(self, budget: Budget, site=None):
         """(the selection, its threshold) of the head chosen and fitted on `budget`'s images alone: by
-        patient-grouped CV inside them, the threshold from their held-out predictions."""
+        patient-grouped CV inside them, the threshold from their held-out predictions. `site`: a
+        heads.adaptation.SiteFit whose adaptation the head gets, learnt on these images and the target's."""
         rows = budget.rows
+        X = self.X[rows]
+        mapped = site.learn(X) if site is not None else None
         try:
-            sel = select_head(self.name, self.X[rows], self.y[rows], self.groups[rows], seed=self.seed)
+            sel = select_head(self.name, mapped.source(X) if mapped else X, self.y[rows], self.groups[rows],
+                              seed=self.seed)
         except (TooFewGroups, FeatxError) as exc:  # e.g. folds of one class: the budget is too small
             raise FeatxError(f"{self.method} at n={budget.n or 'all'} (repeat {budget.repeat}): {exc}") from None
+        if site is not None:
+            sel, _ = site.finish(sel)
         return sel, resolve_threshold(self.rule, sel.selection_y, sel.selection_proba, len(self.store.classes))
 
-    def fit(self, budget: Budget) -> dict:
-        """The head chosen and fitted on `budget`'s images alone, scored on the evaluation split (COLUMNS)."""
+    def fit(self, budget: Budget, site=None, also: np.ndarray | None = None) -> dict:
+        """The head chosen and fitted on `budget`'s images alone (adapted by `site`), scored on the evaluation
+        split (COLUMNS); with `also`, its probabilities on those feature rows too ("also_proba")."""
         started = time.perf_counter()
-        sel, cut = self.select(budget)
+        sel, cut = self.select(budget, site)
         seconds = time.perf_counter() - started
         proba = sel.estimator.predict_proba(self.X_eval)
-        return unit_record(self.method, budget.n, budget.n_images, budget.repeat, self.y_eval, proba, cut,
-                           sel.params, seconds, n_boot=self.n_boot, seed=self.seed)
+        record = unit_record(self.method, budget.n, budget.n_images, budget.repeat, self.y_eval, proba, cut,
+                             sel.params, seconds, n_boot=self.n_boot, seed=self.seed)
+        if also is not None:
+            record["also_proba"] = sel.estimator.predict_proba(also)
+        return record
 
 
 def unit_record(method: MethodId, n, n_images: int, repeat: int, y, proba, threshold, params: dict, seconds: float, *,

@@ -30,6 +30,7 @@ from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
 from ..features.recipe import DEFAULTS
 from ..features.reuse import finished_cache
+from ..features.target import Target, TargetListing
 from ..finetuning.config import FinetuneConfig
 from ..heads.selection import SELECTION_RULES
 from ..models.weight_files import weights_identity
@@ -110,6 +111,7 @@ class Plan:
         self.notes = [f"n={n} takes the whole pool of {len(self.pool)} images: one draw, not {spec.repeats} identical "
                       "repeats" for n in sorted(whole)] if spec.repeats > 1 else []
         self.exclusion = Exclusion.read(spec.exclude, self.ds.paths, self.ds.splits) if spec.exclude else None
+        self.target = self._target()  # the target site's images, listed and checked before any work
         self.draws = self._draws()  # label source (MethodId.labels) -> its budgets, rows as positions in the pool
         self.throughput = Throughput(cache_dir)
         self.units = self._units()
@@ -121,6 +123,25 @@ class Plan:
         paths = [self.ds.paths[i] for i in self.eval_rows]
         _, _, sha1s = file_contents(self.ds.root, paths, self.ds.content, skip=self.ds.problems)
         return EvaluationSet.of(self.evaluate_on, paths, sha1s)
+
+    def _target(self) -> TargetListing | None:
+        """The --target images, hashed and refused where they are the study's training or validation images
+        (every image outside the evaluation split may train or choose something)."""
+        if self.spec.target is None:
+            return None
+        listing = TargetListing.of(Target(self.spec.target, self.spec.target_group_pattern), self.cache_dir)
+        shown = [i for i, s in enumerate(self.ds.splits) if s != self.evaluate_on]
+        _, _, sha1s = file_contents(self.ds.root, [self.ds.paths[i] for i in shown], self.ds.content,
+                                    skip=self.ds.problems)
+        listing.check(self.ds.classes, {h: self.ds.splits[i] for i, h in zip(shown, sha1s) if h})
+        labelled = int((listing.ds.labels >= 0).sum())
+        self.notes.append(f"target site {listing.target.name}: {len(listing.ds)} images ({labelled} labelled), never "
+                          "trained on; the shift to it is measured on each backbone's features" +
+                          ("; every unit is also scored on its labelled images" if labelled else
+                           "; without labels there, no unit can be scored at the target") +
+                          (f"; heads adapted to its unlabelled features: {', '.join(self.spec.adapt)}"
+                           if self.spec.adapt else ""))
+        return listing
 
     # -- the plan --------------------------------------------------------------------------------------
     def _draws(self) -> dict:
@@ -154,9 +175,9 @@ class Plan:
         for backbone in (self.spec.backbones if self.spec.heads else ()):
             store = stores[backbone]
             images = store_images(store, self.evaluate_on) if store else None
-            for head, (source, budgets) in ((h, d) for h in self.spec.heads for d in self.draws.items()):
+            for head, adapted, (source, budgets) in self._fit_methods():
                 for budget in budgets:
-                    method = MethodId(backbone, head, labels=source)
+                    method = MethodId(backbone, head, labels=source, adapted=adapted)
                     key = self.fit_key(store, images, method, budget) if store else None
                     done = key is not None and (self.out / "units" / f"{key}.json").is_file()
                     seconds = None if done else self.throughput.fit_seconds(head, budget.n or budget.n_images)
@@ -175,10 +196,21 @@ class Plan:
                                       None if done else self._finetune_seconds(backbone, budget, options)))
         return units
 
+    def _fit_methods(self):
+        """(head, adaptation, (label source, budgets)) of every head curve: each head on each label source, and
+        each head adapted to the target (on random draws; prior only for logreg)."""
+        for head in self.spec.heads:
+            for source, budgets in self.draws.items():
+                yield head, None, (source, budgets)
+            for adapted in self.spec.adapt:
+                if None in self.draws and (adapted != "prior" or head == "logreg"):
+                    yield head, adapted, (None, self.draws[None])
+
     def fit_key(self, store, images: str, method: MethodId, budget: Budget) -> str:
+        adapted = {"adapted": method.adapted, "target": self.target.fingerprint} if method.adapted else {}
         return record_hash({"features": store.config["config_hash"], "images": images, "head": method.head,
                             "rules": SELECTION_RULES, "n": budget.n, "repeat": budget.repeat, "eval": self.evaluate_on,
-                            **self.record, **self._labels_record(method.labels, budget)}, 16)
+                            **self.record, **self._labels_record(method.labels, budget), **adapted}, 16)
 
     def finetune_key(self, method: MethodId, images: str, budget: Budget, options: dict) -> str:
         """Named by what the fine-tune is made of, not by its recipe's name: two studies (or two names) asking

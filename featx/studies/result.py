@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .recipes import gain_lines, recipe_gains
 from .strategy_gains import labels_saved, strategy_rows
-from .verdict import verdict
+from .verdict import target_verdict, verdict
 
 
 @dataclass
@@ -22,6 +22,7 @@ class StudyResult:
     n_boot: int = 1000
     leader: Path | None = None       # the model kept at n=all, when the study has one
     plan: list[str] = field(default_factory=list)  # the plan as said before any work
+    shifts: list[dict] = field(default_factory=list)  # train -> target shift per backbone, with a target site
 
     @property
     def complete(self) -> bool:
@@ -37,4 +38,5 @@ class StudyResult:
     def verdict(self) -> list[str]:
         """The verdict, one line per size, the labels needed, the recipe gains and the labels each labelling
         strategy saved over random draws, in words."""
-        return verdict(self.records) + gain_lines(self.gains) + labels_saved(strategy_rows(self.records))
+        return (verdict(self.records) + gain_lines(self.gains) + labels_saved(strategy_rows(self.records)) +
+                target_verdict(self.records, self.shifts, self.split))

@@ -16,10 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from .._core.atomic import atomic_path, write_text_atomic
@@ -28,8 +25,7 @@ from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint
 from .._core.options import feature_variant
 from .._core.paths import default_cache_dir
-from ..evaluation.folds import group_folds
-from ..evaluation.significance import bootstrap_ci
+from ..evaluation.domain import domain_auc
 from ..features.store import FeatureStore
 from ..heads.fitting import resolve_store
 
@@ -142,12 +138,12 @@ def measure_shift(store: FeatureStore, splits=("train", "test"), *, seed: int = 
     X = {s: store.arrays(s) for s in splits}
     groups = {s: [f"{s}/{g}" for g in store.groups(s)] for s in splits}  # a patient in both splits is two groups
     counts = {s: {c: int((X[s][1] == i).sum()) for i, c in enumerate(store.classes)} for s in splits}
-    auc, ci = _domain_auc(X[first][0], X[second][0], groups[first] + groups[second], seed, folds, n_boot)
+    auc, ci = domain_auc(X[first][0], X[second][0], groups[first] + groups[second], seed, folds, n_boot)
     per_class = {}
     for i, c in enumerate(store.classes):
         a, b = X[first][1] == i, X[second][1] == i
         try:
-            per_class[c] = _domain_auc(X[first][0][a], X[second][0][b],
+            per_class[c] = domain_auc(X[first][0][a], X[second][0][b],
                                        list(np.array(groups[first])[a]) + list(np.array(groups[second])[b]),
                                        seed, folds, n_boot)
         except FeatxError:
@@ -183,20 +179,6 @@ def embed_2d(X: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
         warnings.simplefilter("ignore", UserWarning)
         xy = UMAP(n_components=2, random_state=seed).fit_transform(X)
     return np.asarray(xy, np.float32), f"UMAP of PCA-{k}"
-
-
-def _domain_auc(A: np.ndarray, B: np.ndarray, groups: list[str], seed: int, folds: int, n_boot: int):
-    """Out-of-fold ROC-AUC of a classifier telling rows of B from rows of A, with a bootstrap interval."""
-    if len(A) < 2 or len(B) < 2:
-        raise FeatxError("each split needs at least 2 images to measure a shift")
-    X = np.vstack([A, B]).astype(np.float64)
-    y = np.r_[np.zeros(len(A), int), np.ones(len(B), int)]
-    proba = np.zeros(len(y))
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-    for train, held_out in group_folds(y, np.asarray(groups), folds, seed):
-        proba[held_out] = model.fit(X[train], y[train]).predict_proba(X[held_out])[:, 1]
-    both = np.c_[1 - proba, proba]
-    return float(roc_auc_score(y, proba)), bootstrap_ci(y, both, None, n_boot=n_boot, seed=seed)["roc_auc"]
 
 
 def _most_unlike(A: np.ndarray, B: np.ndarray, paths: list[str], top: int):

@@ -16,6 +16,7 @@ from .._core.errors import FeatxError
 from .._core.options import check_number
 from ..evaluation.thresholds import parse_threshold
 from ..finetuning.config import FinetuneConfig
+from ..heads.adaptation import ADAPTATIONS
 from ..heads.specs import head_names
 from ..labelling.strategies import STRATEGIES
 from ..models.registry import get_spec
@@ -53,6 +54,11 @@ class StudySpec:
     # strategies (labelling.strategies), each its own curve on every method
     strategies: tuple[str, ...] = ("random",)
     exclude: str | None = None  # train images never trained on (featx audit's flags): a second curve, "flagged removed"
+    # images of the site where the model will be used (folder or manifest): never trained on; the shift to it is
+    # measured per backbone, labelled ones score every unit, and `adapt` adds heads adapted to its unlabelled features
+    target: str | None = None
+    target_group_pattern: str | None = None
+    adapt: tuple[str, ...] = ()
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -69,8 +75,19 @@ class StudySpec:
                              f"{missing} to --backbones")
         if self.exclude is not None:
             set_("exclude", str(self.exclude))
+        if self.target is not None:
+            set_("target", str(self.target))
+        set_("adapt", _names(self.adapt))
+        for name in self.adapt:
+            if name not in ADAPTATIONS or name == "none":
+                raise FeatxError(f"--adapt: {name!r} is not an adaptation; choose among "
+                                 f"{', '.join(a for a in ADAPTATIONS if a != 'none')}")
+        if self.adapt and self.target is None:
+            raise FeatxError("--adapt adapts heads to a target site's images: give them with --target DIR|CSV")
         heads = _names(self.heads)
         set_("heads", tuple(dict.fromkeys(name for head in heads for name in head_names(head))))
+        if "prior" in self.adapt and "logreg" not in self.heads:
+            raise FeatxError("--adapt prior re-weights the classes of a logreg head: add logreg to --heads")
         if not (self.backbones and self.heads) and not self.finetune:
             raise FeatxError("a study needs a backbone and a head, or a fine-tune (--finetune BACKBONE)")
         for backbone in {*self.backbones, *self.finetune}:
@@ -118,7 +135,7 @@ class StudySpec:
         values = {**values, **overrides}
         if "data" not in values:
             raise FeatxError(f"{path} names no data (data = \"DIR\"), and --data was not given")
-        for key in ("data", "exclude"):  # relative to the study file, as written back
+        for key in ("data", "exclude", "target"):  # relative to the study file, as written back
             if values.get(key) and not Path(values[key]).is_absolute() and key not in overrides:
                 values[key] = str((path.parent / values[key]).resolve())
         return cls(**values)
@@ -128,8 +145,9 @@ class StudySpec:
         values = asdict(self)
         if relative_to is not None:
             values["data"] = _relative(Path(self.data), relative_to)
-            if self.exclude:
-                values["exclude"] = _relative(Path(self.exclude), relative_to)
+            for key in ("exclude", "target"):
+                if values.get(key):
+                    values[key] = _relative(Path(values[key]), relative_to)
         lines = ["# featx study: re-run with  featx study --config study.toml"]
         options, recipes = values.pop("finetune_options"), values.pop("finetune_recipes")
         lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]

@@ -31,12 +31,14 @@ from ..data.budgets import Budget, held_out
 from ..evaluation.sets import EvaluationSet
 from ..evaluation.significance import point_metrics
 from ..finetuning.config import FinetuneConfig
+from ..heads.adaptation import SiteFit
 from ..heads.selection import select_head
 from ..labelling.strategies import nested_selection
 from .label_curves import COLUMNS, Curve, Pool, unit_record
 from .plan import Plan, Unit, UnitKind, UnitState, duration, store_images
 from .result import StudyResult
 from .spec import StudySpec
+from .target_site import StudySite
 
 
 # A fine-tune unit's name for the study's evaluation images: its test split, held out from every choice of the
@@ -73,9 +75,10 @@ def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", ca
         log(f"unit {unit} done ({time.perf_counter() - started:.1f} s); {left} of {len(plan.units)} units left")
         return result
     result.records = plan.gather()
+    result.shifts = plan.site_shifts(log)
     log(f"study: {computed} of {sum(u.kind is not UnitKind.EXTRACT for u in plan.units)} units computed now "
         f"({time.perf_counter() - started:.1f} s), the others read from {out / 'units'}")
-    write_csv_atomic(out / "study.csv", [{k: _cell(r[k]) for k in COLUMNS} for r in result.records])
+    write_csv_atomic(out / "study.csv", [{**{k: _cell(r[k]) for k in COLUMNS}, **_at_target(r)} for r in result.records])
     result.leader = plan.keep_leader(log)
     return result
 
@@ -86,6 +89,8 @@ class StudyRun(Plan):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._pools: dict = {}  # backbone -> its Pool, read once
+        self.site = None if self.target is None else StudySite(self.target, self.out, self.cache_dir,
+                                                                n_boot=self.spec.n_boot, seed=self.spec.seed)
 
     # -- the work --------------------------------------------------------------------------------------
     def run(self, units: list[Unit], progress: bool, log) -> int:
@@ -132,13 +137,49 @@ class StudyRun(Plan):
             return 0
         curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
         rows = np.array([pool.index[p] for p in self._paths(self._budget(u).rows) if p in pool.index], int)
-        record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows))
+        adapting, also = self._at_site(u, pool)
+        record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows), site=adapting, also=also)
+        at_target = record.pop("also_proba", None)
         record.update(_eval_predictions(pool.evaluated, curve.y_eval, record.pop("proba")),
                       classes=list(pool.store.classes), eval_split=self.evaluate_on,
                       train_images=_trained_on(pool.paths[rows], pool.sha1s[rows]))
         self.throughput.record("fit", u.method.head, (len(rows), record["train_seconds"]))
         _save(path, record)
+        if at_target is not None:
+            features, _ = self.site.features(u.backbone, pool, lambda line: None)
+            self.site.save_scores(key, StudySite.labelled_rows(features), at_target, record["threshold"])
         return 1
+
+    def _at_site(self, u: Unit, pool: Pool, log=lambda line: None):
+        """(the adaptation the unit's head gets, the target's labelled feature rows to score), each None where
+        the study has no target, the head is not adapted, or no target image has a label."""
+        if self.site is None:
+            return None, None
+        features, shift = self.site.features(u.backbone, pool, log)
+        return (self.site.adapting(u.method, features, shift),
+                features.X[features.labelled] if len(features.labelled) else None)
+
+    def _target_scores(self, u: Unit, record: dict) -> dict | None:
+        """The unit's scores at the target: kept beside it, or computed now (a head re-selected and fitted by its
+        unit's own protocol, the same seed: the same model; a fine-tune's network run on the images)."""
+        if self.site is None or not self.site.labelled:
+            return None
+        found = self.site.scores(u.key)
+        if found is not None:
+            return found
+        if u.kind is UnitKind.FINETUNE:
+            from ..artifacts.predictors import load
+
+            files, labelled = self.site.labelled_images(self.ds.classes)
+            proba, _ = load(self.out / record["artifact"]).image_proba(files, workers=self.workers)
+            return self.site.save_scores(u.key, labelled, proba, record["threshold"])
+        pool = self._pools.get(u.backbone) or self._pools.setdefault(u.backbone, self._pool(u.backbone, lambda line: None))
+        features, shift = self.site.features(u.backbone, pool, lambda line: None)
+        curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
+        rows = np.array([pool.index[p] for p in self._paths(self._budget(u).rows) if p in pool.index], int)
+        sel, cut = curve.select(Budget(u.budget.n, u.budget.repeat, rows), self.site.adapting(u.method, features, shift))
+        return self.site.save_scores(u.key, StudySite.labelled_rows(features),
+                                     sel.estimator.predict_proba(features.X[features.labelled]), cut)
 
     def _finetune(self, u: Unit, progress: bool, log) -> int:
         """A fine-tune on the budget alone: its validation cut from the budget by patient, the evaluation
@@ -238,9 +279,21 @@ class StudyRun(Plan):
             record = _completed(json.loads(path.read_text()))
             # named by this study (a unit is shared by the recipes or studies asking it): the one name, never parsed
             record.update(method=u.method.label, method_id=u.method, eval_images=self.evaluation.key)
+            at_target = self._target_scores(replace(u, key=key), record)
+            if at_target is not None:
+                record["target"] = at_target
             records.append(record)
             self.gathered.append((replace(u, key=key), record))
         return records
+
+    def site_shifts(self, log) -> list[dict]:
+        """The train -> target shift on each frozen backbone's features (measured once, then read back)."""
+        if self.site is None or not self.spec.heads:
+            return []
+        for backbone in self.spec.backbones:
+            pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
+            self.site.features(backbone, pool, log)
+        return self.site.shifts()
 
     # -- the model to use ------------------------------------------------------------------------------
     def keep_leader(self, log) -> Path | None:
@@ -270,10 +323,11 @@ class StudyRun(Plan):
         """The unit's head as a model: saved once (out/models/leader.json names it by the unit), then reused."""
         kept = self.out / "models" / "leader.json"
         known = json.loads(kept.read_text()) if kept.is_file() else {}
-        path = self.out / "models" / known.get(unit.key, "-")
-        if unit.key not in known or not path.is_file():
+        name = unit.key + (f"@{self.target.fingerprint[:16]}" if self.target else "")  # a target changes its card
+        path = self.out / "models" / known.get(name, "-")
+        if name not in known or not path.is_file():
             path = self._save_head(unit)
-            write_text_atomic(kept, json.dumps({**known, unit.key: path.name}, indent=1) + "\n")
+            write_text_atomic(kept, json.dumps({**known, name: path.name}, indent=1) + "\n")
         return path
 
     def _save_head(self, unit: Unit) -> Path:
@@ -283,7 +337,8 @@ class StudyRun(Plan):
         pool = self._pool(unit.backbone, lambda line: None)
         curve = Curve(pool, unit.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
         rows = np.array([pool.index[p] for p in self._paths(unit.budget.rows) if p in pool.index], int)
-        sel, cut = curve.select(Budget(None, unit.budget.repeat, rows))
+        adapting, _ = self._at_site(unit, pool)
+        sel, cut = curve.select(Budget(None, unit.budget.repeat, rows), adapting)
         split = self.evaluate_on
         splits = {"train": (pool.y[rows], pool.paths[rows], pool.sha1s[rows]),
                   split: (curve.y_eval, pool.store.paths(split), pool.store.sha1s(split))}
@@ -291,6 +346,14 @@ class StudyRun(Plan):
         key = {"pca": None, "seed": self.spec.seed, "threshold": curve.rule, "out_of_core": False,
                "images": images_fingerprint(zip(pool.paths[rows], pool.sha1s[rows]))[:16],
                **({"excluded": self.exclusion} if unit.method.labels == CLEANED else {})}
+        if self.site is not None:  # the card says where the model will be used, and how it scored there
+            found, shift = self.site.features(unit.backbone, pool, lambda line: None)
+            paths, sha1s, y = StudySite.labelled_rows(found)
+            if len(y):
+                splits["target"], features["target"] = (y, paths, sha1s), found.X[found.labelled]
+            key["target"] = (adapting or SiteFit(found, shift)).record(pool.store.classes)
+            if adapting is not None:
+                key["adapted"] = [unit.method.adapted, found.fingerprint]
         path, _ = evaluate_and_save(curve.name, pool.store, sel, curve.rule, cut, splits,
                                     lambda s: sel.estimator.predict_proba(features[s]), self.out / "models", key)
         return path
@@ -324,6 +387,15 @@ def _completed(record: dict) -> dict:
 def _save(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, default=float) + "\n")
+
+
+TARGET_COLUMNS = ("roc_auc", "roc_auc_low", "roc_auc_high", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def _at_target(record: dict) -> dict:
+    """A record's scores at the target site, as study.csv columns (none without a labelled target)."""
+    found = record.get("target")
+    return {f"target_{k}": found.get(k) for k in TARGET_COLUMNS} if found else {}
 
 
 def _cell(value):

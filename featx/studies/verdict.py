@@ -54,6 +54,47 @@ def verdict(records: list[dict]) -> list[str]:
     return lines
 
 
+def target_verdict(records: list[dict], shifts: list[dict], split: str | None) -> list[str]:
+    """The verdict at a target site: the shift to it per backbone, then the same verdict on its labelled images
+    (each unit's scores there), and whether the leader differs from the evaluation split's."""
+    lines = [f"Shift from train to the target site: domain AUC {s['auc']:.3f} [{s['ci'][0]:.3f}, {s['ci'][1]:.3f}] on "
+             f"{s['backbone']} features (0.5: no shift visible; 1: every image betrays its site)." for s in shifts]
+    at = [{**r, **r["target"]} for r in records if r.get("target")]
+    adapted = sorted({r["method_id"].adapted for r in records if r.get("method_id") and r["method_id"].adapted})
+    if not at:
+        if adapted:
+            lines.append(f"Adapted without target labels ({', '.join(adapted)}): whether any adaptation helps at the "
+                         "target cannot be checked until some target images are labelled; the figures above are on "
+                         f"the {split} split, not at the target.")
+        return lines
+    site, k = at[0]["site"], len(at[0]["y"])
+    lines.append(f"At the target site {site} ({k} labelled images; none trained on, none chose anything):")
+    lines += [f"  {line}" for line in verdict(at) if not line.startswith("p: ")]
+    lines += _leaders(records, at, split, site)
+    return lines
+
+
+def _leaders(records: list[dict], at: list[dict], split: str | None, site: str) -> list[str]:
+    """Whether the method leading on the evaluation split leads at the target too, at the largest size both have."""
+    def leader(rows, n):
+        means = defaultdict(list)
+        for r in rows:
+            if r["n"] == n and r.get("roc_auc") is not None:
+                means[r["method"]].append(r["roc_auc"])
+        return max(means, key=lambda m: np.mean(means[m])) if len(means) > 1 else None
+    sizes = sorted({r["n"] for r in at}, key=size_order)
+    if not sizes:
+        return []
+    n = sizes[-1]
+    here, there = leader(records, n), leader(at, n)
+    if here is None or there is None:
+        return []
+    if here == there:
+        return [f"At n={n} the same method leads on the {split} split and at {site}: {here}."]
+    return [f"At n={n} the leader differs: {here} on the {split} split, {there} at {site}; choose by where the model "
+            "will be used."]
+
+
 def labels_needed(cells: dict, sizes: list) -> list[str]:
     """'method: n (its AUC there, of its AUC at its largest size)' for each method."""
     out = []
