@@ -455,8 +455,8 @@ def finetune_command(data, backbone, **options):
 
 @main.command("compare")
 @_data(False, "The dataset whose models to compare [default: the only one in the models folder].")
-@click.option("--split", default="test", type=click.Choice(["train", "val", "test", "target"]),
-              help="Split to compare on; target: the --target images fit scored.")
+@click.option("--split", default="test", help="Split to compare on: train, val, test, or target (the --target images "
+              "fit scored).")
 @click.option("--out", default="featx-report", type=click.Path(file_okay=False), help="Folder for report.html, report.md and the plots.")
 @MODELS
 @CACHE

@@ -62,7 +62,7 @@ def test_fit_and_compare_options(tmp_path):
     expected = "--solver must be one of lbfgs, sgd, not 'newton'"
     assert api(lambda: featx.fit(store, solver="newton")) == expected
     assert cli("fit", "--features", store.path, "--solver", "newton") == expected
-    expected = "--split must be one of train, val, test, not 'holdout'"
+    expected = "--split must be one of train, val, test, target; not 'holdout'"
     assert api(lambda: featx.compare(split="holdout")) == expected
     assert cli("compare", "--split", "holdout", "--no-report") == expected
 

@@ -150,6 +150,9 @@ def test_standardisation_recovers_the_planted_accuracy():
     for name in ("coral", "ot"):  # skada's mappings do as well here
         m = learn_map(name, X_s, X_t)
         assert (m.wrap(LogisticRegression().fit(m.source(X_s), y_s)).predict(X_t) == y_t).mean() >= at_source - 0.05
+    import sklearn  # skada's import switches metadata routing on for the process; featx keeps it off
+
+    assert not sklearn.get_config()["enable_metadata_routing"]
 
 
 def test_bbse_finds_a_planted_prior():

@@ -96,11 +96,11 @@ def test_a_killed_study_resumes_and_units_gather_to_one_run(data, tmp_path, monk
     args = ["study", "--data", data, *ARGS, *TUNE, "--heads", "logreg", "--train-sizes", "16,all", "--repeats", "1"]
     fits, real_fit = [], label_curves.Curve.fit
 
-    def dies_in_second_fit(self, budget):
+    def dies_in_second_fit(self, budget, **where):
         fits.append(budget.n)
         if len(fits) == 2:
             raise KeyboardInterrupt
-        return real_fit(self, budget)
+        return real_fit(self, budget, **where)
 
     monkeypatch.setattr(label_curves.Curve, "fit", dies_in_second_fit)
     killed = run(*args, "--out", tmp_path / "a")

@@ -46,8 +46,18 @@ def check_adaptation(name: str, *, target, heads, out_of_core: bool) -> str | No
     if name == "prior" and any(h != "logreg" for h in heads):
         raise FeatxError("--adapt prior re-weights the classes of a logreg head; fit --head logreg")
     if name in ("coral", "ot"):
-        library("skada", "skada", "site")
+        _skada()
     return name
+
+
+def _skada():
+    """skada, imported without its side effect: importing it switches on scikit-learn's metadata routing for the
+    whole process, which would change how every later head is fitted (sample weights); featx turns it on only
+    around skada's own calls."""
+    from sklearn import config_context
+
+    with config_context():  # the configuration as it was, restored when the import is done
+        return library("skada", "skada", "site")
 
 
 @dataclass(frozen=True)
@@ -66,13 +76,17 @@ def learn_map(name: str, X_source: np.ndarray, X_target: np.ndarray) -> SiteMap:
     X_source, X_target = np.asarray(X_source, np.float64), np.asarray(X_target, np.float64)
     if name == "standardise":
         return SiteMap(name, StandardScaler().fit(X_source).transform, StandardScaler().fit(X_target))
-    skada = library("skada", "skada", "site")
+    from sklearn import config_context
+
+    skada = _skada()
     adapter = (skada.CORALAdapter() if name == "coral" else skada.LinearOTMappingAdapter())
     domains = np.r_[np.ones(len(X_source), int), -np.ones(len(X_target), int)]
-    adapter.fit(np.vstack([X_source, X_target]), sample_domain=domains)
+    with config_context(enable_metadata_routing=True):  # skada's adapters route sample_domain
+        adapter.fit(np.vstack([X_source, X_target]), sample_domain=domains)
 
     def source(X):
-        return adapter.transform(np.asarray(X, np.float64), sample_domain=np.ones(len(X), int), allow_source=True)
+        with config_context(enable_metadata_routing=True):
+            return adapter.transform(np.asarray(X, np.float64), sample_domain=np.ones(len(X), int), allow_source=True)
     if name == "coral":  # skada centres target features on their mean: the same step, as a plain scaler
         centre = StandardScaler(with_std=False).fit(X_target)
         return SiteMap(name, source, centre)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.errors import FeatxError
-from .._core.options import check_choice
+from .._core.options import CHOICES, check_choice
 from .._core.paths import default_cache_dir
 from ..artifacts.format import checked_sidecar, load_predictions
 from ..evaluation.sets import EvaluationSet
@@ -43,7 +43,10 @@ def compare(data=None, *, split: str = "test", models_dir=None, cache_dir=None, 
     per-image "predictions" (path, sha1, y, proba), for plots.
     """
     if split != "target":  # the labelled --target images a fit scored, beside the dataset's own splits
-        check_choice("split", split)
+        try:
+            check_choice("split", split)
+        except FeatxError:
+            raise FeatxError(f"--split must be one of {', '.join(CHOICES['split'])}, target; not {split!r}") from None
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
     candidates, data_root = artifacts_of_dataset(find_artifacts(models_dir), data, cache_dir, models_dir)
