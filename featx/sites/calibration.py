@@ -50,7 +50,8 @@ class Calibration:
         site = self.local.site
         out = [f"calibrated on {self.local.where}"]
         if self.rule.thresholded:
-            out.append(f"threshold {self.threshold_before:.4f} -> {self.rule.threshold:.4f} ({self.rule.how})")
+            out.append(f"threshold {self.threshold_before:.4f} -> {self.rule.threshold:.4f} (chosen by {self.rule.how} on "
+                       f"the site's images)")
         out += self.local.estimate_lines()
         if self.local.scaling:
             out.append(f"probabilities rescaled for {site}: {self.local.scaling.describe()}")
