@@ -54,6 +54,7 @@ def test_calibrate_rechooses_the_threshold_the_site_labels_imply_and_gives_sets(
     assert calibrated.threshold == pytest.approx(choose_threshold(y, scaled[:, 1], "youden"))
     assert np.allclose(calibrated.image_proba(paths)[0], scaled)  # every prediction goes through the site's scaling
     assert calibrated.info["sha256"] == original.info["sha256"]  # the model file is the same
+    assert calibrated.sidecar.method.label.endswith("calibrated at Hospital B")
     card = out.with_suffix(".md").read_text()
     assert "## At Hospital B (featx calibrate)" in card and "out of fold" in card and "would narrow" in card
     assert "on 20 labelled images from Hospital B (10 NORMAL, 10 PNEUMONIA)" in card

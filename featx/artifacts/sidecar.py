@@ -7,7 +7,7 @@ people is derived from `MethodId`, never parsed back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
@@ -41,6 +41,7 @@ class MethodId:
     recipe: str | None = None
     labels: str | None = None
     adapted: str | None = None  # the adaptation to a target site's unlabelled features (heads.adaptation), if any
+    calibrated_at: str | None = None  # the site `featx calibrate` made this version for, if any
 
     @classmethod
     def finetune(cls, backbone: str, options: dict, *, started_from: dict | None = None,
@@ -58,7 +59,8 @@ class MethodId:
         named = f" (recipe {self.recipe})" if self.recipe else ""
         chosen = "" if self.labels is None else (", flagged removed" if self.labels == CLEANED else
                                                  f", {self.labels} labels")
-        adapted = f", adapted by {self.adapted}" if self.adapted else ""
+        adapted = (f", adapted by {self.adapted}" if self.adapted else "") + \
+            (f", calibrated at {self.calibrated_at}" if self.calibrated_at else "")
         if self.finetuned:
             return f"{self.backbone} fine-tune{shown}{named}{chosen}{adapted}"
         return f"{self.backbone}{shown} + {self.head}" + (" (out of core)" if self.out_of_core else "") + chosen + adapted
@@ -106,13 +108,14 @@ class Sidecar:
         # fine-tunes before one writer recorded their size only in params
         image_size = (config.get("backbone_options") or {}).get("image_size") or \
             (params.get("image_size") if kind == "finetune" else None)
+        calibrated_at = (info.get("local") or {}).get("site")
         if kind == "finetune":
-            method = MethodId.finetune(config["backbone"], {**params, "image_size": image_size},
-                                       started_from=info.get("started_from"))
+            method = replace(MethodId.finetune(config["backbone"], {**params, "image_size": image_size},
+                                               started_from=info.get("started_from")), calibrated_at=calibrated_at)
         else:
             adapted = ((info.get("target") or {}).get("adaptation") or {}).get("method")
             method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")),
-                              adapted=adapted)
+                              adapted=adapted, calibrated_at=calibrated_at)
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,
                    config.get("data_root"), config.get("dataset_key") or config.get("data_root"), info)
 

@@ -89,10 +89,10 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     learner = (_Streamed(store, block_rows, seed, solver, log) if out_of_core else
                _InMemory(store, pca, seed, log, excluded.paths if excluded else ()))
     models_dir = Path(models_dir) if models_dir else cache_dir / "models"
+    site_fit = _site(store, site, adaptation, learner, seed, log) if site else None
     key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver,
            "images": _learned_from(store, excluded), **({"excluded": excluded} if excluded else {}),
-           **({"adapted": [adaptation, site.fingerprint]} if adaptation else {}),
-           "site_fit": _site(store, site, adaptation, learner, seed, log) if site else None}
+           **({"adapted": [adaptation, site.fingerprint]} if adaptation else {}), "site_fit": site_fit}
     results = []
     for name in names:
         try:
