@@ -75,24 +75,34 @@ def target_verdict(records: list[dict], shifts: list[dict], split: str | None) -
 
 
 def _leaders(records: list[dict], at: list[dict], split: str | None, site: str) -> list[str]:
-    """Whether the method leading on the evaluation split leads at the target too, at the largest size both have."""
-    def leader(rows, n):
-        means = defaultdict(list)
-        for r in rows:
-            if r["n"] == n and r.get("roc_auc") is not None:
-                means[r["method"]].append(r["roc_auc"])
-        return max(means, key=lambda m: np.mean(means[m])) if len(means) > 1 else None
+    """Whether the method leading on the evaluation split leads at the target too, at the largest size both
+    have; where they differ, whether the target's leader is significantly ahead, and whether any method there
+    is better than chance."""
     sizes = sorted({r["n"] for r in at}, key=size_order)
     if not sizes:
         return []
     n = sizes[-1]
-    here, there = leader(records, n), leader(at, n)
-    if here is None or there is None:
+    here, there = _cell_rows(records, n), _cell_rows(at, n)
+    if len(here) < 2 or len(there) < 2:
         return []
-    if here == there:
-        return [f"At n={n} the same method leads on the {split} split and at {site}: {here}."]
-    return [f"At n={n} the leader differs: {here} on the {split} split, {there} at {site}; choose by where the model "
-            "will be used."]
+    first, best = max(here, key=lambda m: _auc(here[m])), max(there, key=lambda m: _auc(there[m]))
+    chance = all(r.get("roc_auc_low") is not None and r["roc_auc_low"] <= 0.5 for r in there[best])
+    caveat = (f" No method is better than chance at {site} (the leader's ROC-AUC interval holds 0.5); its own "
+              "labels are needed there." if chance else "")
+    if first == best:
+        return [f"At n={n} the same method leads on the {split} split and at {site}: {first}." + caveat]
+    test = contrast(there[first], there[best], whole_pool=_whole_pool(n, there, at))
+    return [f"At n={n} the leader differs: {first} on the {split} split, {best} at {site} "
+            f"(ahead there by {_auc(there[best]) - _auc(there[first]):.3f}, {_p(test.p, test.why)})." + caveat]
+
+
+def _cell_rows(records: list[dict], n) -> dict:
+    """method -> its records at size n that have a ROC-AUC."""
+    out = defaultdict(list)
+    for r in records:
+        if r["n"] == n and r.get("roc_auc") is not None:
+            out[r["method"]].append(r)
+    return out
 
 
 def labels_needed(cells: dict, sizes: list) -> list[str]:
