@@ -36,7 +36,7 @@ _API = {
     "StudyResult": "studies.result", "StudyReport": "reporting.study_report",
     "export": "exporting.onnx_export", "refresh_card": "studies.cards",
     "suggest": "reporting.labelling_sheets", "audit": "reporting.labelling_sheets",
-    "calibrate": "sites.calibration", "Calibration": "sites.calibration",
+    "calibrate": "sites.calibration", "Calibration": "sites.calibration", "adapt_batchnorm": "sites.batchnorm",
 }
 
 __all__ = ["FeatxError", "__version__", *_API]

@@ -389,6 +389,28 @@ def calibrate_command(model_path, data, threshold, scaling, confidence, no_sets,
               log=click.echo)
 
 
+@main.command("adapt")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False), help="The fine-tune to adapt.")
+@TARGET
+@TARGET_GROUP_PATTERN
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="The new version [default: beside the model, "
+              "<name>.adabn-<site>.pt].")
+@click.option("--batch-size", default=32, type=click.IntRange(min=2), help="Target images per batch.")
+@WORKERS
+def adapt_command(model_path, target, target_group_pattern, out, batch_size, workers):
+    """AdaBN: a version of a fine-tune whose BatchNorm statistics are re-estimated on a target site's images,
+    without their labels; scored against the original where the target has labels.
+
+    (Heads on frozen features adapt with featx fit --target DIR --adapt ...)
+    """
+    from .sites.batchnorm import adapt_batchnorm
+
+    if target is None:
+        raise click.UsageError("give the site's images with --target DIR|CSV")
+    adapt_batchnorm(model_path, target, target_group_pattern=target_group_pattern, out=out, batch_size=batch_size,
+                    workers=workers or 0, log=click.echo)
+
+
 @main.command("card")
 @MODEL
 @click.option("--intended-use", default=None, help="Who the model is for and what it may be used for (kept for later cards).")

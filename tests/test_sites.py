@@ -86,7 +86,7 @@ def test_calibrate_refuses_bad_sites_in_one_line(trained, site, tmp_path):
     assert "must be one of" in one_line_error(run(*base, "--data", site, "--scaling", "isotonic"))
     user_file = model.with_name(f"{model.stem}.at-site{model.suffix}")
     user_file.write_text("mine")
-    assert "is not a model featx calibrated" in one_line_error(run(*base, "--data", site))
+    assert "is not a version featx made" in one_line_error(run(*base, "--data", site))
     assert user_file.read_text() == "mine"
 
 
@@ -230,3 +230,28 @@ def test_study_scores_every_unit_at_the_target_and_gives_its_verdict(tmp_path):
     assert "are train images of the training data" in said
     assert not (tmp_path / "bad").exists()  # refused before any work
     assert "give them with --target" in one_line_error(run(*args, "--out", tmp_path / "bad", "--adapt", "ot"))
+
+
+def test_adabn_changes_batchnorm_statistics_and_nothing_else(trained, site, tmp_path):
+    import torch
+
+    model, data = trained
+    tuned = featx.finetune(data, TINY, weights="random", epochs=1, workers=0, out_dir=tmp_path / "ft",
+                           log=lambda m: None).artifact
+    said = []
+    done = featx.adapt_batchnorm(tuned, site, log=said.append)
+    before, after = torch.load(tuned, weights_only=True), torch.load(done.path, weights_only=True)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.rsplit(".", 1)[1] in ("running_mean", "running_var", "num_batches_tracked")
+                           for k in changed)
+    assert any(line.startswith("after: ROC-AUC") for line in said)
+    assert featx.load(done.path).sidecar.method.label.endswith("adapted by adabn")
+    assert "target" in featx.load(done.path).info["metrics"]
+    unlabelled = tmp_path / "waiting" / "unlabelled"
+    shutil.copytree(site / "NORMAL", unlabelled)
+    said = []
+    featx.adapt_batchnorm(tuned, unlabelled.parent, log=said.append)
+    assert any("cannot be checked" in line for line in said)
+    assert "is a head on frozen features" in one_line_error(run("adapt", "--model", model, "--target", site))
+    said = one_line_error(run("adapt", "--model", tuned, "--target", data / "train"))
+    assert "are train images of the training data" in said

@@ -253,20 +253,24 @@ def _threshold(info: dict) -> str:
 
 def _target(target: dict, scored: bool) -> str:
     """The site the model was fitted for: its images, the shift to it, the adaptation, and what was checked."""
-    shift = target["shift"]
+    shift = target.get("shift")
     lines = [f"## Target site: {target['site']}\n",
              f"- **Images**: {target['images']} ({target['labelled']} labelled), fingerprint "
              f"`{target['images_sha256'][:16]}`; none was trained on, and none chose a hyperparameter or the threshold",
              f"- **Shift** from train: domain AUC {shift['auc']:.3f} [{shift['ci'][0]:.3f}, {shift['ci'][1]:.3f}] on this "
-             "model's features (0.5: no shift visible; 1: every image betrays its site)"]
+             "model's features (0.5: no shift visible; 1: every image betrays its site)" if shift else
+             "- **Shift** from train: not measured (featx measures it on frozen features: fit or study --target)"]
     adaptation = target.get("adaptation")
     if adaptation:
         prior = adaptation.get("estimated_prior")
-        lines.append(f"- **Adapted** by {adaptation['words']}, learnt from the features of "
-                     f"{adaptation['unlabelled_target_images']} target images without their labels" +
-                     (f"; estimated class prior there: " + ", ".join(f"{c} {p:.2f}" for c, p in prior.items())
-                      if prior else "") + ". The train and validation rows above are this adapted model on the training "
-                     "site's images as they are; its threshold was chosen on validation predictions of the adapted head")
+        how = ("Its weights and threshold are the fine-tune's own; only the BatchNorm statistics changed, so its "
+               "figures on the training site's splits are not repeated here" if adaptation["method"] == "adabn" else
+               "The train and validation rows above are this adapted model on the training site's images as they "
+               "are; its threshold was chosen on validation predictions of the adapted head")
+        lines.append(f"- **Adapted** by {adaptation['words']}, learnt from {adaptation['unlabelled_target_images']} "
+                     "target images without their labels" +
+                     ("; estimated class prior there: " + ", ".join(f"{c} {p:.2f}" for c, p in prior.items())
+                      if prior else "") + f". {how}")
     lines.append("- **At the target**: the `target` row of the evaluation table, on its labelled images" if scored else
                  "- **At the target**: not measured, as no target image has a label" +
                  ("; whether the adaptation helps there cannot be checked without some (featx calibrate)"

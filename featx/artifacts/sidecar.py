@@ -109,11 +109,12 @@ class Sidecar:
         image_size = (config.get("backbone_options") or {}).get("image_size") or \
             (params.get("image_size") if kind == "finetune" else None)
         calibrated_at = (info.get("local") or {}).get("site")
+        adapted = ((info.get("target") or {}).get("adaptation") or {}).get("method")
         if kind == "finetune":
             method = replace(MethodId.finetune(config["backbone"], {**params, "image_size": image_size},
-                                               started_from=info.get("started_from")), calibrated_at=calibrated_at)
+                                               started_from=info.get("started_from")), calibrated_at=calibrated_at,
+                             adapted=adapted)
         else:
-            adapted = ((info.get("target") or {}).get("adaptation") or {}).get("method")
             method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")),
                               adapted=adapted, calibrated_at=calibrated_at)
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,

@@ -19,7 +19,7 @@ import numpy as np
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint
-from ..artifacts.format import load_predictions, read_verified, save_version, sidecar_path
+from ..artifacts.format import load_predictions, read_verified, save_version
 from ..artifacts.local import LocalCalibration
 from ..artifacts.model_card import write_model_card
 from ..artifacts.predictors import load
@@ -32,6 +32,7 @@ from ..evaluation.metrics import evaluate_with_intervals
 from ..evaluation.scaling import Scaling, check_scaling, fit_scaling
 from ..evaluation.significance import bootstrap_auc_ci, labels_for_half_width, wilson_interval
 from ..evaluation.thresholds import choose_threshold, parse_threshold, threshold_rule
+from .versions import new_version_path
 
 MIN_PER_CLASS = 5  # below this, a threshold and its interval say nothing about a class
 FOLDS = 5
@@ -80,7 +81,7 @@ def calibrate(model, data, *, threshold=None, scaling: str = "none", confidence:
     rule = _rule(threshold, loaded)
     ds = load_dataset(data, group_pattern=group_pattern, cache_dir=cache_dir)
     site = site or Path(ds.source).stem
-    out = _target(source, out, site)
+    out = new_version_path(source, out, f"at-{site}")
     rows, y = _labelled(ds, classes, rule, confidence)
     paths = [ds.absolute(ds.paths[i]) for i in rows]
     sha1s = _not_trained_on(source, loaded, ds, rows, paths)
@@ -121,24 +122,6 @@ def _rule(threshold, loaded) -> str | None:
         raise FeatxError("featx calibrate re-chooses the threshold by a rule (youden, f1, sensitivity=<v>); "
                          f"a fixed --threshold {value} needs no site's labels")
     return value
-
-
-def _target(source: Path, out, site: str) -> Path:
-    """Where the new version goes; never over a file featx did not write as a calibrated model."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in site)
-    out = Path(out) if out else source.with_name(f"{source.stem}.at-{safe}{source.suffix}")
-    if out.resolve() == source.resolve():
-        raise FeatxError(f"--out {out} is the model itself; a calibrated version is a new file")
-    if out.suffix != source.suffix:
-        raise FeatxError(f"--out must end in {source.suffix}, as the model does")
-    if out.exists() or sidecar_path(out).exists():
-        try:
-            ours = "local" in read_verified(out)[0]
-        except FeatxError:
-            ours = False
-        if not ours:
-            raise FeatxError(f"{out} exists and is not a model featx calibrated; choose another --out")
-    return out
 
 
 def _labelled(ds, classes: list[str], rule: str | None, confidence: float | None) -> tuple[list[int], np.ndarray]:
