@@ -3,6 +3,7 @@ keep their coverage, the card's local estimate, predict's sets), and bad input i
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -211,8 +212,12 @@ def test_study_scores_every_unit_at_the_target_and_gives_its_verdict(tmp_path):
     first = run(*args, "--out", tmp_path / "plain")
     assert first.exit_code == 0, first.output
     units = sorted((tmp_path / "plain" / "units").glob("*.json"))
-    done = run(*args, "--out", tmp_path / "plain", "--target", site, "--adapt", "standardise")
+    done = run(*args, "--out", tmp_path / "plain", "--target", site, "--adapt", "standardise", "--target-sizes", "4,8")
     assert done.exit_code == 0, done.output
+    transfer = list(csv.DictReader(open(tmp_path / "plain" / "site_transfer.csv")))
+    assert {r["option"] for r in transfer} == {"as is", "re-thresholded", "source + k", "k alone"}
+    assert all(r["site_labels"] == "0" for r in transfer if r["option"] == "as is")
+    assert "Site transfer to site" in done.output
     assert "Shift from train to the target site" in done.output and "At the target site site (20 labelled" in done.output
     assert "adapted by standardise" in done.output and "At n=all" in done.output
     assert all(u.read_bytes() == (tmp_path / "plain" / "units" / u.name).read_bytes() for u in units)  # untouched
@@ -230,6 +235,24 @@ def test_study_scores_every_unit_at_the_target_and_gives_its_verdict(tmp_path):
     assert "are train images of the training data" in said
     assert not (tmp_path / "bad").exists()  # refused before any work
     assert "give them with --target" in one_line_error(run(*args, "--out", tmp_path / "bad", "--adapt", "ot"))
+    said = one_line_error(run(*args, "--out", tmp_path / "bad", "--target", site, "--target-sizes", "20"))
+    assert "the target has 20 labelled images" in said
+    assert "give it with --target" in one_line_error(run(*args, "--out", tmp_path / "bad", "--target-sizes", "4"))
+    assert "2 or more" in one_line_error(run(*args, "--out", tmp_path / "bad", "--target", site, "--target-sizes", "x"))
+
+
+def test_site_draws_are_whole_patients_nested_and_hold_both_classes():
+    from featx.studies.site_transfer import nested_draws
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), rng.integers(1, 4, 60))  # patients of one to three images
+    y = (groups % 3 == 0).astype(int)  # a third of the patients have the disease
+    for draws in nested_draws(y, groups, [6, 12, 30], repeats=3, seed=1):
+        assert set(draws[6]) <= set(draws[12]) <= set(draws[30])
+        for k, rows in draws.items():
+            assert np.bincount(y[rows], minlength=2).min() >= k / 2
+            taken = set(groups[rows])
+            assert all(set(np.flatnonzero(groups == g)) <= set(rows) for g in taken)  # whole patients
 
 
 def test_adabn_changes_batchnorm_statistics_and_nothing_else(trained, site, tmp_path):

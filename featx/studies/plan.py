@@ -135,12 +135,18 @@ class Plan:
                                     skip=self.ds.problems)
         listing.check(self.ds.classes, {h: self.ds.splits[i] for i, h in zip(shown, sha1s) if h})
         labelled = int((listing.ds.labels >= 0).sum())
+        if self.spec.target_sizes and max(self.spec.target_sizes) >= labelled:
+            raise FeatxError(f"--target-sizes {max(self.spec.target_sizes)}: the target has {labelled} labelled images, "
+                             "and a transfer curve scores on the ones it does not draw")
         self.notes.append(f"target site {listing.target.name}: {len(listing.ds)} images ({labelled} labelled), never "
                           "trained on; the shift to it is measured on each backbone's features" +
                           ("; every unit is also scored on its labelled images" if labelled else
                            "; without labels there, no unit can be scored at the target") +
                           (f"; heads adapted to its unlabelled features: {', '.join(self.spec.adapt)}"
-                           if self.spec.adapt else ""))
+                           if self.spec.adapt else "") +
+                          (f"; transfer curves of each head trained on the whole pool with k = "
+                           f"{', '.join(map(str, self.spec.target_sizes))} site labels ({self.spec.repeats} draws)"
+                           if self.spec.target_sizes else ""))
         return listing
 
     # -- the plan --------------------------------------------------------------------------------------

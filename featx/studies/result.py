@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .recipes import gain_lines, recipe_gains
 from .strategy_gains import labels_saved, strategy_rows
+from .site_transfer import transfer_lines
 from .verdict import target_verdict, verdict
 
 
@@ -23,6 +24,7 @@ class StudyResult:
     leader: Path | None = None       # the model kept at n=all, when the study has one
     plan: list[str] = field(default_factory=list)  # the plan as said before any work
     shifts: list[dict] = field(default_factory=list)  # train -> target shift per backbone, with a target site
+    transfer: list[dict] = field(default_factory=list)  # site-transfer records (studies.site_transfer)
 
     @property
     def complete(self) -> bool:
@@ -39,4 +41,5 @@ class StudyResult:
         """The verdict, one line per size, the labels needed, the recipe gains and the labels each labelling
         strategy saved over random draws, in words."""
         return (verdict(self.records) + gain_lines(self.gains) + labels_saved(strategy_rows(self.records)) +
-                target_verdict(self.records, self.shifts, self.split))
+                target_verdict(self.records, self.shifts, self.split) +
+                transfer_lines(self.transfer))

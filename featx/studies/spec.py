@@ -59,6 +59,7 @@ class StudySpec:
     target: str | None = None
     target_group_pattern: str | None = None
     adapt: tuple[str, ...] = ()
+    target_sizes: tuple[int, ...] | None = None  # site labels per transfer curve point (studies.site_transfer)
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -75,15 +76,7 @@ class StudySpec:
                              f"{missing} to --backbones")
         if self.exclude is not None:
             set_("exclude", str(self.exclude))
-        if self.target is not None:
-            set_("target", str(self.target))
-        set_("adapt", _names(self.adapt))
-        for name in self.adapt:
-            if name not in ADAPTATIONS or name == "none":
-                raise FeatxError(f"--adapt: {name!r} is not an adaptation; choose among "
-                                 f"{', '.join(a for a in ADAPTATIONS if a != 'none')}")
-        if self.adapt and self.target is None:
-            raise FeatxError("--adapt adapts heads to a target site's images: give them with --target DIR|CSV")
+        self._check_target(set_)
         heads = _names(self.heads)
         set_("heads", tuple(dict.fromkeys(name for head in heads for name in head_names(head))))
         if "prior" in self.adapt and "logreg" not in self.heads:
@@ -117,6 +110,30 @@ class StudySpec:
                 raise FeatxError(f"finetune_recipes.{name} must be a table of fine-tune options, not {options!r}")
             recipes[str(name)] = _options(options, f"recipe {name!r}")
         set_("finetune_recipes", recipes)
+
+
+    def _check_target(self, set_) -> None:
+        """The target site's options: names of adaptations and sizes, each needing --target."""
+        if self.target is not None:
+            set_("target", str(self.target))
+        set_("adapt", _names(self.adapt))
+        for name in self.adapt:
+            if name not in ADAPTATIONS or name == "none":
+                raise FeatxError(f"--adapt: {name!r} is not an adaptation; choose among "
+                                 f"{', '.join(a for a in ADAPTATIONS if a != 'none')}")
+        if self.target_sizes is not None:
+            wrong = FeatxError("--target-sizes takes numbers of site labels of 2 or more, e.g. 10,20,40")
+            try:
+                sizes = tuple(_size(s) for s in _sizes(self.target_sizes))
+            except FeatxError:
+                raise wrong from None
+            if "all" in sizes or any(s < 2 for s in sizes):
+                raise wrong
+            set_("target_sizes", tuple(sorted(set(sizes))))
+            if self.target is None:
+                raise FeatxError("--target-sizes draws labelled images of a target site: give it with --target DIR|CSV")
+        if self.adapt and self.target is None:
+            raise FeatxError("--adapt adapts heads to a target site's images: give them with --target DIR|CSV")
 
     @classmethod
     def from_toml(cls, path, **overrides) -> "StudySpec":

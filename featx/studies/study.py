@@ -26,18 +26,19 @@ from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
 from .._core.paths import default_cache_dir
 from ..artifacts.model_card import forget_choice, record_choice, write_model_card
-from ..artifacts.sidecar import CLEANED
+from ..artifacts.sidecar import CLEANED, MethodId
 from ..data.budgets import Budget, held_out
 from ..evaluation.sets import EvaluationSet
 from ..evaluation.significance import point_metrics
 from ..finetuning.config import FinetuneConfig
 from ..heads.adaptation import SiteFit
-from ..heads.selection import select_head
+from ..heads.selection import SELECTION_RULES, select_head
 from ..labelling.strategies import nested_selection
 from .label_curves import COLUMNS, Curve, Pool, unit_record
 from .plan import Plan, Unit, UnitKind, UnitState, duration, store_images
 from .result import StudyResult
 from .spec import StudySpec
+from .site_transfer import TransferSetting, cached_transfer, transfer_records
 from .target_site import StudySite
 
 
@@ -76,6 +77,9 @@ def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", ca
         return result
     result.records = plan.gather()
     result.shifts = plan.site_shifts(log)
+    result.transfer = plan.site_transfer(log)
+    if result.transfer:
+        write_csv_atomic(out / "site_transfer.csv", result.transfer)
     log(f"study: {computed} of {sum(u.kind is not UnitKind.EXTRACT for u in plan.units)} units computed now "
         f"({time.perf_counter() - started:.1f} s), the others read from {out / 'units'}")
     write_csv_atomic(out / "study.csv", [{**{k: _cell(r[k]) for k in COLUMNS}, **_at_target(r)} for r in result.records])
@@ -294,6 +298,30 @@ class StudyRun(Plan):
             pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
             self.site.features(backbone, pool, log)
         return self.site.shifts()
+
+    def site_transfer(self, log) -> list[dict]:
+        """The transfer curves of every head trained on the whole pool (studies.site_transfer), kept once
+        computed."""
+        if not self.spec.target_sizes or self.site is None:
+            return []
+        rule = self.spec.threshold if isinstance(self.spec.threshold, str) else "youden"
+        setting = {"rule": rule, "sizes": self.spec.target_sizes, "repeats": self.spec.repeats, "seed": self.spec.seed}
+        records = []
+        for backbone, head in ((b, h) for b in self.spec.backbones for h in self.spec.heads):
+            pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
+            found, _ = self.site.features(backbone, pool, log)
+            rows = found.labelled
+            key = {"features": pool.store.config["config_hash"], "pool": pool.images, "target": found.fingerprint,
+                   "head": head, "rules": SELECTION_RULES, **setting}
+
+            def compute(head=head, pool=pool, found=found, rows=rows):
+                curve = Curve(pool, head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
+                sel, cut = curve.select(Budget(None, 0, np.arange(len(pool.y))))
+                return transfer_records(sel, cut, pool.X, pool.y, found.X[rows], found.y[rows],
+                                        np.asarray(found.groups)[rows], TransferSetting(head, **setting))
+            method = MethodId(backbone, head).label
+            records += [{"method": method, "site": self.site.name, **r} for r in cached_transfer(self.out, key, compute)]
+        return records
 
     # -- the model to use ------------------------------------------------------------------------------
     def keep_leader(self, log) -> Path | None:
