@@ -218,6 +218,8 @@ def test_study_scores_every_unit_at_the_target_and_gives_its_verdict(tmp_path):
     assert {r["option"] for r in transfer} == {"as is", "re-thresholded", "source + k", "k alone"}
     assert all(r["site_labels"] == "0" for r in transfer if r["option"] == "as is")
     assert "Site transfer to site" in done.output
+    assert "Site transfer to site: what k labelled images" in (tmp_path / "plain" / "report.html").read_text()
+    assert (tmp_path / "plain" / "site_transfer.png").is_file()
     assert "Shift from train to the target site" in done.output and "At the target site site (20 labelled" in done.output
     assert "adapted by standardise" in done.output and "At n=all" in done.output
     assert all(u.read_bytes() == (tmp_path / "plain" / "units" / u.name).read_bytes() for u in units)  # untouched

@@ -110,26 +110,62 @@ def plot_learning_curves(plt, records: list[dict]) -> bytes:
     return png(fig, plt)
 
 
-def document_parts(records: list[dict], full: list[dict], *, split: str, verdict: list[str], title: str):
+def plot_site_transfer(plt, transfer: list[dict]) -> bytes:
+    """Per method, ROC-AUC and balanced accuracy on the site's undrawn images against the site labels drawn
+    (log axis), one line per option (mean over the draws, band: ± one standard deviation)."""
+    methods = list(dict.fromkeys(r["method"] for r in transfer))
+    fig, axes = plt.subplots(len(methods), 2, figsize=(12, 3.6 * len(methods)), squeeze=False)
+    options = list(dict.fromkeys(r["option"] for r in transfer))
+    for row, method in zip(axes, methods):
+        mine = [r for r in transfer if r["method"] == method]
+        sizes = sorted({r["k"] for r in mine})
+        for colour, option in zip(colours(plt, len(options)), options):
+            for ax, metric in zip(row, ("roc_auc", "balanced_accuracy")):
+                values = [[r[metric] for r in mine if r["k"] == k and r["option"] == option and r[metric] is not None]
+                          for k in sizes]
+                mean = np.array([np.mean(v) if v else np.nan for v in values])
+                sd = np.array([np.std(v) if v else np.nan for v in values])
+                ax.plot(sizes, mean, "o-", color=colour, label=option)
+                ax.fill_between(sizes, mean - sd, mean + sd, color=colour, alpha=0.15)
+        for ax, name in zip(row, ("ROC-AUC", "Balanced accuracy")):
+            ax.set_xscale("log")
+            ax.set_xticks(sizes, [str(k) for k in sizes])
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            ax.set_xlabel("site labels drawn, k (log scale)")
+            ax.set_title(f"{method}: {name} on the site's other images", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+        row[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return png(fig, plt)
+
+
+def document_parts(records: list[dict], full: list[dict], *, split: str, verdict: list[str], title: str,
+                   transfer: list[dict] | None = None):
     """(title, records, figures, blocks) of the study's report, for reporting.document's writers."""
     from .._core.plotting import pyplot
 
     largest = full[0]["n"] if full else 0
     figures = {"learning_curves.png": ("Learning curves: ROC-AUC and balanced accuracy against the labelled "
                                        "training images (mean over repeats)", plot_learning_curves(pyplot(), records))}
+    if transfer:
+        figures["site_transfer.png"] = (f"Site transfer to {transfer[0]['site']}: what k labelled images of the site "
+                                        "buy (mean over draws, band: ± sd; as is and re-thresholded share a ROC-AUC: "
+                                        "a threshold does not change the ranking)", plot_site_transfer(pyplot(), transfer))
     blocks = [("Verdict", "\n".join(verdict)), ("Every size (study.csv holds every metric and repeat)",
                                                 "\n".join(study_lines(records)))]
     return f"{title}: the full pool, evaluated on the {largest} {split} images", full, figures, blocks
 
 
 def write_study_outputs(records: list[dict], full: list[dict], out, *, split: str, verdict: list[str],
-                        title: str) -> dict[str, Path]:
-    """learning_curves.png, report.html, report.md and the full-size comparison.csv (`full`: full_size_records)
-    beside study.csv in `out`."""
+                        title: str, transfer: list[dict] | None = None) -> dict[str, Path]:
+    """learning_curves.png (and site_transfer.png), report.html, report.md and the full-size comparison.csv
+    (`full`: full_size_records) beside study.csv in `out`."""
     out = Path(out)
-    title, full, figures, blocks = document_parts(records, full, split=split, verdict=verdict, title=title)
-    with atomic_path(out / "learning_curves.png") as tmp:
-        Path(tmp).write_bytes(figures["learning_curves.png"][1])
+    title, full, figures, blocks = document_parts(records, full, split=split, verdict=verdict, title=title,
+                                                  transfer=transfer)
+    for name, (_, image) in figures.items():
+        with atomic_path(out / name) as tmp:
+            Path(tmp).write_bytes(image)
     write_csv_atomic(out / "comparison.csv", csv_rows(full))
     write_text_atomic(out / "report.md", markdown_document(title, full, figures, blocks))
     write_text_atomic(out / "report.html", html_document(title, full, figures, blocks))

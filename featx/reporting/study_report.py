@@ -32,7 +32,7 @@ class StudyReport(StudyResult):
     def write_report(self, out=None) -> dict[str, Path]:
         """learning_curves.png, report.html, report.md and comparison.csv in `out` (the study's folder)."""
         return write_study_outputs(self.records, self.full_size, Path(out or self.out), split=self.split,
-                                   verdict=self.verdict, title="featx study")
+                                   verdict=self.verdict, title="featx study", transfer=self.transfer)
 
     def _repr_html_(self) -> str:
         from .document import html_body
@@ -40,7 +40,7 @@ class StudyReport(StudyResult):
         if not self.complete:
             return "<p>featx study: not gathered (a dry run, or one unit of a job array)</p>"
         return html_body(*document_parts(self.records, self.full_size, split=self.split, verdict=self.verdict,
-                                             title="featx study"))
+                                             title="featx study", transfer=self.transfer))
 
 
 def study(data=None, *, out="featx-study", report: bool = True, **options) -> StudyReport:
