@@ -212,10 +212,17 @@ class FineTunedClassifier(_SavedModel):
                     progress: bool = False) -> tuple[np.ndarray, list]:
         """(probabilities with NaN rows for unreadable images, reason-or-None per image).
         `weights` is accepted for a head's signature; a fine-tune's weights are its own."""
+        return self.network_proba(self.network(), paths, device=device, batch_size=batch_size, workers=workers,
+                                  progress=progress)
+
+    def network_proba(self, net, paths, *, device: str = "auto", batch_size=None, workers=None,
+                      progress: bool = False) -> tuple[np.ndarray, list]:
+        """`image_proba` with another network of this model's architecture (e.g. one whose BatchNorm statistics
+        were re-estimated for a site): the same preprocessing, decoding, TTA and softmax."""
         from ..features.computing import run_on_images
 
         paths = _image_paths(paths)
-        logits, reasons, _ = run_on_images(self.network(), self.data_config, len(self.classes_), list(paths),
+        logits, reasons, _ = run_on_images(net, self.data_config, len(self.classes_), list(paths),
                                            device=device, batch_size=batch_size, workers=workers,
                                            tta=self.feature_recipe.tta, policy=self.decode_policy,
                                            progress=progress)

@@ -85,6 +85,12 @@ class TargetListing:
                              f"bytes, e.g. {clash[0][0]}); a target site's images must be ones no model trains or "
                              "chooses on")
 
+    def labelled(self, classes) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, labels as indices of `classes`) of the labelled images (`check` has seen every label is one)."""
+        rows = np.flatnonzero(self.ds.labels >= 0)
+        names = list(classes)
+        return rows, np.array([names.index(self.ds.classes[self.ds.labels[i]]) for i in rows], int)
+
     def features(self, store: FeatureStore, *, cache_dir, log) -> TargetFeatures:
         """The target's features with `store`'s recipe, extracted first when not cached."""
         from .extraction import extract

@@ -92,11 +92,11 @@ def fit(features=None, *, data=None, backbone: str | None = None, head: str = "l
     site_fit = _site(store, site, adaptation, learner, seed, log) if site else None
     key = {"pca": pca, "seed": seed, "threshold": rule, "out_of_core": out_of_core and solver,
            "images": _learned_from(store, excluded), **({"excluded": excluded} if excluded else {}),
-           **({"adapted": [adaptation, site.fingerprint]} if adaptation else {}), "site_fit": site_fit}
+           **({"adapted": [adaptation, site.fingerprint]} if adaptation else {})}
     results = []
     for name in names:
         try:
-            results.append(_fit_one(name, learner, store, rule, models_dir, key, log))
+            results.append(_fit_one(name, learner, store, rule, models_dir, key, log, site_fit))
         except _CannotTrain as exc:  # with --head all, the other heads still train
             if len(names) == 1:
                 raise
@@ -134,8 +134,10 @@ def _head_names(head: str, pca, out_of_core: bool, solver: str) -> list[str]:
 
 def _site(store: FeatureStore, site, adaptation: str | None, learner, seed: int, log) -> SiteFit:
     """The target in this fit: its shift from train (said in the log), and the adaptation learnt now."""
-    X_train = store.arrays("train")[0]
-    groups = [f"train/{g}" for g in store.groups("train")] + [f"target/{g}" for g in site.groups]
+    # the training rows as the learner holds them (read once); streamed ones are read here
+    X_train, _, train_groups = learner.splits["train"] if isinstance(learner, _InMemory) else \
+        (*store.arrays("train"), store.groups("train"))
+    groups = [f"train/{g}" for g in train_groups] + [f"target/{g}" for g in site.groups]
     auc, ci = domain_auc(X_train, site.X, groups, seed)
     log(f"train -> target {site.name} shift: domain AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] (0.5: no shift visible "
         "in the features; 1: every image betrays its site)")
@@ -149,8 +151,9 @@ def _site(store: FeatureStore, site, adaptation: str | None, learner, seed: int,
     return fit
 
 
-def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, key: dict, log) -> FitResult:
-    """Select, threshold, evaluate and save one head."""
+def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, key: dict, log,
+             site: SiteFit | None = None) -> FitResult:
+    """Select, threshold, evaluate and save one head (adapted to, and scored at, `site` when there is one)."""
     labels = learner.labels
     log(f"fitting {name} on {store.config['backbone']} features ({len(labels['train'])} train images"
         + learner.note + ")")
@@ -163,7 +166,6 @@ def _fit_one(name: str, learner, store: FeatureStore, rule, models_dir: Path, ke
             from None
     if learner.val_lacks:
         sel.method += f", as val has no {' or '.join(learner.val_lacks)} images"
-    site = key["site_fit"]
     sel, _ = site.finish(sel) if site else (sel, None)
     cut = resolve_threshold(rule, sel.selection_y, sel.selection_proba, len(store.classes))
     splits = {split: (y, *learner.listing(store, split)) for split, y in labels.items()}

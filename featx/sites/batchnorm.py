@@ -17,12 +17,12 @@ import numpy as np
 
 from .._core.console import log_line
 from .._core.errors import FeatxError
-from ..artifacts.format import load_predictions, save_checkpoint_artifact
+from ..artifacts.format import save_checkpoint_artifact
 from ..artifacts.model_card import write_model_card
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..evaluation.metrics import evaluate_with_intervals
 from ..features.target import Target, TargetListing
-from .versions import new_version_path
+from .versions import model_images, new_version_path
 
 WORDS = "AdaBN (BatchNorm statistics re-estimated on the target's images)"
 
@@ -61,10 +61,10 @@ def adapt_batchnorm(model, target, *, target_group_pattern: str | None = None, o
     if loaded.local or (loaded.info.get("target") or {}).get("adaptation"):
         raise FeatxError(f"{source.name} is already a version made for a site; adapt the model it came from")
     listing = TargetListing.of(Target(str(target), target_group_pattern), cache_dir or source.parent)
-    listing.check(list(loaded.classes_), _seen(source, loaded.info))
+    listing.check(list(loaded.classes_), model_images(source, loaded.info))
     path = new_version_path(source, out, f"adabn-{listing.target.name}")
     files = [listing.ds.absolute(p) for p in listing.ds.paths]
-    labelled = np.flatnonzero(listing.ds.labels >= 0)
+    labelled, y = listing.labelled(loaded.classes_)
     net = _reestimated(loaded, files, batch_size, workers)
     info = {k: v for k, v in loaded.info.items() if k not in ("file", "sha256", "predictions", "splits",
                                                                 "sidecar_sha256", "metrics")}
@@ -73,12 +73,11 @@ def adapt_batchnorm(model, target, *, target_group_pattern: str | None = None, o
                       "adaptation": {"method": "adabn", "words": WORDS, "unlabelled_target_images": len(files)}}
     before = after = predictions = None
     if len(labelled):
-        y = np.array([list(loaded.classes_).index(listing.ds.classes[listing.ds.labels[i]]) for i in labelled])
         shown = [files[i] for i in labelled]
         before = _metrics(loaded, y, loaded.predict_proba(shown))
         proba = _network_proba(loaded, net, shown)
-        after = info["metrics"] = {"target": _metrics(loaded, y, proba)}
-        after = after["target"]
+        after = _metrics(loaded, y, proba)
+        info["metrics"] = {"target": after}
         predictions = {"target": {"path": [listing.ds.paths[i] for i in labelled],
                                   "sha1": [listing.sha1s[i] for i in labelled], "y": y, "proba": proba}}
     save_checkpoint_artifact(path, {k: v.detach().cpu() for k, v in net.state_dict().items()}, info, predictions)
@@ -87,14 +86,6 @@ def adapt_batchnorm(model, target, *, target_group_pattern: str | None = None, o
     for line in result.lines():
         log(line)
     return result
-
-
-def _seen(source: Path, info: dict) -> dict:
-    """sha1 -> split of the images the model was trained or validated on."""
-    if not info.get("predictions"):
-        return {}
-    return {str(h): split for split, p in load_predictions(source, info).items() if split in ("train", "val")
-            for h in p["sha1"]}
 
 
 def _reestimated(loaded: FineTunedClassifier, files: list[Path], batch_size: int, workers: int):
@@ -130,15 +121,11 @@ def _reestimated(loaded: FineTunedClassifier, files: list[Path], batch_size: int
 
 
 def _network_proba(loaded: FineTunedClassifier, net, files) -> np.ndarray:
-    """The adapted network's probabilities, fed and computed as `FineTunedClassifier.image_proba` does."""
-    from ..features.computing import run_on_images
-
-    logits, reasons, _ = run_on_images(net, loaded.data_config, len(loaded.classes_), files,
-                                       tta=loaded.feature_recipe.tta, policy=loaded.decode_policy)
+    """The adapted network's probabilities of readable labelled images (any unreadable one is refused)."""
+    proba, reasons = loaded.network_proba(net, files)
     if any(reasons):
         raise FeatxError(f"a labelled target image could not be read: {next(r for r in reasons if r)}")
-    shifted = np.exp(logits - logits.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
+    return proba
 
 
 def _metrics(model: FineTunedClassifier, y, proba) -> dict:

@@ -32,7 +32,7 @@ from ..evaluation.metrics import evaluate_with_intervals
 from ..evaluation.scaling import Scaling, check_scaling, fit_scaling
 from ..evaluation.significance import bootstrap_auc_ci, labels_for_half_width, wilson_interval
 from ..evaluation.thresholds import choose_threshold, parse_threshold, threshold_rule
-from .versions import new_version_path
+from .versions import model_images, new_version_path
 
 MIN_PER_CLASS = 5  # below this, a threshold and its interval say nothing about a class
 FOLDS = 5
@@ -147,11 +147,7 @@ def _labelled(ds, classes: list[str], rule: str | None, confidence: float | None
 def _not_trained_on(source: Path, loaded, ds, rows: list[int], paths: list[Path]) -> list[str]:
     """The images' sha1s; refuses images the model was trained or validated on (same bytes)."""
     sha1s = sha1_of_files(paths)
-    seen = {}
-    if loaded.info.get("predictions"):
-        for split, p in load_predictions(source, loaded.info).items():
-            if split in ("train", "val"):
-                seen.update({str(h): split for h in p["sha1"]})
+    seen = model_images(source, loaded.info)
     clash = [(ds.paths[i], seen[h]) for i, h in zip(rows, sha1s) if h in seen]
     if clash:
         raise FeatxError(f"{len(clash)} calibration images are the model's own {clash[0][1]} images (same bytes, "

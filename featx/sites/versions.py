@@ -1,11 +1,12 @@
-"""Where a new version of a model for a site goes: beside the model, never over a file featx did not make."""
+"""A model's versions for a site: where one goes (beside the model, never over a file featx did not make), and
+which images the model may not be given as the site's (its own training and validation images)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .._core.errors import FeatxError
-from ..artifacts.format import read_verified, sidecar_path
+from ..artifacts.format import load_predictions, read_verified, sidecar_path
 
 
 def new_version_path(source: Path, out, label: str) -> Path:
@@ -26,3 +27,11 @@ def new_version_path(source: Path, out, label: str) -> Path:
         if not ours:
             raise FeatxError(f"{out} exists and is not a version featx made of a model; choose another --out")
     return out
+
+
+def model_images(source: Path, info: dict) -> dict[str, str]:
+    """sha1 -> split of the images the model at `source` was trained or validated on (its saved predictions)."""
+    if not info.get("predictions"):
+        return {}
+    return {str(h): split for split, p in load_predictions(source, info).items() if split in ("train", "val")
+            for h in p["sha1"]}

@@ -134,13 +134,23 @@ class StudyRun(Plan):
         pool.index = {p: i for i, p in enumerate(pool.paths)}
         return pool
 
+    def _pool_of(self, backbone: str) -> Pool:
+        """The backbone's Pool, read once (extracted first when needed, silently)."""
+        if backbone not in self._pools:
+            self._pools[backbone] = self._pool(backbone, lambda line: None)
+        return self._pools[backbone]
+
+    def _pool_rows(self, budget_rows, pool: Pool) -> np.ndarray:
+        """A budget's rows (positions in the study's pool) as rows of the backbone's Pool."""
+        return np.array([pool.index[p] for p in self._paths(budget_rows) if p in pool.index], int)
+
     def _fit(self, u: Unit, pool: Pool) -> int:
         key = u.key or self.fit_key(pool.store, pool.images, u.method, u.budget)
         path = self.out / "units" / f"{key}.json"
         if path.is_file():
             return 0
         curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
-        rows = np.array([pool.index[p] for p in self._paths(self._budget(u).rows) if p in pool.index], int)
+        rows = self._pool_rows(self._budget(u).rows, pool)
         adapting, also = self._at_site(u, pool)
         record = curve.fit(Budget(u.budget.n, u.budget.repeat, rows), site=adapting, also=also)
         at_target = record.pop("also_proba", None)
@@ -177,10 +187,10 @@ class StudyRun(Plan):
             files, labelled = self.site.labelled_images(self.ds.classes)
             proba, _ = load(self.out / record["artifact"]).image_proba(files, workers=self.workers)
             return self.site.save_scores(u.key, labelled, proba, record["threshold"])
-        pool = self._pools.get(u.backbone) or self._pools.setdefault(u.backbone, self._pool(u.backbone, lambda line: None))
+        pool = self._pool_of(u.backbone)
         features, shift = self.site.features(u.backbone, pool, lambda line: None)
         curve = Curve(pool, u.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
-        rows = np.array([pool.index[p] for p in self._paths(self._budget(u).rows) if p in pool.index], int)
+        rows = self._pool_rows(self._budget(u).rows, pool)
         sel, cut = curve.select(Budget(u.budget.n, u.budget.repeat, rows), self.site.adapting(u.method, features, shift))
         return self.site.save_scores(u.key, StudySite.labelled_rows(features),
                                      sel.estimator.predict_proba(features.X[features.labelled]), cut)
@@ -243,7 +253,7 @@ class StudyRun(Plan):
     def _chosen(self, backbone: str, strategy: str, repeat: int) -> dict[int, list[str]]:
         """The paths a strategy labels at each size of one repeat, on the backbone's features: chosen once and
         saved (out/selections/), so a resumed study trains on the very images it chose before."""
-        pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
+        pool = self._pool_of(backbone)
         sizes = [n for n in self.sizes if n != "all" and n < len(self.pool)]
         key = record_hash({"features": pool.store.config["config_hash"], "images": pool.images, "strategy": strategy,
                            "sizes": sizes, "repeat": repeat, "seed": self.spec.seed}, 16)
@@ -295,7 +305,7 @@ class StudyRun(Plan):
         if self.site is None or not self.spec.heads:
             return []
         for backbone in self.spec.backbones:
-            pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
+            pool = self._pool_of(backbone)
             self.site.features(backbone, pool, log)
         return self.site.shifts()
 
@@ -308,7 +318,7 @@ class StudyRun(Plan):
         setting = {"rule": rule, "sizes": self.spec.target_sizes, "repeats": self.spec.repeats, "seed": self.spec.seed}
         records = []
         for backbone, head in ((b, h) for b in self.spec.backbones for h in self.spec.heads):
-            pool = self._pools.get(backbone) or self._pools.setdefault(backbone, self._pool(backbone, lambda line: None))
+            pool = self._pool_of(backbone)
             found, _ = self.site.features(backbone, pool, log)
             rows = found.labelled
             key = {"features": pool.store.config["config_hash"], "pool": pool.images, "target": found.fingerprint,
@@ -362,9 +372,9 @@ class StudyRun(Plan):
         """The unit's head on the whole pool, selected and fitted as the unit was, saved under out/models/."""
         from ..heads.fitting import evaluate_and_save
 
-        pool = self._pool(unit.backbone, lambda line: None)
+        pool = self._pool_of(unit.backbone)
         curve = Curve(pool, unit.method.head, threshold=self.spec.threshold, seed=self.spec.seed, n_boot=self.spec.n_boot)
-        rows = np.array([pool.index[p] for p in self._paths(unit.budget.rows) if p in pool.index], int)
+        rows = self._pool_rows(unit.budget.rows, pool)
         adapting, _ = self._at_site(unit, pool)
         sel, cut = curve.select(Budget(None, unit.budget.repeat, rows), adapting)
         split = self.evaluate_on

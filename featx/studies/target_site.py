@@ -96,7 +96,6 @@ class StudySite:
         """The labelled target images as files (a fine-tune scores images, not features), and their (paths,
         sha1s, labels as indices of `classes`)."""
         ds = self.listing.ds
-        rows = [i for i, label in enumerate(ds.labels) if label >= 0]
-        y = np.array([list(classes).index(ds.classes[ds.labels[i]]) for i in rows], int)
+        rows, y = self.listing.labelled(classes)
         return ([ds.absolute(ds.paths[i]) for i in rows],
                 ([ds.paths[i] for i in rows], [self.listing.sha1s[i] for i in rows], y))
