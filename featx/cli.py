@@ -171,14 +171,15 @@ def backbones_command():
 @_choice("decode", "pil", "pil: Pillow in the workers. pil-draft: large JPEGs decode at reduced scale first (faster on full-size X-rays). device: JPEGs decode in batches on the model's device (nvJPEG on CUDA) and resize there. Each gives slightly different pixels, recorded in the cache.")
 @DICOM_WINDOW
 @click.option("--corruption", default=None, metavar="NAME:SEVERITY", help="Extract corrupted copies of the images (e.g. gaussian_noise:3; featx.data.corruptions lists them) into a cache of their own.")
-@click.option("--compile", "compile_model", is_flag=True, help="Run the model through torch.compile: a one-off compile of tens of seconds, for long GPU runs.")
+@_choice("engine", "auto", "What runs the model. eager: PyTorch. compile: torch.compile (a compile of tens of seconds, for long GPU runs). openvino, onnxruntime: the model's ONNX graph on the CPU (featx[openvino], featx[export]). auto: on a CPU, for 256 images or more, the fastest installed engine whose features agree with eager's (raced once per machine and recipe); eager otherwise. Float32 features of every engine share one cache.")
+@_choice("precision", "auto", "auto: float32 on a CPU, autocast on a GPU. bf16: bfloat16 on a CPU that has it natively (AVX512-BF16, AMX): faster, slightly different features, a cache of its own per engine.")
 @VAL_FRACTION
 @GROUP_PATTERN
 @click.option("--seed", default=0, type=int, help="Seed of the validation split.")
 @PROGRESS
 def extract_command(data, backbone, weights, cache_dir, output, batch_size, device, workers, dtype, layer, image_size,
-                    pool, layers, tta, decode, dicom_window, corruption, compile_model, val_fraction, group_pattern, seed,
-                    progress):
+                    pool, layers, tta, decode, dicom_window, corruption, engine, precision, val_fraction, group_pattern,
+                    seed, progress):
     """Run a frozen backbone over every image once and cache pooled features in HDF5.
 
     Re-runs reuse the cache: only new or changed images, and the rest of an interrupted
@@ -190,7 +191,7 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
     store = extract(data, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                     device=device, workers=workers, dtype=dtype, layer=layer, image_size=image_size, pool=pool,
                     layers=layers, tta=tta, decode=decode, dicom_window=dicom_window, corruption=corruption,
-                    compile=compile_model, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
+                    engine=engine, precision=precision, val_fraction=val_fraction, group_pattern=group_pattern, seed=seed,
                     progress=progress)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
         click.echo("\n".join(count_lines(store)))

@@ -1,4 +1,4 @@
-"""The paths built for GPUs (device decoding, torch.compile, batch sizes that fill memory), run on the CPU.
+"""The paths built for GPUs (device decoding, batch sizes that fill memory), run on the CPU (torch.compile: test_engines).
 
 torchvision decodes JPEGs with libjpeg-turbo on the CPU and nvJPEG on CUDA through the same call,
 so everything but the decoder library itself is exercised here.
@@ -83,22 +83,6 @@ def test_device_decode_cache_is_reused_only_for_device_decode(folder):
     other = featx.FeatureExtractor(TINY, weights="random", cache=store.path, device="cpu")
     X = other.fit_transform(paths)
     assert other.n_cached_ == 0 and _cosine(X, store.arrays()[0]).min() > 0.99
-
-
-@pytest.mark.slow
-def test_compiled_extraction_equals_eager_and_is_recorded(tmp_path, folder):
-    (folder / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8 not really")
-    eager = featx.extract(folder, batch_size=5, cache_dir=tmp_path / "a", **FAST)
-    result = run("extract", "--data", folder, "--backbone", TINY, "--weights", "random", "--workers", "0",
-                 "--no-progress", "--batch-size", 5, "--compile", "--cache", tmp_path / "b")
-    assert result.exit_code == 0, result.output
-    assert "compiled" in result.output and "broken.jpeg" in result.output
-    compiled = featx.FeatureStore(next((tmp_path / "b").rglob("*.h5")))
-    assert compiled.config["compile"] is True and eager.config["compile"] is False
-    assert compiled.path.name == eager.path.name  # same numbers, so the same cache identity
-    assert ", compiled" in run("info", compiled.path).output
-    X, Y = eager.arrays()[0], compiled.arrays()[0]  # 12 images in batches of 5: the last one padded
-    assert len(X) == len(Y) == 12 and np.abs(X - Y).max() <= 1e-4 * np.abs(X).max()
 
 
 def test_batch_size_auto_on_cpu_uses_the_default_and_says_so(folder):

@@ -14,3 +14,15 @@ def surely_cpu_only() -> bool:
         return sys.platform != "darwin"
     return sys.platform.startswith("linux") and not (glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/kfd")
                                                      or os.path.exists("/dev/dxg"))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, Arm's BF16 extension), read
+    from /proc/cpuinfo without torch; False where that cannot be read (then bfloat16 would be emulated, slower
+    than float32)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            words = set(info.read(200_000).split())
+    except OSError:
+        return False
+    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -15,6 +15,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("float32", "float16"),
     "tta": ("none", "hflip"),
     "decode": ("pil", "pil-draft", "device"),
+    "engine": ("auto", "eager", "compile", "openvino", "onnxruntime"),  # models.numerics
+    "precision": ("auto", "fp32", "bf16"),
     "augment": ("xray", "natural", "randaugment", "trivialaugment", "corrupt", "none"),
     "select": ("loss", "auc"),
     "schedule": ("cosine", "onecycle"),

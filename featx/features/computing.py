@@ -31,7 +31,9 @@ from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import EvalTransform
 from ..models.backbones import Backbone, create_backbone
 from ..models.frozen import FrozenForward
+from ..models.numerics import Numerics
 from . import sharding
+from .engine_choice import chosen_forward
 from .identity import FeatureRecipe, identity_hash
 from .planning import cache_folder, prepare_store, schedule, skip_known_problems
 from .reuse import extraction_request, remember_request
@@ -39,18 +41,19 @@ from .store import FeatureStore, RowTable, StoreWriter
 
 
 def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, output, batch_size, device: str,
-               workers, dtype: str, layer, variant: dict, tta: str, decode: str, compile: bool, progress: bool,
-               log, corruption=None, dicom_window: str = "default") -> FeatureStore:
+               workers, dtype: str, layer, variant: dict, tta: str, decode: str, engine: str, precision: str,
+               progress: bool, log, corruption=None, dicom_window: str = "default") -> FeatureStore:
     """extract's full way: build the backbone, open (or make) the cache by the features' identity,
     and compute the rows not done yet (this rank's share of them under torchrun)."""
     rank, n_ranks, device = join_ranks(device)
     log, progress = speaking(rank, log, progress)
     torch_device = resolve_device(device)
+    numerics = Numerics.asked(torch_device.type, engine, precision, precision_for(torch_device))
     bb = create_backbone(backbone, weights, layer=layer, **variant)
     policy = DecodePolicy.for_run(decode, torch_device, dicom_window=dicom_window, corruption=corruption)
-    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, policy=policy, compile=compile)
+    identity, config = _recipe(ds, bb, torch_device, tta=tta, dtype=dtype, policy=policy, numerics=numerics)
     request = extraction_request(backbone, weights=weights, device_kind=torch_device.type, layer=layer,
-                                 variant=variant, tta=tta, policy=policy, dtype=dtype)
+                                 variant=variant, tta=tta, policy=policy, dtype=dtype, numerics=numerics)
     path = Path(output) if output else \
         cache_folder(cache_dir, ds, corruption) / f"{file_safe(bb.spec.name)}-{config['config_hash']}.h5"
     config["data_relative"] = os.path.relpath(ds.root, path.parent.resolve())  # found again in a moved project
@@ -62,23 +65,23 @@ def fill_cache(ds: Dataset, backbone: str, *, weights: str, cache_dir: Path, out
         if (done | skipped).all():
             log(f"{path}: all {store.n_rows} images already cached, nothing to extract")
             return store
-        job = _Job(path, ds, bb, torch_device, config["precision"], tta, policy, dtype, workers, progress, log)
-        done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, compile, rank,
-                                                          n_ranks)
+        job = _Job(path, ds, bb, torch_device, numerics, tta, policy, dtype, workers, progress, log, Path(cache_dir),
+                   config["config_hash"])
+        done_now, skipped_now, seconds = _extract_missing(job, store, done, skipped, batch_size, rank, n_ranks)
     _log_outcome(log, path, ds, done_now, skipped_now, seconds)
     return FeatureStore(path)
 
 
 def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, policy: DecodePolicy,
-            compile) -> tuple[dict, dict]:
+            numerics: Numerics) -> tuple[dict, dict]:
     """(identity, config) of the cache: what must match to reuse it (the features' recipe, precision and
     dtype), and everything recorded in it (where the data and weights are, for people and freshness)."""
     identity = FeatureRecipe.of(bb.identity(), tta=tta, decode=policy).cache_identity(
-        precision=precision_for(device), dtype=dtype)
+        precision=numerics.identity(), dtype=dtype)
     versions = package_versions("torch", "timm")
     config = {**identity, "config_hash": identity_hash(identity), **bb.weights.record(),
               "backbone_options": bb.options(), "data_root": str(ds.root), "dataset_key": ds.key,
-              "device": str(device), "compile": compile, "group_pattern": ds.group_pattern, "data_source": ds.source,
+              "device": str(device), "group_pattern": ds.group_pattern, "data_source": ds.source,
               "patients": ds.patients(),
               **({"group_source": ds.group_source} if ds.group_source else {}),
               **{f"{name}_version": versions[name] for name in ("featx", "torch", "timm")}}
@@ -108,36 +111,40 @@ class _Job:
     ds: Dataset
     bb: Backbone
     device: torch.device
-    precision: str
+    numerics: Numerics  # as asked: engine auto is chosen when the rows to do are known
     tta: str
     policy: DecodePolicy
     dtype: str
     workers: int | None
     progress: bool
     log: Callable[[str], None]
+    cache_dir: Path    # where engine auto remembers its races
+    recipe_hash: str
 
 
 def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: np.ndarray, batch_size,
-                     compile: bool, rank: int, n_ranks: int):
+                     rank: int, n_ranks: int):
     """Compute the rows neither `done` nor `skipped` (this rank's share of them);
     (rows done, (path, reason) skipped, seconds)."""
-    forward = FrozenForward(job.bb.model, job.bb.data_config, job.device, job.precision, job.tta, job.log)
-    batch_size = _batch_size(forward, batch_size, job.log)
-    if n_ranks > 1:  # every rank must cut the same blocks
+    batch_size = _batch_size(job, batch_size)
+    if n_ranks > 1:  # every rank must cut the same blocks, and run the same engine
         batch_size = min(distributed.gather(batch_size))
-    if compile:
-        forward.compile(batch_size)
     todo, batches = schedule(done, skipped, batch_size)
     workers = default_workers(job.device) if job.workers is None else job.workers
+    rows = store.row_table()
+    forward, numerics = _forward(job, rows.path, batches, batch_size, len(todo), n_ranks)
     job.log(f"extracting {len(todo)} of {store.n_rows} images with {job.bb.spec.name} ({job.bb.weights_source}) "
             f"on {job.device}, batch {batch_size}, {workers} workers, decode {job.policy.mode}"
             + (f", DICOM window {job.policy.dicom_window}" if job.ds.has_dicom else "")
             + (f", corrupted by {job.policy.corruption[0]} at severity {job.policy.corruption[1]}"
                if job.policy.corruption else "")
-            + (", compiled" if compile else "") + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
+            + f", engine {numerics.describe()}" + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
+    if rank == 0:
+        with StoreWriter(job.path) as writer:
+            writer.update_config({"engines": sorted({*store.config.get("engines", ()), numerics.engine})})
     started = time.perf_counter()
     done_before = int(done.sum())  # the merged count minus this tells what the ranks did
-    rows, target, pending = store.row_table(), job.path, set(todo.tolist())
+    target, pending = job.path, set(todo.tolist())
     if n_ranks > 1:  # this rank's blocks, into its own shard file
         target, rows, batches, pending = sharding.take_share(job.path, rows, batches, pending, rank, n_ranks,
                                                              job.bb.num_features, job.dtype)
@@ -151,16 +158,38 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
     return done_now, skipped_now, time.perf_counter() - started
 
 
-def _batch_size(forward: FrozenForward, batch_size, log) -> int:
+def _batch_size(job: _Job, batch_size) -> int:
+    return batch_size_for(batch_size, job.bb.model, job.bb.data_config, job.device, job.numerics, job.tta, job.log)
+
+
+def batch_size_for(batch_size, model, data_config: dict, device: torch.device, numerics: Numerics, tta: str,
+                   log) -> int:
+    """The batch size asked for: a number, None (the device's default) or "auto" (on CUDA, the largest that fits)."""
     if batch_size == "auto":
-        if forward.device.type != "cuda":
-            log(f"--batch-size auto measures GPU memory; on {forward.device.type} it means the default, "
-                f"{default_batch_size(forward.device)}")
-            return default_batch_size(forward.device)
-        chosen = forward.fill_batch_size()
+        if device.type != "cuda":
+            log(f"--batch-size auto measures GPU memory; on {device.type} it means the default, "
+                f"{default_batch_size(device)}")
+            return default_batch_size(device)
+        chosen = FrozenForward(model, data_config, device, numerics.autocast(), tta).fill_batch_size()
         log(f"--batch-size auto: {chosen} fits in 80% of the free GPU memory")
         return chosen
-    return batch_size or default_batch_size(forward.device)
+    return batch_size or default_batch_size(device)
+
+
+def _forward(job: _Job, paths: list[str], batches: list, batch_size: int, n_images: int, n_ranks: int):
+    """(the forward that computes this run, its numerics): engine auto chosen here (eager under torchrun)."""
+    numerics = job.numerics
+    if n_ranks > 1 and numerics.engine == "auto":
+        numerics = Numerics(numerics.device, "eager", numerics.precision)
+
+    def probe():
+        first = ImageFiles(job.ds.root, paths, EvalTransform(job.bb.data_config), policy=job.policy)
+        images = next(iter(image_loader(first, batches[:1], 0, job.device))).images if batches else None
+        return images if isinstance(images, torch.Tensor) else None
+
+    return chosen_forward(job.bb.model, job.bb.data_config, job.device, numerics, tta=job.tta,
+                          batch_size=batch_size, n_images=n_images, probe=probe, recipe_hash=job.recipe_hash,
+                          cache_dir=job.cache_dir, log=job.log)
 
 
 def _write_rows(job: _Job, forward: FrozenForward, target: Path, rows: RowTable, batches, pending: set[int],
@@ -230,8 +259,9 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     if policy.mode == "device":
         policy = DecodePolicy.for_run("device", torch_device, dicom_window=policy.dicom_window,
                                       corruption=policy.corruption)
-    forward = FrozenForward(model, data_config, torch_device, precision_for(torch_device), tta)
-    batch_size = _batch_size(forward, batch_size, silent)
+    numerics = Numerics.asked(torch_device.type, "eager", "auto", precision_for(torch_device))
+    batch_size = batch_size_for(batch_size, model, data_config, torch_device, numerics, tta, silent)
+    forward = FrozenForward(model, data_config, torch_device, numerics.autocast(), tta)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
     if root is None:
         root, paths = Path("/"), [str(Path(p).expanduser().absolute()) for p in paths]

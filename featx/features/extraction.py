@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._core.accelerators import surely_cpu_only
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_options, feature_variant
@@ -16,6 +17,7 @@ from .._core.paths import default_cache_dir
 from ..data.corruptions import parse_corruption
 from ..data.decode_policy import check_window
 from ..data.datasets import Dataset, load_dataset
+from ..models.numerics import Numerics
 from .reuse import finished_cache
 from .store import FeatureStore
 
@@ -24,7 +26,8 @@ def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cach
             batch_size: int | str | None = None, device: str = "auto", workers: int | None = None,
             dtype: str = "float32", layer: str | None = None, image_size: int | None = None, pool: str | None = None,
             layers: str | None = None, tta: str = "none", decode: str = "pil", corruption: str | None = None,
-            dicom_window: str = "default", splits=None, compile: bool = False, val_fraction: float | None = None,
+            dicom_window: str = "default", splits=None, engine: str = "auto", precision: str = "auto",
+            val_fraction: float | None = None,
             group_pattern: str | None = None, seed: int = 0, progress: bool = True, log=None) -> FeatureStore:
     """Extract pooled features of `backbone` for every image of `data` (a folder, a manifest, or a loaded
     `Dataset`) and return the cache.
@@ -33,8 +36,12 @@ def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cach
     of an interrupted run. Unreadable images are skipped, recorded in the cache and reported.
     `batch_size` defaults to 16 on a CPU (smaller batches run faster there) and 64 on a GPU;
     "auto" measures the largest that fits in 80% of free GPU memory (16 elsewhere).
-    `decode`: pil, pil-draft or device (see featx.data.device_decoding). `compile`: run the model
-    through torch.compile (a one-off compile of tens of seconds; pays off on long GPU runs).
+    `decode`: pil, pil-draft or device (see featx.data.device_decoding). `engine` runs the model: eager
+    (torch), compile (torch.compile: a one-off compile of tens of seconds; for long GPU runs), openvino or
+    onnxruntime (CPU), or auto: on a CPU, for 256 images or more, the fastest of those installed whose
+    features agree with eager's (features.engine_choice). Float32 features of every engine share one cache.
+    `precision`: auto (float32 on a CPU, autocast on a GPU), fp32, or bf16 (a CPU with native bfloat16, or a
+    GPU): a recipe of its own per engine (models.numerics).
     Under torchrun each process computes its share of the batches (see features.sharding).
     `image_size` runs the backbone at another size than its default (ViTs resample their position
     table). Token models (ViTs) pool `pool` (cls, avg, cls+avg) over the last `layers` ("last:K")
@@ -50,12 +57,14 @@ def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cach
     if corrupted and decode == "device":
         raise FeatxError("--corruption works on images decoded by Pillow: use --decode pil or pil-draft")
     batch_size = check_batch_size(batch_size)
+    numerics = _numerics(device, engine, precision)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
     ds = _dataset(data, splits, dicom_window, val_fraction=val_fraction, seed=seed, group_pattern=group_pattern,
                   cache_dir=cache_dir)
-    store = finished_cache(ds, backbone, weights=weights, device=device, layer=layer, variant=variant, tta=tta,
-                           decode=decode, corruption=corrupted, dtype=dtype, cache_dir=cache_dir, output=output,
+    store = finished_cache(ds, backbone, weights=weights, layer=layer, variant=variant, tta=tta,
+                           decode=decode, corruption=corrupted, dtype=dtype, numerics=numerics, cache_dir=cache_dir,
+                           output=output,
                            dicom_window=dicom_window)
     if store is not None:
         for line in ds.notes():
@@ -67,7 +76,18 @@ def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cach
     return fill_cache(ds, backbone, weights=weights, cache_dir=cache_dir, output=output, batch_size=batch_size,
                       device=device, workers=workers, dtype=dtype, layer=layer, variant=variant, tta=tta, decode=decode,
                       corruption=corrupted, dicom_window=dicom_window,
-                      compile=compile, progress=progress, log=log)
+                      engine=engine, precision=precision, progress=progress, log=log)
+
+
+def _numerics(device: str, engine: str, precision: str) -> Numerics | None:
+    """The engine and precision asked for, checked before any work where the device is known without torch
+    (the CPU, or a named device); None where only torch can tell (device auto on a machine with a GPU)."""
+    kind = "cpu" if device == "cpu" or (device == "auto" and surely_cpu_only()) else \
+        None if device == "auto" else device.split(":")[0]
+    if kind is None:
+        Numerics.asked("cpu", engine, "fp32")  # the names, and the engine's package
+        return None
+    return Numerics.asked(kind, engine, precision, "amp-bf16" if kind == "cuda" else "fp32")
 
 
 def _dataset(data, splits, dicom_window: str, **listing):

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from .._core import distributed
-from .._core.accelerators import surely_cpu_only
 from .._core.errors import FeatxError
 from .._core.hashing import record_hash
 from .._core.versions import installed_version
 from ..data.datasets import Dataset
 from ..data.decode_policy import DecodePolicy
+from ..models.numerics import Numerics
 from ..models.registry import get_spec
 from ..models.weight_files import resolve_weights
 from .planning import cache_folder, row_table, same_files
@@ -28,7 +28,7 @@ from .store import FeatureStore, StoreWriter, find_caches
 
 
 def extraction_request(backbone: str, *, weights: str, device_kind: str, layer: str | None, variant: dict, tta: str,
-                       policy: DecodePolicy, dtype: str) -> dict | None:
+                       policy: DecodePolicy, dtype: str, numerics: Numerics) -> dict | None:
     """What a run was asked to compute, in terms known before building the model (no path: a copied
     project keeps answering it); None when the weights cannot be fingerprinted without the hub."""
     try:
@@ -39,7 +39,8 @@ def extraction_request(backbone: str, *, weights: str, device_kind: str, layer: 
     if fingerprint is None:
         return None
     return {"backbone": spec.name, "timm_model": spec.timm_name, "weights": fingerprint, "layer": layer or "pooled",
-            **variant, "tta": tta, "decode": policy.format(), "dtype": dtype, "device": device_kind,
+            **variant, "tta": tta, "decode": policy.format(), "dtype": dtype, "precision": numerics.identity(),
+            "device": device_kind,
             "timm": installed_version("timm"), "torch": installed_version("torch")}
 
 
@@ -47,16 +48,17 @@ def request_hash(request: dict) -> str:
     return record_hash(request, 12)
 
 
-def finished_cache(ds: Dataset, backbone: str, *, weights: str, device: str, layer, variant: dict, tta, decode,
-                   dtype, cache_dir: Path, output=None, corruption=None,
+def finished_cache(ds: Dataset, backbone: str, *, weights: str, layer, variant: dict, tta, decode,
+                   dtype, numerics: Numerics | None, cache_dir: Path, output=None, corruption=None,
                    dicom_window: str = "default") -> FeatureStore | None:
     """The cache a previous identical run finished for exactly these files, or None.
-    `variant`: image_size, pool and layers as asked (None: the backbone's own)."""
-    if distributed.world()[1] > 1 or not (device == "cpu" or (device == "auto" and surely_cpu_only())):
+    `variant`: image_size, pool and layers as asked (None: the backbone's own). `numerics`: as asked, on a
+    device known to be the CPU (None: not known without torch, so the full way decides)."""
+    if distributed.world()[1] > 1 or numerics is None or numerics.device != "cpu":
         return None
     policy = DecodePolicy.for_run(decode, "cpu", dicom_window=dicom_window, corruption=corruption)
     request = extraction_request(backbone, weights=weights, device_kind="cpu", layer=layer, variant=variant,
-                                 tta=tta, policy=policy, dtype=dtype)
+                                 tta=tta, policy=policy, dtype=dtype, numerics=numerics)
     if request is None:
         return None
     wanted = request_hash(request)

@@ -51,7 +51,7 @@ def cache_lines(store) -> list[str]:
              f"  input     {dc['input_size'][1]}x{dc['input_size'][2]} {dc['interpolation']}, crop_pct "
              f"{dc['crop_pct']}, mean {dc['mean']}, std {dc['std']}",
              f"  made      on {c.get('device', '?')}, {c.get('precision', '?')}, decode {c.get('decode', '?')}, "
-             f"tta {c.get('tta', 'none')}" + (", compiled" if c.get("compile") else ""),
+             f"tta {c.get('tta', 'none')}" + (f", engine {'+'.join(c['engines'])}" if c.get("engines") else ""),
              f"  data      {c['data_root']}  classes: {', '.join(store.classes)}"]
     if c.get("group_source"):
         lines.append(f"  groups    from {c['group_source']} (no raw patient ID is stored)")

@@ -30,6 +30,7 @@ from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
 from ..features.recipe import DEFAULTS
 from ..features.reuse import finished_cache
+from ..models.numerics import Numerics
 from ..features.target import Target, TargetListing
 from ..finetuning.config import FinetuneConfig
 from ..heads.selection import SELECTION_RULES
@@ -238,9 +239,9 @@ class Plan:
 
     def _finished(self, backbone: str):
         """The backbone's cache as the study extracts it (extract's defaults), when complete for these images."""
-        return finished_cache(self.ds, backbone, weights=self.spec.weights, device="cpu", layer=DEFAULTS["layer"],
+        return finished_cache(self.ds, backbone, weights=self.spec.weights, layer=DEFAULTS["layer"],
                               variant=feature_variant(), tta=DEFAULTS["tta"], decode=DEFAULTS["decode"],
-                              dtype=DEFAULTS["dtype"], cache_dir=self.cache_dir)
+                              dtype=DEFAULTS["dtype"], numerics=Numerics.asked("cpu"), cache_dir=self.cache_dir)
 
     def _extract_seconds(self, backbone: str) -> float:
         return len(self.ds) / self.throughput.images_per_second("extract", backbone)

@@ -1,0 +1,75 @@
+"""How a frozen forward computes — which engine, at which precision, on which kind of device — as one
+value, and the name it gives a cache's numbers (`identity`). Torch-free: `extract` checks it before any work.
+
+In float32 every engine computes the same features to float rounding (engines.choose checks it on the
+run's own images), so they share one cache; a reduced precision is a recipe of its own per engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from .._core.accelerators import cpu_has_bf16
+from .._core.errors import FeatxError
+from .._core.options import check_choice
+
+GRAPH_ENGINES = ("openvino", "onnxruntime")  # run an ONNX graph of the model, on the CPU
+EXTRA = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "export")}  # engine -> (module, extra)
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """`engine`: eager, compile, openvino, onnxruntime, or auto (float32 only: chosen per run among those that
+    give eager's features). `precision`: fp32; bf16 on a CPU; amp-bf16 or amp-fp16 (autocast) on a GPU."""
+
+    device: str  # the device's kind: cpu, cuda, mps
+    engine: str
+    precision: str
+
+    @classmethod
+    def asked(cls, device_kind: str, engine: str = "auto", precision: str = "auto",
+              device_amp: str = "fp32") -> Numerics:
+        """The numerics `--engine` and `--precision` ask for on `device_kind`, or one line saying why not.
+        `device_amp`: what precision "auto" means off the CPU (runtime.precision_for)."""
+        check_choice("engine", engine)
+        check_choice("precision", precision)
+        cpu = device_kind == "cpu"
+        if precision == "auto":
+            precision = "fp32" if cpu else device_amp
+        elif precision == "bf16" and not cpu:
+            precision = "amp-bf16"
+        elif precision == "bf16" and not cpu_has_bf16():
+            raise FeatxError("--precision bf16 needs a CPU that computes in bfloat16 natively (AVX512-BF16 or AMX on "
+                             "x86, BF16 on Arm); this one would emulate it, slower than float32: use fp32")
+        if engine in GRAPH_ENGINES:
+            _installed(engine)
+            if not cpu:
+                raise FeatxError(f"--engine {engine} runs on the CPU; add --device cpu, or use eager or compile on "
+                                 f"{device_kind}")
+        if engine == "onnxruntime" and precision != "fp32":
+            raise FeatxError("onnxruntime has no bfloat16 kernels for CPUs; use --engine openvino or eager with "
+                             "--precision bf16")
+        if engine == "auto" and precision != "fp32":  # the engine names the recipe: never a timing's choice
+            engine = "openvino" if cpu and importlib.util.find_spec("openvino") else "eager"
+        return cls(device_kind, engine, precision)
+
+    def identity(self) -> str:
+        """The cache's "precision": fp32 for every float32 engine (their features agree to rounding); a GPU's
+        autocast as before (amp-bf16, amp-fp16); on a CPU, bf16 per engine (eager-bf16, openvino-bf16...)."""
+        if self.precision == "fp32" or self.device != "cpu":
+            return self.precision
+        return f"{self.engine}-{self.precision}"
+
+    def autocast(self) -> str:
+        """The precision torch's own engines run at (runtime.autocast): fp32, amp-bf16 or amp-fp16."""
+        return "amp-bf16" if self.precision == "bf16" else self.precision
+
+    def describe(self) -> str:
+        return f"{self.engine} {self.precision}"
+
+
+def _installed(engine: str) -> None:
+    module, extra = EXTRA[engine]
+    if importlib.util.find_spec(module) is None:
+        raise FeatxError(f"--engine {engine} needs {module}: pip install 'featx[{extra}]'")
