@@ -63,6 +63,26 @@ def test_grayscale_gives_three_equal_channels_identical_to_rgb_path():
     assert (from_gray == from_rgb).all()
 
 
+def test_an_rgb_file_of_equal_channels_is_read_as_one_channel_with_identical_pixels_after_any_transform():
+    import torch
+
+    from featx.data.transforms import TrainTransform
+
+    cfg = {"input_size": [3, 64, 64], "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center",
+           "mean": [0.5] * 3, "std": [0.5] * 3}
+    gray_rgb = Image.fromarray(np.stack([xray_like(4, size=(300, 200))] * 3, -1))
+    colour = np.stack([xray_like(4, size=(300, 200))] * 3, -1)
+    colour[5, 7, 2] += 1  # one pixel differs in one channel: a colour image
+    read = load_image(_encode(gray_rgb, "PNG"))
+    assert read.mode == "L" and load_image(_encode(Image.fromarray(colour), "PNG")).mode == "RGB"
+    for transform in (EvalTransform(cfg), TrainTransform(cfg, "xray"), TrainTransform(cfg, "randaugment")):
+        outputs = []
+        for image in (read, gray_rgb):
+            torch.manual_seed(3)
+            outputs.append(transform(image))
+        assert outputs[0].shape == (3, 64, 64) and torch.equal(*outputs)
+
+
 def test_unreadable_bytes_raise_image_error_with_a_reason():
     good = _encode(Image.fromarray(xray_like(0)), "JPEG").getvalue()
     for raw in (good[: len(good) // 3], b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\0" * 20):
