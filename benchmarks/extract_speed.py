@@ -209,8 +209,8 @@ def measure(args) -> None:
         t_b, features = {}, {}
         for mode in modes:
             kwargs = dict(weights=args.weights, device=args.device, batch_size=batch_size, workers=args.workers,
-                          decode=mode, compile=args.compile, progress=False, cache_dir=Path(tmp) / "cache",
-                          log=lambda m: None)
+                          decode=mode, engine="compile" if args.compile else "eager", progress=False,
+                          cache_dir=Path(tmp) / "cache", log=lambda m: None)
             start = time.perf_counter()
             store = featx.extract(data, args.backbone, **kwargs)
             t_b[mode] = time.perf_counter() - start

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 import featx
 from featx._core.accelerators import cpu_has_bf16
+from featx.artifacts.model_card import card_path
+from featx.artifacts.sidecar import Sidecar
 from featx.cli import main
 from featx.features import engine_choice
 from featx.models import engines, numerics
@@ -57,6 +59,17 @@ def test_bfloat16_is_a_recipe_of_its_own_per_engine_close_to_float32(tmp_path, f
     assert cosines(X, Y).min() > 0.99 and not np.array_equal(X, Y)
     again = featx.extract(folder, engine=engine, precision="bf16", log=lambda m: None, **FAST)
     assert again.path == bf16.path  # found again, not mixed with float32 rows
+    artifacts = [featx.fit(store.path, head="logreg", models_dir=folder.parent / "models", log=lambda m: None)[0]
+                 .artifact for store in (fp32, bf16)]
+    models = [featx.load(a) for a in artifacts]
+    names = [Sidecar.from_json(m.info).method.label for m in models]
+    assert names == [f"{TINY} + logreg", f"{TINY} [{engine} bf16] + logreg"]  # compare and cards tell them apart
+    paths = [folder / p for p in bf16.row_table().path]
+    from_images = models[1].predict_proba(paths, device="cpu")  # features computed as its training's were
+    assert np.abs(from_images - models[1].predict_proba(Y)).max() < 1e-4
+    assert np.abs(from_images - models[1].predict_proba(X)).max() > 1e-4
+    assert f"features in bf16 by {engine}" in card_path(artifacts[1]).read_text()
+    assert "features in" not in card_path(artifacts[0]).read_text()
 
 
 @pytest.mark.skipif(not any(importlib.util.find_spec(e) for e in ("openvino", "onnxruntime")),
@@ -111,3 +124,23 @@ def test_engines_and_precisions_refuse_in_one_line_before_any_work(folder, monke
     assert "--engine openvino needs openvino: pip install 'featx[openvino]'" in \
         one_line_error(run(*base, "--engine", "openvino", "--device", "cpu"))
     assert not list((folder.parent / "cache").rglob("*.h5"))  # nothing was extracted
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_a_study_at_bfloat16_extracts_its_pool_and_its_target_site_at_that_precision(tmp_path):
+    data = make_folder(tmp_path / "data", 12, split="train")
+    make_folder(data, 4, split="test", start=30)
+    site = make_folder(tmp_path / "site", 6, start=60)
+    args = ["study", "--data", data, "--backbones", TINY, "--weights", "random", "--train-sizes", "all", "--repeats",
+            "1", "--bootstrap", "100", "--workers", "0", "--cache", tmp_path / "cache", "--target", site]
+    plain = run(*args, "--out", tmp_path / "fp32")
+    reduced = run(*args, "--out", tmp_path / "bf16", "--precision", "bf16")
+    assert plain.exit_code == 0 and reduced.exit_code == 0, reduced.output
+    caches = {featx.FeatureStore(p).config["precision"] for p in (tmp_path / "cache").rglob("*.h5")}
+    expected = "openvino-bf16" if importlib.util.find_spec("openvino") else "eager-bf16"
+    assert caches == {"fp32", expected}  # pool and site, each at both precisions: never mixed
+    assert len(list((tmp_path / "cache").rglob("*.h5"))) == 4
+    units = {p.name for p in (tmp_path / "fp32" / "units").glob("*.json")}
+    assert units and not units & {p.name for p in (tmp_path / "bf16" / "units").glob("*.json")}
+    assert "--precision must be one of auto, fp32, bf16, not 'int8'" in \
+        one_line_error(run(*args, "--out", tmp_path / "bad", "--precision", "int8"))

@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import featx
+from featx._core.accelerators import cpu_has_bf16
 from featx.cli import main
 
 from conftest import TINY, final_error, make_folder, one_line_error
@@ -131,6 +132,38 @@ def test_unfreeze_beyond_the_blocks_is_one_line(data):
 
 def test_no_validation_split_is_one_line(data):
     assert "--val-fraction" in one_line_error(run("finetune", "--data", data, *ARGS))
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_bfloat16_on_a_cpu_trains_a_run_of_its_own_that_resumes_exactly(data, tmp_path):
+    fp32 = tune(data, epochs=2, out_dir=None)
+    whole = tune(data, epochs=2, precision="bf16")
+    assert whole.artifact.parent != fp32.artifact.parent  # a run of its own, never resumed from a float32 one
+    assert featx.load(whole.artifact).info["features"]["config"]["precision"] == "amp-bf16"
+    assert featx.load(fp32.artifact).info["features"]["config"]["precision"] == "fp32"
+    a, b = torch.load(whole.artifact, weights_only=True), torch.load(fp32.artifact, weights_only=True)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+    def interrupt_after_epoch_1(message):
+        if message.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(data, epochs=2, precision="bf16", out_dir=tmp_path / "cut", log=interrupt_after_epoch_1)
+    resumed = tune(data, epochs=2, precision="bf16", out_dir=tmp_path / "cut", resume=True)
+    c = torch.load(resumed.artifact, weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a) and resumed.metrics == whole.metrics
+
+
+def test_bfloat16_is_refused_in_one_line_on_a_cpu_without_it(data, monkeypatch):
+    from featx._core import runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    error = one_line_error(run("finetune", "--data", data, "--backbone", TINY, "--weights", "random", "--device",
+                               "cpu", "--val-fraction", "0.25", "--precision", "bf16", "--no-progress"))
+    assert "--precision bf16 needs a CPU that computes in bfloat16 natively" in error
+    assert "--precision must be one of auto, fp32, bf16, not 'fp16'" in one_line_error(
+        run("finetune", "--data", data, "--backbone", TINY, "--precision", "fp16"))
 
 
 def test_resume_from_another_configuration_is_refused(data, tmp_path):

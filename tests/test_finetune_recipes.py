@@ -182,11 +182,13 @@ def test_every_new_option_is_in_the_run_hash():
     from featx._core.hashing import record_hash
 
     plain = FinetuneConfig()
-    assert set(plain.hashed()) == set(plain.record()) - {"ema", "select", "drop_path", "mixup", "cutmix", "tta"}
+    assert set(plain.hashed()) == set(plain.record()) - {"ema", "select", "drop_path", "mixup", "cutmix", "tta",
+                                                         "precision"}
     names = {record_hash(FinetuneConfig(**{k: v}).hashed()) for k, v in
              [("ema", 0.999), ("select", "auc"), ("drop_path", 0.1), ("mixup", 0.2), ("cutmix", 1.0), ("tta", "hflip"),
-              ("augment", "randaugment"), ("augment", "trivialaugment"), ("weights", "my-run/model.pt")]}
-    assert len(names) == 9 and record_hash(plain.hashed()) not in names
+              ("augment", "randaugment"), ("augment", "trivialaugment"), ("weights", "my-run/model.pt"),
+              ("precision", "bf16")]}
+    assert len(names) == 10 and record_hash(plain.hashed()) not in names
 
 
 def test_mixup_targets_and_soft_loss():

@@ -11,6 +11,7 @@ import os
 import torch
 
 from . import distributed
+from .accelerators import cpu_has_bf16
 from .console import silent
 from .errors import FeatxError
 from .options import check_device
@@ -53,6 +54,19 @@ def precision_for(device: torch.device) -> str:
     if device.type == "cuda":
         return "amp-bf16" if torch.cuda.is_bf16_supported() else "amp-fp16"
     return "fp32"
+
+
+def training_precision(device: torch.device, asked: str = "auto") -> str:
+    """What a fine-tune trains at (fp32, amp-bf16 or amp-fp16) when `asked` auto, fp32 or bf16; bf16 on a CPU
+    only where it computes in bfloat16 natively (emulated, it would be slower than float32)."""
+    if asked == "auto":
+        return precision_for(device)
+    if asked == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        raise FeatxError("--precision bf16 needs a CPU that computes in bfloat16 natively (AVX512-BF16 or AMX on "
+                         "x86, BF16 on Arm); this one would emulate it, slower than float32: use fp32")
+    if asked == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise FeatxError("--precision bf16: this GPU has no bfloat16; use auto (float16 autocast) or fp32")
+    return "amp-bf16" if asked == "bf16" else "fp32"
 
 
 def autocast(device: torch.device, precision: str):

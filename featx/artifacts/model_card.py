@@ -18,6 +18,7 @@ from .._core.atomic import write_text_atomic
 from ..evaluation.decision import DecisionRule
 from ..evaluation.sets import judged_splits
 from ..evaluation.significance import bootstrap_ci, point_metrics
+from ..models.numerics import Numerics
 from .format import checked_sidecar, load_predictions
 from .local import LocalCalibration
 from .sidecar import Sidecar
@@ -152,6 +153,15 @@ def _yaml(text) -> str:
     return json.dumps(str(text))  # a JSON string is a YAML string
 
 
+def _numbers(config: dict, sidecar: Sidecar) -> str:
+    """A head on a CPU's bfloat16 features says so, and what featx computes where that cannot run."""
+    wanted = Numerics.options_of(config.get("precision") or "fp32")
+    if sidecar.finetuned or wanted["precision"] == "auto":
+        return ""
+    return (f"; features in {wanted['precision']} by {wanted['engine']} (featx computes them so on a CPU with native "
+            "bfloat16 and that engine, else in float32, slightly differently; the ONNX export computes float32)")
+
+
 def _details(info: dict, sidecar: Sidecar) -> str:
     c = info["features"]["config"]
     data_config = c.get("data_config") or {}
@@ -161,7 +171,7 @@ def _details(info: dict, sidecar: Sidecar) -> str:
             ("Weights", f"{c.get('weights_source')}, sha256 `{str(c.get('weights_sha256'))[:16]}…`"),
             ("Preprocessing", f"{size[1]}x{size[2]} px, {data_config.get('interpolation')} resize, crop_pct "
                               f"{data_config.get('crop_pct')}, mean {data_config.get('mean')}, std {data_config.get('std')}; "
-                              f"decode {sidecar.recipe.decode}; TTA {sidecar.recipe.tta}"),
+                              f"decode {sidecar.recipe.decode}; TTA {sidecar.recipe.tta}" + _numbers(c, sidecar)),
             ("Head" if not sidecar.finetuned else "Training",
              f"{info['head']}, {_params(info.get('params') or {})}" +
              (f" (chosen by {info['selection']['method']})" if info.get("selection") else "")),

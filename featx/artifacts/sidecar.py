@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..features.identity import FEATURE_IDENTITY, FeatureRecipe
+from ..models.numerics import Numerics
 
 KINDS = ("head", "finetune")
 CLEANED = "cleaned"  # a study's labels drawn without the images --exclude names (MethodId.labels)
@@ -80,6 +81,7 @@ def finetune_variant(params: dict, started_from: dict | None) -> list[str]:
     words += [f"drop-path {params['drop_path']:g}"] if params.get("drop_path") else []
     words += [f"mixup {params['mixup']:g}"] if params.get("mixup") else []
     words += [f"cutmix {params['cutmix']:g}"] if params.get("cutmix") else []
+    words += [f"{params['precision']}"] if params.get("precision", "auto") != "auto" else []
     if started_from:
         words.append(f"from {Path(started_from['path']).parent.name}")
     return words
@@ -115,7 +117,10 @@ class Sidecar:
                                                started_from=info.get("started_from")), calibrated_at=calibrated_at,
                              adapted=adapted)
         else:
-            method = MethodId(config["backbone"], info["head"], recipe.variant(image_size), bool(info.get("out_of_core")),
+            numbers = Numerics.options_of(config.get("precision") or "fp32")  # a CPU's bf16 names itself
+            variant = recipe.variant(image_size) + ((f"{numbers['engine']} {numbers['precision']}",)
+                                                    if numbers["precision"] != "auto" else ())
+            method = MethodId(config["backbone"], info["head"], variant, bool(info.get("out_of_core")),
                               adapted=adapted, calibrated_at=calibrated_at)
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,
                    config.get("data_root"), config.get("dataset_key") or config.get("data_root"), info)

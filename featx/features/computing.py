@@ -30,6 +30,7 @@ from ..data.device_decoding import DeviceDecoder
 from ..data.loading import ImageFiles, image_loader
 from ..data.transforms import EvalTransform
 from ..models.backbones import Backbone, create_backbone
+from ..models.engines import frozen_forward
 from ..models.frozen import FrozenForward
 from ..models.numerics import Numerics
 from . import sharding
@@ -139,9 +140,9 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
             + (f", corrupted by {job.policy.corruption[0]} at severity {job.policy.corruption[1]}"
                if job.policy.corruption else "")
             + f", engine {numerics.describe()}" + (f", {n_ranks} ranks" if n_ranks > 1 else "") + f" -> {job.path}")
-    if rank == 0:
-        with StoreWriter(job.path) as writer:
-            writer.update_config({"engines": sorted({*store.config.get("engines", ()), numerics.engine})})
+    engines = {"engines": sorted({*store.config.get("engines", ()), numerics.engine})}  # which wrote rows
+    if n_ranks == 1:
+        _record(job.path, engines)
     started = time.perf_counter()
     done_before = int(done.sum())  # the merged count minus this tells what the ranks did
     target, pending = job.path, set(todo.tolist())
@@ -154,8 +155,14 @@ def _extract_missing(job: _Job, store: FeatureStore, done: np.ndarray, skipped: 
         raise FeatxError(f"cannot write to {target}: {exc.strerror or exc}; everything finished so far is kept, "
                          "free space (or fix the disk) and re-run the same command to resume") from None
     if n_ranks > 1:
-        done_now, skipped_now = sharding.gather_shares(job.path, rank, todo, done_before, job.ds.problems)
+        done_now, skipped_now = sharding.gather_shares(job.path, rank, todo, done_before, job.ds.problems,
+                                                       after_merge=lambda: _record(job.path, engines))
     return done_now, skipped_now, time.perf_counter() - started
+
+
+def _record(path: Path, values: dict) -> None:
+    with StoreWriter(path) as writer:
+        writer.update_config(values)
 
 
 def _batch_size(job: _Job, batch_size) -> int:
@@ -243,7 +250,7 @@ def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, path
 
 def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
                   batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
-                  policy: DecodePolicy | None = None, root=None,
+                  policy: DecodePolicy | None = None, root=None, precision: str = "fp32",
                   progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
 
@@ -251,6 +258,8 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     of each file's bytes). `policy` (default: pil, the default DICOM window): how files become pixels;
     its mode "device" decodes on `device`. With `root`, `paths` are relative to it, as in a cache: a
     corruption draws its randomness from the relative path, so a network and a cache see the same pixels.
+    `precision`: the cache precision whose numbers to reproduce (a head's training features): a CPU's
+    bfloat16 by its engine where this machine runs it (reproducing), else float32 (autocast on a GPU).
     """
     check_options(tta=tta, device=device)
     batch_size = check_batch_size(batch_size)
@@ -259,9 +268,9 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     if policy.mode == "device":
         policy = DecodePolicy.for_run("device", torch_device, dicom_window=policy.dicom_window,
                                       corruption=policy.corruption)
-    numerics = Numerics.asked(torch_device.type, "eager", "auto", precision_for(torch_device))
+    numerics = reproducing(torch_device, precision)
     batch_size = batch_size_for(batch_size, model, data_config, torch_device, numerics, tta, silent)
-    forward = FrozenForward(model, data_config, torch_device, numerics.autocast(), tta)
+    forward = frozen_forward(model, data_config, torch_device, numerics, tta, batch_size)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
     if root is None:
         root, paths = Path("/"), [str(Path(p).expanduser().absolute()) for p in paths]
@@ -280,6 +289,18 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
                 out[batch_rows] = feats
             bar.update(len(read_sha1))
     return out, reasons, sha1
+
+
+def reproducing(device: torch.device, precision: str) -> Numerics:
+    """The numerics that compute features as a cache of `precision` holds them, on `device`: a CPU's bfloat16 by
+    its engine where this machine has both, else float32 on a CPU and autocast on a GPU."""
+    wanted = Numerics.options_of(precision or "fp32")
+    if wanted["precision"] != "auto" and device.type == "cpu":
+        try:
+            return Numerics.asked("cpu", wanted["engine"], wanted["precision"])
+        except FeatxError:  # no bfloat16 here, or the engine not installed
+            pass
+    return Numerics.asked(device.type, "eager", "auto", precision_for(device))
 
 
 def compute_features(bb: Backbone, paths, **options) -> tuple[np.ndarray, list[str | None], list[str]]:

@@ -41,7 +41,7 @@ def chosen_forward(model: torch.nn.Module, data_config: dict, device: torch.devi
                if not candidates else f"{n_images} images are too few to pay for a race")
         log(f"engine auto: eager ({why})")
         return frozen_forward(model, data_config, device, eager, tta, batch_size, log), eager
-    key = record_hash({"cpu": _cpu_name(), "threads": torch.get_num_threads(), "recipe": recipe_hash,
+    key = record_hash({"cpu": cpu_name(), "threads": torch.get_num_threads(), "recipe": recipe_hash,
                        "batch_size": batch_size, "tta": tta,
                        **{name: installed_version(name) for name in ("torch", *candidates)}}, 16)
     path = Path(cache_dir) / RECORD
@@ -72,7 +72,7 @@ def _rates(outcome: dict) -> str:
     return ", ".join(f"{e} {r:.0f} img/s" for e, r in outcome["images_per_s"].items())
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as info:
             for line in info:

@@ -10,18 +10,20 @@ from pathlib import Path
 
 from .._core.paths import default_cache_dir
 from ..data.decode_policy import DecodePolicy
+from ..models.numerics import Numerics
 from ..models.weight_files import recorded_kind
 from .extraction import extract
 
 # The options that make a cache's features, at extract's own defaults (its signature is their one
 # declaration): an option is named on a command line only where it differs.
-RECIPE_OPTIONS = ("weights", "layer", "image_size", "pool", "layers", "tta", "decode", "dicom_window", "dtype")
+RECIPE_OPTIONS = ("weights", "layer", "image_size", "pool", "layers", "tta", "decode", "dicom_window", "dtype", "engine",
+                  "precision")
 DEFAULTS = {name: p.default for name, p in inspect.signature(extract).parameters.items() if name in RECIPE_OPTIONS}
 
 
 def extraction_options(config: dict, weights: str = "auto") -> dict:
     """The extract arguments (backbone, weights, layer, image_size, pool, layers, tta, decode, dicom_window,
-    dtype) that make the features `config` records. `weights` "auto": the recorded file or folder if it is
+    dtype, and the engine and precision of a reduced-precision CPU cache) that make the features `config` records. `weights` "auto": the recorded file or folder if it is
     still there, else imagenet. pool and layers are named only where the cache's identity names them
     (token models pooled otherwise than their own way): a CNN is never asked for a pool."""
     if weights == "auto":
@@ -40,7 +42,7 @@ def extraction_options(config: dict, weights: str = "auto") -> dict:
             "image_size": options.get("image_size"),
             "pool": None if own_pooling else options.get("pool"), "layers": None if own_pooling else options.get("layers"),
             "tta": config.get("tta", "none"), "decode": policy.mode, "dicom_window": policy.dicom_window,
-            "dtype": config.get("dtype", "float32")}
+            "dtype": config.get("dtype", "float32"), **Numerics.options_of(config.get("precision", "fp32"))}
 
 
 def extract_command(data, options: dict, *, cache_dir=None, output=None, **given) -> str:

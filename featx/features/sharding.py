@@ -94,12 +94,14 @@ def take_share(path: Path, rows: RowTable, batches: list[list[int]], pending: se
             {local[r] for r in mine if r in pending})
 
 
-def gather_shares(path: Path, rank: int, todo, done_before: int, known_problems: dict) -> tuple[int, list]:
-    """After every rank has written its shard: rank 0 merges them, and all ranks read the outcome,
-    (rows done by this run, (path, reason) of the rows it skipped)."""
+def gather_shares(path: Path, rank: int, todo, done_before: int, known_problems: dict,
+                  after_merge=lambda: None) -> tuple[int, list]:
+    """After every rank has written its shard: rank 0 merges them (then calls `after_merge`, alone with the
+    file), and all ranks read the outcome, (rows done by this run, (path, reason) of the rows it skipped)."""
     distributed.barrier()
     if rank == 0:
         merge_shards(path)
+        after_merge()
     distributed.barrier()
     merged = FeatureStore(path)
     done_now = int(merged.row_status()[0].sum()) - done_before

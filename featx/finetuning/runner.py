@@ -36,7 +36,7 @@ from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import check_options
 from .._core.paths import default_cache_dir, file_safe
-from .._core.runtime import (default_batch_size, default_workers, join_ranks, precision_for, resolve_device,
+from .._core.runtime import (default_batch_size, default_workers, join_ranks, resolve_device, training_precision,
                              speaking)
 from ..artifacts.format import build_sidecar, save_checkpoint_artifact
 from ..artifacts.model_card import write_model_card
@@ -50,6 +50,7 @@ from ..evaluation.metrics import evaluate, evaluate_with_intervals
 from ..features.identity import FeatureRecipe
 from ..evaluation.thresholds import parse_threshold, resolve_threshold, rule_name
 from ..models.backbones import Backbone, create_backbone
+from ..models.frozen import channels_last
 from ..models.network import FinetuneNetwork
 from ..models.weight_files import ResolvedWeights, weights_identity
 from ..models.weights import state_sha256
@@ -126,7 +127,9 @@ def finetune(
     sha1s = check_dataset_copies(ds)
     rank, n_ranks, device = join_ranks(device, gpu_backend="nccl")
     log, progress = speaking(rank, log or log_line, progress)
-    run = _set_up(config, ds, sha1s, resolve_device(device), workers, rank, n_ranks, out_dir, cache_dir, rows, log)
+    torch_device = resolve_device(device)
+    training_precision(torch_device, config.precision)  # refused before any work where the device cannot
+    run = _set_up(config, ds, sha1s, torch_device, workers, rank, n_ranks, out_dir, cache_dir, rows, log)
     _start(run, resume, log)
     return _finish(run, _train(run, progress, log), threshold, log)
 
@@ -245,7 +248,7 @@ def _training(config: FinetuneConfig, net: FinetuneNetwork, bb: Backbone, train_
     if n_ranks > 1 and device.type == "cuda":  # batch statistics over the global batch, as in one process
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(device)
-    if device.type == "cuda":
+    if channels_last(net, device):
         net = net.to(memory_format=torch.channels_last)
     weight = class_weights(train_labels, k) if config.class_weight == "balanced" else torch.ones(k)
     groups = backbone_groups(net.backbone, config.lr, config.weight_decay, config.layer_decay)
@@ -254,13 +257,14 @@ def _training(config: FinetuneConfig, net: FinetuneNetwork, bb: Backbone, train_
     steps_per_epoch = len(epoch_batches(n_train, batch_size, config.seed, 0))
     scheduler = make_scheduler(optimizer, config.schedule, config.epochs * steps_per_epoch,
                                [g["lr"] for g in optimizer.param_groups])
-    precision = precision_for(device)
+    precision = training_precision(device, config.precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "amp-fp16")
     average = WeightAverage(net, config.ema) if config.ema else None
     mixing = Mixing(config.mixup, config.cutmix, config.label_smoothing, k) if config.mixup or config.cutmix else None
     return Training(net, optimizer, scheduler, scaler, WeightedLoss(weight.to(device), config.label_smoothing),
                     Normalize(bb.data_config).to(device), device, precision, batch_size, workers, config.seed,
-                    config.clip_grad, trainer=net, average=average, mixing=mixing, tta=config.tta)
+                    config.clip_grad, trainer=net, average=average, mixing=mixing, tta=config.tta,
+                    channels_last=channels_last(net, device))
 
 
 def _start(run: _Run, resume: bool, log) -> None:
@@ -406,7 +410,7 @@ def _save(run: _Run, threshold, cut, metrics: dict, predictions: dict, train_sec
     write_curves(run.out, state["history"], log, state["best_epoch"])
     recipe = _recipe(bb, run.config)
     config = {**recipe.to_dict(), **bb.weights.record(), "backbone_options": bb.options(),
-              "precision": precision_for(run.training.device), "dtype": "float32", "data_root": str(run.ds.root),
+              "precision": run.training.precision, "dtype": "float32", "data_root": str(run.ds.root),
               "dataset_key": run.ds.key, "group_pattern": run.ds.group_pattern, "group_source": run.ds.group_source,
               "patients": run.ds.patients({s: list(r) for s, r in run.rows.items()})}
     features = feature_record(config, num_features=bb.num_features)

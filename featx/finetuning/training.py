@@ -84,7 +84,7 @@ class Training:
     loss: WeightedLoss
     normalize: Normalize
     device: torch.device
-    precision: str          # runtime.precision_for: amp-bf16, amp-fp16 or fp32
+    precision: str          # runtime.training_precision: amp-bf16, amp-fp16 or fp32
     batch_size: int         # the global batch
     workers: int
     seed: int
@@ -93,11 +93,12 @@ class Training:
     average: WeightAverage | None = None  # --ema: updated after every step
     mixing: Mixing | None = None          # --mixup / --cutmix
     tta: str = "none"                     # hflip: evaluation averages the logits of both views
+    channels_last: bool = False           # models.frozen.channels_last: the network's memory format
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """A uint8 batch as the network's input on the device (channels_last on CUDA)."""
+        """A uint8 batch as the network's input on the device, in the network's memory format."""
         x = self.normalize(images.to(self.device, non_blocking=True))
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 def wrap_for_ranks(net: nn.Module, device: torch.device) -> nn.Module:

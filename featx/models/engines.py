@@ -21,7 +21,7 @@ from .numerics import EXTRA, GRAPH_ENGINES, Numerics
 from .onnx_graph import graph_bytes, image_module
 
 AGREEMENT = 0.9999  # the least cosine to eager float32, on every image of the race, to share eager's cache
-RACE_SECONDS = 1.0  # timed calls per engine: at least 3, and until this long
+RACE_SECONDS = 0.5  # timed calls per engine: at least 2, and until this long
 
 
 def frozen_forward(model: torch.nn.Module, data_config: dict, device: torch.device, numerics: Numerics,
@@ -105,7 +105,7 @@ def race(model: torch.nn.Module, data_config: dict, probe: torch.Tensor, engines
             continue
         out = forward(probe)  # warm-up
         calls, started = 0, time.perf_counter()
-        while calls < 3 or time.perf_counter() - started < RACE_SECONDS:
+        while calls < 2 or time.perf_counter() - started < RACE_SECONDS:
             forward(probe)
             calls += 1
         rate = calls * len(probe) / (time.perf_counter() - started)

@@ -121,6 +121,12 @@ def _difference(a: nn.Module, b: nn.Module, input_size) -> float:
         return _relative(a(x), b(x))
 
 
+def channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Whether `model` runs faster channels-last on `device`: a CNN (a ViT has one convolution), not on MPS.
+    On this CPU Lite0's forward runs 1.75x faster so, its training step 1.3x."""
+    return device.type != "mps" and sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
 class FrozenForward:
     """uint8 N×3×H×W batch on the device -> float32 outputs (numpy), as fast as the device allows.
 
@@ -138,8 +144,7 @@ class FrozenForward:
         if problem:
             log(problem)
         self.model = model.to(device)
-        convolutions = sum(isinstance(m, nn.Conv2d) for m in model.modules())
-        self.channels_last = device.type != "mps" and convolutions > 1
+        self.channels_last = channels_last(model, device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.normalize = Normalize(data_config).to(device)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .._core.accelerators import cpu_has_bf16
 from .._core.errors import FeatxError
-from .._core.options import check_choice
+from .._core.options import CHOICES, check_choice
 
 GRAPH_ENGINES = ("openvino", "onnxruntime")  # run an ONNX graph of the model, on the CPU
 EXTRA = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "export")}  # engine -> (module, extra)
@@ -60,6 +60,16 @@ class Numerics:
         if self.precision == "fp32" or self.device != "cpu":
             return self.precision
         return f"{self.engine}-{self.precision}"
+
+    @staticmethod
+    def options_of(identity: str | None) -> dict:
+        """The extract options (engine, precision) that make a cache whose precision is `identity`: "auto" for
+        float32 and a GPU's autocast (what they mean by default), the engine and bf16 for a CPU's bfloat16."""
+        identity = identity or "fp32"  # records from before precision was recorded
+        engine, _, precision = identity.rpartition("-")
+        if identity in ("fp32", "amp-bf16", "amp-fp16") or engine not in CHOICES["engine"]:
+            return {"engine": "auto", "precision": "auto"}
+        return {"engine": engine, "precision": precision}
 
     def autocast(self) -> str:
         """The precision torch's own engines run at (runtime.autocast): fp32, amp-bf16 or amp-fp16."""

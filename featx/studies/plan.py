@@ -241,7 +241,8 @@ class Plan:
         """The backbone's cache as the study extracts it (extract's defaults), when complete for these images."""
         return finished_cache(self.ds, backbone, weights=self.spec.weights, layer=DEFAULTS["layer"],
                               variant=feature_variant(), tta=DEFAULTS["tta"], decode=DEFAULTS["decode"],
-                              dtype=DEFAULTS["dtype"], numerics=Numerics.asked("cpu"), cache_dir=self.cache_dir)
+                              dtype=DEFAULTS["dtype"], numerics=Numerics.asked("cpu", "auto", self.spec.precision),
+                              cache_dir=self.cache_dir)
 
     def _extract_seconds(self, backbone: str) -> float:
         return len(self.ds) / self.throughput.images_per_second("extract", backbone)

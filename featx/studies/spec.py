@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .._core.errors import FeatxError
-from .._core.options import check_number
+from .._core.options import check_choice, check_number
 from ..evaluation.thresholds import parse_threshold
 from ..finetuning.config import FinetuneConfig
 from ..heads.adaptation import ADAPTATIONS
@@ -60,6 +60,7 @@ class StudySpec:
     target_group_pattern: str | None = None
     adapt: tuple[str, ...] = ()
     target_sizes: tuple[int, ...] | None = None  # site labels per transfer curve point (studies.site_transfer)
+    precision: str = "auto"  # of the extracted features (extract --precision): bf16 is a cache of its own
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -89,6 +90,7 @@ class StudySpec:
             check_number(_FLAGS.get(name, name), getattr(self, name), integer=integer, low=low, high=high, open_low=not integer,
                          open_high=not integer, optional=optional)
         set_("threshold", parse_threshold(self.threshold))
+        check_choice("precision", self.precision)
         if self.eval_split not in (None, "test", "val"):
             raise FeatxError(f"--eval-split must be test or val, not {self.eval_split!r}")
         if not isinstance(self.weights, str):

@@ -124,7 +124,7 @@ class StudyRun(Plan):
         before = self.finished.get(backbone)  # as planned: the files were checked once, there
         started = time.perf_counter()
         store = extract(self.ds, backbone, weights=self.spec.weights, cache_dir=self.cache_dir, workers=self.workers,
-                        progress=progress, log=log)  # the study's Dataset: listed once
+                        precision=self.spec.precision, progress=progress, log=log)  # the study's Dataset: listed once
         if before is None and store.n_rows >= 32:
             self.throughput.record("extract", backbone, store.n_rows / (time.perf_counter() - started))
         pool = Pool(store, "train", self.evaluate_on)
