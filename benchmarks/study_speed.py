@@ -30,6 +30,8 @@ import featx.finetuning.runner as runner
 def before():
     """Extraction by eager, and fine-tunes in NCHW, as featx ran them before."""
     import featx.features.extraction as extraction
+    import featx.features.recipe  # noqa: F401  (reads extract's signature once, before it is wrapped)
+    import featx.studies.plan  # noqa: F401
 
     rule, real = runner.channels_last, extraction.extract
     runner.channels_last = lambda net, device: device.type == "cuda" and rule(net, device)
@@ -43,12 +45,23 @@ def before():
 def run(data: Path, args, precision: str, out: Path) -> tuple[float, object]:
     options = dict(backbones=["efficientnet_lite0", "dinov2_vits14"], heads=["logreg", "lightgbm"],
                    finetune=["efficientnet_lite0"], train_sizes=args.sizes, finetune_sizes=args.finetune_sizes,
-                   repeats=args.repeats, eval_split="val", precision=precision, n_boot=200,
+                   repeats=args.repeats, eval_split="val", val_fraction=0.25, precision=precision, n_boot=200,
                    finetune_options={"epochs": args.epochs})
     start = time.perf_counter()
     result = featx.study(data, out=out, cache_dir=out.parent / f"cache-{out.name}", report=False, progress=False,
                          log=lambda m: None, **options)
     return time.perf_counter() - start, result
+
+
+def manifest(src: Path, limit: int, out: Path) -> Path:
+    """A CSV manifest (path,label) of `limit` images of `src`, spread evenly over its sorted files (names keep
+    their patients, so the validation cut is by patient)."""
+    files = sorted(p for p in src.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    step = len(files) / limit
+    chosen = [files[int(i * step)] for i in range(limit)]
+    path = out / "subset.csv"
+    path.write_text("path,label\n" + "".join(f"{f},{f.parent.name}\n" for f in chosen))
+    return path
 
 
 def main():
@@ -60,15 +73,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from finetune_speed import manifest
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = manifest(args.data, args.limit - args.limit // 4, args.limit // 4, tmp)
-        print(f"{args.limit} images of {args.data} ({args.limit // 4} validation); sizes {args.sizes}, fine-tunes "
+        data = manifest(Path(args.data), args.limit, tmp)
+        print(f"{args.limit} images of {args.data} (a quarter cut by patient for validation); sizes {args.sizes}, fine-tunes "
               f"at {args.finetune_sizes} for {args.epochs} epochs, {args.repeats} repeats")
         with before():
             seconds_before, result_before = run(data, args, "auto", tmp / "before")

@@ -140,6 +140,9 @@ def test_bfloat16_on_a_cpu_trains_a_run_of_its_own_that_resumes_exactly(data, tm
     whole = tune(data, epochs=2, precision="bf16")
     assert whole.artifact.parent != fp32.artifact.parent  # a run of its own, never resumed from a float32 one
     assert featx.load(whole.artifact).info["features"]["config"]["precision"] == "amp-bf16"
+    from featx.artifacts.sidecar import Sidecar
+
+    assert Sidecar.from_json(featx.load(whole.artifact).info).method.label == f"{TINY} fine-tune [64 px, bf16]"
     assert featx.load(fp32.artifact).info["features"]["config"]["precision"] == "fp32"
     a, b = torch.load(whole.artifact, weights_only=True), torch.load(fp32.artifact, weights_only=True)
     assert any(not torch.equal(a[k], b[k]) for k in a)

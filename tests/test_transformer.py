@@ -12,6 +12,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 
 import featx
+from featx._core.accelerators import cpu_has_bf16
 
 from conftest import TINY, make_folder
 
@@ -56,6 +57,15 @@ def test_cache_of_other_weights_is_not_used(images, tmp_path):
     root, paths, _ = images
     featx.extract(root, TINY, weights="random", batch_size=4, workers=0, progress=False, tta="hflip")
     fe = extractor()  # tta none: the hflip cache was made differently
+    fe.transform(paths)
+    assert fe.n_cached_ == 0
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bfloat16")
+def test_a_bfloat16_cache_is_not_read_as_float32_features(images):
+    root, paths, _ = images
+    featx.extract(root, TINY, weights="random", batch_size=4, workers=0, progress=False, precision="bf16")
+    fe = extractor()
     fe.transform(paths)
     assert fe.n_cached_ == 0
 

@@ -4,7 +4,7 @@ The first large run of a recipe on a machine races the installed engines on one 
 (models.engines.race) and keeps the fastest whose features agree with eager float32 to cosine 0.9999
 on every one of them; the outcome is remembered in `<cache>/engines.json`, per CPU, thread count,
 recipe, batch size and library versions, so later runs build only the winner. torch.compile is not raced
-(a compile of tens of seconds for 1.0–1.2× on CPUs): name `--engine compile` for it. Runs of fewer than
+(a compile of tens of seconds each run): name `--engine compile` for it. Runs of fewer than
 AUTO_MIN_IMAGES images, and runs on a GPU, use eager: a race could not pay for itself.
 """
 

@@ -105,7 +105,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return self._backbone
 
     def _from_cache(self, paths: list[str], bb, policy) -> dict[int, np.ndarray]:
-        """Row index -> cached features, for files whose bytes a cache of the same recipe already holds."""
+        """Row index -> cached features, for files whose bytes a cache of the same recipe and precision holds."""
+        from .._core.runtime import resolve_device
+        from .computing import reproducing
         from .identity import FeatureRecipe
         from .store import find_caches
 
@@ -114,7 +116,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         where = default_cache_dir() if self.cache == "auto" else Path(self.cache)
         if self.cache != "auto" and not where.exists():
             raise FeatxError(f"no feature cache at {where}")
-        stores = find_caches(where, FeatureRecipe.of(bb.identity(), tta=self.tta, decode=policy).to_dict())
+        numbers = reproducing(resolve_device(self.device), "fp32").identity()  # what it computes itself
+        stores = [s for s in find_caches(where, FeatureRecipe.of(bb.identity(), tta=self.tta, decode=policy).to_dict())
+                  if s.config.get("precision", "fp32") == numbers]  # never a bfloat16 row among float32 ones
         found: dict[int, np.ndarray] = {}
         if stores:
             wanted: dict[str, list[int]] = {}

@@ -128,7 +128,7 @@ def finetune(
     rank, n_ranks, device = join_ranks(device, gpu_backend="nccl")
     log, progress = speaking(rank, log or log_line, progress)
     torch_device = resolve_device(device)
-    training_precision(torch_device, config.precision)  # refused before any work where the device cannot
+    training_precision(torch_device, config.precision)  # bf16 where this device has none: refused before any work
     run = _set_up(config, ds, sha1s, torch_device, workers, rank, n_ranks, out_dir, cache_dir, rows, log)
     _start(run, resume, log)
     return _finish(run, _train(run, progress, log), threshold, log)
