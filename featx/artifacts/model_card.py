@@ -155,7 +155,7 @@ def _yaml(text) -> str:
 
 def _numbers(config: dict, sidecar: Sidecar) -> str:
     """A head on a CPU's bfloat16 features says so, and what featx computes where that cannot run."""
-    wanted = Numerics.options_of(config.get("precision") or "fp32")
+    wanted = Numerics.options(config.get("compute"))
     if sidecar.finetuned or wanted["precision"] == "auto":
         return ""
     return (f"; features in {wanted['precision']} by {wanted['engine']} (featx computes them so on a CPU with native "

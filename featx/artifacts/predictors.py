@@ -128,7 +128,7 @@ class ImageClassifier(_SavedModel):
         bb = self.backbone(weights)
         return compute_features(bb, list(paths), device=device, batch_size=batch_size, workers=workers,
                                 tta=self.feature_recipe.tta, policy=self.decode_policy,
-                                precision=self.feature_config.get("precision") or "fp32", progress=progress)
+                                compute=self.feature_config.get("compute"), progress=progress)
 
     def image_proba(self, paths, **kwargs) -> tuple[np.ndarray, list]:
         """(probabilities with NaN rows for unreadable images, reason-or-None per image)."""

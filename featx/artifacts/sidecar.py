@@ -16,7 +16,7 @@ from ..models.numerics import Numerics
 KINDS = ("head", "finetune")
 CLEANED = "cleaned"  # a study's labels drawn without the images --exclude names (MethodId.labels)
 # What a sidecar keeps of its features' config: the recipe, and facts for people and for rebuilding the backbone.
-RECORDED = ("recipe_version", *FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "dtype", "data_root",
+RECORDED = ("recipe_version", *FEATURE_IDENTITY, "weights_source", "weights_kind", "backbone_options", "precision", "compute", "dtype", "data_root",
             "dataset_key", "group_pattern", "group_source", "patients")  # groups: how patients were kept together (model cards)
 
 
@@ -117,7 +117,7 @@ class Sidecar:
                                                started_from=info.get("started_from")), calibrated_at=calibrated_at,
                              adapted=adapted)
         else:
-            numbers = Numerics.options_of(config.get("precision") or "fp32")  # a CPU's bf16 names itself
+            numbers = Numerics.options(config.get("compute"))  # a CPU's bfloat16 names itself
             variant = recipe.variant(image_size) + ((f"{numbers['engine']} {numbers['precision']}",)
                                                     if numbers["precision"] != "auto" else ())
             method = MethodId(config["backbone"], info["head"], variant, bool(info.get("out_of_core")),

@@ -80,8 +80,8 @@ def _recipe(ds: Dataset, bb: Backbone, device: torch.device, *, tta, dtype, poli
     identity = FeatureRecipe.of(bb.identity(), tta=tta, decode=policy).cache_identity(
         precision=numerics.identity(), dtype=dtype)
     versions = package_versions("torch", "timm")
-    config = {**identity, "config_hash": identity_hash(identity), **bb.weights.record(),
-              "backbone_options": bb.options(), "data_root": str(ds.root), "dataset_key": ds.key,
+    config = {**identity, "config_hash": identity_hash(identity), "compute": numerics.recipe(),
+              **bb.weights.record(), "backbone_options": bb.options(), "data_root": str(ds.root), "dataset_key": ds.key,
               "device": str(device), "group_pattern": ds.group_pattern, "data_source": ds.source,
               "patients": ds.patients(),
               **({"group_source": ds.group_source} if ds.group_source else {}),
@@ -250,7 +250,7 @@ def _forward_batches(forward: FrozenForward, data_config: dict, root: Path, path
 
 def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, *, device: str = "auto",
                   batch_size: int | str | None = None, workers: int | None = None, tta: str = "none",
-                  policy: DecodePolicy | None = None, root=None, precision: str = "fp32",
+                  policy: DecodePolicy | None = None, root=None, compute: dict | None = None,
                   progress: bool = False) -> tuple[np.ndarray, list[str | None], list[str]]:
     """A frozen `model`'s `width` outputs for arbitrary image files, in memory, as `extract` computes them.
 
@@ -258,8 +258,8 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     of each file's bytes). `policy` (default: pil, the default DICOM window): how files become pixels;
     its mode "device" decodes on `device`. With `root`, `paths` are relative to it, as in a cache: a
     corruption draws its randomness from the relative path, so a network and a cache see the same pixels.
-    `precision`: the cache precision whose numbers to reproduce (a head's training features): a CPU's
-    bfloat16 by its engine where this machine runs it (reproducing), else float32 (autocast on a GPU).
+    `compute`: the recorded "compute" (Numerics.recipe) of features to reproduce (a head's training features):
+    a CPU's bfloat16 by its engine where this machine runs it (`reproducing`), else float32 (autocast on a GPU).
     """
     check_options(tta=tta, device=device)
     batch_size = check_batch_size(batch_size)
@@ -268,9 +268,9 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     if policy.mode == "device":
         policy = DecodePolicy.for_run("device", torch_device, dicom_window=policy.dicom_window,
                                       corruption=policy.corruption)
-    numerics = reproducing(torch_device, precision)
-    batch_size = batch_size_for(batch_size, model, data_config, torch_device, numerics, tta, silent)
-    forward = frozen_forward(model, data_config, torch_device, numerics, tta, batch_size)
+    numbers = reproducing(torch_device, compute)
+    batch_size = batch_size_for(batch_size, model, data_config, torch_device, numbers, tta, silent)
+    forward = frozen_forward(model, data_config, torch_device, numbers, tta, batch_size)
     workers = (0 if len(paths) <= batch_size else default_workers(torch_device)) if workers is None else workers
     if root is None:
         root, paths = Path("/"), [str(Path(p).expanduser().absolute()) for p in paths]
@@ -291,10 +291,10 @@ def run_on_images(model: torch.nn.Module, data_config: dict, width: int, paths, 
     return out, reasons, sha1
 
 
-def reproducing(device: torch.device, precision: str) -> Numerics:
-    """The numerics that compute features as a cache of `precision` holds them, on `device`: a CPU's bfloat16 by
-    its engine where this machine has both, else float32 on a CPU and autocast on a GPU."""
-    wanted = Numerics.options_of(precision or "fp32")
+def reproducing(device: torch.device, recipe: dict | None) -> Numerics:
+    """The numerics that compute features as a cache whose numerics `recipe` records holds them, on `device`: a
+    CPU's bfloat16 by its engine where this machine has both, else float32 on a CPU and autocast on a GPU."""
+    wanted = Numerics.options(recipe)
     if wanted["precision"] != "auto" and device.type == "cpu":
         try:
             return Numerics.asked("cpu", wanted["engine"], wanted["precision"])

@@ -42,7 +42,7 @@ def extraction_options(config: dict, weights: str = "auto") -> dict:
             "image_size": options.get("image_size"),
             "pool": None if own_pooling else options.get("pool"), "layers": None if own_pooling else options.get("layers"),
             "tta": config.get("tta", "none"), "decode": policy.mode, "dicom_window": policy.dicom_window,
-            "dtype": config.get("dtype", "float32"), **Numerics.options_of(config.get("precision", "fp32"))}
+            "dtype": config.get("dtype", "float32"), **Numerics.options(config.get("compute"))}
 
 
 def extract_command(data, options: dict, *, cache_dir=None, output=None, **given) -> str:

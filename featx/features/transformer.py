@@ -116,7 +116,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         where = default_cache_dir() if self.cache == "auto" else Path(self.cache)
         if self.cache != "auto" and not where.exists():
             raise FeatxError(f"no feature cache at {where}")
-        numbers = reproducing(resolve_device(self.device), "fp32").identity()  # what it computes itself
+        numbers = reproducing(resolve_device(self.device), None).identity()  # what it computes itself
         stores = [s for s in find_caches(where, FeatureRecipe.of(bb.identity(), tta=self.tta, decode=policy).to_dict())
                   if s.config.get("precision", "fp32") == numbers]  # never a bfloat16 row among float32 ones
         found: dict[int, np.ndarray] = {}

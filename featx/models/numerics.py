@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .._core.accelerators import cpu_has_bf16
 from .._core.errors import FeatxError
-from .._core.options import CHOICES, check_choice
+from .._core.options import check_choice
 
 GRAPH_ENGINES = ("openvino", "onnxruntime")  # run an ONNX graph of the model, on the CPU
 EXTRA = {"openvino": ("openvino", "openvino"), "onnxruntime": ("onnxruntime", "export")}  # engine -> (module, extra)
@@ -61,15 +61,18 @@ class Numerics:
             return self.precision
         return f"{self.engine}-{self.precision}"
 
+    def recipe(self) -> dict:
+        """What a cache (and a head's sidecar) records of these numerics, under "compute": the precision, and the
+        engine where the features depend on it (a CPU's bfloat16; None for float32 and a GPU's autocast)."""
+        return {"precision": self.precision, "engine": None if self.identity() == self.precision else self.engine}
+
     @staticmethod
-    def options_of(identity: str | None) -> dict:
-        """The extract options (engine, precision) that make a cache whose precision is `identity`: "auto" for
-        float32 and a GPU's autocast (what they mean by default), the engine and bf16 for a CPU's bfloat16."""
-        identity = identity or "fp32"  # records from before precision was recorded
-        engine, _, precision = identity.rpartition("-")
-        if identity in ("fp32", "amp-bf16", "amp-fp16") or engine not in CHOICES["engine"]:
+    def options(recipe: dict | None) -> dict:
+        """The extract options (engine, precision) that make a cache whose `recipe` is recorded (None: a cache from
+        before engines, float32 or autocast): auto for float32 and autocast, else the engine and precision."""
+        if not recipe or recipe.get("engine") is None:
             return {"engine": "auto", "precision": "auto"}
-        return {"engine": engine, "precision": precision}
+        return {"engine": recipe["engine"], "precision": recipe["precision"]}
 
     def autocast(self) -> str:
         """The precision torch's own engines run at (runtime.autocast): fp32, amp-bf16 or amp-fp16."""
