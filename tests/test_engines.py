@@ -9,12 +9,13 @@ import pytest
 from click.testing import CliRunner
 
 import featx
+from featx._core import accelerators
 from featx._core.accelerators import cpu_has_bf16
 from featx.artifacts.model_card import card_path
 from featx.artifacts.sidecar import Sidecar
 from featx.cli import main
 from featx.features import engine_choice
-from featx.models import engines, numerics
+from featx.models import engines
 
 from conftest import TINY, make_folder, one_line_error
 
@@ -116,7 +117,7 @@ def test_engines_and_precisions_refuse_in_one_line_before_any_work(folder, monke
         one_line_error(run(*base, "--engine", "openvino", "--device", "cuda"))
     assert "onnxruntime has no bfloat16 kernels" in \
         one_line_error(run(*base, "--engine", "onnxruntime", "--precision", "bf16", "--device", "cpu"))
-    monkeypatch.setattr(numerics, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(accelerators, "cpu_has_bf16", lambda: False)
     assert "--precision bf16 needs a CPU that computes in bfloat16 natively" in \
         one_line_error(run(*base, "--precision", "bf16", "--device", "cpu"))
     real = importlib.util.find_spec

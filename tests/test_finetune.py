@@ -159,9 +159,9 @@ def test_bfloat16_on_a_cpu_trains_a_run_of_its_own_that_resumes_exactly(data, tm
 
 
 def test_bfloat16_is_refused_in_one_line_on_a_cpu_without_it(data, monkeypatch):
-    from featx._core import runtime
+    from featx._core import accelerators
 
-    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(accelerators, "cpu_has_bf16", lambda: False)
     error = one_line_error(run("finetune", "--data", data, "--backbone", TINY, "--weights", "random", "--device",
                                "cpu", "--val-fraction", "0.25", "--precision", "bf16", "--no-progress"))
     assert "--precision bf16 needs a CPU that computes in bfloat16 natively" in error

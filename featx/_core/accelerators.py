@@ -6,6 +6,8 @@ import glob
 import os
 import sys
 
+from .errors import FeatxError
+
 
 def surely_cpu_only() -> bool:
     """True when device "auto" can only mean the CPU: no NVIDIA, ROCm or WSL GPU device files, not macOS
@@ -26,3 +28,10 @@ def cpu_has_bf16() -> bool:
     except OSError:
         return False
     return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def require_cpu_bf16() -> None:
+    """One line, where this CPU would only emulate bfloat16 (slower than float32)."""
+    if not cpu_has_bf16():
+        raise FeatxError("--precision bf16 needs a CPU that computes in bfloat16 natively (AVX512-BF16 or AMX on "
+                         "x86, BF16 on Arm); this one would emulate it, slower than float32: use fp32")

@@ -11,7 +11,7 @@ import os
 import torch
 
 from . import distributed
-from .accelerators import cpu_has_bf16
+from . import accelerators
 from .console import silent
 from .errors import FeatxError
 from .options import check_device
@@ -61,9 +61,8 @@ def training_precision(device: torch.device, asked: str = "auto") -> str:
     only where it computes in bfloat16 natively (emulated, it would be slower than float32)."""
     if asked == "auto":
         return precision_for(device)
-    if asked == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        raise FeatxError("--precision bf16 needs a CPU that computes in bfloat16 natively (AVX512-BF16 or AMX on "
-                         "x86, BF16 on Arm); this one would emulate it, slower than float32: use fp32")
+    if asked == "bf16" and device.type == "cpu":
+        accelerators.require_cpu_bf16()
     if asked == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise FeatxError("--precision bf16: this GPU has no bfloat16; use auto (float16 autocast) or fp32")
     return "amp-bf16" if asked == "bf16" else "fp32"

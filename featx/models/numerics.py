@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from .._core.accelerators import cpu_has_bf16
+from .._core import accelerators
 from .._core.errors import FeatxError
 from .._core.options import check_choice
 
@@ -39,9 +39,8 @@ class Numerics:
             precision = "fp32" if cpu else device_amp
         elif precision == "bf16" and not cpu:
             precision = "amp-bf16"
-        elif precision == "bf16" and not cpu_has_bf16():
-            raise FeatxError("--precision bf16 needs a CPU that computes in bfloat16 natively (AVX512-BF16 or AMX on "
-                             "x86, BF16 on Arm); this one would emulate it, slower than float32: use fp32")
+        elif precision == "bf16":
+            accelerators.require_cpu_bf16()
         if engine in GRAPH_ENGINES:
             _installed(engine)
             if not cpu:
