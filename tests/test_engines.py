@@ -137,9 +137,11 @@ def test_a_study_at_bfloat16_extracts_its_pool_and_its_target_site_at_that_preci
     plain = run(*args, "--out", tmp_path / "fp32")
     reduced = run(*args, "--out", tmp_path / "bf16", "--precision", "bf16")
     assert plain.exit_code == 0 and reduced.exit_code == 0, reduced.output
+    engine = "openvino" if importlib.util.find_spec("openvino") else "eager"
+    assert f"{TINY} [{engine} bf16] + logreg" in reduced.output
+    assert f"{TINY} + logreg" in plain.output and "bf16" not in plain.output
     caches = {featx.FeatureStore(p).config["precision"] for p in (tmp_path / "cache").rglob("*.h5")}
-    expected = "openvino-bf16" if importlib.util.find_spec("openvino") else "eager-bf16"
-    assert caches == {"fp32", expected}  # pool and site, each at both precisions: never mixed
+    assert caches == {"fp32", f"{engine}-bf16"}  # pool and site, each at both precisions: never mixed
     assert len(list((tmp_path / "cache").rglob("*.h5"))) == 4
     units = {p.name for p in (tmp_path / "fp32" / "units").glob("*.json")}
     assert units and not units & {p.name for p in (tmp_path / "bf16" / "units").glob("*.json")}

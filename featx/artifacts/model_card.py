@@ -156,7 +156,7 @@ def _yaml(text) -> str:
 def _numbers(config: dict, sidecar: Sidecar) -> str:
     """A head on a CPU's bfloat16 features says so, and what featx computes where that cannot run."""
     wanted = Numerics.options(config.get("compute"))
-    if sidecar.finetuned or wanted["precision"] == "auto":
+    if sidecar.finetuned or not Numerics.words(config.get("compute")):
         return ""
     return (f"; features in {wanted['precision']} by {wanted['engine']} (featx computes them so on a CPU with native "
             "bfloat16 and that engine, else in float32, slightly differently; the ONNX export computes float32)")

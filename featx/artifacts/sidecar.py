@@ -117,9 +117,7 @@ class Sidecar:
                                                started_from=info.get("started_from")), calibrated_at=calibrated_at,
                              adapted=adapted)
         else:
-            numbers = Numerics.options(config.get("compute"))  # a CPU's bfloat16 names itself
-            variant = recipe.variant(image_size) + ((f"{numbers['engine']} {numbers['precision']}",)
-                                                    if numbers["precision"] != "auto" else ())
+            variant = recipe.variant(image_size) + Numerics.words(config.get("compute"))  # a CPU's bf16 says so
             method = MethodId(config["backbone"], info["head"], variant, bool(info.get("out_of_core")),
                               adapted=adapted, calibrated_at=calibrated_at)
         return cls(kind, method, recipe, tuple(info["classes"]), info.get("threshold"), image_size,

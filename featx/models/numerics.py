@@ -73,6 +73,13 @@ class Numerics:
             return {"engine": "auto", "precision": "auto"}
         return {"engine": recipe["engine"], "precision": recipe["precision"]}
 
+    @staticmethod
+    def words(recipe: dict | None) -> tuple[str, ...]:
+        """How features of this recorded `recipe` ("compute") name themselves in a method's name: ("openvino
+        bf16",) for a CPU's bfloat16, () for float32 and a GPU's autocast."""
+        wanted = Numerics.options(recipe)
+        return () if wanted["precision"] == "auto" else (f"{wanted['engine']} {wanted['precision']}",)
+
     def autocast(self) -> str:
         """The precision torch's own engines run at (runtime.autocast): fp32, amp-bf16 or amp-fp16."""
         return "amp-bf16" if self.precision == "bf16" else self.precision

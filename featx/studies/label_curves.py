@@ -15,6 +15,7 @@ import numpy as np
 
 from .._core.errors import FeatxError
 from ..artifacts.sidecar import MethodId
+from ..models.numerics import Numerics
 from ..data.budgets import Budget, label_budgets
 from ..evaluation.folds import TooFewGroups
 from ..evaluation.significance import bootstrap_auc_ci, point_metrics
@@ -56,7 +57,8 @@ class Curve:
         self.rule = check_threshold(threshold, len(pool.store.classes))
         self.X, self.y, self.groups = pool.X, pool.y, pool.groups
         self.X_eval, self.y_eval = pool.X_eval, pool.y_eval
-        self.method = MethodId(pool.store.config["backbone"], self.name)
+        self.method = MethodId(pool.store.config["backbone"], self.name,
+                               Numerics.words(pool.store.config.get("compute")))
 
     def budgets(self, sizes, repeats: int) -> list[Budget]:
         return label_budgets(self.y, self.groups, sizes, repeats=repeats, seed=self.seed, classes=self.store.classes)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._core.accelerators import surely_cpu_only
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import feature_variant
@@ -30,10 +31,10 @@ from ..data.leakage import check_dataset_copies
 from ..evaluation.sets import EvaluationSet, evaluation_split
 from ..features.recipe import DEFAULTS
 from ..features.reuse import finished_cache
-from ..models.numerics import Numerics
 from ..features.target import Target, TargetListing
 from ..finetuning.config import FinetuneConfig
 from ..heads.selection import SELECTION_RULES
+from ..models.numerics import Numerics
 from ..models.weight_files import weights_identity
 from .estimates import Throughput
 from .spec import StudySpec
@@ -184,7 +185,7 @@ class Plan:
             images = store_images(store, self.evaluate_on) if store else None
             for head, adapted, (source, budgets) in self._fit_methods():
                 for budget in budgets:
-                    method = MethodId(backbone, head, labels=source, adapted=adapted)
+                    method = MethodId(backbone, head, self._compute_words(), labels=source, adapted=adapted)
                     key = self.fit_key(store, images, method, budget) if store else None
                     done = key is not None and (self.out / "units" / f"{key}.json").is_file()
                     seconds = None if done else self.throughput.fit_seconds(head, budget.n or budget.n_images)
@@ -243,6 +244,12 @@ class Plan:
                               variant=feature_variant(), tta=DEFAULTS["tta"], decode=DEFAULTS["decode"],
                               dtype=DEFAULTS["dtype"], numerics=Numerics.asked("cpu", "auto", self.spec.precision),
                               cache_dir=self.cache_dir)
+
+    def _compute_words(self) -> tuple[str, ...]:
+        """How the study's features name themselves in its methods, as extract will make them: a CPU's bfloat16
+        by its engine; nothing for float32, or for a GPU's autocast."""
+        kind = "cpu" if surely_cpu_only() else "gpu"
+        return Numerics.words(Numerics.asked(kind, "auto", self.spec.precision, "amp-bf16").recipe())
 
     def _extract_seconds(self, backbone: str) -> float:
         return len(self.ds) / self.throughput.images_per_second("extract", backbone)
