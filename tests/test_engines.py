@@ -71,6 +71,9 @@ def test_bfloat16_is_a_recipe_of_its_own_per_engine_close_to_float32(tmp_path, f
     assert np.abs(from_images - models[1].predict_proba(X)).max() > 1e-4
     assert f"features in bf16 by {engine}" in card_path(artifacts[1]).read_text()
     assert "features in" not in card_path(artifacts[0]).read_text()
+    if importlib.util.find_spec("onnx"):
+        said = one_line_error(run("export", "--model", artifacts[1], "--out", folder.parent / "m.onnx"))
+        assert f"was trained on features in {engine} bf16; an ONNX graph computes float32 ones" in said
 
 
 @pytest.mark.skipif(not any(importlib.util.find_spec(e) for e in ("openvino", "onnxruntime")),

@@ -159,7 +159,7 @@ def _numbers(config: dict, sidecar: Sidecar) -> str:
     if sidecar.finetuned or not Numerics.words(config.get("compute")):
         return ""
     return (f"; features in {wanted['precision']} by {wanted['engine']} (featx computes them so on a CPU with native "
-            "bfloat16 and that engine, else in float32, slightly differently; the ONNX export computes float32)")
+            "bfloat16 and that engine, else in float32, which changes its probabilities; featx export refuses it)")
 
 
 def _details(info: dict, sidecar: Sidecar) -> str:

@@ -25,6 +25,7 @@ from ..artifacts.format import pending_path, predictions_path, sidecar_path
 from ..artifacts.model_card import card_path, choice_path, use_path
 from ..artifacts.predictors import FineTunedClassifier, load
 from ..evaluation.decision import DecisionRule
+from ..models.numerics import Numerics
 from . import graphs
 
 FORMATS = ("onnx",)
@@ -54,6 +55,11 @@ def export(model, *, format: str = "onnx", out=None, trust_pickle: bool = False,
         raise FeatxError(f"{source.name} rescales its probabilities for {loaded.local.site} "
                          f"({loaded.local.scaling.describe()}), which the ONNX graph cannot carry yet; export a "
                          "version calibrated with --scaling none")
+    words = Numerics.words(loaded.feature_config.get("compute"))  # a fine-tune records none
+    if words:
+        raise FeatxError(f"{source.name} was trained on features in {words[0]}; an ONNX graph computes float32 ones, "
+                         "which change its probabilities: fit the head on float32 features (featx extract --precision "
+                         "fp32) to export it")
     out = Path(out) if out else source.with_suffix(".onnx")
     recipe_path = out.with_name(out.stem + ".preprocess.json")
     check_targets(source, out, recipe_path)
