@@ -256,12 +256,12 @@ def main():
         return baseline(args.baseline, str(args.data), args.backbone, args.out)
     import torch
 
-    from featx._core.accelerators import cpu_has_bf16
+    from featx._core.accelerators import cpu_has_bf16, cpu_name
 
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         n = subset(args.data, args.limit, data)
-        print(f"{n} images from {args.data}; CPU: {_cpu()}, {os.cpu_count()} cores, native bf16: {cpu_has_bf16()}, "
+        print(f"{n} images from {args.data}; CPU: {cpu_name()}, {os.cpu_count()} cores, native bf16: {cpu_has_bf16()}, "
               f"torch {torch.__version__}")
         peak = peak_gflops()
         for backbone in args.backbone.split(","):
@@ -278,12 +278,6 @@ def subset(src: Path, limit: int, dst: Path) -> int:
         for i in np.linspace(0, len(files) - 1, round(limit * len(files) / total)).astype(int):
             (dst / name / files[i].name).symlink_to(files[i].resolve())
     return sum(1 for _ in dst.rglob("*.*"))
-
-
-def _cpu() -> str:
-    from featx.features.engine_choice import cpu_name
-
-    return cpu_name()
 
 
 if __name__ == "__main__":

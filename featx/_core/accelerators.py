@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import platform
 import sys
 
 from .errors import FeatxError
@@ -18,16 +19,28 @@ def surely_cpu_only() -> bool:
                                                      or os.path.exists("/dev/dxg"))
 
 
+def _cpuinfo() -> str:
+    """The start of /proc/cpuinfo ("" where there is none: not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return info.read(200_000)
+    except OSError:
+        return ""
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, Arm's BF16 extension), read
     from /proc/cpuinfo without torch; False where that cannot be read (then bfloat16 would be emulated, slower
     than float32)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            words = set(info.read(200_000).split())
-    except OSError:
-        return False
-    return bool(words & {"avx512_bf16", "amx_bf16", "bf16"})
+    return bool(set(_cpuinfo().split()) & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (else the platform's)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def require_cpu_bf16() -> None:

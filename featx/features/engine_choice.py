@@ -13,11 +13,11 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
-import platform
 from pathlib import Path
 
 import torch
 
+from .._core.accelerators import cpu_name
 from .._core.atomic import write_text_atomic
 from .._core.hashing import record_hash
 from .._core.versions import installed_version
@@ -70,17 +70,6 @@ def chosen_forward(model: torch.nn.Module, data_config: dict, device: torch.devi
 
 def _rates(outcome: dict) -> str:
     return ", ".join(f"{e} {r:.0f} img/s" for e, r in outcome["images_per_s"].items())
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _read(path: Path) -> dict:

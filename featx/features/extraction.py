@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._core.accelerators import surely_cpu_only
 from .._core.console import log_line
 from .._core.errors import FeatxError
 from .._core.options import check_batch_size, check_options, feature_variant
@@ -57,7 +56,7 @@ def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cach
     if corrupted and decode == "device":
         raise FeatxError("--corruption works on images decoded by Pillow: use --decode pil or pil-draft")
     batch_size = check_batch_size(batch_size)
-    numerics = _numerics(device, engine, precision)
+    numerics = Numerics.for_device(device, engine, precision)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     log = log or log_line
     ds = _dataset(data, splits, dicom_window, val_fraction=val_fraction, seed=seed, group_pattern=group_pattern,
@@ -77,17 +76,6 @@ def extract(data, backbone: str = "xception", *, weights: str = "imagenet", cach
                       device=device, workers=workers, dtype=dtype, layer=layer, variant=variant, tta=tta, decode=decode,
                       corruption=corrupted, dicom_window=dicom_window,
                       engine=engine, precision=precision, progress=progress, log=log)
-
-
-def _numerics(device: str, engine: str, precision: str) -> Numerics | None:
-    """The engine and precision asked for, checked before any work where the device is known without torch
-    (the CPU, or a named device); None where only torch can tell (device auto on a machine with a GPU)."""
-    kind = "cpu" if device == "cpu" or (device == "auto" and surely_cpu_only()) else \
-        None if device == "auto" else device.split(":")[0]
-    if kind is None:
-        Numerics.asked("cpu", engine, "fp32")  # the names, and the engine's package
-        return None
-    return Numerics.asked(kind, engine, precision, "amp-bf16" if kind == "cuda" else "fp32")
 
 
 def _dataset(data, splits, dicom_window: str, **listing):

@@ -53,6 +53,18 @@ class Numerics:
             engine = "openvino" if cpu and importlib.util.find_spec("openvino") else "eager"
         return cls(device_kind, engine, precision)
 
+    @classmethod
+    def for_device(cls, device: str, engine: str = "auto", precision: str = "auto") -> Numerics | None:
+        """The numerics asked on `device` as a user names it (auto, cpu, cuda:N, mps), checked before any work
+        where its kind is known without torch (the CPU, or a named device); None where only torch can tell
+        (device auto on a machine with a GPU), after checking the names and the engine's package."""
+        kind = "cpu" if device == "cpu" or (device == "auto" and accelerators.surely_cpu_only()) else \
+            None if device == "auto" else device.split(":")[0]
+        if kind is None:
+            cls.asked("cpu", engine, "fp32")
+            return None
+        return cls.asked(kind, engine, precision, "amp-bf16" if kind == "cuda" else "fp32")
+
     def identity(self) -> str:
         """The cache's "precision": fp32 for every float32 engine (their features agree to rounding); a GPU's
         autocast as before (amp-bf16, amp-fp16); on a CPU, bf16 per engine (eager-bf16, openvino-bf16...)."""

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .._core.accelerators import surely_cpu_only
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
 from .._core.options import feature_variant
@@ -185,7 +184,7 @@ class Plan:
             images = store_images(store, self.evaluate_on) if store else None
             for head, adapted, (source, budgets) in self._fit_methods():
                 for budget in budgets:
-                    method = MethodId(backbone, head, self._compute_words(), labels=source, adapted=adapted)
+                    method = MethodId(backbone, head, self.compute_words, labels=source, adapted=adapted)
                     key = self.fit_key(store, images, method, budget) if store else None
                     done = key is not None and (self.out / "units" / f"{key}.json").is_file()
                     seconds = None if done else self.throughput.fit_seconds(head, budget.n or budget.n_images)
@@ -245,11 +244,12 @@ class Plan:
                               dtype=DEFAULTS["dtype"], numerics=Numerics.asked("cpu", "auto", self.spec.precision),
                               cache_dir=self.cache_dir)
 
-    def _compute_words(self) -> tuple[str, ...]:
-        """How the study's features name themselves in its methods, as extract will make them: a CPU's bfloat16
-        by its engine; nothing for float32, or for a GPU's autocast."""
-        kind = "cpu" if surely_cpu_only() else "gpu"
-        return Numerics.words(Numerics.asked(kind, "auto", self.spec.precision, "amp-bf16").recipe())
+    @cached_property
+    def compute_words(self) -> tuple[str, ...]:
+        """How the study's features name themselves in its methods, as extract (device auto) will make them: a
+        CPU's bfloat16 by its engine; nothing for float32, or where a GPU may run them (autocast)."""
+        numerics = Numerics.for_device("auto", "auto", self.spec.precision)
+        return Numerics.words(numerics.recipe()) if numerics else ()
 
     def _extract_seconds(self, backbone: str) -> float:
         return len(self.ds) / self.throughput.images_per_second("extract", backbone)

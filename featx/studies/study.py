@@ -27,7 +27,6 @@ from .._core.hashing import images_fingerprint, record_hash
 from .._core.paths import default_cache_dir
 from ..artifacts.model_card import forget_choice, record_choice, write_model_card
 from ..artifacts.sidecar import CLEANED, MethodId
-from ..models.numerics import Numerics
 from ..data.budgets import Budget, held_out
 from ..evaluation.sets import EvaluationSet
 from ..evaluation.significance import point_metrics
@@ -330,8 +329,7 @@ class StudyRun(Plan):
                 sel, cut = curve.select(Budget(None, 0, np.arange(len(pool.y))))
                 return transfer_records(sel, cut, pool.X, pool.y, found.X[rows], found.y[rows],
                                         np.asarray(found.groups)[rows], TransferSetting(head, **setting))
-            words = Numerics.words(pool.store.config.get("compute"))
-            method = MethodId(backbone, head, words).label
+            method = MethodId(backbone, head, self.compute_words).label
             records += [{"method": method, "site": self.site.name, **r} for r in cached_transfer(self.out, key, compute)]
         return records
 
