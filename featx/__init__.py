@@ -32,7 +32,7 @@ _API = {
     "predict": "artifacts.prediction",
     "finetune": "finetuning.runner", "FinetuneResult": "finetuning.runner",
     "compare": "reporting.comparison", "report": "reporting.document", "explain": "artifacts.explaining",
-    "robustness": "studies.robustness", "study": "reporting.study_report",
+    "robustness": "studies.robustness", "study": "reporting.study_report", "track": "reporting.tracking",
     "StudyResult": "studies.result", "StudyReport": "reporting.study_report",
     "export": "exporting.onnx_export", "refresh_card": "studies.cards",
     "suggest": "reporting.labelling_sheets", "audit": "reporting.labelling_sheets",

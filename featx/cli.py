@@ -11,6 +11,7 @@ import click
 
 from ._core.errors import FeatxError
 from ._core.options import CHOICES, check_choice, check_device, parse_duration
+from ._core.tracking import Tracking
 from .finetuning.config import FinetuneConfig
 from .reporting.tables import backbone_lines, cache_lines, chosen, count_lines, results_table
 
@@ -108,6 +109,24 @@ TARGET = click.option("--target", default=None, type=click.Path(), help="Images 
 TARGET_GROUP_PATTERN = click.option("--target-group-pattern", default=None, help="Regex whose first group names a "
                                     "--target image's patient [default: as --group-pattern].")
 PROGRESS = click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+
+
+def _track(command):
+    """--track and --tracking-uri of fit, finetune and compare (a study has its own, in its study file too)."""
+    command = click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: sqlite beside the "
+                           "models, or in --out].")(command)
+    return click.option("--track", default=None, type=click.Choice(["mlflow"]), help="Log the result as MLflow runs "
+                        "(pip install 'featx[track]').")(command)
+
+
+def _tracked(result, track, tracking_uri, folder=None) -> None:
+    """Log a command's result where asked, and say where."""
+    if track:
+        from .reporting.tracking import track as log_result
+
+        done = log_result(result, tracking_uri=tracking_uri, folder=folder)
+        click.echo(f"tracked: {done['logged']} run(s) logged now to MLflow at {done['uri']}, experiment "
+                   f"{done['experiment']!r}; see them: mlflow ui --backend-store-uri {done['uri']}", err=True)
 
 
 def _data(required: bool, help: str):
@@ -220,8 +239,9 @@ def extract_command(data, backbone, weights, cache_dir, output, batch_size, devi
 @TARGET_GROUP_PATTERN
 @click.option("--adapt", default="none", help="Adapt the head to --target's unlabelled features: none, standardise, "
               "coral, ot, prior (label shift, logreg).")
+@_track
 def fit_command(head, features, backbone, data, weights, image_size, pool, layers, pca, threshold, seed, cache_dir,
-                models_dir, out_of_core, solver, exclude, target, target_group_pattern, adapt):
+                models_dir, out_of_core, solver, exclude, target, target_group_pattern, adapt, track, tracking_uri):
     """Train classical heads on cached features; choose hyperparameters on validation, never on test.
 
     Without a validation split, hyperparameters are chosen by stratified group k-fold on train.
@@ -229,6 +249,7 @@ def fit_command(head, features, backbone, data, weights, image_size, pool, layer
     """
     from .heads.fitting import fit
 
+    Tracking.asked(track, tracking_uri, "featx fit")  # its package, before any work
     results = fit(features, data=data, backbone=backbone, head=head, pca=pca, threshold=threshold, seed=seed,
                   cache_dir=cache_dir, models_dir=models_dir, weights=weights, out_of_core=out_of_core,
                   solver=solver, image_size=image_size, pool=pool, layers=layers, exclude=exclude, target=target,
@@ -237,6 +258,7 @@ def fit_command(head, features, backbone, data, weights, image_size, pool, layer
                               for r in results]))
     for r in results:
         click.echo(str(r.artifact))
+    _tracked(results, track, tracking_uri)
 
 
 @main.command("shift")
@@ -459,7 +481,8 @@ def demo_command(model_paths, host, port, allow_folder, trust_pickle):
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Run folder [default: <cache>/models/<backbone>-finetune-<hash>].")
 @click.option("--resume", is_flag=True, help="Continue the run of these options from its last checkpoint.")
 @PROGRESS
-def finetune_command(data, backbone, **options):
+@_track
+def finetune_command(data, backbone, track, tracking_uri, **options):
     """Train the backbone end to end with a dropout+linear head; select the epoch on validation loss or AUC.
 
     Same backbone code, preprocessing, splits, metrics and artifact format as featx fit, so the
@@ -469,11 +492,13 @@ def finetune_command(data, backbone, **options):
     from ._core.distributed import world
     from .finetuning.runner import finetune
 
+    Tracking.asked(track, tracking_uri, "featx finetune")
     result = finetune(data, backbone, **options)
     if world()[0] == 0:  # under torchrun, rank 0 speaks for all
         said = chosen({"best_epoch": result.best_epoch}, result.threshold, result.stopped, result.train_seconds)
         click.echo(results_table([("finetune", result.metrics, said)]))
         click.echo(str(result.artifact))
+        _tracked(result, track, tracking_uri)
 
 
 @main.command("compare")
@@ -489,7 +514,9 @@ def finetune_command(data, backbone, **options):
 @click.option("--no-report", is_flag=True, help="Print the table only.")
 @click.option("--wide", is_flag=True, help="Print every column (every metric with its interval, both tests, every "
               "cost) instead of a table that fits 100 columns.")
-def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report, wide):
+@_track
+def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatmaps, no_report, wide, track,
+                    tracking_uri):
     """Every head and fine-tune of a dataset side by side on one split, with 95% CIs and paired tests.
 
     Only models evaluated on exactly the same images (paths and bytes) are ranked together;
@@ -497,6 +524,7 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
     """
     from .reporting.comparison import compare, format_table
 
+    Tracking.asked(track, tracking_uri, "featx compare")
     if no_report:
         records = compare(data, split=split, models_dir=models_dir, cache_dir=cache_dir, n_boot=n_boot, seed=seed)
     else:
@@ -508,6 +536,55 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
     click.echo(format_table(records, wide=wide))
     if not no_report:
         click.echo(f"report: {result['html']} and {result['markdown']}; table with raw p-values: {result['csv']}")
+    _tracked(records, track, tracking_uri, folder=out)
+
+
+_CLUSTER_OPTIONS = [  # (option, Resources field or None, click keywords)
+    ("--executor", None, dict(default="local", type=click.Choice(["local", "slurm", "ray"]), help="Where the units "
+     "run: local (this process, or --jobs processes), slurm (a job array through submitit), ray (Ray tasks).")),
+    ("--jobs", None, dict(default=1, type=_Number(), help="Local worker processes running units at once.")),
+    ("--slurm-partition", "partition", dict(default=None, help="Slurm partition of the job array.")),
+    ("--time", "time_min", dict(default=None, help="Each job's time limit (e.g. 30m, 2h) [default: 1h]; Slurm stops "
+     "a job past it, and a re-run submits its unit again.")),
+    ("--cpus-per-task", "cpus", dict(default=None, type=_Number(), help="CPUs (threads) of each job [default: this "
+     "machine's cores over --jobs; Slurm's default].")),
+    ("--gpus-per-task", "gpus", dict(default=None, type=_Number(), help="GPUs of each job (Slurm, Ray) [default: 0].")),
+    ("--mem-gb", "mem_gb", dict(default=None, type=_Number(), help="Memory of each Slurm job in GB.")),
+    ("--array-parallelism", "array_parallelism", dict(default=None, type=_Number(), help="Slurm array tasks running "
+     "at once [default: Slurm's limit].")),
+    ("--units-per-task", "units_per_task", dict(default=None, type=_Number(), help="Units each job runs in turn: "
+     "fewer job starts where units are small head fits [default: 1].")),
+    ("--slurm-cluster", "cluster", dict(default=None, type=click.Choice(["slurm", "local", "debug"]),
+     help="submitit's backend for --executor slurm: local and debug run the same job array on this machine.")),
+    ("--ray-address", None, dict(default=None, help="Address of a running Ray cluster [default: start Ray on this "
+     "machine].")),
+    ("--track", None, dict(default=None, type=click.Choice(["mlflow"]), help="Log every unit as an MLflow run "
+     "(pip install 'featx[track]').")),
+    ("--tracking-uri", None, dict(default=None, help="MLflow tracking URI [default: sqlite in the study folder]."))]
+
+
+def _cluster_options(command):
+    for option, _, keywords in reversed(_CLUSTER_OPTIONS):
+        command = click.option(option, option[2:].replace("-", "_"), **keywords)(command)
+    return command
+
+
+def _execution(ctx, config, values: dict) -> dict:
+    """The study's executor, resources and tracking from the options given (or every one, without a study file)."""
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+    chosen, resources = {}, {}
+    for option, field_name, _ in _CLUSTER_OPTIONS:
+        name = option[2:].replace("-", "_")
+        value = values[name]
+        if (config and name not in given) or value is None:
+            continue
+        if field_name == "time_min":
+            value = max(1, int(-(-parse_duration("--time", value) // 60)))
+        if field_name:
+            resources[field_name] = value
+        else:
+            chosen[name] = value
+    return {**chosen, **({"resources": resources} if resources else {})}
 
 
 @main.command("study")
@@ -555,13 +632,16 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
               "comma-separated (e.g. 10,20,40,80): each head as is, re-thresholded, re-fit with them, trained on them alone.")
 @_choice("precision", "auto", "Features extracted and fine-tunes trained at this precision (as extract --precision and "
          "finetune --precision): bf16 on a CPU with native bfloat16 is faster, and its own recipe.")
+@click.option("--gather", is_flag=True, help="Compute nothing: gather the units that are in, and name those "
+              "that are not (e.g. while a job array runs).")
+@_cluster_options
 @CACHE
 @WORKERS
 @click.pass_context
 def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs, finetune_image_size, train_sizes,
                   finetune_sizes, repeats, eval_split, val_fraction, group_pattern, weights, threshold, seed, n_boot, out,
                   budget, unit, dry_run, wide, strategies, exclude, target, target_group_pattern, adapt, target_sizes,
-                  precision, cache_dir, workers):
+                  precision, gather, cache_dir, workers, **cluster):
     """Frozen backbones x heads, and fine-tunes, at every label budget: which wins, and with how many labels.
 
     At n images a method sees only those n: a head chooses its parameters by patient-grouped CV inside
@@ -581,12 +661,16 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
               "strategies": strategies, "exclude": exclude, "target": target,
               "target_group_pattern": target_group_pattern, "adapt": adapt, "target_sizes": target_sizes,
               "precision": precision}
+    values = {**{k: v for k, v in values.items() if not config or k in given}, **_execution(ctx, config, cluster)}
     options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size),
                                  ("precision", None if precision == "auto" else precision)) if v is not None}
-    spec = StudySpec.asked(data, config, {k: v for k, v in values.items() if not config or k in given}, options)
-    result = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, workers=workers,
-                   budget_seconds=parse_duration("--budget", budget) if budget else None, progress=True,
-                   log=lambda m: click.echo(m, err=True))
+    spec = StudySpec.asked(data, config, values, options)
+    result = study(spec=spec, out=out, cache_dir=cache_dir, dry_run=dry_run, unit=unit, gather=gather,
+                   workers=workers, budget_seconds=parse_duration("--budget", budget) if budget else None,
+                   progress=True, log=lambda m: click.echo(m, err=True))
+    if result.missing:
+        click.echo("\n".join(result.table_lines()))
+        raise click.ClickException(f"{len(result.missing)} units are not in yet: the table above is partial")
     if not result.complete:
         return
     click.echo("\n".join(result.lines(wide=wide)))

@@ -48,3 +48,10 @@ def require_cpu_bf16() -> None:
     if not cpu_has_bf16():
         raise FeatxError("--precision bf16 needs a CPU that computes in bfloat16 natively (AVX512-BF16 or AMX on "
                          "x86, BF16 on Arm); this one would emulate it, slower than float32: use fp32")
+
+
+def threads_asked() -> int | None:
+    """The threads a process was given (OMP_NUM_THREADS, as a study's worker sets it), or None: the libraries'
+    own default. For libraries that read no variable themselves (LightGBM's scikit-learn face takes every core)."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None

@@ -10,7 +10,10 @@ from functools import cached_property
 from pathlib import Path
 
 from ..studies.result import StudyResult
+from .._core.hashing import lines_hash
+from .._core.tracking import Run, log_runs
 from ..studies.study import run_study
+from ..studies.tracked import study_tracking
 from .comparison import format_table
 from .study_figures import document_parts, full_size_records, study_lines, write_study_outputs
 
@@ -21,6 +24,10 @@ class StudyReport(StudyResult):
     def full_size(self) -> list[dict]:
         """The largest size's first repeat as featx compare ranks it."""
         return full_size_records(self.records, self.split, n_boot=self.n_boot) if self.records else []
+
+    def table_lines(self) -> list[str]:
+        """Every size of every method gathered: the table alone (a partial --gather has no verdict)."""
+        return list(study_lines(self.records))
 
     def lines(self, *, wide: bool = False) -> list[str]:
         """What `featx study` prints once every unit is done: every size, the full-size table, the verdict."""
@@ -51,5 +58,13 @@ def study(data=None, *, out="featx-study", report: bool = True, **options) -> St
     ran = run_study(data, out=out, **options)
     result = StudyReport(**{f.name: getattr(ran, f.name) for f in fields(ran)})
     if result.complete and report:
-        result.write_report()
+        written = result.write_report()
+        tracking = study_tracking(result.spec, result.out)
+        if tracking is not None:  # the study as a whole beside its units: its table, curves and report
+            table = Path(result.out) / "study.csv"
+            log_runs(tracking, result.out, [Run(f"study:{lines_hash(table.read_text().splitlines())}", "study",
+                                                {"units": len(result.records), "split": result.split,
+                                                 "leader": result.leader and Path(result.leader).name},
+                                                {}, (table, Path(result.out) / "study.toml", *written.values()),
+                                                {"featx.kind": "study"})])
     return result

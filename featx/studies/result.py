@@ -25,11 +25,13 @@ class StudyResult:
     plan: list[str] = field(default_factory=list)  # the plan as said before any work
     shifts: list[dict] = field(default_factory=list)  # train -> target shift per backbone, with a target site
     transfer: list[dict] = field(default_factory=list)  # site-transfer records (studies.site_transfer)
+    missing: list[str] = field(default_factory=list)  # units not done, named, after a partial --gather
+    spec: object = None              # the StudySpec it answers
 
     @property
     def complete(self) -> bool:
-        """Every unit gathered (not a dry run, nor one --unit of a job array)."""
-        return bool(self.records)
+        """Every unit gathered (not a dry run, nor one --unit of a job array, nor a --gather with units missing)."""
+        return bool(self.records) and not self.missing
 
     @cached_property
     def gains(self) -> list[dict]:

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from .._core.errors import FeatxError
 from .._core.options import check_choice, check_number
+from .._core.tracking import check_tracking
 from ..evaluation.thresholds import parse_threshold
 from ..finetuning.config import FinetuneConfig
 from ..heads.adaptation import ADAPTATIONS
 from ..heads.specs import head_names
 from ..labelling.strategies import STRATEGIES
 from ..models.registry import get_spec
+from .execution import Resources, check_executor
 
 DEFAULT_SIZES = (25, 50, 100, 250, 500, 1000, "all")
 # What a study may set on its fine-tunes: finetune's own options, less those the study sets (the backbone,
@@ -61,6 +63,13 @@ class StudySpec:
     adapt: tuple[str, ...] = ()
     target_sizes: tuple[int, ...] | None = None  # site labels per transfer curve point (studies.site_transfer)
     precision: str = "auto"  # of the extracted features (extract --precision): bf16 is a cache of its own
+    # where the units run (studies.execution), never part of what a unit is: any executor saves the same records
+    executor: str = "local"
+    jobs: int = 1  # local worker processes
+    resources: Resources = field(default_factory=Resources)  # a study file's [resources] table
+    ray_address: str | None = None
+    track: str | None = None  # "mlflow": every unit logged as a run (reporting.tracking)
+    tracking_uri: str | None = None  # None: sqlite in the study folder
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -91,6 +100,9 @@ class StudySpec:
                          open_high=not integer, optional=optional)
         set_("threshold", parse_threshold(self.threshold))
         check_choice("precision", self.precision)
+        set_("resources", Resources.of(self.resources))
+        check_executor(self.executor, self.jobs, self.resources, self.ray_address)
+        check_tracking(self.track, self.tracking_uri)
         if self.eval_split not in (None, "test", "val"):
             raise FeatxError(f"--eval-split must be test or val, not {self.eval_split!r}")
         if not isinstance(self.weights, str):
@@ -169,7 +181,11 @@ class StudySpec:
                     values[key] = _relative(Path(values[key]), relative_to)
         lines = ["# featx study: re-run with  featx study --config study.toml"]
         options, recipes = values.pop("finetune_options"), values.pop("finetune_recipes")
+        values.pop("resources")
+        resources = self.resources.given()
         lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
+        if resources:
+            lines += ["", "[resources]", *[f"{key} = {_toml(value)}" for key, value in resources.items()]]
         if options:
             lines += ["", "[finetune_options]", *[f"{key} = {_toml(value)}" for key, value in options.items()]]
         for name, recipe in recipes.items():
@@ -196,6 +212,8 @@ class StudySpec:
         if config:
             if finetune_options:
                 values = {**values, "finetune_options": {**cls.from_toml(config).finetune_options, **finetune_options}}
+            if "resources" in values:  # the options given, over the file's table
+                values = {**values, "resources": {**cls.from_toml(config).resources.given(), **values["resources"]}}
             return cls.from_toml(config, **({"data": data} if data else {}), **values)
         if not data:
             raise FeatxError("give --data DIR, or --config study.toml")

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
-from dataclasses import replace
+import traceback
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,13 @@ from ..heads.adaptation import SiteFit
 from ..heads.selection import SELECTION_RULES, select_head
 from ..labelling.strategies import nested_selection
 from .label_curves import COLUMNS, Curve, Pool, unit_record
+from .execution import Outcome, check_available, check_shared, one_line, run_jobs, set_threads
 from .plan import Plan, Unit, UnitKind, UnitState, duration, store_images
 from .result import StudyResult
 from .spec import StudySpec
 from .site_transfer import TransferSetting, cached_transfer, transfer_records
 from .target_site import StudySite
+from .tracked import study_tracking, track_units
 
 
 # A fine-tune unit's name for the study's evaluation images: its test split, held out from every choice of the
@@ -48,34 +52,64 @@ HELD_OUT = "test"
 
 
 def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", cache_dir=None, dry_run: bool = False,
-              unit: int | None = None, budget_seconds: float | None = None, workers=None, progress: bool = False,
-              log=None, **options) -> StudyResult:
+              unit: int | None = None, gather: bool = False, budget_seconds: float | None = None, workers=None,
+              progress: bool = False, log=None, **options) -> StudyResult:
     """The study's result: every (method, n, repeat) record (label_curves.COLUMNS, its MethodId and the
     evaluation predictions), also written to `out/study.csv`, with `out/study.toml`, and the leader kept at
-    n=all; no records after a dry run or one `unit`. `options`: StudySpec's fields (backbones, heads,
-    finetune, train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold, n_boot,
-    finetune_options, finetune_recipes)."""
+    n=all; no records after a dry run or one `unit`. The units not done run on the spec's executor
+    (studies.execution; extraction first, here). `gather`: compute nothing, gather what is in and name what is
+    missing. `options`: StudySpec's fields (backbones, heads, finetune, train_sizes, repeats, eval_split,
+    val_fraction, weights, seed, threshold, n_boot, finetune_options, finetune_recipes, executor, jobs,
+    resources, ray_address, track, tracking_uri, ...)."""
     log = log or log_line
     spec = spec or StudySpec(data=data, **options)
     out = Path(out)
-    plan = StudyRun.of(spec, Path(cache_dir) if cache_dir else default_cache_dir(), out, workers, dry_run=dry_run)
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    study_tracking(spec, out)  # its package, checked before any work
+    if not (dry_run or gather or unit is not None):
+        check_available(spec.executor, spec.resources)
+        check_shared(spec.executor, spec.resources, out, cache_dir)
+    plan = StudyRun.of(spec, cache_dir, out, workers, dry_run=dry_run)
     chosen = plan.unit(unit) if unit is not None else None  # a unit it does not have: refused before the plan
     said = []
     plan.say(lambda line: (said.append(line), log(line)))
-    if budget_seconds is not None:
+    if budget_seconds is not None and not gather:
         plan.check_budget(budget_seconds, log)
-    result = StudyResult([], plan.evaluate_on, out, spec.n_boot, plan=said)
+    result = StudyResult([], plan.evaluate_on, out, spec.n_boot, plan=said, spec=spec)
     if dry_run:
         return result
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "study.toml", spec.to_toml(relative_to=out))
     started = time.perf_counter()
-    computed = plan.run([chosen] if chosen is not None else [u for u in plan.units if not u.done], progress, log)
+    todo = [chosen] if chosen is not None else [] if gather else [u for u in plan.units if not u.done]
+    if chosen is not None or spec.executor == "local" and spec.jobs == 1:
+        computed = plan.run(todo, progress, log)
+    else:
+        computed = plan.run_elsewhere(todo, progress, log)
     if unit is not None:
         left = sum(not u.done for u in plan.units)
         log(f"unit {unit} done ({time.perf_counter() - started:.1f} s); {left} of {len(plan.units)} units left")
         return result
-    result.records = plan.gather()
+    return _gathered(plan, result, computed, started, gather, log)
+
+
+def _gathered(plan: StudyRun, result: StudyResult, computed: int, started: float, partial: bool, log) -> StudyResult:
+    """The records gathered into `result`, study.csv and the leader; with `partial`, what is in and what is not
+    (then nothing is written: a table of some repeats is not the study's)."""
+    out = plan.out
+    result.records, missing = plan.gather(partial=partial)
+    tracking = study_tracking(plan.spec, out)
+    if tracking is not None:
+        logged = track_units(tracking, out, plan.gathered, plan.spec)
+        log(f"tracked: {logged} units logged now to MLflow at {tracking.where(out)}, experiment "
+            f"{tracking.experiment!r} ({len(plan.gathered) - logged} logged before); see them: mlflow ui "
+            f"--backend-store-uri {tracking.where(out)}")
+    if missing:
+        result.missing = [f"unit {u.index} ({u.describe()})" for u in missing]
+        log(f"gathered {len(result.records)} units; {len(missing)} not in: {', '.join(result.missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") +
+            "; featx study without --gather computes them")
+        return result
     result.shifts = plan.site_shifts(log)
     result.transfer = plan.site_transfer(log)
     if result.transfer:
@@ -116,6 +150,52 @@ class StudyRun(Plan):
             bar.update(1)
         bar.close()
         return computed
+
+    def run_elsewhere(self, units: list[Unit], progress: bool, log) -> int:
+        """Compute `units` on the spec's executor: extractions and the strategies' choices here first (once per
+        backbone; every job reads them), then the fits and fine-tunes as jobs of `units_per_task` units.
+        Failed units are listed, and refused as one line after the others have finished."""
+        spec, here = self.spec, [u for u in units if u.kind is UnitKind.EXTRACT]
+        self.run(here, progress, log)
+        rest = [u.index for u in units if u.kind is not UnitKind.EXTRACT]
+        if not rest:
+            return 0
+        self._prepare([self.units[k] for k in rest], log)
+        study = (self.out / "study.toml").resolve()
+        per, text = spec.resources.units_per_task, study.read_text()
+        env = tuple((k, v) for k, v in os.environ.items() if k.startswith("FEATX_"))
+        jobs = [UnitJob(str(study), record_hash({"study": text}, 16), str(self.cache_dir.resolve()),
+                        tuple(rest[i:i + per]), spec.resources.cpus, self.workers, spec.executor == "local",
+                        os.getcwd(), env) for i in range(0, len(rest), per)]
+        folder = self.out / "jobs" / spec.executor
+        log(f"{len(rest)} units to {spec.executor}" + (f" ({spec.jobs} processes)" if spec.executor == "local" else "")
+            + f" as {len(jobs)} jobs; logs under {folder}")
+        left = [len(rest)]
+
+        def tell(o: Outcome) -> None:
+            left[0] -= 1
+            u = self.units[o.unit]
+            log(f"  unit {o.unit} ({u.describe()}) " + (f"done on {o.host} in {o.seconds:.1f} s" if o.done else
+                f"FAILED: {o.error}" + (f" (log: {o.log})" if o.log else "")) + f"; {left[0]} left")
+
+        outcomes = run_jobs(jobs, spec.executor, spec.jobs, spec.resources, spec.ray_address, folder, tell)
+        _save(folder / f"outcomes-{time.strftime('%Y%m%d-%H%M%S')}.json", [asdict(o) for o in outcomes])
+        failed = [o.unit for o in outcomes if not o.done]
+        if failed:
+            raise FeatxError(f"{len(failed)} of {len(rest)} units failed (units {', '.join(map(str, failed))}, "
+                             "listed above); the others are saved: re-run the same command to submit only these, "
+                             "or featx study --gather to see what is in")
+        return len(rest)
+
+    def _prepare(self, units: list[Unit], log) -> None:
+        """What the jobs would otherwise each compute alike: the images each strategy chooses, and the target
+        site's features on each backbone (both saved, read by every job)."""
+        for u in units:
+            if u.method.labels not in (None, CLEANED):
+                self._chosen(u.backbone, u.method.labels, u.budget.repeat)
+        if self.site is not None:
+            for backbone in dict.fromkeys(u.backbone for u in units if u.kind is UnitKind.FIT):
+                self.site.features(backbone, self._pool_of(backbone), log)
 
     def _pool(self, backbone: str, log, progress: bool = False) -> Pool:
         """The backbone's cache (extracted when needed, its rate recorded), read once for all its fits."""
@@ -275,9 +355,10 @@ class StudyRun(Plan):
         return [self.ds.paths[i] for i in self.pool[np.asarray(pool_rows, int)]]
 
     # -- the answer ------------------------------------------------------------------------------------
-    def gather(self) -> list[dict]:
-        """The saved record of every fit and fine-tune, in plan order (keys of fits known once extracted)."""
-        records, pools, self.gathered = [], {}, []
+    def gather(self, partial: bool = False) -> tuple[list[dict], list[Unit]]:
+        """(the saved record of every fit and fine-tune, in plan order (keys of fits known once extracted), the
+        units not done): a unit not done is refused in one line, or with `partial` listed."""
+        records, pools, self.gathered, missing = [], {}, [], []
         for u in self.units:
             if u.kind is UnitKind.EXTRACT:
                 continue
@@ -285,9 +366,12 @@ class StudyRun(Plan):
             if key is None:  # planned before its features existed
                 if u.backbone not in pools:
                     store = self._finished(u.backbone)
-                    pools[u.backbone] = (store, store_images(store, self.evaluate_on))
-                key = self.fit_key(*pools[u.backbone], u.method, u.budget)
+                    pools[u.backbone] = store and (store, store_images(store, self.evaluate_on))
+                key = pools[u.backbone] and self.fit_key(*pools[u.backbone], u.method, u.budget)
             path = self.out / "units" / f"{key}.json"
+            if not path.is_file() and partial:
+                missing.append(u)
+                continue
             if not path.is_file():
                 raise FeatxError(f"unit {u.index} ({u.describe()}) is not done: run featx study without --unit")
             record = _completed(json.loads(path.read_text()))
@@ -298,7 +382,7 @@ class StudyRun(Plan):
                 record["target"] = at_target
             records.append(record)
             self.gathered.append((replace(u, key=key), record))
-        return records
+        return records, missing
 
     def site_shifts(self, log) -> list[dict]:
         """The train -> target shift on each frozen backbone's features (measured once, then read back)."""
@@ -395,6 +479,65 @@ class StudyRun(Plan):
         path, _ = evaluate_and_save(curve.name, pool.store, sel, curve.rule, cut, splits,
                                     lambda s: sel.estimator.predict_proba(features[s]), self.out / "models", key)
         return path
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """Some units of a study, run in a worker (studies.execution): by path and number, so that any executor can
+    pickle it. The worker reads the study file the submitter wrote (refusing one it cannot see, or another one),
+    plans once per process, and runs each unit exactly as `featx study --unit K` would: the same records."""
+
+    study: str                # the study folder's study.toml, absolute
+    digest: str               # its text's hash
+    cache_dir: str
+    units: tuple[int, ...]
+    threads: int | None = None  # None: SLURM_CPUS_PER_TASK where Slurm sets it, else the libraries' own
+    workers: int | None = None  # image loader processes (fine-tunes)
+    quiet: bool = False       # local processes: the submitter says each unit
+    cwd: str = "."            # the submitter's: relative weights paths mean the same
+    env: tuple = ()           # the submitter's FEATX_ variables (the weights folder)
+
+    def __call__(self) -> list[Outcome]:
+        set_threads(self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None)
+        os.environ.update(dict(self.env))
+        if Path(self.cwd).is_dir():
+            os.chdir(self.cwd)
+        host, started = socket.gethostname(), time.time()
+        study = Path(self.study)
+        text = study.read_text() if study.is_file() and Path(self.cache_dir).is_dir() else None
+        if text is None or record_hash({"study": text}, 16) != self.digest:
+            why = (f"the worker on {host} cannot see {study.parent} or {self.cache_dir}" if text is None else
+                   f"{study} changed since these units were submitted")
+            return [Outcome(k, False, host, started=started, error=why + ": put the study folder (--out) and the "
+                            "cache (--cache) on a filesystem every worker shares") for k in self.units]
+        plan, setup = _worker_plan(study, text, self.cache_dir, self.workers)
+        outcomes = []
+        for k in self.units:
+            began = time.perf_counter()
+            log = (lambda line: None) if self.quiet else (lambda line, k=k: log_line(f"unit {k}: {line}"))
+            try:
+                plan.run([plan.unit(k)], False, log)
+            except Exception as exc:  # noqa: BLE001 - this unit failed; the job's other units go on
+                if not self.quiet:  # into the job's log (local processes: the submitter lists it in one line)
+                    traceback.print_exc()
+                outcomes.append(Outcome(k, False, host, started=started, error=one_line(exc)))
+                continue
+            outcomes.append(Outcome(k, True, host, time.perf_counter() - began, setup, started=started))
+            setup = 0.0
+        return outcomes
+
+
+_PLANS: dict[tuple, StudyRun] = {}  # a worker's plans, made once per process (a local or Ray worker runs many jobs)
+
+
+def _worker_plan(study: Path, text: str, cache_dir: str, workers) -> tuple[StudyRun, float]:
+    """(the study's plan in this worker, seconds spent making it now: 0 when made before)."""
+    key = (str(study), text, cache_dir)
+    if key in _PLANS:
+        return _PLANS[key], 0.0
+    began = time.perf_counter()
+    _PLANS[key] = StudyRun.of(StudySpec.from_toml(study), Path(cache_dir), study.parent, workers)
+    return _PLANS[key], time.perf_counter() - began
 
 
 def _eval_predictions(evaluation: EvaluationSet, y, proba) -> dict:

@@ -1,0 +1,268 @@
+"""Where a study's units run: in this process, in N local processes, as a Slurm job array (submitit) or as
+Ray tasks. featx hands its units to these libraries and does not schedule them itself.
+
+An executor runs jobs (studies.jobs.UnitJob: a few unit numbers, each saved atomically by the job under the
+study folder) and returns one Outcome per unit: done, with where and how long, or failed, with one line of
+why and the log to read. A failed or killed unit leaves no record, so a re-run of the study submits it, and
+only it, again. Everything here is picklable by path and number, never by the plan itself: every job reads
+the study file written into the study folder, which is why that folder must be one the workers can see.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+from .._core.errors import FeatxError
+from .._core.optional import library
+
+EXECUTORS = ("local", "slurm", "ray")
+CLUSTERS = ("slurm", "local", "debug")  # submitit's backends: local and debug run the same job array here
+LOCAL_ONLY = ("/tmp", "/var/tmp", "/dev/shm")  # node-local on every cluster we know
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each job asks of the cluster (a study file's [resources] table; the options --slurm-*, --cpus-per-task,
+    --gpus-per-task, ...). `cluster`: submitit's backend for --executor slurm (local and debug run the same job
+    array on this machine, to try a study file before the cluster)."""
+
+    partition: str | None = None
+    time_min: int = 60            # each job's time limit: Slurm kills (pre-empts) a job past it
+    cpus: int | None = None       # per job; the job's threads (None: the machine's cores over --jobs)
+    gpus: int = 0                 # per job
+    mem_gb: float | None = None
+    array_parallelism: int | None = None  # Slurm array tasks at once (None: Slurm's own limit)
+    units_per_task: int = 1       # units one job runs in turn: fewer job starts for many small head fits
+    cluster: str = "slurm"
+
+    def __post_init__(self):
+        for name, low in (("time_min", 1), ("cpus", 1), ("gpus", 0), ("array_parallelism", 1), ("units_per_task", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise FeatxError(f"resources.{name} must be a whole number of at least {low}, not {value!r}")
+        if self.mem_gb is not None and (isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float))
+                                        or self.mem_gb <= 0):
+            raise FeatxError(f"resources.mem_gb must be a positive number of GB, not {self.mem_gb!r}")
+        if self.cluster not in CLUSTERS:
+            raise FeatxError(f"resources.cluster must be one of {', '.join(CLUSTERS)}, not {self.cluster!r}")
+
+    @classmethod
+    def of(cls, value) -> Resources:
+        """From a Resources, a table (a study file's, the API's) or None; an unknown key is refused in one line."""
+        if isinstance(value, cls):
+            return value
+        if value is None:
+            return cls()
+        if not isinstance(value, dict):
+            raise FeatxError(f"resources must be a table of {', '.join(RESOURCE_KEYS)}, not {value!r}")
+        unknown = sorted(set(value) - set(RESOURCE_KEYS))
+        if unknown:
+            raise FeatxError(f"unknown resource key {unknown[0]!r}; the keys are {', '.join(RESOURCE_KEYS)}")
+        return cls(**value)
+
+    def given(self) -> dict:
+        """The keys set away from their defaults (what a study file writes back)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+
+RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One unit as its executor saw it: done (with the worker's host, its own seconds and the times it was
+    handed over and began) or failed (`error`: one line; `log`: the file to read)."""
+
+    unit: int
+    done: bool
+    host: str = ""
+    seconds: float = 0.0       # the unit's own work
+    setup: float = 0.0         # the job's reading of the study (its plan) before its first unit, once per process
+    submitted: float = 0.0     # wall clock (time.time) when handed to the executor
+    started: float = 0.0       # ... when the job began in its worker
+    finished: float = 0.0      # ... when the submitter had its result
+    error: str = ""
+    log: str = ""
+
+    @property
+    def overhead(self) -> float:
+        """Seconds the executor added to this unit: from hand-over to result, less the unit's own work."""
+        return max(0.0, self.finished - self.submitted - self.seconds)
+
+
+def check_executor(executor: str, jobs: int, resources: Resources, address: str | None) -> None:
+    """The executor's name and its options, checked before any work (its package is checked when it runs)."""
+    if executor not in EXECUTORS:
+        raise FeatxError(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise FeatxError(f"--jobs must be a whole number of at least 1, not {jobs!r}")
+    if jobs > 1 and executor != "local":
+        raise FeatxError(f"--jobs sets local worker processes; {executor} runs as many at once as its cluster gives "
+                         "(for Slurm: --array-parallelism)")
+    if address is not None and executor != "ray":
+        raise FeatxError("--ray-address names a Ray cluster: add --executor ray")
+
+
+def check_available(executor: str, resources: Resources):
+    """The executor's library (None for local), or one line: the extra that installs it, or no sbatch here."""
+    if executor == "local":
+        return None
+    name = {"slurm": "submitit", "ray": "ray"}[executor]
+    module = library(name, name, executor)  # the extra is named after the executor
+    if executor == "slurm" and resources.cluster == "slurm" and shutil.which("sbatch") is None:
+        raise FeatxError("--executor slurm submits with sbatch, which is not on this machine's PATH: run featx on "
+                         "the cluster's login node (or try the job array here with --slurm-cluster local)")
+    return module
+
+
+def check_shared(executor: str, resources: Resources, *folders: Path) -> None:
+    """Refuse a study folder or cache on a node-local path where jobs run on other machines."""
+    if executor != "slurm" or resources.cluster != "slurm":
+        return
+    for folder in folders:
+        where = str(Path(folder).resolve())
+        if any(where == p or where.startswith(p + "/") for p in LOCAL_ONLY):
+            raise FeatxError(f"{folder} is on a node-local path ({where}): the cluster's nodes cannot see it; put "
+                             "the study folder (--out) and the cache (--cache) on a filesystem they share")
+
+
+def run_jobs(jobs: list, executor: str, n_jobs: int, resources: Resources, address: str | None, folder: Path,
+             tell: Callable[[Outcome], None]) -> list[Outcome]:
+    """Run `jobs` (callables, each with `.units` and returning its units' Outcomes) on `executor`; `tell` hears
+    each unit as it ends. Jobs that failed whole (killed, pre-empted, not started) come back as failed Outcomes."""
+    run = {"local": _local, "slurm": _submitit, "ray": _ray}[executor]
+    return run(jobs, n_jobs, resources, address, folder, tell)
+
+
+def _failed(job, error: str, submitted: float, log: str = "") -> list[Outcome]:
+    now = time.time()
+    return [Outcome(k, False, submitted=submitted, finished=now, error=error, log=log) for k in job.units]
+
+
+def _told(outcomes: list[Outcome], submitted: float, tell) -> list[Outcome]:
+    from dataclasses import replace
+
+    now = time.time()
+    outcomes = [replace(o, submitted=submitted, finished=now) for o in outcomes]
+    for o in outcomes:
+        tell(o)
+    return outcomes
+
+
+# -- local: N processes on this machine ------------------------------------------------------------------
+def _local(jobs, n_jobs, resources, address, folder, tell) -> list[Outcome]:
+    threads = resources.cpus or max(1, (os.cpu_count() or 1) // n_jobs)
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or OpenMP state
+    outcomes: list[Outcome] = []
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=set_threads,
+                             initargs=(threads,)) as pool:
+        submitted = time.time()
+        futures = {pool.submit(job): job for job in jobs}
+        for future in as_completed(futures):
+            try:
+                outcomes += _told(future.result(), submitted, tell)
+            except BrokenProcessPool:
+                outcomes += _told(_failed(futures[future], "its worker process died (killed, or out of memory)",
+                                          submitted), submitted, tell)
+            except Exception as exc:  # noqa: BLE001 - reported per unit, the others go on
+                outcomes += _told(_failed(futures[future], one_line(exc), submitted), submitted, tell)
+    return outcomes
+
+
+def set_threads(threads: int | None) -> None:
+    """The threads a job's libraries use: by variable for those not loaded yet (OpenMP reads it once), by
+    threadpoolctl and torch for those loaded."""
+    if not threads:
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+
+
+# -- slurm (and submitit's local and debug backends) ------------------------------------------------------
+def _submitit(jobs, n_jobs, resources: Resources, address, folder: Path, tell) -> list[Outcome]:
+    submitit = check_available("slurm", resources)
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=resources.cluster)
+    parameters = {"timeout_min": resources.time_min, "gpus_per_node": resources.gpus, "name": "featx-study",
+                  "slurm_partition": resources.partition, "cpus_per_task": resources.cpus, "mem_gb": resources.mem_gb,
+                  "slurm_array_parallelism": resources.array_parallelism}
+    executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
+    submitted = time.time()
+    if resources.cluster == "local":  # submitit's local backend starts every job at once: keep a few running
+        return _windowed(executor, jobs, resources.array_parallelism or os.cpu_count() or 1, submitted, tell)
+    handles = executor.map_array(call, jobs)
+    return [o for job, handle in zip(jobs, handles) for o in _collect(job, handle, submitted, tell)]
+
+
+def _windowed(executor, jobs, n_jobs: int, submitted: float, tell) -> list[Outcome]:
+    waiting, running, outcomes = list(jobs), [], []
+    while waiting or running:
+        while waiting and len(running) < n_jobs:
+            job = waiting.pop(0)
+            running.append((job, executor.submit(call, job)))
+        finished = [(job, handle) for job, handle in running if handle.done()]
+        for job, handle in finished:
+            running.remove((job, handle))
+            outcomes += _collect(job, handle, submitted, tell)
+        if not finished:
+            time.sleep(0.1)
+    return outcomes
+
+
+def _collect(job, handle, submitted: float, tell) -> list[Outcome]:
+    """A submitit job's outcomes, or its units failed with the first line of why and its log."""
+    try:
+        return _told(handle.result(), submitted, tell)
+    except Exception as exc:  # noqa: BLE001 - FailedJobError, UncompletedJobError (pre-empted, timed out, lost)
+        log = str(getattr(getattr(handle, "paths", None), "stderr", "") or "")
+        return _told(_failed(job, one_line(exc), submitted, log), submitted, tell)
+
+
+def call(job):
+    """A job, called in its worker (a module-level function: what submitit and Ray pickle by name)."""
+    return job()
+
+
+# -- ray ---------------------------------------------------------------------------------------------------
+def _ray(jobs, n_jobs, resources: Resources, address, folder, tell) -> list[Outcome]:
+    ray = check_available("ray", resources)
+    started_here = not ray.is_initialized()
+    if started_here:  # a cluster's address, or a Ray of this machine's cores started now and stopped after
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        remote = ray.remote(num_cpus=resources.cpus or 1, num_gpus=resources.gpus)(call)
+        submitted = time.time()
+        pending = {remote.remote(job): job for job in jobs}
+        outcomes = []
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            job = pending.pop(ready[0])
+            try:
+                outcomes += _told(ray.get(ready[0]), submitted, tell)
+            except Exception as exc:  # noqa: BLE001 - RayTaskError (the job's own), WorkerCrashedError, ...
+                outcomes += _told(_failed(job, one_line(getattr(exc, "cause", None) or exc), submitted), submitted, tell)
+        return outcomes
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: a featx error's own sentence, else its type and first line."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(exc, FeatxError) else f"{type(exc).__name__}: {first}".rstrip(": ")
