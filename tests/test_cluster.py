@@ -17,7 +17,8 @@ import featx
 from featx.cli import main
 from featx.studies.study import UnitJob
 
-from conftest import TINY, final_error, make_folder, one_line_error
+from conftest import TINY, final_error, one_line_error
+from test_study import data  # noqa: F401 - the study tests' small dataset, a fixture
 
 ARGS = ["--backbones", TINY, "--weights", "random", "--workers", "0", "--bootstrap", "100", "--heads",
         "logreg,lightgbm", "--train-sizes", "16,all", "--repeats", "2"]
@@ -31,14 +32,6 @@ def rows_of(folder):
     """study.csv without the timings, which differ between runs."""
     return [{k: v for k, v in r.items() if k not in ("train_seconds", "images_per_second")}
             for r in csv.DictReader(open(folder / "study.csv"))]
-
-
-@pytest.fixture
-def data(tmp_path):
-    root = tmp_path / "data"
-    make_folder(root, 16, split="train")
-    make_folder(root, 4, split="test", start=40)
-    return root
 
 
 @pytest.fixture
@@ -91,6 +84,20 @@ def test_submitit_job_arrays_save_what_one_process_saves(data, tmp_path, sequent
 
 
 @pytest.mark.slow
+def test_an_extraction_sharded_over_a_jobs_tasks_gives_the_same_study(data, tmp_path, sequential):
+    """--extract-tasks 2: the backbone extracted by one job of two tasks (torchrun's shards, merged by task 0),
+    on a cache of its own; the study's records equal the sequential one's."""
+    pytest.importorskip("submitit")
+    out = tmp_path / "sharded"
+    done = run("study", "--data", data, *ARGS, "--out", out, "--cache", tmp_path / "fresh-cache", "--executor",
+               "slurm", "--slurm-cluster", "local", "--extract-tasks", "2", "--units-per-task", "3")
+    assert done.exit_code == 0, done.output
+    assert "1 units to slurm (2 tasks each)" in done.output and "all 40 images already cached" in done.output
+    assert "2 ranks" in "".join(p.read_text() for p in (out / "jobs" / "slurm").glob("*/*_0_log.err"))
+    assert rows_of(out) == rows_of(sequential)
+
+
+@pytest.mark.slow
 def test_ray_tasks_save_what_one_process_saves(data, tmp_path, sequential):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -127,6 +134,7 @@ def test_bad_executor_options_are_one_line(data, tmp_path, monkeypatch):
     base = ["study", "--data", data, *ARGS, "--out", tmp_path / "s", "--cache", tmp_path / "cache"]
     assert "--jobs sets local worker processes" in one_line_error(run(*base, "--executor", "ray", "--jobs", "2"))
     assert "add --executor ray" in one_line_error(run(*base, "--ray-address", "ray://head:10001"))
+    assert "add --executor slurm" in one_line_error(run(*base, "--extract-tasks", "2"))
     assert "--jobs must be a whole number" in one_line_error(run(*base, "--jobs", "0"))
     assert "add --track mlflow" in one_line_error(run(*base, "--tracking-uri", "sqlite:///x.db"))
     study = tmp_path / "study.toml"

@@ -43,9 +43,12 @@ class Resources:
     array_parallelism: int | None = None  # Slurm array tasks at once (None: Slurm's own limit)
     units_per_task: int = 1       # units one job runs in turn: fewer job starts for many small head fits
     cluster: str = "slurm"
+    # > 1: each backbone not yet extracted is one job of this many tasks, sharded as under torchrun (Slurm only)
+    extract_tasks: int = 1
 
     def __post_init__(self):
-        for name, low in (("time_min", 1), ("cpus", 1), ("gpus", 0), ("array_parallelism", 1), ("units_per_task", 1)):
+        for name, low in (("time_min", 1), ("cpus", 1), ("gpus", 0), ("array_parallelism", 1), ("units_per_task", 1),
+                          ("extract_tasks", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise FeatxError(f"resources.{name} must be a whole number of at least {low}, not {value!r}")
@@ -110,6 +113,8 @@ def check_executor(executor: str, jobs: int, resources: Resources, address: str 
                          "(for Slurm: --array-parallelism)")
     if address is not None and executor != "ray":
         raise FeatxError("--ray-address names a Ray cluster: add --executor ray")
+    if resources.extract_tasks > 1 and executor != "slurm":
+        raise FeatxError("--extract-tasks runs each extraction as one Slurm job of N tasks: add --executor slurm")
 
 
 def check_available(executor: str, resources: Resources):
@@ -136,9 +141,12 @@ def check_shared(executor: str, resources: Resources, *folders: Path) -> None:
 
 
 def run_jobs(jobs: list, executor: str, n_jobs: int, resources: Resources, address: str | None, folder: Path,
-             tell: Callable[[Outcome], None]) -> list[Outcome]:
-    """Run `jobs` (callables, each with `.units` and returning its units' Outcomes) on `executor`; `tell` hears
-    each unit as it ends. Jobs that failed whole (killed, pre-empted, not started) come back as failed Outcomes."""
+             tell: Callable[[Outcome], None], tasks: int = 1) -> list[Outcome]:
+    """Run `jobs` (callables, each with `.units` and `.threads`, returning its units' Outcomes) on `executor`; `tell` hears
+    each unit as it ends. Jobs that failed whole (killed, pre-empted, not started) come back as failed Outcomes.
+    `tasks` > 1 (Slurm): each job runs as that many tasks of one torch.distributed group; task 0 reports."""
+    if tasks > 1:
+        return _submitit(jobs, n_jobs, resources, address, folder, tell, tasks)
     run = {"local": _local, "slurm": _submitit, "ray": _ray}[executor]
     return run(jobs, n_jobs, resources, address, folder, tell)
 
@@ -160,7 +168,7 @@ def _told(outcomes: list[Outcome], submitted: float, tell) -> list[Outcome]:
 
 # -- local: N processes on this machine ------------------------------------------------------------------
 def _local(jobs, n_jobs, resources, address, folder, tell) -> list[Outcome]:
-    threads = resources.cpus or max(1, (os.cpu_count() or 1) // n_jobs)
+    threads = jobs[0].threads if jobs else None  # each process's, set before its libraries load
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or OpenMP state
     outcomes: list[Outcome] = []
     with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context, initializer=set_threads,
@@ -194,42 +202,63 @@ def set_threads(threads: int | None) -> None:
 
 
 # -- slurm (and submitit's local and debug backends) ------------------------------------------------------
-def _submitit(jobs, n_jobs, resources: Resources, address, folder: Path, tell) -> list[Outcome]:
+def _submitit(jobs, n_jobs, resources: Resources, address, folder: Path, tell, tasks: int = 1) -> list[Outcome]:
     submitit = check_available("slurm", resources)
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=resources.cluster)
-    parameters = {"timeout_min": resources.time_min, "gpus_per_node": resources.gpus, "name": "featx-study",
+    parameters = {"timeout_min": resources.time_min, "gpus_per_node": resources.gpus * tasks, "name": "featx-study",
+                  "tasks_per_node": tasks if tasks > 1 else None,
                   "slurm_partition": resources.partition, "cpus_per_task": resources.cpus, "mem_gb": resources.mem_gb,
                   "slurm_array_parallelism": resources.array_parallelism}
     executor.update_parameters(**{k: v for k, v in parameters.items() if v is not None})
     submitted = time.time()
     if resources.cluster == "local":  # submitit's local backend starts every job at once: keep a few running
-        return _windowed(executor, jobs, resources.array_parallelism or os.cpu_count() or 1, submitted, tell)
+        return _windowed(executor, jobs, local_parallelism(resources), submitted, tell, tasks)
     handles = executor.map_array(call, jobs)
-    return [o for job, handle in zip(jobs, handles) for o in _collect(job, handle, submitted, tell)]
+    return [o for job, handle in zip(jobs, handles) for o in _collect(job, handle, submitted, tell, tasks)]
 
 
-def _windowed(executor, jobs, n_jobs: int, submitted: float, tell) -> list[Outcome]:
+def local_parallelism(resources: Resources) -> int:
+    """Jobs at once where submitit runs them on this machine: --array-parallelism, else its cores."""
+    return resources.array_parallelism or os.cpu_count() or 1
+
+
+def _windowed(executor, jobs, n_jobs: int, submitted: float, tell, tasks: int) -> list[Outcome]:
     waiting, running, outcomes = list(jobs), [], []
     while waiting or running:
         while waiting and len(running) < n_jobs:
             job = waiting.pop(0)
-            running.append((job, executor.submit(call, job)))
-        finished = [(job, handle) for job, handle in running if handle.done()]
-        for job, handle in finished:
-            running.remove((job, handle))
-            outcomes += _collect(job, handle, submitted, tell)
+            running.append((job, executor.submit(call, job), time.time()))
+        finished = [entry for entry in running if entry[1].done()]
+        for entry in finished:
+            running.remove(entry)
+            outcomes += _collect(entry[0], entry[1], entry[2], tell, tasks)
         if not finished:
             time.sleep(0.1)
     return outcomes
 
 
-def _collect(job, handle, submitted: float, tell) -> list[Outcome]:
-    """A submitit job's outcomes, or its units failed with the first line of why and its log."""
+def _collect(job, handle, submitted: float, tell, tasks: int = 1) -> list[Outcome]:
+    """A submitit job's outcomes (task 0's, of a job of several tasks), or its units failed with one line of why
+    and its log."""
     try:
-        return _told(handle.result(), submitted, tell)
+        return _told(handle.results()[0] if tasks > 1 else handle.result(), submitted, tell)
     except Exception as exc:  # noqa: BLE001 - FailedJobError, UncompletedJobError (pre-empted, timed out, lost)
         log = str(getattr(getattr(handle, "paths", None), "stderr", "") or "")
-        return _told(_failed(job, one_line(exc), submitted, log), submitted, tell)
+        if type(exc).__name__ == "UncompletedJobError":
+            state = _state(handle)  # Slurm's TIMEOUT, PREEMPTED, OUT_OF_MEMORY, ...; submitit's local says FINISHED
+            why = (f"its job {handle.job_id} ended without a result" + (f" ({state})" if state not in (
+                "FINISHED", "UNKNOWN", "unknown") else "") + ": killed, pre-empted, past its --time or out of memory")
+        else:  # the job's own error, outside its units (e.g. featx not importable where it ran)
+            why = one_line(exc) if isinstance(exc, FeatxError) else f"its job {handle.job_id} failed: " + next(
+                (line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
+        return _told(_failed(job, why, submitted, log), submitted, tell)
+
+
+def _state(handle) -> str:
+    try:
+        return str(handle.state)
+    except Exception:  # noqa: BLE001 - a state Slurm no longer knows
+        return "unknown"
 
 
 def call(job):

@@ -37,7 +37,8 @@ from ..heads.adaptation import SiteFit
 from ..heads.selection import SELECTION_RULES, select_head
 from ..labelling.strategies import nested_selection
 from .label_curves import COLUMNS, Curve, Pool, unit_record
-from .execution import Outcome, check_available, check_shared, one_line, run_jobs, set_threads
+from .execution import (Outcome, check_available, check_shared, local_parallelism, one_line, run_jobs,
+                        set_threads)
 from .plan import Plan, Unit, UnitKind, UnitState, duration, store_images
 from .result import StudyResult
 from .spec import StudySpec
@@ -156,21 +157,30 @@ class StudyRun(Plan):
         backbone; every job reads them), then the fits and fine-tunes as jobs of `units_per_task` units.
         Failed units are listed, and refused as one line after the others have finished."""
         spec, here = self.spec, [u for u in units if u.kind is UnitKind.EXTRACT]
-        self.run(here, progress, log)
+        if here and spec.resources.extract_tasks > 1:  # sharded over a job's tasks, merged by task 0
+            self._submit([u.index for u in here], log, tasks=spec.resources.extract_tasks)
+        self.run(here, progress, log)  # (else) extracted here; the features read once for what follows
         rest = [u.index for u in units if u.kind is not UnitKind.EXTRACT]
         if not rest:
             return 0
         self._prepare([self.units[k] for k in rest], log)
-        study = (self.out / "study.toml").resolve()
-        per, text = spec.resources.units_per_task, study.read_text()
+        self._submit(rest, log)
+        return len(rest)
+
+    def _submit(self, indices: list[int], log, tasks: int = 1) -> None:
+        """Units `indices` on the spec's executor, each job of `units_per_task` of them (or, with `tasks`, one
+        job of that many tasks per unit); failed units listed, then refused in one line."""
+        spec, study = self.spec, (self.out / "study.toml").resolve()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)  # every job checks that it sees it
+        per, text = (1 if tasks > 1 else spec.resources.units_per_task), study.read_text()
         env = tuple((k, v) for k, v in os.environ.items() if k.startswith("FEATX_"))
         jobs = [UnitJob(str(study), record_hash({"study": text}, 16), str(self.cache_dir.resolve()),
-                        tuple(rest[i:i + per]), spec.resources.cpus, self.workers, spec.executor == "local",
-                        os.getcwd(), env) for i in range(0, len(rest), per)]
+                        tuple(indices[i:i + per]), _threads(spec), self.workers, spec.executor == "local",
+                        os.getcwd(), env, tasks > 1) for i in range(0, len(indices), per)]
         folder = self.out / "jobs" / spec.executor
-        log(f"{len(rest)} units to {spec.executor}" + (f" ({spec.jobs} processes)" if spec.executor == "local" else "")
-            + f" as {len(jobs)} jobs; logs under {folder}")
-        left = [len(rest)]
+        log(f"{len(indices)} units to {spec.executor}" + (f" ({spec.jobs} processes)" if spec.executor == "local" else
+            f" ({tasks} tasks each)" if tasks > 1 else "") + f" as {len(jobs)} jobs; logs under {folder}")
+        left = [len(indices)]
 
         def tell(o: Outcome) -> None:
             left[0] -= 1
@@ -178,14 +188,13 @@ class StudyRun(Plan):
             log(f"  unit {o.unit} ({u.describe()}) " + (f"done on {o.host} in {o.seconds:.1f} s" if o.done else
                 f"FAILED: {o.error}" + (f" (log: {o.log})" if o.log else "")) + f"; {left[0]} left")
 
-        outcomes = run_jobs(jobs, spec.executor, spec.jobs, spec.resources, spec.ray_address, folder, tell)
+        outcomes = run_jobs(jobs, spec.executor, spec.jobs, spec.resources, spec.ray_address, folder, tell, tasks)
         _save(folder / f"outcomes-{time.strftime('%Y%m%d-%H%M%S')}.json", [asdict(o) for o in outcomes])
         failed = [o.unit for o in outcomes if not o.done]
         if failed:
-            raise FeatxError(f"{len(failed)} of {len(rest)} units failed (units {', '.join(map(str, failed))}, "
+            raise FeatxError(f"{len(failed)} of {len(indices)} units failed (units {', '.join(map(str, failed))}, "
                              "listed above); the others are saved: re-run the same command to submit only these, "
                              "or featx study --gather to see what is in")
-        return len(rest)
 
     def _prepare(self, units: list[Unit], log) -> None:
         """What the jobs would otherwise each compute alike: the images each strategy chooses, and the target
@@ -496,9 +505,14 @@ class UnitJob:
     quiet: bool = False       # local processes: the submitter says each unit
     cwd: str = "."            # the submitter's: relative weights paths mean the same
     env: tuple = ()           # the submitter's FEATX_ variables (the weights folder)
+    distributed: bool = False  # one task of a job of several: an extraction sharded as under torchrun
 
     def __call__(self) -> list[Outcome]:
         set_threads(self.threads or int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or None)
+        if self.distributed:  # RANK, WORLD_SIZE, MASTER_ADDR, ... from Slurm's (or submitit's) tasks
+            from submitit.helpers import TorchDistributedEnvironment
+
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         os.environ.update(dict(self.env))
         if Path(self.cwd).is_dir():
             os.chdir(self.cwd)
@@ -525,6 +539,16 @@ class UnitJob:
             outcomes.append(Outcome(k, True, host, time.perf_counter() - began, setup, started=started))
             setup = 0.0
         return outcomes
+
+
+def _threads(spec: StudySpec) -> int | None:
+    """Each job's threads: --cpus-per-task, else this machine's cores shared by the jobs it runs at once (local
+    processes, submitit's local array), else None (Slurm's SLURM_CPUS_PER_TASK; Ray sets its own)."""
+    if spec.resources.cpus:
+        return spec.resources.cpus
+    here = spec.jobs if spec.executor == "local" else local_parallelism(spec.resources) \
+        if spec.executor == "slurm" and spec.resources.cluster == "local" else None
+    return max(1, (os.cpu_count() or 1) // here) if here else None
 
 
 _PLANS: dict[tuple, StudyRun] = {}  # a worker's plans, made once per process (a local or Ray worker runs many jobs)

@@ -28,13 +28,13 @@ def track_units(tracking: Tracking, out: Path, gathered: list[tuple[Unit, dict]]
 
 
 def _run(u: Unit, record: dict, out: Path, spec) -> Run:
-    m = u.method
+    m, chosen = u.method, dict(record["params"])
+    outcome = {k: chosen.pop(k) for k in ("best_epoch", "epochs_run") if k in chosen}  # a fine-tune's, not its recipe
     params = {"method": m.label, "backbone": m.backbone, "head": m.head, "n": u.budget.n or "all",
               "n_images": record["n_images"], "repeat": u.budget.repeat, "strategy": m.labels or "random",
-              "recipe": m.recipe or (json.dumps(record["params"], sort_keys=True) if m.finetuned else None),
-              "adapted": m.adapted, "eval_split": record.get("eval_split"), "seed": spec.seed,
+              "recipe": m.recipe, "adapted": m.adapted, "eval_split": record.get("eval_split"), "seed": spec.seed,
               "threshold_rule": spec.threshold, "unit": u.index, "unit_key": u.key,
-              "chosen": None if m.finetuned else json.dumps(record["params"], sort_keys=True)}
+              ("options" if m.finetuned else "chosen"): json.dumps(chosen, sort_keys=True), **outcome}
     metrics = {k: record.get(k) for k in METRICS}
     metrics.update({f"target_{k}": record["target"].get(k) for k in TARGET if record.get("target")})
     artifacts, history = [out / "units" / f"{u.key}.json"], {}
