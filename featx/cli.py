@@ -555,8 +555,8 @@ _CLUSTER_OPTIONS = [  # (option, Resources field or None, click keywords)
     ("--units-per-task", "units_per_task", dict(default=None, type=_Number(), help="Units each job runs in turn: "
      "fewer job starts where units are small head fits [default: 1].")),
     ("--extract-tasks", "extract_tasks", dict(default=None, type=_Number(), help="With --executor slurm: each "
-     "backbone not yet extracted as one job of N tasks (one GPU each with --gpus-per-task), sharded as under "
-     "torchrun [default: 1, extraction in this process].")),
+     "backbone not yet extracted as one job of N tasks (one GPU each with --gpus-per-task; N > 1: sharded as under "
+     "torchrun) [default: 0, extraction in this process].")),
     ("--slurm-cluster", "cluster", dict(default=None, type=click.Choice(["slurm", "local", "debug"]),
      help="submitit's backend for --executor slurm: local and debug run the same job array on this machine.")),
     ("--ray-address", None, dict(default=None, help="Address of a running Ray cluster [default: start Ray on this "

@@ -135,6 +135,7 @@ def test_bad_executor_options_are_one_line(data, tmp_path, monkeypatch):
     assert "--jobs sets local worker processes" in one_line_error(run(*base, "--executor", "ray", "--jobs", "2"))
     assert "add --executor ray" in one_line_error(run(*base, "--ray-address", "ray://head:10001"))
     assert "add --executor slurm" in one_line_error(run(*base, "--extract-tasks", "2"))
+    assert "give one of them" in one_line_error(run(*base, "--gather", "--unit", "1"))
     assert "--jobs must be a whole number" in one_line_error(run(*base, "--jobs", "0"))
     assert "add --track mlflow" in one_line_error(run(*base, "--tracking-uri", "sqlite:///x.db"))
     study = tmp_path / "study.toml"

@@ -43,12 +43,13 @@ class Resources:
     array_parallelism: int | None = None  # Slurm array tasks at once (None: Slurm's own limit)
     units_per_task: int = 1       # units one job runs in turn: fewer job starts for many small head fits
     cluster: str = "slurm"
-    # > 1: each backbone not yet extracted is one job of this many tasks, sharded as under torchrun (Slurm only)
-    extract_tasks: int = 1
+    # each backbone not yet extracted as one Slurm job of this many tasks (more than one: sharded as under
+    # torchrun); 0: in the submitting process
+    extract_tasks: int = 0
 
     def __post_init__(self):
         for name, low in (("time_min", 1), ("cpus", 1), ("gpus", 0), ("array_parallelism", 1), ("units_per_task", 1),
-                          ("extract_tasks", 1)):
+                          ("extract_tasks", 0)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise FeatxError(f"resources.{name} must be a whole number of at least {low}, not {value!r}")
@@ -113,7 +114,7 @@ def check_executor(executor: str, jobs: int, resources: Resources, address: str 
                          "(for Slurm: --array-parallelism)")
     if address is not None and executor != "ray":
         raise FeatxError("--ray-address names a Ray cluster: add --executor ray")
-    if resources.extract_tasks > 1 and executor != "slurm":
+    if resources.extract_tasks and executor != "slurm":
         raise FeatxError("--extract-tasks runs each extraction as one Slurm job of N tasks: add --executor slurm")
 
 
@@ -179,8 +180,8 @@ def _local(jobs, n_jobs, resources, address, folder, tell) -> list[Outcome]:
             try:
                 outcomes += _told(future.result(), submitted, tell)
             except BrokenProcessPool:
-                outcomes += _told(_failed(futures[future], "its worker process died (killed, or out of memory)",
-                                          submitted), submitted, tell)
+                outcomes += _told(_failed(futures[future], "not finished: a worker process died (killed, or out "
+                                          "of memory), which stops every local process", submitted), submitted, tell)
             except Exception as exc:  # noqa: BLE001 - reported per unit, the others go on
                 outcomes += _told(_failed(futures[future], one_line(exc), submitted), submitted, tell)
     return outcomes

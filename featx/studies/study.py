@@ -58,7 +58,7 @@ def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", ca
     """The study's result: every (method, n, repeat) record (label_curves.COLUMNS, its MethodId and the
     evaluation predictions), also written to `out/study.csv`, with `out/study.toml`, and the leader kept at
     n=all; no records after a dry run or one `unit`. The units not done run on the spec's executor
-    (studies.execution; extraction first, here). `gather`: compute nothing, gather what is in and name what is
+    (studies.execution; extractions first: here, or as Slurm jobs of `resources.extract_tasks` tasks). `gather`: compute nothing, gather what is in and name what is
     missing. `options`: StudySpec's fields (backbones, heads, finetune, train_sizes, repeats, eval_split,
     val_fraction, weights, seed, threshold, n_boot, finetune_options, finetune_recipes, executor, jobs,
     resources, ray_address, track, tracking_uri, ...)."""
@@ -67,6 +67,8 @@ def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", ca
     out = Path(out)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     study_tracking(spec, out)  # its package, checked before any work
+    if gather and unit is not None:
+        raise FeatxError("--gather computes nothing and --unit computes one unit: give one of them")
     if not (dry_run or gather or unit is not None):
         check_available(spec.executor, spec.resources)
         check_shared(spec.executor, spec.resources, out, cache_dir)
@@ -157,7 +159,7 @@ class StudyRun(Plan):
         backbone; every job reads them), then the fits and fine-tunes as jobs of `units_per_task` units.
         Failed units are listed, and refused as one line after the others have finished."""
         spec, here = self.spec, [u for u in units if u.kind is UnitKind.EXTRACT]
-        if here and spec.resources.extract_tasks > 1:  # sharded over a job's tasks, merged by task 0
+        if here and spec.resources.extract_tasks:  # a job per backbone (of several tasks: sharded, merged by task 0)
             self._submit([u.index for u in here], log, tasks=spec.resources.extract_tasks)
         self.run(here, progress, log)  # (else) extracted here; the features read once for what follows
         rest = [u.index for u in units if u.kind is not UnitKind.EXTRACT]
@@ -167,12 +169,13 @@ class StudyRun(Plan):
         self._submit(rest, log)
         return len(rest)
 
-    def _submit(self, indices: list[int], log, tasks: int = 1) -> None:
-        """Units `indices` on the spec's executor, each job of `units_per_task` of them (or, with `tasks`, one
-        job of that many tasks per unit); failed units listed, then refused in one line."""
+    def _submit(self, indices: list[int], log, tasks: int | None = None) -> None:
+        """Units `indices` on the spec's executor, each job of `units_per_task` of them (or, extractions given
+        `tasks`, one job of that many tasks each); failed units listed, then refused in one line."""
         spec, study = self.spec, (self.out / "study.toml").resolve()
         self.cache_dir.mkdir(parents=True, exist_ok=True)  # every job checks that it sees it
-        per, text = (1 if tasks > 1 else spec.resources.units_per_task), study.read_text()
+        per, text = (1 if tasks else spec.resources.units_per_task), study.read_text()
+        tasks = tasks or 1
         env = tuple((k, v) for k, v in os.environ.items() if k.startswith("FEATX_"))
         jobs = [UnitJob(str(study), record_hash({"study": text}, 16), str(self.cache_dir.resolve()),
                         tuple(indices[i:i + per]), _threads(spec), self.workers, spec.executor == "local",
