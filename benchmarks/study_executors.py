@@ -82,7 +82,7 @@ def killed(args, out: Path, reference: list[dict]) -> list[str]:
     said = first.communicate()[1].splitlines()
     failed = [line.strip() for line in said if "FAILED" in line]
     again = subprocess.run([str(c) for c in command], capture_output=True, text=True)
-    sent = next((line for line in again.stderr.splitlines() if " units to " in line), "nothing submitted")
+    sent = next((line for line in again.stderr.splitlines() if " to slurm as " in line), "nothing submitted")
     return [f"killed pid {victim}; first run exit {first.returncode}; failed: {failed}",
             f"re-run exit {again.returncode}: {sent}",
             f"re-run's study.csv equals the sequential one: {rows(folder) == reference}"]

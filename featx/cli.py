@@ -9,6 +9,7 @@ from dataclasses import fields
 
 import click
 
+from ._core.console import counted
 from ._core.errors import FeatxError
 from ._core.options import CHOICES, check_choice, check_device, parse_duration
 from ._core.tracking import Tracking
@@ -125,7 +126,7 @@ def _tracked(result, track, tracking_uri, folder=None) -> None:
         from .reporting.tracking import track as log_result
 
         done = log_result(result, tracking_uri=tracking_uri, folder=folder)
-        click.echo(f"tracked: {done['logged']} run(s) logged now to MLflow at {done['uri']}, experiment "
+        click.echo(f"tracked: {counted(done['logged'], 'run')} logged now to MLflow at {done['uri']}, experiment "
                    f"{done['experiment']!r}; see them: mlflow ui --backend-store-uri {done['uri']}", err=True)
 
 

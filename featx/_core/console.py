@@ -18,3 +18,8 @@ def silent(message: str) -> None:
 def progress_bar(total: int, enabled: bool, **options) -> tqdm:
     """A bar on stderr when `enabled` and stderr is a terminal; a no-op otherwise."""
     return tqdm(total=total, disable=None if enabled else True, dynamic_ncols=True, file=sys.stderr, **options)
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 unit", "3 units": a count in words (regular plurals)."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")

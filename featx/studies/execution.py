@@ -97,11 +97,6 @@ class Outcome:
     error: str = ""
     log: str = ""
 
-    @property
-    def overhead(self) -> float:
-        """Seconds the executor added to this unit: from hand-over to result, less the unit's own work."""
-        return max(0.0, self.finished - self.submitted - self.seconds)
-
 
 def check_executor(executor: str, jobs: int, resources: Resources, address: str | None) -> None:
     """The executor's name and its options, checked before any work (its package is checked when it runs)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .._core.atomic import write_csv_atomic, write_text_atomic
-from .._core.console import log_line, progress_bar
+from .._core.console import counted, log_line, progress_bar
 from .._core.errors import FeatxError
 from .._core.hashing import images_fingerprint, record_hash
 from .._core.paths import default_cache_dir
@@ -58,10 +58,11 @@ def run_study(data=None, *, spec: StudySpec | None = None, out="featx-study", ca
     """The study's result: every (method, n, repeat) record (label_curves.COLUMNS, its MethodId and the
     evaluation predictions), also written to `out/study.csv`, with `out/study.toml`, and the leader kept at
     n=all; no records after a dry run or one `unit`. The units not done run on the spec's executor
-    (studies.execution; extractions first: here, or as Slurm jobs of `resources.extract_tasks` tasks). `gather`: compute nothing, gather what is in and name what is
-    missing. `options`: StudySpec's fields (backbones, heads, finetune, train_sizes, repeats, eval_split,
-    val_fraction, weights, seed, threshold, n_boot, finetune_options, finetune_recipes, executor, jobs,
-    resources, ray_address, track, tracking_uri, ...)."""
+    (studies.execution; extractions first: here, or as Slurm jobs of `resources.extract_tasks` tasks).
+    `gather`: compute nothing, gather what is in and name what is missing. `options`: StudySpec's fields
+    (backbones, heads, finetune, train_sizes, repeats, eval_split, val_fraction, weights, seed, threshold,
+    n_boot, finetune_options, finetune_recipes, executor, jobs, resources, ray_address, track, tracking_uri,
+    ...)."""
     log = log or log_line
     spec = spec or StudySpec(data=data, **options)
     out = Path(out)
@@ -104,12 +105,13 @@ def _gathered(plan: StudyRun, result: StudyResult, computed: int, started: float
     tracking = study_tracking(plan.spec, out)
     if tracking is not None:
         logged = track_units(tracking, out, plan.gathered, plan.spec)
-        log(f"tracked: {logged} units logged now to MLflow at {tracking.where(out)}, experiment "
+        log(f"tracked: {counted(logged, 'unit')} logged now to MLflow at {tracking.where(out)}, experiment "
             f"{tracking.experiment!r} ({len(plan.gathered) - logged} logged before); see them: mlflow ui "
             f"--backend-store-uri {tracking.where(out)}")
     if missing:
         result.missing = [f"unit {u.index} ({u.describe()})" for u in missing]
-        log(f"gathered {len(result.records)} units; {len(missing)} not in: {', '.join(result.missing[:5])}"
+        shown = ", ".join(result.missing[:5])
+        log(f"gathered {counted(len(result.records), 'unit')}; {len(missing)} not in: {shown}"
             + (f" and {len(missing) - 5} more" if len(missing) > 5 else "") +
             "; featx study without --gather computes them")
         return result
@@ -181,8 +183,9 @@ class StudyRun(Plan):
                         tuple(indices[i:i + per]), _threads(spec), self.workers, spec.executor == "local",
                         os.getcwd(), env, tasks > 1) for i in range(0, len(indices), per)]
         folder = self.out / "jobs" / spec.executor
-        log(f"{len(indices)} units to {spec.executor}" + (f" ({spec.jobs} processes)" if spec.executor == "local" else
-            f" ({tasks} tasks each)" if tasks > 1 else "") + f" as {len(jobs)} jobs; logs under {folder}")
+        log(f"{counted(len(indices), 'unit')} to {spec.executor}" + (f" ({spec.jobs} processes)" if spec.executor ==
+            "local" else f" ({tasks} tasks each)" if tasks > 1 else "") + f" as {counted(len(jobs), 'job')}; logs "
+            f"under {folder}")
         left = [len(indices)]
 
         def tell(o: Outcome) -> None:
