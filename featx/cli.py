@@ -12,8 +12,9 @@ import click
 from ._core.console import counted
 from ._core.errors import FeatxError
 from ._core.options import CHOICES, check_choice, check_device, parse_duration
-from ._core.tracking import Tracking
+from ._core.tracking import TRACKERS, Tracking
 from .finetuning.config import FinetuneConfig
+from .studies.execution import CLUSTERS, EXECUTORS
 from .reporting.tables import backbone_lines, cache_lines, chosen, count_lines, results_table
 
 
@@ -116,7 +117,7 @@ def _track(command):
     """--track and --tracking-uri of fit, finetune and compare (a study has its own, in its study file too)."""
     command = click.option("--tracking-uri", default=None, help="MLflow tracking URI [default: sqlite beside the "
                            "models, or in --out].")(command)
-    return click.option("--track", default=None, type=click.Choice(["mlflow"]), help="Log the result as MLflow runs "
+    return click.option("--track", default=None, type=click.Choice(TRACKERS), help="Log the result as MLflow runs "
                         "(pip install 'featx[track]').")(command)
 
 
@@ -541,7 +542,7 @@ def compare_command(data, split, out, models_dir, cache_dir, n_boot, seed, heatm
 
 
 _CLUSTER_OPTIONS = [  # (option, Resources field or None, click keywords)
-    ("--executor", None, dict(default="local", type=click.Choice(["local", "slurm", "ray"]), help="Where the units "
+    ("--executor", None, dict(default="local", type=click.Choice(EXECUTORS), help="Where the units "
      "run: local (this process, or --jobs processes), slurm (a job array through submitit), ray (Ray tasks).")),
     ("--jobs", None, dict(default=1, type=_Number(), help="Local worker processes running units at once.")),
     ("--slurm-partition", "partition", dict(default=None, help="Slurm partition of the job array.")),
@@ -558,11 +559,11 @@ _CLUSTER_OPTIONS = [  # (option, Resources field or None, click keywords)
     ("--extract-tasks", "extract_tasks", dict(default=None, type=_Number(), help="With --executor slurm: each "
      "backbone not yet extracted as one job of N tasks (one GPU each with --gpus-per-task; N > 1: sharded as under "
      "torchrun) [default: 0, extraction in this process].")),
-    ("--slurm-cluster", "cluster", dict(default=None, type=click.Choice(["slurm", "local", "debug"]),
+    ("--slurm-cluster", "cluster", dict(default=None, type=click.Choice(CLUSTERS),
      help="submitit's backend for --executor slurm: local and debug run the same job array on this machine.")),
     ("--ray-address", None, dict(default=None, help="Address of a running Ray cluster [default: start Ray on this "
      "machine].")),
-    ("--track", None, dict(default=None, type=click.Choice(["mlflow"]), help="Log every unit as an MLflow run "
+    ("--track", None, dict(default=None, type=click.Choice(TRACKERS), help="Log every unit as an MLflow run "
      "(pip install 'featx[track]').")),
     ("--tracking-uri", None, dict(default=None, help="MLflow tracking URI [default: sqlite in the study folder]."))]
 
@@ -573,9 +574,8 @@ def _cluster_options(command):
     return command
 
 
-def _execution(ctx, config, values: dict) -> dict:
-    """The study's executor, resources and tracking from the options given (or every one, without a study file)."""
-    given = {name for name in ctx.params if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
+def _execution(given: set, config, values: dict) -> dict:
+    """The study's executor, resources and tracking from the options `given` (or every one, without a study file)."""
     chosen, resources = {}, {}
     for option, field_name, _ in _CLUSTER_OPTIONS:
         name = option[2:].replace("-", "_")
@@ -665,7 +665,7 @@ def study_command(ctx, data, config, backbones, heads, finetune, finetune_epochs
               "strategies": strategies, "exclude": exclude, "target": target,
               "target_group_pattern": target_group_pattern, "adapt": adapt, "target_sizes": target_sizes,
               "precision": precision}
-    values = {**{k: v for k, v in values.items() if not config or k in given}, **_execution(ctx, config, cluster)}
+    values = {**{k: v for k, v in values.items() if not config or k in given}, **_execution(given, config, cluster)}
     options = {k: v for k, v in (("epochs", finetune_epochs), ("image_size", finetune_image_size),
                                  ("precision", None if precision == "auto" else precision)) if v is not None}
     spec = StudySpec.asked(data, config, values, options)

@@ -10,10 +10,8 @@ from functools import cached_property
 from pathlib import Path
 
 from ..studies.result import StudyResult
-from .._core.hashing import lines_hash
-from .._core.tracking import Run, log_runs
 from ..studies.study import run_study
-from ..studies.tracked import study_tracking
+from ..studies.tracked import track_study
 from .comparison import format_table
 from .study_figures import document_parts, full_size_records, study_lines, write_study_outputs
 
@@ -59,12 +57,5 @@ def study(data=None, *, out="featx-study", report: bool = True, **options) -> St
     result = StudyReport(**{f.name: getattr(ran, f.name) for f in fields(ran)})
     if result.complete and report:
         written = result.write_report()
-        tracking = study_tracking(result.spec, result.out)
-        if tracking is not None:  # the study as a whole beside its units: its table, curves and report
-            table = Path(result.out) / "study.csv"
-            log_runs(tracking, result.out, [Run(f"study:{lines_hash(table.read_text().splitlines())}", "study",
-                                                {"units": len(result.records), "split": result.split,
-                                                 "leader": result.leader and Path(result.leader).name},
-                                                {}, (table, Path(result.out) / "study.toml", *written.values()),
-                                                {"featx.kind": "study"})])
+        track_study(result, written.values())  # where asked: the study as a whole, beside its units' runs
     return result

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from .._core.hashing import record_hash
 from .._core.tracking import Run, Tracking, log_runs
+from ..studies.tracked import EPOCHS
 
 SHOWN = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity", "accuracy", "f1", "pr_auc")
-EPOCHS = ("train_loss", "val_loss", "val_roc_auc")
 
 
 def track(result, *, tracking_uri: str | None = None, experiment: str | None = None, folder=None) -> dict:

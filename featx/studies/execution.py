@@ -1,7 +1,7 @@
 """Where a study's units run: in this process, in N local processes, as a Slurm job array (submitit) or as
 Ray tasks. featx hands its units to these libraries and does not schedule them itself.
 
-An executor runs jobs (studies.jobs.UnitJob: a few unit numbers, each saved atomically by the job under the
+An executor runs jobs (studies.study.UnitJob: a few unit numbers, each saved atomically by the job under the
 study folder) and returns one Outcome per unit: done, with where and how long, or failed, with one line of
 why and the log to read. A failed or killed unit leaves no record, so a re-run of the study submits it, and
 only it, again. Everything here is picklable by path and number, never by the plan itself: every job reads
@@ -17,7 +17,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -138,8 +138,9 @@ def check_shared(executor: str, resources: Resources, *folders: Path) -> None:
 
 def run_jobs(jobs: list, executor: str, n_jobs: int, resources: Resources, address: str | None, folder: Path,
              tell: Callable[[Outcome], None], tasks: int = 1) -> list[Outcome]:
-    """Run `jobs` (callables, each with `.units` and `.threads`, returning its units' Outcomes) on `executor`; `tell` hears
-    each unit as it ends. Jobs that failed whole (killed, pre-empted, not started) come back as failed Outcomes.
+    """Run `jobs` (callables, each with `.units` and `.threads`, returning its units' Outcomes) on `executor`;
+    `tell` hears each unit as it ends. Jobs that failed whole (killed, pre-empted, not started) come back as
+    failed Outcomes.
     `tasks` > 1 (Slurm): each job runs as that many tasks of one torch.distributed group; task 0 reports."""
     if tasks > 1:
         return _submitit(jobs, n_jobs, resources, address, folder, tell, tasks)
@@ -147,14 +148,13 @@ def run_jobs(jobs: list, executor: str, n_jobs: int, resources: Resources, addre
     return run(jobs, n_jobs, resources, address, folder, tell)
 
 
-def _failed(job, error: str, submitted: float, log: str = "") -> list[Outcome]:
-    now = time.time()
-    return [Outcome(k, False, submitted=submitted, finished=now, error=error, log=log) for k in job.units]
+def _failed(job, error: str, submitted: float, tell, log: str = "") -> list[Outcome]:
+    """Every unit of a job that failed whole, told."""
+    return _told([Outcome(k, False, error=error, log=log) for k in job.units], submitted, tell)
 
 
 def _told(outcomes: list[Outcome], submitted: float, tell) -> list[Outcome]:
-    from dataclasses import replace
-
+    """`outcomes` with the times the submitter handed them over and had them, each told as it ends."""
     now = time.time()
     outcomes = [replace(o, submitted=submitted, finished=now) for o in outcomes]
     for o in outcomes:
@@ -175,10 +175,10 @@ def _local(jobs, n_jobs, resources, address, folder, tell) -> list[Outcome]:
             try:
                 outcomes += _told(future.result(), submitted, tell)
             except BrokenProcessPool:
-                outcomes += _told(_failed(futures[future], "not finished: a worker process died (killed, or out "
-                                          "of memory), which stops every local process", submitted), submitted, tell)
+                outcomes += _failed(futures[future], "not finished: a worker process died (killed, or out of "
+                                    "memory), which stops every local process", submitted, tell)
             except Exception as exc:  # noqa: BLE001 - reported per unit, the others go on
-                outcomes += _told(_failed(futures[future], one_line(exc), submitted), submitted, tell)
+                outcomes += _failed(futures[future], one_line(exc), submitted, tell)
     return outcomes
 
 
@@ -242,12 +242,13 @@ def _collect(job, handle, submitted: float, tell, tasks: int = 1) -> list[Outcom
         log = str(getattr(getattr(handle, "paths", None), "stderr", "") or "")
         if type(exc).__name__ == "UncompletedJobError":
             state = _state(handle)  # Slurm's TIMEOUT, PREEMPTED, OUT_OF_MEMORY, ...; submitit's local says FINISHED
-            why = (f"its job {handle.job_id} ended without a result" + (f" ({state})" if state not in (
-                "FINISHED", "UNKNOWN", "unknown") else "") + ": killed, pre-empted, past its --time or out of memory")
-        else:  # the job's own error, outside its units (e.g. featx not importable where it ran)
-            why = one_line(exc) if isinstance(exc, FeatxError) else f"its job {handle.job_id} failed: " + next(
-                (line.strip() for line in reversed(str(exc).splitlines()) if line.strip()), type(exc).__name__)
-        return _told(_failed(job, why, submitted, log), submitted, tell)
+            shown = "" if state in ("FINISHED", "UNKNOWN", "unknown") else f" ({state})"
+            why = (f"its job {handle.job_id} ended without a result{shown}: killed, pre-empted, past its --time or "
+                   "out of memory")
+        else:  # the job's own error, outside its units (e.g. featx not importable where it ran): its last line
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = f"its job {handle.job_id} failed: {lines[-1] if lines else type(exc).__name__}"
+        return _failed(job, why, submitted, tell, log)
 
 
 def _state(handle) -> str:
@@ -279,7 +280,7 @@ def _ray(jobs, n_jobs, resources: Resources, address, folder, tell) -> list[Outc
             try:
                 outcomes += _told(ray.get(ready[0]), submitted, tell)
             except Exception as exc:  # noqa: BLE001 - RayTaskError (the job's own), WorkerCrashedError, ...
-                outcomes += _told(_failed(job, one_line(getattr(exc, "cause", None) or exc), submitted), submitted, tell)
+                outcomes += _failed(job, one_line(getattr(exc, "cause", None) or exc), submitted, tell)
         return outcomes
     finally:
         if started_here:

@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+from .._core.hashing import lines_hash
 from .._core.tracking import Run, Tracking, log_runs
 from .label_curves import COLUMNS
 from .plan import Unit, UnitKind
@@ -25,6 +26,19 @@ def study_tracking(spec, out: Path) -> Tracking | None:
 def track_units(tracking: Tracking, out: Path, gathered: list[tuple[Unit, dict]], spec) -> int:
     """Log every gathered unit not logged before; how many were logged now."""
     return log_runs(tracking, out, [_run(u, record, Path(out), spec) for u, record in gathered])
+
+
+def track_study(result, files) -> None:
+    """The gathered study as one run beside its units' (when its spec tracks): its table, file, report and
+    curves (`files`), keyed by its table, so a study whose results changed is logged again."""
+    tracking = study_tracking(result.spec, result.out)
+    if tracking is None:
+        return
+    out = Path(result.out)
+    table = out / "study.csv"
+    params = {"units": len(result.records), "split": result.split, "leader": result.leader and Path(result.leader).name}
+    log_runs(tracking, out, [Run(f"study:{lines_hash(table.read_text().splitlines())}", "study", params, {},
+                                 (table, out / "study.toml", *files), {"featx.kind": "study"})])
 
 
 def _run(u: Unit, record: dict, out: Path, spec) -> Run:
